@@ -1,0 +1,1 @@
+"""clipsearch indexing and search engine, as a library."""

@@ -1,0 +1,235 @@
+"""Loading open_clip models by name, config file or checkpoint, and encoding images and text with them.
+
+Callers name a model (`load_model("ViT-B-32", "laion2b_s34b_b79k")`); they never assemble one.
+The preprocessing is split in two: the geometric part (resize, crop) runs on PIL images in decode
+workers and yields uint8 arrays; the arithmetic part (scale to [0, 1], normalise) runs on the
+device, so workers ship 4x fewer bytes and the model's device does the float work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PixelTransform = Callable[[Any], Any]  # PIL image -> PIL image, picklable for worker processes
+
+
+class ModelLoadError(RuntimeError):
+    """The model or its weights could not be loaded; the message says how to fix it."""
+
+
+class ModelMismatchError(RuntimeError):
+    """A collection was opened with a model other than the one it was built with."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a collection records about its model: enough to reload it and to refuse another one."""
+
+    model: str  # architecture name, or absolute path of a model-config JSON
+    pretrained: str  # pretrained tag, absolute checkpoint path, or "" for random weights
+    architecture: str
+    weights: str  # the tag, or "sha256:<hex>" of a checkpoint file's content
+    dim: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(**{k: data[k] for k in ("model", "pretrained", "architecture", "weights", "dim")})
+
+    def same_model(self, other: ModelIdentity) -> bool:
+        return (self.architecture, self.weights, self.dim) == (other.architecture, other.weights, other.dim)
+
+    def describe(self) -> str:
+        return f"{self.architecture} ({self.weights or 'random weights'}, {self.dim}-d)"
+
+
+def check_same_model(recorded: ModelIdentity, requested: ModelIdentity, collection: str) -> None:
+    if not recorded.same_model(requested):
+        raise ModelMismatchError(
+            f"collection {collection!r} was built with {recorded.describe()}, not {requested.describe()}; "
+            f"use the same --model/--pretrained, or index into another --collection"
+        )
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return device
+
+
+@lru_cache(maxsize=16)
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _architecture_name(model: str) -> tuple[str, str]:
+    """(architecture name for open_clip, model string to record). Registers config files with open_clip."""
+    import open_clip
+
+    path = Path(model).expanduser()
+    if model.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise ModelLoadError(f"model config file not found: {model}")
+        open_clip.add_model_config(path.resolve())
+        if path.stem not in open_clip.list_models():
+            raise ModelLoadError(
+                f"{model} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"
+            )
+        return path.stem, str(path.resolve())
+    if model not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown model {model!r}: give an open_clip architecture name (e.g. ViT-B-32) "
+            f"or the path of a model-config JSON"
+        )
+    return model, model
+
+
+def _weights(architecture: str, pretrained: str) -> tuple[str | None, str, str]:
+    """(value for open_clip, pretrained to record, weights identity)."""
+    import open_clip
+
+    if not pretrained or pretrained == "none":
+        return None, "", ""
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        resolved = str(path.resolve())
+        return resolved, resolved, "sha256:" + file_sha256(resolved)
+    if pretrained in open_clip.list_pretrained_tags_by_model(architecture):
+        return pretrained, pretrained, pretrained
+    if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+        raise ModelLoadError(f"checkpoint file not found: {pretrained}")
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model(architecture)) or "none"
+    raise ModelLoadError(
+        f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {architecture} (tags: {tags})"
+    )
+
+
+def _split_preprocess(preprocess: Any) -> tuple[PixelTransform, tuple[float, ...], tuple[float, ...]]:
+    """Split open_clip's eval transform into (PIL-side geometric part, mean, std)."""
+    from torchvision.transforms import Compose, Normalize
+
+    steps = list(preprocess.transforms)
+    to_tensor_at = next(i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "MaybeToTensor"))
+    normalize = next(t for t in steps[to_tensor_at:] if isinstance(t, Normalize))
+    return Compose(steps[:to_tensor_at]), tuple(normalize.mean), tuple(normalize.std)
+
+
+class ClipModel:
+    """An open_clip model ready for inference: normalised image and text embeddings, zero-shot scores."""
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, identity: ModelIdentity, device: str):
+        import torch
+
+        self.identity = identity
+        self.device = device
+        self.preprocess = preprocess
+        self.pixel_transform, mean, std = _split_preprocess(preprocess)
+        self._model = model.eval()
+        self._tokenizer = tokenizer
+        self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.logit_scale = float(model.logit_scale.exp().item())
+
+    @property
+    def dim(self) -> int:
+        return self.identity.dim
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        # Mixed precision only where it pays (tensor cores); CPU stays fp32 for exact agreement.
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def encode_pixels(self, pixels: np.ndarray | Any) -> np.ndarray:
+        """Embed a uint8 batch shaped (N, H, W, 3) as produced by `pixel_transform`."""
+        import torch
+
+        batch = torch.as_tensor(pixels)
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        batch = (batch - self._mean) / self._std
+        with torch.inference_mode(), self._autocast():
+            features = self._model.encode_image(batch)
+        return _normalise(features)
+
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        """Embed decoded RGB PIL images."""
+        pixels = np.stack([np.asarray(self.pixel_transform(image), dtype=np.uint8) for image in images])
+        return self.encode_pixels(pixels)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        tokens = self._tokenizer(texts).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            features = self._model.encode_text(tokens)
+        return _normalise(features)
+
+
+def _normalise(features: Any) -> np.ndarray:
+    import torch
+
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def load_model(model: str, pretrained: str, device: str = "auto") -> ClipModel:
+    """Build an open_clip model from an architecture name or config JSON, with a tag or checkpoint."""
+    import open_clip
+
+    architecture, model_recorded = _architecture_name(model)
+    weights_arg, pretrained_recorded, weights_id = _weights(architecture, pretrained)
+    device = resolve_device(device)
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            architecture, pretrained=weights_arg, device=device
+        )
+    except (RuntimeError, OSError, ValueError) as exc:
+        if weights_arg and not Path(weights_arg).is_file():
+            raise ModelLoadError(
+                f"could not get weights {pretrained!r} for {architecture}: {exc}. Offline? Download the "
+                f"checkpoint elsewhere and pass its path: --pretrained /path/to/open_clip_model.safetensors"
+            ) from exc
+        raise ModelLoadError(f"could not load {architecture} with {pretrained!r}: {exc}") from exc
+    tokenizer = open_clip.get_tokenizer(architecture)
+    dim = int(open_clip.get_model_config(architecture)["embed_dim"])
+    identity = ModelIdentity(model_recorded, pretrained_recorded, architecture, weights_id, dim)
+    log.info("loaded %s on %s", identity.describe(), device)
+    return ClipModel(clip, preprocess, tokenizer, identity, device)
+
+
+def load_recorded_model(identity: ModelIdentity, device: str = "auto") -> ClipModel:
+    """Reload the model a collection was built with, and check it is still the same weights."""
+    loaded = load_model(identity.model, identity.pretrained, device)
+    if not loaded.identity.same_model(identity):
+        raise ModelMismatchError(
+            f"the checkpoint at {identity.pretrained} changed since the collection was indexed "
+            f"({loaded.identity.weights} != {identity.weights})"
+        )
+    return loaded

@@ -1,0 +1,89 @@
+"""Walking a folder for images, and the stable identity of each file.
+
+An item's id is a UUID derived from its absolute path, so re-runs, crashes and other machines
+agree on it. Its fingerprint (size and modification time, as rclip does) decides whether a
+re-run must embed it again without reading its bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.decode import IMAGE_EXTENSIONS
+
+_ID_NAMESPACE = uuid.UUID("6f1c1f8e-3a55-4b8e-9a57-2f6f0c1d9e42")
+# Folders that hold thumbnails, trash or metadata rather than photos.
+_JUNK_DIRS = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information", "node_modules"})
+
+
+def item_id(uri: str) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, uri))
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    uri: str  # absolute path or URL; what results show
+    path: str  # local file to read
+    fingerprint: str
+
+    @property
+    def id(self) -> str:
+        return item_id(self.uri)
+
+
+@dataclass(frozen=True)
+class WalkProblem:
+    uri: str
+    reason: str
+
+
+def _fingerprint(stat: os.stat_result) -> str:
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def walk_folder(root: Path, problems: list[WalkProblem] | None = None) -> Iterator[SourceItem]:
+    """Image files under root, recursively, in a stable order; hidden and junk files skipped.
+
+    Symlinks to files are followed (the file is indexed under the link's path); symlinked folders
+    are not, which rules out loops. Unreadable folders are reported in `problems`, not raised.
+    """
+    root = Path(os.path.abspath(root))
+    if root.is_file():
+        yield from _items([root], problems)
+        return
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+
+    def on_error(error: OSError) -> None:
+        if problems is not None:
+            problems.append(WalkProblem(str(error.filename), f"unreadable folder: {error.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d) and d not in _JUNK_DIRS)
+        candidates = [
+            Path(dirpath, name)
+            for name in sorted(filenames)
+            if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        ]
+        yield from _items(candidates, problems)
+
+
+def _items(paths: list[Path], problems: list[WalkProblem] | None) -> Iterator[SourceItem]:
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError as exc:  # dangling symlink, symlink loop, vanished file
+            if problems is not None:
+                problems.append(WalkProblem(str(path), f"cannot stat: {exc.strerror or exc}"))
+            continue
+        if not path.is_file():
+            continue
+        yield SourceItem(uri=str(path), path=str(path), fingerprint=_fingerprint(stat))

@@ -1,0 +1,97 @@
+"""`create_app`: the FastAPI application over one collection.
+
+The collection's engine (store + model) is opened by the first request that needs it and kept warm
+until shutdown; a missing collection is a 404 until it is indexed, never a failed start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from indexer.models import ClipModel
+from indexer.settings import Settings
+from search_api import routes
+from search_api.engines import EngineHolder
+from search_api.errors import install_error_handlers
+from search_api.metrics import Metrics, MetricsMiddleware
+from search_api.security import ApiKeyMiddleware, document_security
+from search_api.uploads import body_limit
+
+DESCRIPTION = """Semantic image search over a collection indexed by `clipsearch index`:
+text-to-image, image-to-image and zero-shot classification with open_clip models.
+
+Every error is `{"detail": "..."}`. When the server has an API key, every route but `/healthz`
+needs it, as `X-API-Key: <key>` or `Authorization: Bearer <key>`."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("clipsearch")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None, model: ClipModel | None = None) -> FastAPI:
+    """The API over `settings.collection`. `model`, when given, is used instead of loading the
+    collection's recorded model (it must be the same model: tests and embedding reuse a loaded one)."""
+    settings = settings or Settings()
+    engines = EngineHolder(settings, model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(engines.close)  # waits for a running query; closing flushes the store
+
+    app = FastAPI(
+        title="clipsearch",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Served by routes.meta instead, so that they sit behind the API key like everything else.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        # Refuses oversize bodies from Content-Length before reading, and counts chunked ones.
+        max_body_size=body_limit(settings),
+    )
+    app.state.settings = settings
+    app.state.engines = engines
+    app.state.metrics = metrics = Metrics(engines)
+
+    install_error_handlers(app, settings.max_upload_bytes)
+    app.include_router(routes.meta)
+    app.include_router(routes.api)
+    app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
+
+    # add_middleware wraps: the last added is outermost. CORS outside auth, so preflights (which
+    # carry no key) are answered; metrics outside auth, so 401s are counted too.
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    return app
+
+
+def _openapi(app: FastAPI, settings: Settings) -> Any:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            app.openapi_schema = document_security(schema) if settings.api_key else schema
+        return app.openapi_schema
+
+    return openapi

@@ -1,0 +1,94 @@
+"""Prometheus metrics: requests and latency by route, query stage timings, text-embedding cache use.
+
+Each app gets its own registry, so several apps in one process (tests, embedding) don't collide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from search_api.engines import EngineHolder
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Model calls on CPU take tens to hundreds of ms; store searches well under one.
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, engines: EngineHolder):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "clipsearch_http_requests_total", "HTTP requests by method, route template and status code.",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "clipsearch_http_request_duration_seconds", "HTTP request latency by method and route template.",
+            ["method", "route"], registry=self.registry,
+        )
+        self.stages = Histogram(
+            "clipsearch_query_stage_duration_seconds",
+            "Time in each stage of a query: decode (uploads), encode, search, fetch.",
+            ["stage"], buckets=_STAGE_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_TextCacheCollector(engines))
+
+    def observe_stages(self, stages: dict[str, float]) -> None:
+        for stage, seconds in stages.items():
+            self.stages.labels(stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _TextCacheCollector:
+    """Reads the engine's cache counters at scrape time (zero until the engine is opened)."""
+
+    def __init__(self, engines: EngineHolder):
+        self._engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self._engines.loaded
+        cache = engine.text_cache if engine is not None else None
+        yield CounterMetricFamily(
+            "clipsearch_text_cache_hits", "Text queries answered from the embedding cache.",
+            value=cache.hits if cache else 0,
+        )
+        yield CounterMetricFamily(
+            "clipsearch_text_cache_misses", "Text queries that ran the text encoder.",
+            value=cache.misses if cache else 0,
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request, labelled by route template (bounded label values)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router stores the matched route in the scope; its template keeps ids out of the labels.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
