@@ -11,23 +11,23 @@ import os
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, Request, UploadFile
+from fastapi import APIRouter, Form, HTTPException, Path, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from indexer.classify import parse_labels
 from indexer.engine import Result
 from indexer.settings import Settings
 from search_api.deps import EnginesDep, MetricsDep, SettingsDep
 from search_api.engines import Timed
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
-    MAX_LABELS,
+    ClassifyForm,
     ClassifyResponse,
     CollectionInfo,
     CollectionsResponse,
     ErrorResponse,
     HealthResponse,
+    ImageSearchForm,
     LabelScore,
     SearchRequest,
     SearchResponse,
@@ -47,16 +47,15 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 _QUERY_ERRORS = _errors(404, 409, 422, 503)
 _UPLOAD_ERRORS = _errors(400, 404, 409, 413, 422, 503)
 
-K_FORM = Annotated[int, Form(ge=1, description="Number of results; at most the server's `max_k`.")]
-FILE_FORM = Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...).")]
 
 
-@meta.get("/healthz", response_model=HealthResponse, summary="Liveness probe (no API key needed)")
+@meta.get("/healthz", response_model=HealthResponse, operation_id="healthz",
+          summary="Liveness probe (no API key needed)")
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@meta.get("/metrics", summary="Prometheus metrics", response_class=Response,
+@meta.get("/metrics", summary="Prometheus metrics", response_class=Response, operation_id="metrics",
           responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -90,7 +89,7 @@ def _search_response(timed: Timed[list[Result]], started: float, metrics: Metric
 
 
 @api.post("/search", response_model=SearchResponse, tags=["search"], responses=_QUERY_ERRORS,
-          summary="Search by text, or by an indexed image's id")
+          operation_id="search", summary="Search by text, or by an indexed image's id")
 def search(
     body: SearchRequest, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> SearchResponse:
@@ -106,36 +105,28 @@ def search(
 
 
 @api.post("/search/image", response_model=SearchResponse, tags=["search"], responses=_UPLOAD_ERRORS,
-          summary="Search by an uploaded example image")
+          operation_id="search_image", summary="Search by an uploaded example image")
 def search_image(
-    file: FILE_FORM, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep, k: K_FORM = 10
+    form: Annotated[ImageSearchForm, Form()], engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> SearchResponse:
     started = time.perf_counter()
-    _check_k(k, settings)
-    image = decode_upload(file, settings)
+    _check_k(form.k, settings)
+    image = decode_upload(form.file, settings)
     metrics.observe_stages({"decode": time.perf_counter() - started})
-    timed = engines.call(lambda engine: engine.search_image(image, k))
+    timed = engines.call(lambda engine: engine.search_image(image, form.k))
     return _search_response(timed, started, metrics)
 
 
 @api.post("/classify", response_model=ClassifyResponse, tags=["classify"], responses=_UPLOAD_ERRORS,
-          summary="Zero-shot classification of an uploaded image")
+          operation_id="classify", summary="Zero-shot classification of an uploaded image")
 def classify(
-    file: FILE_FORM,
-    labels: Annotated[str, Form(description='Comma-separated class names, e.g. "cat,dog,car".')],
-    engines: EnginesDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    form: Annotated[ClassifyForm, Form()], engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> ClassifyResponse:
-    label_list = parse_labels(labels)
-    if not label_list:
-        raise HTTPException(422, 'labels: give at least one non-empty label, comma-separated ("cat,dog,car")')
-    if len(label_list) > MAX_LABELS:
-        raise HTTPException(422, f"labels: at most {MAX_LABELS} labels per request, got {len(label_list)}")
     started = time.perf_counter()
-    image = decode_upload(file, settings)
+    labels = form.label_list
+    image = decode_upload(form.file, settings)
     metrics.observe_stages({"decode": time.perf_counter() - started})
-    timed = engines.call(lambda engine: engine.classify_images([image], label_list))
+    timed = engines.call(lambda engine: engine.classify_images([image], labels))
     metrics.observe_stages({"encode": timed.stages["encode"]})
     return ClassifyResponse(labels=[LabelScore(label=label, score=score) for label, score in timed.value[0]])
 
@@ -144,8 +135,15 @@ def classify(
 _MEDIA_TYPES = {".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
 
 
-@api.get("/images/{id}", tags=["images"], response_class=FileResponse, responses=_errors(404, 503),
-         summary="The bytes of an indexed image")
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "The image file, with its content type"},
+    **_errors(404, 422, 503),
+}
+
+
+@api.get("/images/{id}", tags=["images"], response_class=FileResponse, responses=_IMAGE_RESPONSES,
+         operation_id="get_image", summary="The bytes of an indexed image")
 def get_image(
     id: Annotated[str, Path(description="Id of an indexed image, as search results give it.")],
     engines: EnginesDep,
@@ -162,6 +160,6 @@ def get_image(
 
 
 @api.get("/collections", response_model=CollectionsResponse, tags=["collections"], responses=_errors(503),
-         summary="Every collection with its size and model")
+         operation_id="list_collections", summary="Every collection with its size and model")
 def collections(engines: EnginesDep) -> CollectionsResponse:
     return CollectionsResponse(collections=[CollectionInfo(**found) for found in engines.collections()])

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from indexer.classify import parse_labels
 
 # Long enough for any real query; bounds what one request can put into the text-embedding cache
 # (the tokenizer truncates at 77 tokens anyway).
@@ -54,6 +57,34 @@ class SearchRequest(BaseModel):
         return self
 
 
+class ImageSearchForm(BaseModel):
+    """Multipart form: an example image, and how many results."""
+
+    file: UploadFile = Field(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...).")
+    k: int = Field(10, ge=1, description="Number of results; at most the server's `max_k` (default 1000).")
+
+
+class ClassifyForm(BaseModel):
+    """Multipart form: an image, and the class names to score it against."""
+
+    file: UploadFile = Field(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...).")
+    labels: str = Field(description='Comma-separated class names, e.g. "cat,dog,car".')
+
+    @field_validator("labels")
+    @classmethod
+    def _some_labels(cls, value: str) -> str:
+        count = len(parse_labels(value))
+        if not count:
+            raise ValueError('give at least one non-empty label, comma-separated ("cat,dog,car")')
+        if count > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels per request, got {count}")
+        return value
+
+    @property
+    def label_list(self) -> list[str]:
+        return parse_labels(self.labels)
+
+
 class SearchResult(BaseModel):
     """One hit."""
 
@@ -82,6 +113,8 @@ class SearchResponse(BaseModel):
 
 
 class LabelScore(BaseModel):
+    """One label and its probability."""
+
     label: str
     score: float = Field(ge=0.0, le=1.0, description="Probability among the labels given; they sum to 1.")
 
@@ -103,11 +136,15 @@ class ModelInfo(BaseModel):
 
 
 class CollectionInfo(BaseModel):
+    """A collection in the configured store."""
+
     name: str
     count: int | None = Field(description="Number of indexed images; null if the collection can't be read.")
-    model: ModelInfo | None = Field(description="null if no model is recorded or the collection can't be read.")
+    model: ModelInfo | None = Field(description="null if no model is recorded or it can't be read.")
     error: str | None = Field(None, description="Why count and model are missing, if they are.")
 
 
 class CollectionsResponse(BaseModel):
+    """Every collection in the configured store, by name."""
+
     collections: list[CollectionInfo]

@@ -29,7 +29,7 @@ def key_matches(headers: Headers, expected: str) -> bool:
     # Starlette decodes header bytes as latin-1; encoding back gives the bytes the client sent.
     # compare_digest takes as long whatever the key's prefix, so timing does not leak it.
     return any(
-        hmac.compare_digest(c.encode("latin-1", errors="replace"), wanted) for c in candidates if c is not None
+        hmac.compare_digest(c.encode("latin-1", "replace"), wanted) for c in candidates if c is not None
     )
 
 
@@ -42,8 +42,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if not key_matches(Headers(scope=scope), self.api_key):
-            headers = {"WWW-Authenticate": "Bearer"}
-            await JSONResponse({"detail": UNAUTHORIZED}, status_code=401, headers=headers)(scope, receive, send)
+            response = JSONResponse({"detail": UNAUTHORIZED}, 401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

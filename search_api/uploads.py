@@ -37,5 +37,5 @@ def read_upload(file: UploadFile, limit: int) -> bytes:
 
 
 def decode_upload(file: UploadFile, settings: Settings) -> Image.Image:
-    """The uploaded image as RGB: 413 if too big; ImageDecodeError (400) if not an image or too many pixels."""
+    """The uploaded image as RGB: 413 if too big; ImageDecodeError (400) if not an image or too big."""
     return decode_image(read_upload(file, settings.max_upload_bytes), max_pixels=settings.max_image_pixels)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 # The module-scoped live API (a 40-photo collection served by search_api) lives with the AppTest tests.
-from test_ui import APP, PHOTOS, api_url, free_port, photos  # noqa: F401
+from .test_ui import APP, PHOTOS, api_url, free_port, photos  # noqa: F401
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

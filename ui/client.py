@@ -68,10 +68,13 @@ class ApiClient:
         transport: httpx.BaseTransport | None = None,  # tests may hand in an httpx.MockTransport
     ):
         self.base_url, self.api_key = base_url.rstrip("/"), api_key
-        headers = {"X-API-Key": api_key} if api_key else {}
         # A short connect timeout makes "API is down" quick to report; reads may wait for a model load.
-        limits = httpx.Timeout(timeout, connect=3.0)
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=limits, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"X-API-Key": api_key} if api_key else {},
+            timeout=httpx.Timeout(timeout, connect=3.0),
+            transport=transport,
+        )
 
     def close(self) -> None:
         self._http.close()

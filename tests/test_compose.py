@@ -1,0 +1,55 @@
+"""docker-compose.yml is valid and describes the single-node and the 3-node cluster deployments.
+
+Validation needs only the docker client (`docker compose` or `docker-compose`), not an engine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+
+
+def compose_command() -> list[str]:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.skip("no docker compose client installed (apt-get install docker-compose)")
+
+
+def resolved_config(*profiles: str) -> dict:
+    """The file as compose resolves it (anchors, profiles, variables), parsed from its YAML output."""
+    args = [arg for profile in profiles for arg in ("--profile", profile)]
+    done = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), *args, "config"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
+def test_default_deployment_is_qdrant_api_and_ui() -> None:
+    services = resolved_config()["services"]
+    assert {"qdrant", "api", "ui"} <= set(services)
+    assert services["api"]["environment"]["CLIPSEARCH_STORE"] == "qdrant"
+    assert services["api"]["environment"]["CLIPSEARCH_QDRANT_URL"] == "http://qdrant:6333"
+
+
+def test_cluster_profile_shards_and_replicates_over_three_nodes() -> None:
+    services = resolved_config("cluster")["services"]
+    nodes = [name for name in services if name.startswith("qdrant-node")]
+    assert len(nodes) == 3
+    for node in nodes:
+        assert services[node]["environment"]["QDRANT__CLUSTER__ENABLED"] == "true"
+    env = services["api-cluster"]["environment"]
+    assert int(env["CLIPSEARCH_QDRANT_SHARDS"]) >= 3
+    assert int(env["CLIPSEARCH_QDRANT_REPLICAS"]) == 2
+    host_ports = [p for s in services.values() for p in s.get("ports", [])]
+    published = [str(p["published"]) if isinstance(p, dict) else str(p).split(":")[0] for p in host_ports]
+    assert len(published) == len(set(published)), f"two services publish the same host port: {published}"
