@@ -28,8 +28,9 @@ def compose_command() -> list[str]:
 def resolved_config(*profiles: str) -> dict:
     """The file as compose resolves it (anchors, profiles, variables), parsed from its YAML output."""
     args = [arg for profile in profiles for arg in ("--profile", profile)]
-    done = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), *args, "config"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE_FILE), *args, "config"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
