@@ -50,17 +50,27 @@ _UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+_SWAPS_SIDES = frozenset(_UPRIGHT[o] for o in (5, 6, 7, 8))
 
 
 class ImageDecodeError(ValueError):
     """The image could not be decoded; str(error) is a short human-readable reason."""
 
 
-def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(
+    source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
     """Decode a path or the bytes of an image file into a fully loaded RGB image.
 
     The pixel count is checked from the header before anything is decoded. EXIF orientation is applied,
     animations give their first frame, and transparency is composited onto white.
+
+    `draft_size`, for callers that shrink the image anyway (the indexer): a JPEG is decoded by libjpeg
+    at 1/2, 1/4 or 1/8 scale (DCT scaling, several times faster on large photos) as long as both sides
+    stay >= draft_size, and only at a scale that divides both sides, so the smaller image covers
+    exactly the same picture (no partial edge block) and any later resize keeps the same geometry.
+    Other formats are unaffected. The returned image is then smaller than the file;
+    `image.info["original_size"]` always holds the file's upright (width, height).
     """
     with _open(source) as im:
         width, height = im.size
@@ -68,9 +78,22 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MA
             raise ImageDecodeError(
                 f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels}"
             )
+        scale = _draft_scale(width, height, draft_size) if draft_size and im.format == "JPEG" else 1
+        if scale > 1:
+            im.draft(None, (width // scale, height // scale))
         im.load()  # open() leaves animations at frame 0, so this decodes the first frame only
         method = _UPRIGHT.get(_orientation(im))
-        return _to_rgb(im.transpose(method) if method is not None else im)
+        rgb = _to_rgb(im.transpose(method) if method is not None else im)
+        rgb.info["original_size"] = (height, width) if method in _SWAPS_SIDES else (width, height)
+        return rgb
+
+
+def _draft_scale(width: int, height: int, draft_size: int) -> int:
+    """The largest DCT scale (8, 4, 2) that divides both sides and keeps both >= draft_size, else 1."""
+    for scale in (8, 4, 2):
+        if width % scale == 0 and height % scale == 0 and min(width, height) // scale >= draft_size:
+            return scale
+    return 1
 
 
 def image_size(source: str | os.PathLike | bytes) -> tuple[int, int]:

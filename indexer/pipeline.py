@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_context, parent_process
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,19 @@ from tqdm import tqdm
 
 from indexer.decode import ImageDecodeError, decode_image
 from indexer.locking import collection_lock
-from indexer.models import ClipModel, ModelIdentity, PixelTransform, check_same_model, load_model
+from indexer.models import (
+    ClipModel,
+    ModelIdentity,
+    PixelTransform,
+    check_same_model,
+    check_same_precision,
+    load_model,
+    set_torch_threads,
+    usable_cpus,
+)
 from indexer.settings import Settings
 from indexer.sources import SourceItem, WalkProblem, walk_folder
-from indexer.stores import Record, VectorStore, open_store
+from indexer.stores import CollectionBusy, Record, VectorStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,7 @@ class IndexReport:
 @dataclass
 class Decoded:
     item: SourceItem
-    pixels: np.ndarray | None  # uint8 (H, W, 3) ready for the model, None on failure
+    pixels: Any  # uint8 (H, W, 3) ready for the model (a device tensor when GPU-decoded), None on failure
     reason: str | None = None
     width: int = 0
     height: int = 0
@@ -61,18 +71,39 @@ class Decoded:
 
 _worker_transform: PixelTransform | None = None
 _worker_max_pixels: int = 0
+_worker_draft_size: int | None = None
 
 
-def _init_worker(transform: PixelTransform, max_pixels: int) -> None:
-    global _worker_transform, _worker_max_pixels
-    _worker_transform, _worker_max_pixels = transform, max_pixels
+def _init_worker(transform: PixelTransform, max_pixels: int, draft_size: int | None = None) -> None:
+    global _worker_transform, _worker_max_pixels, _worker_draft_size
+    _worker_transform, _worker_max_pixels, _worker_draft_size = transform, max_pixels, draft_size
+    _exit_with_parent()
 
 
-def decode_item(item: SourceItem, transform: PixelTransform, max_pixels: int) -> Decoded:
-    """Decode one file to model-ready pixels; any failure becomes a reason, never an exception."""
+def _exit_with_parent() -> None:
+    """A worker outlives a parent killed by SIGKILL (no pool shutdown runs) and would wait for work
+    forever, holding its memory (~1 GB with torch imported): exit as soon as the parent is gone,
+    even if that happened while this worker was still starting."""
+    parent = parent_process()
+
+    def wait_then_exit() -> None:
+        assert parent is not None
+        parent.join()  # returns when the parent's end of a pipe closes: when it exits, however it exits
+        os._exit(1)
+
+    if parent is not None:
+        threading.Thread(target=wait_then_exit, name="exit-with-parent", daemon=True).start()
+
+
+def decode_item(
+    item: SourceItem, transform: PixelTransform, max_pixels: int, draft_size: int | None = None
+) -> Decoded:
+    """Decode one file to model-ready pixels; any failure becomes a reason, never an exception.
+
+    `draft_size`: let libjpeg decode large JPEGs at a reduced scale with both sides >= draft_size."""
     try:
-        image = decode_image(item.path, max_pixels=max_pixels)
-        width, height = image.size
+        image = decode_image(item.path, max_pixels=max_pixels, draft_size=draft_size)
+        width, height = image.info.get("original_size", image.size)
         pixels = np.asarray(transform(image), dtype=np.uint8)
         return Decoded(item, pixels, None, width, height)
     except ImageDecodeError as exc:
@@ -83,24 +114,42 @@ def decode_item(item: SourceItem, transform: PixelTransform, max_pixels: int) ->
 
 def _decode_chunk(items: list[SourceItem]) -> list[Decoded]:
     assert _worker_transform is not None
-    return [decode_item(item, _worker_transform, _worker_max_pixels) for item in items]
+    return [decode_item(item, _worker_transform, _worker_max_pixels, _worker_draft_size) for item in items]
 
 
 def decoded_batches(
-    items: Sequence[SourceItem], transform: PixelTransform, max_pixels: int, batch_size: int, workers: int
+    items: Sequence[SourceItem],
+    transform: PixelTransform,
+    max_pixels: int,
+    batch_size: int,
+    workers: int,
+    draft_size: int | None = None,
 ) -> Iterator[list[Decoded]]:
-    """Decoded items in batches of `batch_size`, in input order, with a bounded number in flight."""
+    """Decoded items in batches of `batch_size`, in input order, with a bounded number in flight.
+
+    workers <= 1: in this process, one batch ahead on a thread (PIL decodes and resizes without
+    holding the GIL, so this overlaps the encoder at no process start-up cost); more: processes."""
     chunks = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     if workers <= 1 or len(chunks) <= 1:
-        for chunk in chunks:
-            yield [decode_item(item, transform, max_pixels) for item in chunk]
+
+        def decode_chunk(chunk: list[SourceItem]) -> list[Decoded]:
+            return [decode_item(item, transform, max_pixels, draft_size) for item in chunk]
+
+        if not chunks:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as ahead:
+            upcoming = ahead.submit(decode_chunk, chunks[0])
+            for next_chunk in chunks[1:]:
+                current, upcoming = upcoming, ahead.submit(decode_chunk, next_chunk)
+                yield current.result()
+            yield upcoming.result()
         return
     # spawn, not fork: the parent holds torch's thread pools, which do not survive a fork.
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
         initializer=_init_worker,
-        initargs=(transform, max_pixels),
+        initargs=(transform, max_pixels, draft_size),
     ) as pool:
         pending: list[Future[list[Decoded]]] = []
         queued = iter(chunks)
@@ -114,6 +163,54 @@ def decoded_batches(
             if next_chunk is not None:
                 pending.append(pool.submit(_decode_chunk, next_chunk))
             yield done
+
+
+# --- sizing to the device ------------------------------------------------------------------
+
+# Large JPEGs are decoded at a reduced DCT scale that keeps both sides >= DRAFT_FACTOR x the model's
+# input side (decode_image's draft_size): on real photos, a model input within 45 dB PSNR and
+# embeddings within cosine 0.9999 of a full decode's at 2x (docs/benchmarks.md).
+DRAFT_FACTOR = 2
+
+
+def batch_size_for(settings: Settings, device: str) -> int:
+    """settings.batch_size, or when 0: 256 on CUDA (fills a large GPU), 64 on CPU."""
+    return settings.batch_size or (256 if device.startswith("cuda") else 64)
+
+
+def workers_for(settings: Settings, device: str) -> int:
+    """settings.workers, or when 0: one decode process per core on CUDA (the GPU encodes); on CPU the
+    encoder's threads need the cores, and decoding takes ~10% of the work: one per 4 cores, at least 1
+    (1: a decode thread in this process). Measured on 2 cores in docs/benchmarks.md."""
+    if settings.workers:
+        return settings.workers
+    cpus = usable_cpus()
+    return cpus if device.startswith("cuda") else max(1, cpus // 4)
+
+
+def _batches(
+    settings: Settings, model: ClipModel, items: Sequence[SourceItem], batch_size: int, workers: int
+) -> Iterator[list[Decoded]]:
+    transform, max_pixels = model.pixel_transform, settings.max_image_pixels
+    draft_size = DRAFT_FACTOR * model.input_size
+    if model.device.startswith("cuda") and settings.gpu_decode:
+        from indexer import gpu_decode
+
+        if gpu_decode.tensor_transform_ok(transform):
+            return gpu_decode.device_decoded_batches(
+                items, transform, max_pixels, batch_size, draft_size, model.device, threads=workers
+            )
+    return decoded_batches(items, transform, max_pixels, batch_size, workers, draft_size)
+
+
+def _stack(pixels: list[Any]) -> Any:
+    """One (N, H, W, 3) uint8 batch: numpy from CPU decoding, a device tensor when any was GPU-decoded."""
+    if all(isinstance(p, np.ndarray) for p in pixels):
+        return np.stack(pixels)
+    import torch
+
+    device = next(p.device for p in pixels if isinstance(p, torch.Tensor))
+    return torch.stack([torch.as_tensor(p).to(device) for p in pixels])
 
 
 # --- planning and writing ------------------------------------------------------------------
@@ -145,6 +242,7 @@ def prepare_store(settings: Settings, collection: str, identity: ModelIdentity) 
     if "model" in info:
         try:
             check_same_model(ModelIdentity.from_dict(info["model"]), identity, collection)
+            check_same_precision(ModelIdentity.from_dict(info["model"]), identity, collection)
         except Exception:
             store.close()
             raise
@@ -165,19 +263,32 @@ def index_sources(
     started = time.perf_counter()
     roots = [os.path.abspath(source) for source in sources]
     with collection_lock(settings.home, collection):
-        model = model or load_model(settings.model, settings.pretrained, settings.device)
-        store = prepare_store(settings, collection, model.identity)
+        model = model or load_model(settings.model, settings.pretrained, settings.device, settings.precision)
+        if not model.device.startswith("cuda"):
+            set_torch_threads(usable_cpus())  # the encoder takes every core; decoding overlaps it
         try:
-            report = _sync(settings, store, model, roots, progress)
+            store = prepare_store(settings, collection, model.identity)
+        except CollectionBusy as exc:
+            raise CollectionBusy(
+                f"collection {collection!r} is open in another process (a running `clipsearch serve`, or a "
+                f"search): an embedded collection can be open in one process at a time. Stop that process "
+                f"and index again, or let the server index while it serves: clipsearch serve --watch FOLDER"
+            ) from exc
+        try:
+            report = sync_store(settings, store, model, roots, progress)
         finally:
             store.close()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _sync(
-    settings: Settings, store: VectorStore, model: ClipModel, roots: list[str], progress: bool
+def sync_store(
+    settings: Settings, store: VectorStore, model: ClipModel, roots: Sequence[str | Path], progress: bool
 ) -> IndexReport:
+    """The ingest on an already open store and loaded model: what `index_sources` runs under the
+    collection lock, and `serve --watch` on the store its API searches. The caller has checked the
+    model against the collection (`prepare_store`) and holds the collection lock."""
+    roots = [os.path.abspath(root) for root in roots]
     report = IndexReport(collection=store.name)
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
@@ -199,17 +310,14 @@ def _sync(
     for problem in problems:
         failed[problem.uri] = {"reason": problem.reason}
 
-    workers = settings.workers or os.cpu_count() or 1
+    batch_size, workers = batch_size_for(settings, model.device), workers_for(settings, model.device)
     bar = tqdm(
         total=len(to_embed), unit="img", desc=f"indexing {store.name}", disable=not progress, smoothing=0.1
     )
     # One writer thread: the store write of batch n overlaps the encoding of batch n+1.
     with ThreadPoolExecutor(max_workers=1) as writer:
         last_write: Future[None] | None = None
-        batches = decoded_batches(
-            to_embed, model.pixel_transform, settings.max_image_pixels, settings.batch_size, workers
-        )
-        for batch in batches:
+        for batch in _batches(settings, model, to_embed, batch_size, workers):
             good = [d for d in batch if d.pixels is not None]
             bad = [d for d in batch if d.pixels is None]
             for d in bad:
@@ -219,7 +327,7 @@ def _sync(
             ]  # a file that went bad loses its old vector
             records = []
             if good:
-                vectors = model.encode_pixels(np.stack([d.pixels for d in good]))
+                vectors = model.encode_pixels(_stack([d.pixels for d in good]))
                 records = [_record(d, v) for d, v in zip(good, vectors, strict=True)]
                 for d in good:
                     failed.pop(d.item.uri, None)

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StoreKind = Literal["edge", "qdrant", "faiss"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+QuantizationKind = Literal["none", "int8"]
+PrecisionName = Literal["fp32", "int8"]
 
 
 def _default_home() -> Path:
@@ -27,8 +29,23 @@ class Settings(BaseSettings):
         "laion2b_s34b_b79k", description="open_clip pretrained tag or path to a local checkpoint file."
     )
     device: DeviceName = Field("auto", description="auto picks CUDA when present.")
-    batch_size: int = Field(64, ge=1, description="Images per encoder batch.")
-    workers: int = Field(0, ge=0, description="Decode worker processes; 0 means one per CPU core.")
+    batch_size: int = Field(
+        0, ge=0, description="Images per encoder batch; 0: sized to the device (256 on CUDA, 64 on CPU)."
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Decode worker processes; 0: sized to the device (one per core on CUDA; on CPU, where "
+        "the encoder needs the cores, one per 4 cores, at least 1). See docs/benchmarks.md.",
+    )
+    precision: PrecisionName = Field(
+        "fp32",
+        description="Image encoder: fp32 (exact; fp16 autocast on CUDA) or int8, the approximate CPU fast "
+        "path (dynamic int8 quantisation, embeddings within cosine ~0.999). Recorded with a collection.",
+    )
+    gpu_decode: bool = Field(
+        True, description="On CUDA, decode baseline JPEGs on the GPU (nvJPEG via torchvision); others on CPU."
+    )
 
     store: StoreKind = Field("edge", description="edge (embedded, default), qdrant (server) or faiss.")
     qdrant_url: str | None = Field(None, description="Qdrant server URL, for store=qdrant.")
@@ -38,6 +55,27 @@ class Settings(BaseSettings):
     )
     qdrant_shards: int = Field(1, ge=1, description="Shards for collections created on a Qdrant server.")
     qdrant_replicas: int = Field(1, ge=1, description="Replication factor on a Qdrant server.")
+
+    # Search tuning for the Qdrant stores (edge and server), chosen for recall first; see docs/benchmarks.md.
+    hnsw_ef: int = Field(
+        256, ge=1, description="HNSW candidates explored per query (edge, qdrant): higher recall, slower."
+    )
+    quantization: QuantizationKind = Field(
+        "int8",
+        description="int8: scalar-quantised vectors in RAM, originals on disk, results rescored with "
+        "the originals (about 4x less RAM). Set when a collection is created; an existing edge collection "
+        "gets it when an index run next changes it. none: full-precision vectors in RAM (int8 stays int8).",
+    )
+    oversampling: float = Field(
+        2.0, ge=1.0, description="With quantization: candidates rescored with the originals, per result."
+    )
+
+    faiss_index: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
+        "auto", description="FAISS index: auto (exact below 100k vectors, HNSW above), flat, hnsw, ivfpq."
+    )
+    faiss_refine: Literal["flat", "sq8", "none"] = Field(
+        "flat", description="IVF-PQ rescoring: exact (flat), int8 (sq8, 4x less RAM) or none."
+    )
 
     api_key: str | None = Field(None, description="When set, every API route but /healthz needs it.")
     cors_origins: list[str] = Field(

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from indexer.decode import IMAGE_EXTENSIONS
 
@@ -64,7 +65,8 @@ def walk_folder(root: Path, problems: list[WalkProblem] | None = None) -> Iterat
 
     def on_error(error: OSError) -> None:
         if problems is not None:
-            problems.append(WalkProblem(str(error.filename), f"unreadable folder: {error.strerror}"))
+            reason = f"unreadable folder: {error.strerror}"
+            problems.append(WalkProblem(printable_path(error.filename), reason))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d) and d not in _JUNK_DIRS)
@@ -76,14 +78,27 @@ def walk_folder(root: Path, problems: list[WalkProblem] | None = None) -> Iterat
         yield from _items(candidates, problems)
 
 
+def printable_path(path: str | Path) -> str:
+    """The path as valid text: bytes that are not UTF-8 (a name from an old Latin-1 disk) shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _items(paths: list[Path], problems: list[WalkProblem] | None) -> Iterator[SourceItem]:
+    def problem(path: Path, reason: str) -> None:
+        if problems is not None:
+            problems.append(WalkProblem(printable_path(path), reason))
+
     for path in paths:
         try:
             stat = path.stat()
         except OSError as exc:  # dangling symlink, symlink loop, vanished file
-            if problems is not None:
-                problems.append(WalkProblem(str(path), f"cannot stat: {exc.strerror or exc}"))
+            problem(path, f"cannot stat: {exc.strerror or exc}")
             continue
-        if not path.is_file():
+        if not S_ISREG(stat.st_mode):  # a FIFO named .jpg would block whoever opened it
+            problem(path, "not a regular file")
+            continue
+        if printable_path(path) != str(path):
+            # Ids, payloads and JSON output are UTF-8 text: such a name cannot be stored or shown as is.
+            problem(path, "file name is not valid UTF-8; rename the file to index it")
             continue
         yield SourceItem(uri=str(path), path=str(path), fingerprint=_fingerprint(stat))

@@ -6,9 +6,10 @@ until shutdown; a missing collection is a 404 until it is indexed, never a faile
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,9 +21,10 @@ from indexer.settings import Settings
 from search_api import routes
 from search_api.engines import EngineHolder
 from search_api.errors import install_error_handlers
+from search_api.limits import BodyLimitMiddleware, body_limit
 from search_api.metrics import Metrics, MetricsMiddleware
 from search_api.security import ApiKeyMiddleware, document_security
-from search_api.uploads import body_limit
+from search_api.watch import DEFAULT_INTERVAL, watching
 
 DESCRIPTION = """Semantic image search over a collection indexed by `clipsearch index`:
 text-to-image, image-to-image and zero-shot classification with open_clip models.
@@ -38,15 +40,22 @@ def _version() -> str:
         return "0.0.0"
 
 
-def create_app(settings: Settings | None = None, model: ClipModel | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    model: ClipModel | None = None,
+    watch: Sequence[str | Path] = (),
+    watch_interval: float = DEFAULT_INTERVAL,
+) -> FastAPI:
     """The API over `settings.collection`. `model`, when given, is used instead of loading the
-    collection's recorded model (it must be the same model: tests and embedding reuse a loaded one)."""
+    collection's recorded model (it must be the same model: tests and embedding reuse a loaded one).
+    With `watch` folders, the server also indexes them every `watch_interval` seconds (watch.py)."""
     settings = settings or Settings()
     engines = EngineHolder(settings, model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        async with watching(engines, watch, watch_interval, model) as app.state.watcher:
+            yield
         await run_in_threadpool(engines.close)  # waits for a running query; closing flushes the store
 
     app = FastAPI(
@@ -58,20 +67,22 @@ def create_app(settings: Settings | None = None, model: ClipModel | None = None)
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
-        # Refuses oversize bodies from Content-Length before reading, and counts chunked ones.
-        max_body_size=body_limit(settings),
     )
     app.state.settings = settings
     app.state.engines = engines
     app.state.metrics = metrics = Metrics(engines)
 
-    install_error_handlers(app, settings.max_upload_bytes)
+    install_error_handlers(app)
     app.include_router(routes.meta)
     app.include_router(routes.api)
     app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
 
-    # add_middleware wraps: the last added is outermost. CORS outside auth, so preflights (which
-    # carry no key) are answered; metrics outside auth, so 401s are counted too.
+    # add_middleware wraps: the last added is outermost. The body limit inside auth, so a request
+    # without the key is refused whatever its size; CORS outside auth, so preflights (which carry no
+    # key) are answered; metrics outside auth, so 401s are counted too.
+    app.add_middleware(
+        BodyLimitMiddleware, max_body=body_limit(settings), max_upload=settings.max_upload_bytes
+    )
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

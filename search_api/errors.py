@@ -36,7 +36,7 @@ def _message(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     async def library_error(request: Request, exc: Exception) -> JSONResponse:
         status = next(code for cls, code in LIBRARY_ERRORS.items() if isinstance(exc, cls))
         if status >= 500:
@@ -47,10 +47,7 @@ def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
         app.add_exception_handler(cls, library_error)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 413 and detail == "Content Too Large":  # Starlette's body limit, made specific
-            detail = f"upload too large: the limit is {max_upload_bytes} bytes"
-        return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
 

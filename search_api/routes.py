@@ -44,9 +44,14 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
-_QUERY_ERRORS = _errors(404, 409, 422, 503)
+# 400: a body that is not UTF-8 (FastAPI can't parse it); 413: over the body limit, like an upload.
+_QUERY_ERRORS = _errors(400, 404, 409, 413, 422, 503)
 _UPLOAD_ERRORS = _errors(400, 404, 409, 413, 422, 503)
 
+# Uploads are multipart/form-data; a form model holding an UploadFile is otherwise documented in the
+# OpenAPI schema as application/x-www-form-urlencoded, which can't carry a file.
+ImageSearchUpload = Annotated[ImageSearchForm, Form(media_type="multipart/form-data")]
+ClassifyUpload = Annotated[ClassifyForm, Form(media_type="multipart/form-data")]
 
 
 @meta.get("/healthz", response_model=HealthResponse, operation_id="healthz",
@@ -72,10 +77,13 @@ async def docs(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - docs")
 
 
-def _check_k(k: int, settings: Settings) -> None:
-    # The upper bound is a setting, so the static schema can't hold it; same status as a schema error.
-    if k > settings.max_k:
-        raise HTTPException(422, f"k must be between 1 and {settings.max_k}")
+def _k(request: SearchRequest | ImageSearchForm, settings: Settings) -> int:
+    """k within the server's max_k (a setting, so the static schema can't hold it)."""
+    if "k" not in request.model_fields_set:  # the default may exceed a small max_k; the client didn't ask
+        return min(request.k, settings.max_k)
+    if request.k > settings.max_k:
+        raise HTTPException(422, f"k must be between 1 and {settings.max_k}")  # as a schema error would
+    return request.k
 
 
 def _search_response(timed: Timed[list[Result]], started: float, metrics: MetricsDep) -> SearchResponse:
@@ -94,33 +102,33 @@ def search(
     body: SearchRequest, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> SearchResponse:
     started = time.perf_counter()
-    _check_k(body.k, settings)
+    k = _k(body, settings)
     if body.text is not None:
         text = body.text
-        timed = engines.call(lambda engine: engine.search_text(text, body.k))
+        timed = engines.call(lambda engine: engine.search_text(text, k))
     else:
         image_id = body.image_id or ""
-        timed = engines.call(lambda engine: engine.search_similar(image_id, body.k))
+        timed = engines.call(lambda engine: engine.search_similar(image_id, k))
     return _search_response(timed, started, metrics)
 
 
 @api.post("/search/image", response_model=SearchResponse, tags=["search"], responses=_UPLOAD_ERRORS,
           operation_id="search_image", summary="Search by an uploaded example image")
 def search_image(
-    form: Annotated[ImageSearchForm, Form()], engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
+    form: ImageSearchUpload, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> SearchResponse:
     started = time.perf_counter()
-    _check_k(form.k, settings)
+    k = _k(form, settings)
     image = decode_upload(form.file, settings)
     metrics.observe_stages({"decode": time.perf_counter() - started})
-    timed = engines.call(lambda engine: engine.search_image(image, form.k))
+    timed = engines.call(lambda engine: engine.search_image(image, k))
     return _search_response(timed, started, metrics)
 
 
 @api.post("/classify", response_model=ClassifyResponse, tags=["classify"], responses=_UPLOAD_ERRORS,
           operation_id="classify", summary="Zero-shot classification of an uploaded image")
 def classify(
-    form: Annotated[ClassifyForm, Form()], engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
+    form: ClassifyUpload, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> ClassifyResponse:
     started = time.perf_counter()
     labels = form.label_list
@@ -133,7 +141,6 @@ def classify(
 
 # Formats the indexer accepts that Python's mimetypes may not know.
 _MEDIA_TYPES = {".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
-
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},

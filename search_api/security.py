@@ -2,7 +2,7 @@
 
 Middleware rather than a route dependency: FastAPI reads and parses a request's body (uploads
 included) before it solves dependencies, and a dependency only guards the routes it is attached to.
-This refuses an unauthenticated request before a byte of its body is read, on every path (unknown
+This refuses an unauthenticated request before its body is parsed or stored, on every path (unknown
 ones, /docs and /openapi.json too), except /healthz which load balancers probe without a key.
 """
 
@@ -14,6 +14,8 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from search_api.limits import drain_body, expects_continue
 
 OPEN_PATHS = frozenset({"/healthz"})
 API_KEY_HEADER = "X-API-Key"
@@ -42,6 +44,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if not key_matches(Headers(scope=scope), self.api_key):
+            if not expects_continue(scope):  # read, not parsed or kept: the client then reads our answer
+                await drain_body(receive)
             response = JSONResponse({"detail": UNAUTHORIZED}, 401, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return

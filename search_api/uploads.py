@@ -1,9 +1,7 @@
-"""Uploaded images: size limits and decoding.
+"""Uploaded images: the exact size check, and decoding.
 
-Sizes are enforced twice. The app's body limit (see `body_limit`) refuses a request whose
-Content-Length is too big before reading it, and counts bytes as they arrive, so a chunked body
-with no Content-Length can't get past it either. It has to allow some multipart overhead on top of
-the file, so the file itself is checked exactly here.
+The whole request body was already bounded by `limits.BodyLimitMiddleware`, with room for multipart
+framing; this checks the file itself against max_upload_bytes.
 """
 
 from __future__ import annotations
@@ -13,29 +11,20 @@ from PIL import Image
 
 from indexer.decode import decode_image
 from indexer.settings import Settings
-
-# Room in a request body for the multipart framing and the small form fields next to the file.
-MULTIPART_OVERHEAD = 64 * 1024
-
-
-def body_limit(settings: Settings) -> int:
-    return settings.max_upload_bytes + MULTIPART_OVERHEAD
-
-
-def too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"upload too large: the limit is {limit} bytes")
+from search_api.limits import too_large_message
 
 
 def read_upload(file: UploadFile, limit: int) -> bytes:
     if file.size is not None and file.size > limit:
-        raise too_large(limit)
+        raise HTTPException(413, too_large_message(limit))
     file.file.seek(0)
     data = file.file.read(limit + 1)  # never more than the limit in memory, whatever size claims
     if len(data) > limit:
-        raise too_large(limit)
+        raise HTTPException(413, too_large_message(limit))
     return data
 
 
 def decode_upload(file: UploadFile, settings: Settings) -> Image.Image:
-    """The uploaded image as RGB: 413 if too big; ImageDecodeError (400) if not an image or too big."""
+    """The uploaded image as RGB. 413 if the file is too big; ImageDecodeError (a 400) if it is not an
+    image or has too many pixels."""
     return decode_image(read_upload(file, settings.max_upload_bytes), max_pixels=settings.max_image_pixels)

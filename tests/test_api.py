@@ -9,6 +9,8 @@ with a JSON {"detail": "..."}, never a 500.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import http.client
 import io
 import json
@@ -18,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +157,10 @@ def client(base_url: str) -> Iterator[httpx.Client]:
 
 def assert_agrees_with_brute_force(results: list[dict[str, Any]], corpus: Corpus, query: np.ndarray) -> None:
     """Same top ids, in the same order, with the same scores as exact search over the stored vectors."""
-    exact = dict(zip(corpus.ids, (corpus.vectors @ query).tolist()))
+    exact = dict(zip(corpus.ids, (corpus.vectors @ query).tolist(), strict=True))
     expected = sorted(exact, key=exact.__getitem__, reverse=True)[: len(results)]
     np.testing.assert_allclose([r["score"] for r in results], [exact[i] for i in expected], atol=1e-5)
-    for rank, (result, want) in enumerate(zip(results, expected)):
+    for rank, (result, want) in enumerate(zip(results, expected, strict=True)):
         # Two stored vectors scoring the same may come in either order; anything else must match.
         assert result["id"] == want or abs(exact[result["id"]] - exact[want]) < 1e-6, (rank, result, want)
 
@@ -193,7 +196,9 @@ def test_text_search_shape(client: httpx.Client, corpus: Corpus) -> None:
     assert body["took_ms"] >= body["timings"]["search_ms"] > 0
 
 
-def test_text_search_agrees_with_brute_force(client: httpx.Client, corpus: Corpus, tiny_model: ClipModel) -> None:
+def test_text_search_agrees_with_brute_force(
+    client: httpx.Client, corpus: Corpus, tiny_model: ClipModel
+) -> None:
     for text in ("a dog on the grass", "a red car", "fish"):
         results = search(client, text=text, k=10)["results"]
         assert len(results) == 10
@@ -236,6 +241,26 @@ def test_upload_search_default_k(client: httpx.Client, corpus: Corpus) -> None:
     response = client.post("/v1/search/image", files={"file": ("query.jpg", photo.read_bytes())})
     assert response.status_code == 200, response.text
     assert len(response.json()["results"]) == 10
+
+
+def test_concurrent_queries_are_all_answered_correctly(client: httpx.Client, corpus: Corpus) -> None:
+    # Routes run in a thread pool while the engine admits one caller at a time: nothing may interleave.
+    def query(index: int) -> tuple[str, str]:
+        photo = corpus.photos[index % 8]
+        if index % 3 == 0:
+            body = search(client, image_id=corpus.ids[index % PHOTOS], k=3)
+            return body["results"][0]["id"], corpus.ids[index % PHOTOS]
+        if index % 3 == 1:
+            response = client.post("/v1/search/image", files={"file": (photo.name, photo.read_bytes())},
+                                   data={"k": "3"})
+            assert response.status_code == 200, response.text
+            return response.json()["results"][0]["uri"], str(photo)
+        body = search(client, text=f"a photo of thing number {index}", k=3)
+        return str(len(body["results"])), "3"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for got, expected in pool.map(query, range(48)):
+            assert got == expected
 
 
 def test_classify(client: httpx.Client, corpus: Corpus) -> None:
@@ -412,14 +437,14 @@ def test_upload_search_k_out_of_range_is_422(client: httpx.Client, k: str) -> No
 
 @pytest.mark.parametrize("data", [{}, {"labels": ""}, {"labels": " , ,"}])
 def test_classify_without_labels_is_422(client: httpx.Client, corpus: Corpus, data: dict[str, str]) -> None:
-    response = client.post("/v1/classify", files={"file": ("x.jpg", corpus.photos[0].read_bytes())}, data=data)
-    assert_error(response, 422, "labels")
+    upload = {"file": ("x.jpg", corpus.photos[0].read_bytes())}
+    assert_error(client.post("/v1/classify", files=upload, data=data), 422, "labels")
 
 
 def test_classify_too_many_labels_is_422(client: httpx.Client) -> None:
     labels = ",".join(f"label{i}" for i in range(300))
-    response = client.post("/v1/classify", files={"file": ("x.png", png_bytes((32, 32)))}, data={"labels": labels})
-    assert_error(response, 422, "at most")
+    upload = {"file": ("x.png", png_bytes((32, 32)))}
+    assert_error(client.post("/v1/classify", files=upload, data={"labels": labels}), 422, "at most")
 
 
 def test_unknown_route_and_wrong_method_are_json(client: httpx.Client) -> None:
@@ -430,7 +455,9 @@ def test_unknown_route_and_wrong_method_are_json(client: httpx.Client) -> None:
 # --- a server whose collection does not exist yet -------------------------------------------------------
 
 
-def test_missing_collection_is_404_not_500(tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel) -> None:
+def test_missing_collection_is_404_not_500(
+    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel
+) -> None:
     settings = make_settings(tmp_path / "empty-home", tiny_checkpoint, collection="photos")
     with serve(create_app(settings, model=tiny_model)) as url, httpx.Client(base_url=url, timeout=30) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
@@ -442,3 +469,28 @@ def test_missing_collection_is_404_not_500(tmp_path: Path, tiny_checkpoint: Path
         assert assert_error(http.post("/v1/classify", files=upload, data={"labels": "a,b"}), 404) == expected
         assert assert_error(http.get(f"/v1/images/{uuid.uuid4()}"), 404) == expected
         assert http.get("/v1/collections").json() == {"collections": []}
+
+
+def test_engine_errors_are_409_and_503_not_500(
+    tmp_path: Path, imagenet_dir: Path, tiny_checkpoint: Path, tiny_model: ClipModel
+) -> None:
+    copy_photos(imagenet_dir, tmp_path / "photos", 3)
+    settings = make_settings(tmp_path / "home", tiny_checkpoint)
+    index_sources(settings, [tmp_path / "photos"], model=tiny_model, progress=False)
+    text = {"text": "a cat", "k": 2}
+
+    # A model other than the one the collection was built with: refused, never mixed.
+    other = copy.copy(tiny_model)
+    other.identity = dataclasses.replace(tiny_model.identity, weights="sha256:" + "0" * 64)
+    with serve(create_app(settings, model=other)) as url:
+        assert_error(httpx.post(f"{url}/v1/search", json=text, timeout=30), 409, "was built with")
+
+    # The embedded store admits one opener: a second server over the same collection gets a clear 503.
+    # (The store's own message says so; only its naming the collection is checked here.)
+    with serve(create_app(settings, model=tiny_model)) as first, serve(create_app(settings)) as second:
+        [listed] = httpx.get(f"{first}/v1/collections").json()["collections"]  # engine not opened yet
+        assert listed["count"] == 3 and listed["error"] is None
+        assert httpx.post(f"{first}/v1/search", json=text, timeout=30).status_code == 200
+        assert_error(httpx.post(f"{second}/v1/search", json=text, timeout=30), 503, "'default'")
+        [listed] = httpx.get(f"{second}/v1/collections").json()["collections"]
+        assert listed["count"] is None and "'default'" in listed["error"]

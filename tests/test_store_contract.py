@@ -29,7 +29,7 @@ from indexer.stores import (
     open_store,
 )
 
-STORE_KINDS = ["edge", "qdrant"]
+STORE_KINDS = ["edge", "qdrant", "faiss"]
 DIM = 32
 REPO = Path(__file__).resolve().parents[1]
 

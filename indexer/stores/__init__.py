@@ -22,9 +22,10 @@ from types import ModuleType
 import numpy as np
 
 from indexer.settings import Settings
-from indexer.stores.base import CollectionNotFound, Hit, Record, StoreError, VectorStore
+from indexer.stores.base import CollectionBusy, CollectionNotFound, Hit, Record, StoreError, VectorStore
 
 __all__ = [
+    "CollectionBusy",
     "CollectionNotFound",
     "Hit",
     "Record",
@@ -38,7 +39,7 @@ __all__ = [
 _BACKENDS: dict[str, str | None] = {
     "edge": "indexer.stores.edge",
     "qdrant": "indexer.stores.qdrant",
-    "faiss": None,  # not written yet
+    "faiss": "indexer.stores.faiss_store",
 }
 
 # Names become directory names and Qdrant collection names: keep them to a safe alphabet.

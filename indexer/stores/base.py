@@ -21,6 +21,10 @@ class CollectionNotFound(StoreError):
     pass
 
 
+class CollectionBusy(StoreError):
+    """An embedded collection is open in another process: only one process at a time may open it."""
+
+
 @dataclass
 class Record:
     """One indexed item. `payload` holds `uri`, `fingerprint` and `metadata`."""

@@ -27,7 +27,7 @@ import qdrant_edge as qe
 
 from indexer.settings import Settings
 from indexer.stores import canonical_id, checked_vector
-from indexer.stores.base import Hit, Record, StoreError
+from indexer.stores.base import CollectionBusy, Hit, Record, StoreError
 
 SHARD_DIR = "shard"
 INFO_FILE = "info.json"
@@ -40,8 +40,13 @@ INDEXING_THRESHOLD_KB = 20_000
 SEGMENTS = 8
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 128
-# ef at query time: high, because recall matters more than the last fraction of a millisecond.
-SEARCH_EF = 256
+# ef at query time and quantization come from Settings (hnsw_ef, quantization, oversampling).
+# With quantization=int8 (the default) optimised segments keep int8 copies of the vectors in RAM
+# (1/4 the size), which HNSW search walks; the top `k * oversampling` are then rescored with the
+# float32 originals, which stay on disk (mmap, paged in on demand), so scores are exact and the
+# RAM per vector is ~0.6 KB instead of ~2 KB at 512-d. Payloads stay on disk as well.
+# INT8_QUANTILE: the value range kept by int8 scaling; the rare values beyond it are clipped.
+INT8_QUANTILE = 0.99
 # flush() builds the index once this many points are searched by brute force, so a long
 # ingest does not leave a huge unindexed tail; close() builds it whenever anything changed.
 OPTIMIZE_BACKLOG = 20_000
@@ -64,15 +69,32 @@ def existing_dim(settings: Settings, name: str) -> int | None:
         raise StoreError(f"collection {name!r}: unreadable shard config {config_file}: {exc}") from exc
 
 
-def _config(dim: int) -> qe.EdgeConfig:
+def _config(dim: int, settings: Settings) -> qe.EdgeConfig:
+    # None means "keep what the shard has" on load: quantization="none" never strips an existing
+    # int8 index (that needs a re-index), and the vectors then stay where they are.
+    quantization, vectors_memory = None, None
+    if settings.quantization == "int8":
+        int8 = qe.ScalarType.Int8
+        quantization = qe.ScalarQuantizationConfig(int8, quantile=INT8_QUANTILE, always_ram=True)
+        vectors_memory = qe.Memory.Cold  # originals on disk: only rescoring reads them
     return qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=vectors_memory),
         hnsw_config=qe.HnswIndexConfig(
             m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=INDEXING_THRESHOLD_KB
         ),
+        quantization_config=quantization,
         optimizers=qe.EdgeOptimizersConfig(
             indexing_threshold=INDEXING_THRESHOLD_KB, default_segment_number=SEGMENTS
         ),
+        payload_memory=qe.Memory.Cold,
+    )
+
+
+def _search_params(settings: Settings, k: int) -> qe.SearchParams:
+    # Quantization params are ignored by segments without quantized vectors (plain ones, or "none").
+    return qe.SearchParams(
+        hnsw_ef=max(settings.hnsw_ef, k),
+        quantization=qe.QuantizationSearchParams(rescore=True, oversampling=settings.oversampling),
     )
 
 
@@ -82,9 +104,10 @@ def create(settings: Settings, name: str, dim: int) -> EdgeStore:
     final = shard_path(settings, name)
     tmp = final.with_name(f"{SHARD_DIR}.creating-{os.getpid()}")
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_creations(final)
     shutil.rmtree(tmp, ignore_errors=True)
     with _errors(name, "create"):
-        qe.EdgeShard.create(str(tmp), _config(dim)).close()
+        qe.EdgeShard.create(str(tmp), _config(dim, settings)).close()
     try:
         os.replace(tmp, final)
     except OSError as exc:  # another process created it first
@@ -95,19 +118,37 @@ def create(settings: Settings, name: str, dim: int) -> EdgeStore:
     return load(settings, name, dim)
 
 
+def _remove_abandoned_creations(final: Path) -> None:
+    """Delete the temporary shards of creations whose process died (killed mid-create)."""
+    for leftover in final.parent.glob(f"{SHARD_DIR}.creating-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def load(settings: Settings, name: str, dim: int) -> EdgeStore:
     path = shard_path(settings, name)
     try:
         # Passing the config applies tuning changes made here since the shard was created.
-        shard = qe.EdgeShard.load(str(path), _config(dim))
+        shard = qe.EdgeShard.load(str(path), _config(dim, settings))
     except Exception as exc:  # qdrant_edge raises bare Exception
         if "WouldBlock" in str(exc):
-            raise StoreError(
+            raise CollectionBusy(
                 f"collection {name!r} is already open elsewhere (an index run, the API server, or "
                 f"another store in this process); close that first, or use store=qdrant for concurrent access"
             ) from exc
         raise StoreError(f"collection {name!r}: cannot open shard at {path}: {exc}") from exc
-    return EdgeStore(name, dim, shard, settings.collection_dir(name))
+    return EdgeStore(name, dim, shard, settings.collection_dir(name), settings)
 
 
 def list_collections(settings: Settings) -> list[str]:
@@ -123,15 +164,23 @@ def drop(settings: Settings, name: str) -> None:
         return
     # Opening takes the shard's lock, so a collection in use elsewhere is refused, not torn down.
     load(settings, name, dim).close(optimize=False)
-    shutil.rmtree(settings.collection_dir(name))
+    # Only what this store owns: another store kind may keep a collection of the same name here.
+    directory = settings.collection_dir(name)
+    shutil.rmtree(directory / SHARD_DIR)
+    (directory / INFO_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 class EdgeStore:
     """A VectorStore over one open Edge shard."""
 
-    def __init__(self, name: str, dim: int, shard: qe.EdgeShard, directory: Path) -> None:
+    def __init__(
+        self, name: str, dim: int, shard: qe.EdgeShard, directory: Path, settings: Settings | None = None
+    ) -> None:
         self.name = name
         self.dim = dim
+        self._settings = settings or Settings()
         self._shard: qe.EdgeShard | None = shard
         self._dir = directory
         self._dirty = False
@@ -164,7 +213,7 @@ class EdgeStore:
             limit=k,
             query=qe.Query.Nearest(query.tolist()),
             with_payload=True,
-            params=qe.SearchParams(hnsw_ef=max(SEARCH_EF, k)),
+            params=_search_params(self._settings, k),
         )
         with _errors(self.name, "search"):
             points = self.shard.query(request)
@@ -259,7 +308,9 @@ def _errors(name: str, action: str) -> Iterator[None]:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One fixed name: only the process that has the shard open writes here, and a file left by a
+    # killed writer is simply overwritten by the next write instead of piling up.
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()

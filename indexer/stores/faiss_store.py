@@ -33,7 +33,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +68,7 @@ RefineKind = Literal["flat", "sq8", "none"]
 
 @dataclass(frozen=True)
 class FaissConfig:
-    """Index tuning; a module constant (CONFIG) until Settings grows `faiss_*` fields."""
+    """Index tuning. The index kind and refine come from Settings; the rest are measured defaults."""
 
     kind: IndexKind = "auto"
     auto_hnsw_at: int = 100_000  # auto: exact flat search is fast enough below this many vectors
@@ -79,13 +79,18 @@ class FaissConfig:
     ivf_nprobe: int | None = None  # None: nlist / 8, within [8, 128]
     pq_m: int | None = None  # None: about dim / 4 bytes per code (at most 64), dividing dim
     refine: RefineKind = "flat"  # exact re-scoring (4*dim bytes/vector), SQ8 (dim bytes) or none
-    refine_k_factor: float = 8.0  # candidates re-scored per result
+    refine_k_factor: float = 16.0  # candidates re-scored per result; 8 misses ~1% of top-10s
+    refine_min_candidates: int = 256  # small k still re-scores this many (PQ ranks coarsely)
     ivfpq_min_train: int = 10_000  # below this, ivfpq stays exact flat (PQ wants 39 * 256 points)
     rebuild_tombstone_ratio: float = 0.2
     use_gpu: bool = True  # only when faiss was built with GPU support and sees a GPU
 
 
 CONFIG = FaissConfig()
+
+
+def config_from(settings: Settings) -> FaissConfig:
+    return replace(CONFIG, kind=settings.faiss_index, refine=settings.faiss_refine)
 
 
 def store_path(settings: Settings, name: str) -> Path:
@@ -145,7 +150,7 @@ def load(settings: Settings, name: str, dim: int, config: FaissConfig | None = N
         os.close(lock)
         raise StoreError(f"collection {name!r}: cannot open {path / DB_FILE}: {exc}") from exc
     try:
-        return FaissStore(name, dim, path, db, lock, config or CONFIG)
+        return FaissStore(name, dim, path, db, lock, config or config_from(settings))
     except BaseException:
         db.close()
         os.close(lock)
@@ -404,7 +409,7 @@ class FaissStore:
                 self._tombstones.clear()
                 self._changed()
             elif len(self._tombstones) > self.config.rebuild_tombstone_ratio * self._index.ntotal:
-                self._index = self._build(target, live)
+                self._index = self._build(target, live, reuse=self._index)
 
     def _target(self, n: int, current: tuple[str, Any] | None) -> tuple[str, Any]:
         """The signature (kind, build parameter) the index should have for n live vectors;
@@ -423,21 +428,30 @@ class FaissStore:
         # IVF centroids trained on a small collection fit a grown one badly: re-train at 4x.
         if self.config.ivf_nlist is not None or _signature(self._index)[0] != "ivfpq":
             return False
-        return _auto_nlist(n) >= 2 * faiss.extract_index_ivf(self._index).nlist
+        return self._nlist_for(n) >= 2 * faiss.extract_index_ivf(self._index).nlist
 
-    def _build(self, signature: tuple[str, Any], n: int) -> Any:
-        """A new index of the given kind over every vector in the database."""
+    def _nlist_for(self, n: int) -> int:
+        nlist = self.config.ivf_nlist or _auto_nlist(n)
+        return max(1, min(nlist, n // 39))  # k-means wants ~39 training points per centroid
+
+    def _build(self, signature: tuple[str, Any], n: int, reuse: Any = None) -> Any:
+        """An index of the given kind over every vector in the database. With `reuse`, that
+        index is emptied and refilled in place: peak memory stays 1x, and IVF keeps its training."""
         kind, _ = signature
         cfg = self.config
         log.info("collection %r: building a %s index over %d vectors", self.name, kind, n)
-        if kind == "flat":
-            inner = faiss.IndexFlatIP(self.dim)
-        elif kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = cfg.hnsw_ef_construction
+        if reuse is not None:
+            index = reuse
+            index.reset()
         else:
-            inner = self._trained_ivfpq(n)
-        index = faiss.IndexIDMap2(inner)
+            if kind == "flat":
+                inner = faiss.IndexFlatIP(self.dim)
+            elif kind == "hnsw":
+                inner = faiss.IndexHNSWFlat(self.dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                inner.hnsw.efConstruction = cfg.hnsw_ef_construction
+            else:
+                inner = self._trained_ivfpq(n)
+            index = faiss.IndexIDMap2(inner)
         for iids, vectors in self._vector_pages():
             index.add_with_ids(vectors, iids)
         self._tune(index)
@@ -451,8 +465,7 @@ class FaissStore:
         if d % pq_m:
             raise StoreError(f"collection {self.name!r}: pq_m={pq_m} must divide the vector size {d}")
         iids = np.fromiter((row[0] for row in self.db.execute("SELECT iid FROM vectors")), dtype=np.int64)
-        nlist = cfg.ivf_nlist or _auto_nlist(len(iids))
-        nlist = max(1, min(nlist, len(iids) // 39))  # k-means wants ~39 points per centroid
+        nlist = self._nlist_for(len(iids))
         sample_size = min(len(iids), max(64 * nlist, 40 * 256))
         sample = np.sort(np.random.default_rng(0).choice(iids, size=sample_size, replace=False))
         quantizer = faiss.IndexFlatIP(d)
@@ -474,8 +487,6 @@ class FaissStore:
         inner = faiss.downcast_index(index.index)
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = cfg.hnsw_ef_search
-        if isinstance(inner, faiss.IndexRefine):
-            inner.k_factor = cfg.refine_k_factor
         if _signature(index)[0] == "ivfpq":
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = cfg.ivf_nprobe or min(128, max(8, ivf.nlist // 8))
@@ -489,8 +500,14 @@ class FaissStore:
         want = min(k, live)
         fetch = want if not self._tombstones else min(total, math.ceil(want * total / live) + 16)
         searcher = self._searcher()
+        refine = _signature(self._index) in {("ivfpq", "flat"), ("ivfpq", "sq8")}
         while True:
-            scores, labels = searcher.search(query, fetch)
+            params = None
+            if refine:  # k_factor per search, so that a small k still gets enough candidates
+                k_factor = max(self.config.refine_k_factor, self.config.refine_min_candidates / fetch)
+                params = faiss.IndexRefineSearchParameters(k_factor=k_factor)
+            with _one_omp_thread():
+                scores, labels = searcher.search(query, fetch, params=params)
             found = [
                 (int(iid), float(score))
                 for iid, score in zip(labels[0], scores[0], strict=True)
@@ -620,6 +637,19 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     # Scores are cosine similarities, as with Qdrant's Cosine distance; zero vectors stay zero.
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    """FAISS parallelises over queries, so one query gains nothing from OpenMP; but IndexIDMap's
+    parallel label translation costs milliseconds when the cores are busy (torch encoding in the
+    same process, other searches). The setting is per calling thread, so this is thread-safe."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 _gpu_res: Any = None

@@ -17,10 +17,14 @@ from qdrant_client import QdrantClient, models
 
 from indexer.settings import Settings
 from indexer.stores import canonical_id, checked_vector
-from indexer.stores.base import Hit, Record, StoreError
+from indexer.stores.base import CollectionBusy, Hit, Record, StoreError
 
 INFO_KEY = "clipsearch_info"
-SEARCH_EF = 256
+# The same tuning as the edge store (see edge.py): HNSW m / ef_construct here, ef at query time,
+# int8 quantization (RAM) with float32 originals on disk and rescoring from Settings.
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 128
+INT8_QUANTILE = 0.99
 WRITE_BATCH = 256  # points per request: keeps REST bodies around a few MB for 512-d vectors
 SCROLL_PAGE = 1024
 
@@ -49,6 +53,8 @@ def _acquire(settings: Settings) -> QdrantClient:
                 else:
                     client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
             except Exception as exc:
+                if "already accessed" in str(exc):  # local mode: the folder is open in another process
+                    raise CollectionBusy(f"Qdrant local storage {key[1]} is already open elsewhere") from exc
                 raise StoreError(f"cannot connect to Qdrant ({key[1]}): {exc}") from exc
             entry = _clients[key] = [client, 0]
         entry[1] += 1
@@ -92,17 +98,32 @@ def create(settings: Settings, name: str, dim: int) -> QdrantStore:
         if settings.qdrant_path is None:  # local mode has no shards or replicas
             cluster = {"shard_number": settings.qdrant_shards, "replication_factor": settings.qdrant_replicas}
         with _errors(name, "create"):
-            client.create_collection(
-                name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE), **cluster
-            )
+            client.create_collection(name, **_collection_config(settings, dim), **cluster)
     except BaseException:
         _release(client)
         raise
-    return QdrantStore(name, dim, client, local=settings.qdrant_path is not None)
+    return QdrantStore(name, dim, client, settings)
+
+
+def _collection_config(settings: Settings, dim: int) -> dict[str, Any]:
+    quantized = settings.quantization == "int8"
+    quantization = None
+    if quantized:
+        quantization = models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=INT8_QUANTILE, always_ram=True
+            )
+        )
+    return {
+        "vectors_config": models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=quantized),
+        "hnsw_config": models.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT),
+        "quantization_config": quantization,
+        "on_disk_payload": True,
+    }
 
 
 def load(settings: Settings, name: str, dim: int) -> QdrantStore:
-    return QdrantStore(name, dim, _acquire(settings), local=settings.qdrant_path is not None)
+    return QdrantStore(name, dim, _acquire(settings), settings)
 
 
 def list_collections(settings: Settings) -> list[str]:
@@ -118,12 +139,14 @@ def drop(settings: Settings, name: str) -> None:
 class QdrantStore:
     """A VectorStore over one Qdrant collection."""
 
-    def __init__(self, name: str, dim: int, client: QdrantClient, local: bool) -> None:
+    def __init__(self, name: str, dim: int, client: QdrantClient, settings: Settings) -> None:
         self.name = name
         self.dim = dim
         self._client: QdrantClient | None = client
         # Local mode always searches exactly and warns about search params, so send none there.
-        self._search_params = None if local else models.SearchParams(hnsw_ef=SEARCH_EF, exact=False)
+        self._local = settings.qdrant_path is not None
+        self._ef = settings.hnsw_ef
+        self._quantization = models.QuantizationSearchParams(rescore=True, oversampling=settings.oversampling)
 
     @property
     def client(self) -> QdrantClient:
@@ -152,9 +175,11 @@ class QdrantStore:
         if k <= 0:
             return []
         query = checked_vector(self.name, self.dim, vector, "query")
-        params = self._search_params
-        if params is not None and k > SEARCH_EF:
-            params = models.SearchParams(hnsw_ef=k, exact=False)
+        params = None
+        if not self._local:  # quantization params are ignored by collections without quantization
+            params = models.SearchParams(
+                hnsw_ef=max(self._ef, k), exact=False, quantization=self._quantization
+            )
         with _errors(self.name, "search"):
             result = self.client.query_points(
                 self.name, query=query.tolist(), limit=k, search_params=params, with_payload=True

@@ -1,0 +1,515 @@
+"""bench_load: the HTTP API under concurrent load, on loopback.
+
+Indexes real photos (the first --photos of ../shared/data/imagenet-samples) with `clipsearch index`,
+starts the real API with `clipsearch serve` as a subprocess (so the load generator does not share the
+server's interpreter), and drives it with --clients concurrent clients (asyncio + httpx, one
+keep-alive connection each) for --seconds seconds. Each client loops over a seeded random mix of
+- text search, POST /v1/search: half distinct texts (each runs the text encoder), half drawn from a
+  small fixed set (answered from the text-embedding cache);
+- image search, POST /v1/search/image: an indexed photo uploaded as multipart;
+- classify, POST /v1/classify: an indexed photo and 3 to 6 labels.
+Every answer is checked, not only its status: k results best first for text; the uploaded photo among
+the top-scored hits for image search; exactly the labels sent, best first, summing to 1 for classify.
+An error is any non-2xx answer, any exception (timeouts included, at --timeout seconds) or any wrong
+answer. It prints throughput and p50/p95/p99 per operation and overall, and writes the section
+"## Load test (bench_load)" of docs/benchmarks.md (replacing only that model's part of it).
+
+    .venv/bin/python scripts/bench_load.py --clients 50 --seconds 60
+    .venv/bin/python scripts/bench_load.py --clients 50 --seconds 60 --model ViT-B-32
+
+--model tiny (default) is the test suite's tiny architecture (tests/tiny-clip.json); ViT-B-32 (or any
+open_clip architecture name) gets fixed random weights: the same compute as trained weights, offline.
+`run_load` is also what tests/test_load_smoke.py runs against its in-test server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_CONFIG = REPO / "tests" / "tiny-clip.json"
+DATA = (REPO.parent / "shared" / "data" / "imagenet-samples").resolve()
+DOC = REPO / "docs" / "benchmarks.md"
+SECTION = "## Load test (bench_load)"
+OPERATIONS = ("text", "image", "classify")
+OPERATION_NAMES = {"text": "text search", "image": "image search", "classify": "classify"}
+DEFAULT_MIX = {"text": 0.5, "image": 0.25, "classify": 0.25}
+REPEATED_TEXTS = tuple(f"a photo of {thing}" for thing in (
+    "a dog", "a cat", "a red car", "a fish in the sea", "a mountain", "a bird on a branch", "a beach",
+    "a city at night", "a bowl of fruit", "a snake", "a boat", "a person on a bicycle", "a forest",
+    "a shark", "a frog", "an insect on a leaf", "a bridge", "a guitar", "a clock", "a pizza",
+))
+WORDS = ("red", "small", "old", "wet", "striped", "bright", "dark", "tiny", "huge", "blurry", "wooden")
+THINGS = ("dog", "cat", "car", "fish", "tree", "house", "boat", "bird", "lamp", "shoe", "cup", "train")
+LABELS = ("cat", "dog", "car", "fish", "bird", "snake", "boat", "tree", "flower", "insect", "food", "house")
+
+
+# --- the load driver (also run by tests/test_load_smoke.py) -------------------------------------------
+
+
+@dataclass
+class Workload:
+    """What the clients send: indexed photos (absolute path as indexed, bytes) and the collection size."""
+
+    photos: Sequence[tuple[str, bytes]]
+    count: int  # images in the collection: a text search answers min(k, count) results
+    k: int = 10
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. the API key
+
+
+@dataclass
+class Sample:
+    operation: str
+    started: float  # seconds since the run started
+    ms: float
+    error: str | None  # None when the answer was right
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    seconds: float  # the run's length: requests start until then
+    elapsed: float  # until the last request finished
+    samples: list[Sample]
+
+    @property
+    def errors(self) -> Counter:
+        return Counter(s.error for s in self.samples if s.error is not None)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per operation and "all": requests, errors, req/s (answered right), p50/p95/p99/max ms."""
+        out = {}
+        for name in (*OPERATIONS, "all"):
+            chosen = [s for s in self.samples if name == "all" or s.operation == name]
+            ok = [s.ms for s in chosen if s.error is None]
+            row = {"requests": len(chosen), "errors": len(chosen) - len(ok),
+                   "rps": len(ok) / self.elapsed if self.elapsed else 0.0}
+            for q in (50, 95, 99):
+                row[f"p{q}"] = float(np.percentile(ok, q)) if ok else float("nan")
+            row["max"] = max(ok) if ok else float("nan")
+            out[name] = row
+        return out
+
+
+def _pick(mix: dict[str, float], rng: random.Random) -> str:
+    return rng.choices(list(mix), weights=list(mix.values()))[0]
+
+
+async def _one(client: httpx.AsyncClient, operation: str, work: Workload, rng: random.Random,
+               serial: str) -> str | None:
+    """Send one request of `operation`; None if it was answered right, else what went wrong."""
+    if operation == "text":
+        distinct = rng.random() < 0.5
+        text = (f"a {rng.choice(WORDS)} {rng.choice(THINGS)}, query {serial}" if distinct
+                else rng.choice(REPEATED_TEXTS))
+        response = await client.post("/v1/search", json={"text": text, "k": work.k})
+        if response.status_code != 200:
+            return _http_error(response)
+        scores = [r["score"] for r in response.json()["results"]]
+        if len(scores) != min(work.k, work.count) or scores != sorted(scores, reverse=True):
+            return "wrong answer: text search results"
+        return None
+    uri, data = rng.choice(work.photos)
+    name = os.path.basename(uri)
+    if operation == "image":
+        form = {"k": str(work.k)}
+        response = await client.post("/v1/search/image", files={"file": (name, data)}, data=form)
+        if response.status_code != 200:
+            return _http_error(response)
+        results = response.json()["results"]
+        top = results[0]["score"] if results else 0.0
+        # The photo itself scores ~1; another photo can tie with it only by being the same image.
+        if top < 0.99 or uri not in {r["uri"] for r in results if r["score"] >= top - 1e-4}:
+            return "wrong answer: the uploaded photo is not the best hit"
+        return None
+    labels = rng.sample(LABELS, rng.randint(3, 6))
+    form = {"labels": ",".join(labels)}
+    response = await client.post("/v1/classify", files={"file": (name, data)}, data=form)
+    if response.status_code != 200:
+        return _http_error(response)
+    scored = response.json()["labels"]
+    scores = [item["score"] for item in scored]
+    if (sorted(item["label"] for item in scored) != sorted(labels) or scores != sorted(scores, reverse=True)
+            or abs(sum(scores) - 1.0) > 1e-3):
+        return "wrong answer: classify labels"
+    return None
+
+
+def _http_error(response: httpx.Response) -> str:
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.json()['detail']}"
+    return f"HTTP {response.status_code}"
+
+
+async def _client(index: int, client: httpx.AsyncClient, work: Workload, start: float, deadline: float,
+                  timeout: float, budget: list[int], seed: int, samples: list[Sample]) -> None:
+    rng = random.Random(seed * 1_000_003 + index)
+    sent = 0
+    while time.perf_counter() < deadline and budget[0] > 0:
+        budget[0] -= 1
+        sent += 1
+        operation = _pick(work.mix, rng)
+        began = time.perf_counter()
+        try:
+            error = await _one(client, operation, work, rng, f"{index}-{sent}")
+        except httpx.TimeoutException as exc:
+            error = f"timeout after {timeout:g} s ({type(exc).__name__})"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except (ValueError, KeyError, TypeError, IndexError) as exc:  # a body not in the promised shape
+            error = f"bad answer: {type(exc).__name__}: {exc}"
+        samples.append(Sample(operation, began - start, 1000 * (time.perf_counter() - began), error))
+
+
+async def run_load(base_url: str, work: Workload, clients: int, seconds: float, timeout: float = 60.0,
+                   max_requests: int = 1_000_000, seed: int = 0) -> LoadResult:
+    """`clients` concurrent clients, each sending one request at a time for `seconds` seconds (at most
+    `max_requests` in all); requests started in time are waited for, each up to `timeout` seconds."""
+    samples: list[Sample] = []
+    budget = [max_requests]
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)  # one connection per client
+    # Made before the clock starts: making one takes tens of ms (its TLS context), and would block the loop.
+    pool = [httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, headers=work.headers)
+            for _ in range(clients)]
+    try:
+        start = time.perf_counter()
+        deadline = start + seconds
+        await asyncio.gather(*(_client(i, client, work, start, deadline, timeout, budget, seed, samples)
+                               for i, client in enumerate(pool)))
+        elapsed = time.perf_counter() - start
+    finally:
+        for client in pool:
+            await client.aclose()
+    return LoadResult(clients, seconds, elapsed, samples)
+
+
+# --- the benchmark: index, serve, load, report ----------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench_load {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def make_checkpoint(model: str, path: Path) -> tuple[str, str]:
+    """(CLIPSEARCH_MODEL, CLIPSEARCH_PRETRAINED) for `model` with fixed random weights saved at `path`."""
+    import open_clip
+    import torch
+
+    name = model
+    if model == "tiny":
+        open_clip.add_model_config(TINY_CONFIG)
+        name = TINY_CONFIG.stem
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), path)
+    return (str(TINY_CONFIG) if model == "tiny" else model), str(path)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem / 2**30, 1),
+            "python": platform.python_version()}
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux), 0 if unknown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the API server exited; its log:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError("the API server did not start in 300 s")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]  # what else runs on the machine
+    photo_dir = workdir / "photos"
+    photo_dir.mkdir()
+    sources = sorted(args.data.glob("*.JPEG"))[: args.photos]
+    if len(sources) < args.photos:
+        raise SystemExit(f"need {args.photos} photos in {args.data}, found {len(sources)}")
+    photos = [Path(shutil.copy2(src, photo_dir / src.name)) for src in sources]
+
+    log(f"model {args.model}: saving fixed random weights")
+    model, pretrained = make_checkpoint(args.model, workdir / "weights.pt")
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path,
+           "CLIPSEARCH_HOME": str(workdir / "home"), "CLIPSEARCH_MODEL": model,
+           "CLIPSEARCH_PRETRAINED": pretrained, "CLIPSEARCH_DEVICE": "cpu"}
+    env.pop("CLIPSEARCH_API_KEY", None)
+    if args.api_key:
+        env["CLIPSEARCH_API_KEY"] = args.api_key
+
+    log(f"indexing {len(photos)} photos")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "indexer.cli", "index", str(photo_dir), "--json"], cwd=REPO,
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"clipsearch index failed:\n{done.stderr[-3000:]}")
+    report = json.loads(done.stdout)
+    if report["embedded"] != len(photos) or report["failed"]:
+        raise SystemExit(f"clipsearch index did not embed every photo: {report}")
+    index_s = time.perf_counter() - started
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = workdir / "server.log"
+    with open(log_path, "w") as server_log:
+        server = subprocess.Popen([sys.executable, "-m", "indexer.cli", "serve", "--host", "127.0.0.1",
+                                   "--port", str(port)], cwd=REPO, env=env, stdout=server_log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(url, server, log_path)
+        work = Workload([(str(p), p.read_bytes()) for p in photos], len(photos), k=args.k,
+                        headers={"X-API-Key": args.api_key} if args.api_key else {})
+        log("warm-up: one request of each kind (the first opens the collection and loads the model)")
+        warm: list[Sample] = []
+        for operation in OPERATIONS:
+            only = Workload(work.photos, work.count, work.k, {operation: 1.0}, work.headers)
+            warm += asyncio.run(run_load(url, only, 1, 300, timeout=300, max_requests=1)).samples
+        if any(s.error for s in warm):
+            raise SystemExit(f"warm-up failed: {[s.error for s in warm]}")
+
+        log(f"load: {args.clients} clients for {args.seconds:g} s")
+        server_cpu = _process_cpu_seconds(server.pid)
+        driver_cpu = resource.getrusage(resource.RUSAGE_SELF)
+        result = asyncio.run(run_load(url, work, args.clients, args.seconds, timeout=args.timeout,
+                                      max_requests=args.max_requests, seed=args.seed))
+        server_cpu = _process_cpu_seconds(server.pid) - server_cpu
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        driver_cpu_s = (after.ru_utime - driver_cpu.ru_utime) + (after.ru_stime - driver_cpu.ru_stime)
+        load_after = os.getloadavg()[0]
+        metrics = httpx.get(f"{url}/metrics", headers=work.headers, timeout=60).text
+    finally:
+        _stop(server)
+    with open(workdir / "samples.json", "w") as out:  # for a closer look, with --keep
+        json.dump([vars(sample) for sample in result.samples], out)
+    server_errors = [line for line in log_path.read_text().splitlines()
+                     if "Traceback" in line or re.search(r'" (5\d\d)\b', line)]
+    return {
+        "args": vars(args) | {"data": str(args.data)},
+        "machine": machine(),
+        "model": "tiny-clip (tests/tiny-clip.json)" if args.model == "tiny" else args.model,
+        "photos": len(photos),
+        "index_s": index_s,
+        "warmup_ms": {s.operation: s.ms for s in warm},
+        "result": result,
+        "server_cpu_cores": server_cpu / result.elapsed,
+        "driver_cpu_cores": driver_cpu_s / result.elapsed,
+        "loadavg": (load_before, load_after),
+        "cache_hits": _metric(metrics, "clipsearch_text_cache_hits_total"),
+        "cache_misses": _metric(metrics, "clipsearch_text_cache_misses_total"),
+        "server_log_errors": server_errors[:20],
+    }
+
+
+def _metric(text: str, name: str) -> float | None:
+    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+def table(result: LoadResult) -> list[str]:
+    lines = ["| operation | requests | errors | req/s | p50 ms | p95 ms | p99 ms | max ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in result.stats().items():
+        label = OPERATION_NAMES.get(name, "**all**")
+        lines.append(f"| {label} | {row['requests']} | {row['errors']} | {row['rps']:.1f} | "
+                     f"{row['p50']:.0f} | {row['p95']:.0f} | {row['p99']:.0f} | {row['max']:.0f} |")
+    return lines
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = [".venv/bin/python scripts/bench_load.py", f"--clients {args.clients}",
+             f"--seconds {args.seconds:g}"]
+    defaults = {"model": "tiny", "photos": 200, "k": 10, "timeout": 60.0, "seed": 0}
+    for name, default in defaults.items():
+        value = getattr(args, name)
+        if value != default:
+            parts.append(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}")
+    if args.api_key:
+        parts.append("--api-key KEY")
+    return " ".join(parts)
+
+
+def subsection(run: dict[str, Any], args: argparse.Namespace) -> str:
+    result: LoadResult = run["result"]
+    m = run["machine"]
+    errors = result.errors
+    error_text = ("none" if not errors else
+                  "; ".join(f"{count} x {message}" for message, count in errors.most_common(10)))
+    hits, misses = run["cache_hits"], run["cache_misses"]
+    cache = (f"text-embedding cache: {hits:.0f} hits, {misses:.0f} misses (warm-up included)"
+             if hits is not None and misses is not None else "text-embedding cache: not reported")
+    mix = ", ".join(f"{OPERATION_NAMES[op]} {share:.0%}" for op, share in DEFAULT_MIX.items())
+    lines = [
+        f"### {run['model']}, random weights: {result.clients} clients x {result.seconds:g} s",
+        "",
+        f"Command: `{command_line(args)}`",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Python {m['python']}; server and "
+        f"load generator on the same machine, over loopback. Run on {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Collection: {run['photos']} real photos (imagenet-samples), indexed in {run['index_s']:.1f} s. "
+        f"Mix: {mix}; k = {args.k}. Warm-up (not counted): "
+        + ", ".join(f"{OPERATION_NAMES[op]} {ms:.0f} ms" for op, ms in run["warmup_ms"].items()) + ".",
+        "",
+        *table(result),
+        "",
+        f"Errors: {error_text}. Requests answered within the {args.timeout:g} s client timeout count; every "
+        f"answer was checked. Run length {result.elapsed:.1f} s (requests start for {result.seconds:g} s, "
+        f"then the ones in flight finish). Server process CPU: {run['server_cpu_cores']:.2f} cores; "
+        f"load generator CPU: {run['driver_cpu_cores']:.2f} cores; {cache}. 1-minute load average "
+        f"{run['loadavg'][0]:.1f} when the script started, {run['loadavg'][1]:.1f} at the end of the load"
+        + (" (other jobs were running on the machine: absolute numbers are low)."
+           if run["loadavg"][0] > 1.0 else "."),
+    ]
+    if run["server_log_errors"]:
+        found = "; ".join(f"`{line.strip()}`" for line in run["server_log_errors"])
+        lines += ["", f"Server log errors: {found}"]
+    return "\n".join(lines) + "\n"
+
+
+INTRO = """\
+`scripts/bench_load.py` indexes real photos with `clipsearch index`, starts `clipsearch serve` as a
+separate process and drives it on loopback with N concurrent clients (asyncio + httpx, one keep-alive
+connection each, one request at a time) for S seconds. Each client draws from a seeded mix: text
+search (half distinct texts, each run through the text encoder, half from a fixed set of 20 answered
+from the text-embedding cache), image search (an indexed photo uploaded as multipart) and classify
+(an indexed photo with 3-6 labels, each label encoded with 8 prompt templates). Every answer is
+checked: the status, and its content (k results best first; the uploaded photo among the top-scored
+hits; exactly the labels sent, best first, summing to 1). An error is any non-2xx status, any
+exception (a timeout at 60 s included) or any wrong answer. req/s counts requests answered right,
+over the whole run; latencies are measured by the client, from sending to the checked answer, so they
+include the time a request waits its turn: the server runs one model or store call at a time
+(search_api/engines.py), so with 50 clients most of a latency is queueing. Queued calls are admitted
+in arrival order (`FifoLock`): with a plain `threading.Lock`, a ViT-B-32 run like the one below had a
+median of 14 s but a maximum of 57 s, a request overtaken again and again by later ones, near the 60 s
+client timeout (in arrival order: 26 and 27 s at most in two runs).
+The random-weight models have the compute of trained ones; the tiny one shows the HTTP, decoding and
+queueing overhead."""
+
+
+def write_section(run_text: str, heading: str) -> None:
+    """Replace this script's subsection for one model in docs/benchmarks.md, leaving the rest alone
+    (re-read right before writing: other scripts write other sections of the same file)."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start < 0:
+        before, body, after = text.rstrip("\n") + "\n\n", "", ""
+    else:
+        following = re.search(r"^## ", text[start + len(SECTION):], re.MULTILINE)
+        end = start + len(SECTION) + following.start() if following else len(text)
+        before, body, after = text[:start], text[start + len(SECTION):end], text[end:]
+    subsections = {}
+    for chunk in re.split(r"^(?=### )", body, flags=re.MULTILINE)[1:]:
+        subsections[chunk.split("\n", 1)[0]] = chunk.rstrip("\n") + "\n"
+    key = next((k for k in subsections if k.startswith(heading)), None)
+    subsections[key or heading] = run_text
+    section = "\n".join([SECTION, "", INTRO, "", *(s + ("" if s.endswith("\n") else "\n") for s in
+                                                     subsections.values())])
+    section = re.sub(r"\n{3,}", "\n\n", section).rstrip("\n") + "\n"
+    DOC.write_text(before + section + ("\n" + after if after else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients [50]")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long requests are started [60]")
+    parser.add_argument("--model", default="tiny",
+                        help="tiny (tests/tiny-clip.json) or an open_clip architecture, e.g. ViT-B-32; "
+                             "random weights either way [tiny]")
+    parser.add_argument("--photos", type=int, default=200, help="photos to index [200]")
+    parser.add_argument("--data", type=Path, default=DATA, help=f"photo folder [{DATA}]")
+    parser.add_argument("--k", type=int, default=10, help="results per search [10]")
+    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, s [60]")
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many [1000000]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clients' random choices [0]")
+    parser.add_argument("--api-key", default=None, help="serve with this API key and send it")
+    parser.add_argument("--no-doc", action="store_true", help=f"do not update {DOC.relative_to(REPO)}")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log, collection)")
+    args = parser.parse_args()
+    if args.clients < 1 or args.seconds <= 0:
+        parser.error("--clients and --seconds must be positive")
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench_load-"))
+    try:
+        run = bench(args, workdir)
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result: LoadResult = run["result"]
+    text = subsection(run, args)
+    print(text)
+    if not args.no_doc:
+        write_section(text, text.split(":", 1)[0] + ":")
+        log(f"updated {DOC.relative_to(REPO)}")
+    if result.errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The edge store's large-collection tuning (int8 quantization, originals on disk, rescoring, HNSW ef)
+keeps search exact where it must be and recall high where it is approximate."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.settings import Settings
+from indexer.stores import Record, open_store
+
+DIM = 128
+
+
+def clustered(n: int, seed: int, clusters: int = 40) -> np.ndarray:
+    """Unit vectors around a few dozen centres, as image embeddings are; queries come from the same mix."""
+    rng = np.random.default_rng(0)  # the same centres for every call
+    centres = rng.standard_normal((clusters, DIM))
+    points = np.random.default_rng(seed)
+    labels = points.integers(0, clusters, n)
+    vectors = centres[labels] + 0.7 * points.standard_normal((n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _id(i: int) -> str:
+    return str(uuid.UUID(int=i + 1))
+
+
+@pytest.fixture
+def quantized_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from indexer.stores import edge
+
+    # A small indexing threshold, so a few thousand vectors take the large-collection path.
+    monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 64)
+    settings = Settings(home=tmp_path / "home", store="edge")
+    assert settings.quantization == "int8"  # the default under test
+    vectors = clustered(4000, seed=1)
+    store = open_store(settings, "photos", DIM)
+    store.upsert([Record(_id(i), v, {"uri": f"/img/{i}.jpg"}) for i, v in enumerate(vectors)])
+    store.close()  # after writes: builds HNSW and the int8 copies
+    store = open_store(settings, "photos")
+    yield store, vectors, edge.shard_path(settings, "photos")
+    store.close()
+
+
+def test_quantized_collection_is_indexed_with_int8_copies(quantized_store) -> None:
+    store, vectors, shard = quantized_store
+    config = json.loads((shard / "edge_config.json").read_text())
+    assert config["quantization_config"]["scalar"]["type"] == "int8"
+    assert list(shard.glob("segments/*/vector_storage/quantized.data")), "no quantized vectors were built"
+    assert store.shard.info().indexed_vectors_count == len(vectors)
+
+
+def test_quantized_search_finds_the_exact_self_match_first_with_exact_scores(quantized_store) -> None:
+    store, vectors, _ = quantized_store
+    for i in range(0, len(vectors), 97):
+        hits = store.search(vectors[i], k=10)
+        assert hits[0].id == _id(i)
+        # Rescored with the float32 originals: scores are exact, not int8 approximations.
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+        expected = [float(vectors[int(uuid.UUID(h.id).int) - 1] @ vectors[i]) for h in hits]
+        np.testing.assert_allclose([h.score for h in hits], expected, atol=1e-5)
+
+
+def test_quantized_search_has_high_recall_against_brute_force(quantized_store) -> None:
+    store, vectors, _ = quantized_store
+    queries = clustered(100, seed=2)  # held out: not in the collection
+    recall = []
+    for query in queries:
+        exact = {_id(int(i)) for i in np.argsort(-(vectors @ query))[:10]}
+        recall.append(len(exact & {h.id for h in store.search(query, k=10)}) / 10)
+    assert np.mean(recall) >= 0.98
+
+
+def test_quantization_none_creates_a_full_precision_collection(tmp_path: Path) -> None:
+    from indexer.stores import edge
+
+    settings = Settings(home=tmp_path / "home", store="edge", quantization="none")
+    open_store(settings, "photos", DIM).close()
+    config = json.loads((edge.shard_path(settings, "photos") / "edge_config.json").read_text())
+    assert config.get("quantization_config") is None
