@@ -164,7 +164,8 @@ def search(text: str | None, image: Path | None, k: int, collection: str | None,
     settings = _settings()
     with SearchEngine(settings, collection) as engine:
         if image:
-            results = engine.search_image(decode_image(image, settings.max_image_pixels), k)
+            query = decode_image(image, settings.max_image_pixels, draft_size=engine.model.draft_size)
+            results = engine.search_image(query, k)
         else:
             results = engine.search_text(text or "", k)
     if as_json:
@@ -201,7 +202,7 @@ def classify(
     settings = _settings(model=model, pretrained=pretrained, device=device)
     clip = _classify_model(settings, collection, explicit=model is not None or pretrained is not None)
     uris = [str(path.resolve()) for path in images]
-    pictures = [decode_image(uri, settings.max_image_pixels) for uri in uris]
+    pictures = [decode_image(uri, settings.max_image_pixels, draft_size=clip.draft_size) for uri in uris]
     scored = classify_embeddings(clip, clip.encode_images(pictures), label_list)
     rows = [
         {"uri": uri, "labels": [{"label": lb, "score": s} for lb, s in labels_]}

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from indexer.classify import classify_embeddings
-from indexer.models import ClipModel, ModelIdentity, load_recorded_model, query_threads, set_torch_threads
+from indexer.models import (
+    ClipModel,
+    ModelIdentity,
+    check_same_model,
+    load_recorded_model,
+    query_threads,
+    set_torch_threads,
+)
 from indexer.settings import Settings
 from indexer.stores import Hit, StoreError, VectorStore, open_store
 
@@ -77,6 +84,8 @@ class SearchEngine:
                 )
             self.identity = ModelIdentity.from_dict(info["model"])
             set_torch_threads(query_threads())  # process-wide: this process answers queries
+            if model is not None:  # a model handed in (tests, the API reusing one) must be the recorded one
+                check_same_model(self.identity, model.identity, self.collection)
             self.model = model or load_recorded_model(self.identity, settings.device)
             self.warm_up()
         except Exception:

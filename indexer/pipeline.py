@@ -167,12 +167,6 @@ def decoded_batches(
 
 # --- sizing to the device ------------------------------------------------------------------
 
-# Large JPEGs are decoded at a reduced DCT scale that keeps both sides >= DRAFT_FACTOR x the model's
-# input side (decode_image's draft_size): on real photos, a model input within 45 dB PSNR and
-# embeddings within cosine 0.9999 of a full decode's at 2x (docs/benchmarks.md).
-DRAFT_FACTOR = 2
-
-
 def batch_size_for(settings: Settings, device: str) -> int:
     """settings.batch_size, or when 0: 256 on CUDA (fills a large GPU), 64 on CPU."""
     return settings.batch_size or (256 if device.startswith("cuda") else 64)
@@ -192,7 +186,7 @@ def _batches(
     settings: Settings, model: ClipModel, items: Sequence[SourceItem], batch_size: int, workers: int
 ) -> Iterator[list[Decoded]]:
     transform, max_pixels = model.pixel_transform, settings.max_image_pixels
-    draft_size = DRAFT_FACTOR * model.input_size
+    draft_size = model.draft_size
     if model.device.startswith("cuda") and settings.gpu_decode:
         from indexer import gpu_decode
 

@@ -146,7 +146,7 @@ def point_id(i: int) -> str:
 
 
 def query_texts(count: int) -> list[str]:
-    """Distinct, short, realistic queries (8-12 tokens), so each one misses the cache."""
+    """Distinct, short, realistic queries (10-12 tokens with start and end), each a cache miss."""
     texts = [f"a photo of a {a} {n} {p}" for n, a, p in itertools.product(_NOUNS, _ADJECTIVES, _PLACES)]
     np.random.default_rng(0).shuffle(texts)
     if count > len(texts):
@@ -284,6 +284,11 @@ def measure_http(spec: dict[str, Any], requests: int) -> dict[str, Any]:
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
             _wait_healthy(client, server)
+            floor = []
+            for _ in range(requests):  # the HTTP stack alone, for scale: no engine work
+                started = time.perf_counter()
+                client.get("/healthz").raise_for_status()
+                floor.append(1000 * (time.perf_counter() - started))
             started = time.perf_counter()
             first = _post(client, "warm-up: the first query opens the collection and loads the model")
             open_s = time.perf_counter() - started
@@ -296,6 +301,7 @@ def measure_http(spec: dict[str, Any], requests: int) -> dict[str, Any]:
             cached = [_post(client, repeated) for _ in range(requests)]
             metrics = client.get("/metrics").text
         return {
+            "healthz_ms_p50": float(np.percentile(floor, 50)),
             "first_query_s": open_s,
             "first_query_encode_ms": first["encode_ms"],
             "uncached": _summary(uncached),
@@ -446,6 +452,8 @@ def main() -> None:
     parser.add_argument("--qdrant-url", default=None, help="benchmark a Qdrant server instead of local mode")
     parser.add_argument("--reuse", action="store_true", help="reuse collections built by an earlier run")
     parser.add_argument("--no-doc", action="store_true", help=f"do not update {DOC.relative_to(REPO)}")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the doc section from WORKDIR/results.json's last run; measure nothing")
     args = parser.parse_args()
     if args.workdir is None:
         from indexer.settings import Settings
@@ -456,6 +464,9 @@ def main() -> None:
 
     results_file = args.workdir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if args.render_only:
+        write_section(render(results["last_run"], args))
+        return
     run = {"machine": machine(), "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M"),
            "command": " ".join(["scripts/bench_query.py", *sys.argv[1:]]), "entries": []}
     for n in sorted(args.sizes):
@@ -526,13 +537,16 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
         if "http" in e:
             h = e["http"]
             u, c = h["uncached"], h["cached"]
+            floor = ""
+            if "healthz_ms_p50" in h:
+                floor = f"; `GET /healthz` p50 {h['healthz_ms_p50']:.1f} ms (HTTP alone)"
             lines.append(
                 f"- {e['store']} {_size(e['n'])}: "
                 f"uncached {u['encode_ms_p50']:.1f} / {u['search_ms_p50']:.2f}, "
                 f"cached {c['encode_ms_p50']:.2f} / {c['search_ms_p50']:.2f}; text cache at the end "
                 f"{h['cache_hits']:.0f} hits, {h['cache_misses']:.0f} misses; the first query after start "
                 f"took {h['first_query_s']:.1f} s (opens the collection, loads and warms the model), "
-                f"its encode {h['first_query_encode_ms']:.0f} ms"
+                f"its encode {h['first_query_encode_ms']:.0f} ms{floor}"
             )
     lines += ["", *_target_lines(run), "", *_notes(run, args), ""]
     return "\n".join(lines)
@@ -579,7 +593,7 @@ def _notes(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "collection directory (edge: originals, int8 copies, HNSW, payloads, WAL).",
         "- HTTP: `create_app` under uvicorn on 127.0.0.1, one httpx client, requests one after another "
         f"({args.http_queries} each), k=10, model ViT-B-32 with random weights (same compute as trained "
-        "ones). Uncached: distinct texts of 8-12 tokens, each running the text encoder; cached: one text "
+        "ones). Uncached: distinct texts of 10-12 tokens, each running the text encoder; cached: one text "
         "repeated (the first call, which fills the cache, is not counted). Wall time at the client, so it "
         "includes HTTP and JSON; the server reports its own `took_ms` and stages in each response.",
         "- Search settings (edge and Qdrant server, `Settings`): `hnsw_ef=256`, `quantization=int8` "

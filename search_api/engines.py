@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from indexer.engine import SearchEngine, collection_status
-from indexer.models import ClipModel, check_same_model
+from indexer.models import ClipModel
 from indexer.settings import Settings
 from indexer.stores import (
     CollectionNotFound,
@@ -123,12 +123,6 @@ class EngineHolder:
         except CollectionNotFound as exc:
             # Not cached: the next request tries again, so the server picks up a collection indexed later.
             raise CollectionNotFound(f"collection {name!r} not found: run clipsearch index first") from exc
-        if self._model is not None:
-            try:  # SearchEngine trusts a model it is given; a different one would give meaningless scores
-                check_same_model(engine.identity, self._model.identity, name)
-            except Exception:
-                engine.close()
-                raise
         engine.store = _TimedStore(engine.store, self._clock)  # type: ignore[assignment]
         self._engine = engine
         return engine
@@ -145,6 +139,12 @@ class EngineHolder:
         # What is not store time is the model's (or the text cache's): the engine does nothing else.
         stages["encode"] = max(0.0, total - stages["search"] - stages["fetch"])
         return Timed(value, stages)
+
+    def draft_size(self) -> int:
+        """The JPEG draft size the collection's images were indexed at; uploads are decoded the same way.
+        Read without the lock once the engine is open: it never changes."""
+        engine = self._engine or self.call(lambda opened: opened).value
+        return engine.model.draft_size
 
     def collections(self) -> list[dict[str, Any]]:
         """name, count, model (and error) of every collection in the configured store."""

@@ -119,7 +119,7 @@ def search_image(
 ) -> SearchResponse:
     started = time.perf_counter()
     k = _k(form, settings)
-    image = decode_upload(form.file, settings)
+    image = decode_upload(form.file, settings, engines.draft_size())
     metrics.observe_stages({"decode": time.perf_counter() - started})
     timed = engines.call(lambda engine: engine.search_image(image, k))
     return _search_response(timed, started, metrics)
@@ -132,7 +132,7 @@ def classify(
 ) -> ClassifyResponse:
     started = time.perf_counter()
     labels = form.label_list
-    image = decode_upload(form.file, settings)
+    image = decode_upload(form.file, settings, engines.draft_size())
     metrics.observe_stages({"decode": time.perf_counter() - started})
     timed = engines.call(lambda engine: engine.classify_images([image], labels))
     metrics.observe_stages({"encode": timed.stages["encode"]})

@@ -24,7 +24,8 @@ def read_upload(file: UploadFile, limit: int) -> bytes:
     return data
 
 
-def decode_upload(file: UploadFile, settings: Settings) -> Image.Image:
-    """The uploaded image as RGB. 413 if the file is too big; ImageDecodeError (a 400) if it is not an
-    image or has too many pixels."""
-    return decode_image(read_upload(file, settings.max_upload_bytes), max_pixels=settings.max_image_pixels)
+def decode_upload(file: UploadFile, settings: Settings, draft_size: int | None) -> Image.Image:
+    """The uploaded image as RGB, decoded as the indexer decodes files (`draft_size`). 413 if the file
+    is too big; ImageDecodeError (a 400) if it is not an image or has too many pixels."""
+    data = read_upload(file, settings.max_upload_bytes)
+    return decode_image(data, max_pixels=settings.max_image_pixels, draft_size=draft_size)

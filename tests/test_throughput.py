@@ -18,7 +18,7 @@ from PIL import Image
 
 from indexer.decode import decode_image
 from indexer.models import ModelIdentity, ModelMismatchError, load_model
-from indexer.pipeline import DRAFT_FACTOR, decode_item, decoded_batches, index_sources
+from indexer.pipeline import decode_item, decoded_batches, index_sources
 from indexer.sources import SourceItem
 
 
@@ -79,7 +79,7 @@ def test_draft_decodes_large_jpegs_smaller_and_keeps_the_original_size(tmp_path:
 
 def test_draft_at_twice_the_model_side_agrees_with_full_decode(imagenet_dir: Path, tiny_model) -> None:
     """Embeddings: the tiny model (64 px input, so the draft shrinks most large photos, by 2x to 8x)."""
-    draft = DRAFT_FACTOR * tiny_model.input_size
+    draft = tiny_model.draft_size
     photos = drafted(largest_photos(imagenet_dir, 24), draft)
     assert len(photos) >= 8
     full = tiny_model.encode_images([decode_image(p) for p in photos])

@@ -38,6 +38,10 @@ INDEXING_THRESHOLD_KB = 20_000
 # Room for several indexed segments, so each optimize indexes the new points instead of merging
 # them into (and re-indexing) everything; the automatic count is 2 on a 2-CPU machine.
 SEGMENTS = 8
+# Largest segment (KB of float32 vectors; ~128k at 512-d). Left to itself the optimizer makes two
+# ~500k-point HNSW graphs of a 1M collection, whose recall@10 stalls near 0.96-0.98 at any ef here
+# (whole small clusters unreachable); graphs of ~128k keep it above 0.99, searched in parallel.
+MAX_SEGMENT_KB = 262_144
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 128
 # ef at query time and quantization come from Settings (hnsw_ef, quantization, oversampling).
@@ -84,7 +88,9 @@ def _config(dim: int, settings: Settings) -> qe.EdgeConfig:
         ),
         quantization_config=quantization,
         optimizers=qe.EdgeOptimizersConfig(
-            indexing_threshold=INDEXING_THRESHOLD_KB, default_segment_number=SEGMENTS
+            indexing_threshold=INDEXING_THRESHOLD_KB,
+            default_segment_number=SEGMENTS,
+            max_segment_size=MAX_SEGMENT_KB,
         ),
         payload_memory=qe.Memory.Cold,
     )
