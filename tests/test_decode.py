@@ -7,7 +7,6 @@ import os
 import random
 import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from PIL import Image, ImageFile
 
 from indexer import decode
 from indexer.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, image_size
+from tests.corpus import handmade_png
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
@@ -25,19 +25,6 @@ RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 25
 
 def assert_near(pixel, expected, tol: int = 10) -> None:
     assert all(abs(a - b) <= tol for a, b in zip(pixel, expected, strict=True)), f"{pixel} != {expected}"
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def handmade_png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes]) -> bytes:
-    """A PNG written byte by byte, for what PIL will not write itself (16-bit RGB, lying headers)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    chunks = png_chunk(b"IHDR", ihdr)
-    if rows:  # filter type 0 before every row
-        chunks += png_chunk(b"IDAT", zlib.compress(b"".join(b"\0" + row for row in rows)))
-    return b"\x89PNG\r\n\x1a\n" + chunks + png_chunk(b"IEND", b"")
 
 
 def save(tmp_path: Path, im: Image.Image, name: str, **params) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from indexer.durable import fsync_dir, write_atomic
 from indexer.settings import Settings
 from indexer.stores import canonical_id, checked_vector
 from indexer.stores.base import CollectionBusy, Hit, Record, StoreError
@@ -120,7 +121,7 @@ def create(settings: Settings, name: str, dim: int) -> EdgeStore:
         shutil.rmtree(tmp, ignore_errors=True)
         if existing_dim(settings, name) is None:
             raise StoreError(f"collection {name!r}: cannot create {final}: {exc}") from exc
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return load(settings, name, dim)
 
 
@@ -258,7 +259,7 @@ class EdgeStore:
             raise StoreError(f"collection {self.name!r}: unreadable {path}: {exc}") from exc
 
     def write_info(self, info: dict[str, Any]) -> None:
-        _write_atomic(self._dir / INFO_FILE, json.dumps(info, indent=2, sort_keys=True))
+        write_atomic(self._dir / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
 
     def flush(self) -> None:
         with _errors(self.name, "flush"):
@@ -310,26 +311,3 @@ def _errors(name: str, action: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise StoreError(f"collection {name!r}: {action} failed: {exc}") from exc
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One fixed name: only the process that has the shard open writes here, and a file left by a
-    # killed writer is simply overwritten by the next write instead of piling up.
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes a rename itself durable; not possible on every platform, hence best effort.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from indexer.durable import fsync_dir, write_atomic
 from indexer.settings import Settings
 from indexer.stores import canonical_id, checked_vector
 from indexer.stores.base import Hit, Record, StoreError
@@ -128,7 +129,7 @@ def create(settings: Settings, name: str, dim: int, config: FaissConfig | None =
         db = _connect(tmp / DB_FILE)
         db.executescript(_SCHEMA)
         db.close()
-        _write_atomic(tmp / CONFIG_FILE, json.dumps({"dim": dim, "format": FORMAT}).encode())
+        write_atomic(tmp / CONFIG_FILE, json.dumps({"dim": dim, "format": FORMAT}).encode())
         os.replace(tmp, final)
     except OSError as exc:  # another process created it first, or the disk refused
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +138,7 @@ def create(settings: Settings, name: str, dim: int, config: FaissConfig | None =
     except sqlite3.Error as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StoreError(f"collection {name!r}: cannot create {final}: {exc}") from exc
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return load(settings, name, dim, config)
 
 
@@ -704,23 +705,4 @@ def _write_index(index: Any, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes a rename itself durable; not possible on every platform, hence best effort.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(path.parent)
