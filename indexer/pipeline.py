@@ -167,6 +167,7 @@ def decoded_batches(
 
 # --- sizing to the device ------------------------------------------------------------------
 
+
 def batch_size_for(settings: Settings, device: str) -> int:
     """settings.batch_size, or when 0: 256 on CUDA (fills a large GPU), 64 on CPU."""
     return settings.batch_size or (256 if device.startswith("cuda") else 64)
