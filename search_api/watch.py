@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from indexer.engine import SearchEngine
 from indexer.locking import collection_lock
-from indexer.models import ClipModel, load_model
+from indexer.models import ClipModel, check_same_precision, load_model
 from indexer.pipeline import IndexReport, prepare_store, sync_store
 from indexer.settings import Settings
 from indexer.stores import CollectionNotFound, Record, StoreError, open_store
@@ -116,7 +116,11 @@ class FolderWatcher:
         self._lock.enter_context(collection_lock(self.settings.home, name, HOLDER, ADVICE))
         try:
             self._create_if_missing(name)
-            model = self.engines.call(lambda engine: engine.model).value  # opens the engine now
+            engine = self.engines.call(lambda opened: opened).value  # opens the engine now
+            model = engine.model
+            # Queries may use another precision than the collection (fp32 on CUDA for an int8-built one),
+            # but what the watcher adds must match what is stored.
+            check_same_precision(engine.identity, model.identity, name)
             store = SharedStore(self.engines, self._stopping)
         except BaseException:
             self._lock.close()
