@@ -110,10 +110,11 @@ def query_threads() -> int:
     """Torch intra-op threads for a process that answers queries: half the usable CPUs, 1 to 4.
 
     A query is a batch of one, whose small matmuls gain little from threads (ViT-B-32 text tower,
-    ~10 tokens, 2 CPUs: best case 36 ms on 1 thread, 33 ms on 2), while an OpenMP region whose
-    thread waits for a busy core stalls at every op (the same with both cores loaded by other work:
-    p50 41 ms on 1 thread, 595 ms on 2), and idle OpenMP workers spin for a while after each region,
-    slowing the store search that follows. Half the CPUs leave room for the store and the server.
+    ~10 tokens, 2 idle CPUs: p50 40 ms on 1 thread, 30 ms on 2), while an OpenMP region whose thread
+    waits for a busy core stalls at every op (the same with both CPUs loaded by other work: 41 ms on
+    1 thread, 595 ms on 2), and idle OpenMP workers spin for a while after each region, slowing the
+    store search that follows. Half the CPUs leave room for the store, the server and neighbours;
+    on a machine that serves nothing else, OMP_NUM_THREADS=<cpus> buys the last 25%.
     """
     return max(1, min(4, usable_cpus() // 2))
 

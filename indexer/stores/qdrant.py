@@ -23,7 +23,7 @@ INFO_KEY = "clipsearch_info"
 # The same tuning as the edge store (see edge.py): HNSW m / ef_construct here, ef at query time,
 # int8 quantization (RAM) with float32 originals on disk and rescoring from Settings.
 HNSW_M = 16
-HNSW_EF_CONSTRUCT = 128
+HNSW_EF_CONSTRUCT = 256
 INT8_QUANTILE = 0.99
 WRITE_BATCH = 256  # points per request: keeps REST bodies around a few MB for 512-d vectors
 SCROLL_PAGE = 1024
