@@ -42,6 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from indexer.models import query_threads, usable_cpus  # noqa: E402
+
 DIM = 512
 K = 10
 COLLECTION = "bench"
@@ -272,7 +274,7 @@ def _env() -> dict[str, str]:
 # --- HTTP --------------------------------------------------------------------------------------
 
 
-def measure_http(spec: dict[str, Any], requests: int) -> dict[str, Any]:
+def measure_http(spec: dict[str, Any], requests: int, env: dict[str, str] | None = None) -> dict[str, Any]:
     import httpx
 
     with socket.socket() as s:
@@ -280,7 +282,7 @@ def measure_http(spec: dict[str, Any], requests: int) -> dict[str, Any]:
         port = s.getsockname()[1]
     spec = {**spec, "port": port}
     cmd = [sys.executable, str(Path(__file__).resolve()), "_serve", json.dumps(spec)]
-    server = subprocess.Popen(cmd, cwd=REPO, env=_env())
+    server = subprocess.Popen(cmd, cwd=REPO, env={**_env(), **(env or {})})
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
             _wait_healthy(client, server)
@@ -399,7 +401,7 @@ def bench_one(args: argparse.Namespace, store: str, n: int, results: dict[str, A
     entry: dict[str, Any] = {"store": store, "n": n}
     if store == "qdrant" and n > args.qdrant_local_max and not args.qdrant_url:
         entry["skipped"] = (
-            "qdrant-client local mode keeps every vector in a numpy array and answers each query by exact "
+            "qdrant-client local mode keeps every point as Python objects and answers each query by exact "
             "brute force in Python, and its upsert path is Python too; it is a test double, not a serving "
             "option, so it is run at 100k only (a Qdrant server gets HNSW and int8 like edge)"
         )
@@ -433,6 +435,13 @@ def bench_one(args: argparse.Namespace, store: str, n: int, results: dict[str, A
     entry["http"] = measure_http(spec, args.http_queries)
     log(f"{key}: HTTP p50 uncached {entry['http']['uncached']['wall_ms_p50']:.1f} ms, "
         f"cached {entry['http']['cached']['wall_ms_p50']:.1f} ms")
+    cpus = usable_cpus()
+    if store == "edge" and cpus > query_threads() and "OMP_NUM_THREADS" not in os.environ:
+        # The server's default is query_threads() torch threads; the same run with every CPU, side by side.
+        entry["http_all_cpus"] = {"threads": cpus, **measure_http(spec, args.http_queries,
+                                                                   {"OMP_NUM_THREADS": str(cpus)})}
+        log(f"{key}: with {cpus} torch threads: HTTP p50 uncached "
+            f"{entry['http_all_cpus']['uncached']['wall_ms_p50']:.1f} ms")
     return entry
 
 
@@ -468,6 +477,7 @@ def main() -> None:
         write_section(render(results["last_run"], args))
         return
     run = {"machine": machine(), "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M"),
+           "query_threads": query_threads(),
            "command": " ".join(["scripts/bench_query.py", *sys.argv[1:]]), "entries": []}
     for n in sorted(args.sizes):
         for store in args.stores:
@@ -548,6 +558,21 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
                 f"took {h['first_query_s']:.1f} s (opens the collection, loads and warms the model), "
                 f"its encode {h['first_query_encode_ms']:.0f} ms{floor}"
             )
+    threads = [e for e in run["entries"] if "http_all_cpus" in e]
+    if threads:
+        lines += ["", f"The text encoder runs on {run.get('query_threads', 1)} torch thread(s) by default "
+                  "(`indexer.models.query_threads`: half the CPUs). The same edge servers with every CPU "
+                  "for the encoder (`OMP_NUM_THREADS`), measured right after:", ""]
+        for e in threads:
+            a, d = e["http_all_cpus"], e["http"]
+            lines.append(
+                f"- edge {_size(e['n'])}, {a['threads']} threads: uncached p50 / p95 "
+                f"{a['uncached']['wall_ms_p50']:.1f} / {a['uncached']['wall_ms_p95']:.1f} ms "
+                f"(encode p50 {a['uncached']['encode_ms_p50']:.1f} ms; default: "
+                f"{d['uncached']['wall_ms_p50']:.1f} / {d['uncached']['wall_ms_p95']:.1f} ms, "
+                f"encode {d['uncached']['encode_ms_p50']:.1f} ms), "
+                f"cached p50 {a['cached']['wall_ms_p50']:.1f} ms"
+            )
     lines += ["", *_target_lines(run), "", *_notes(run, args), ""]
     return "\n".join(lines)
 
@@ -574,6 +599,11 @@ def _target_lines(run: dict[str, Any]) -> list[str]:
 
 
 def _notes(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    from indexer.settings import Settings
+    from indexer.stores import edge
+    from indexer.stores.faiss_store import CONFIG as faiss_config
+
+    defaults = Settings()
     notes = [
         "Notes:",
         "",
@@ -583,23 +613,33 @@ def _notes(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"meaningful neighbours. {args.queries} held-out queries from the same mixture; recall@10 is the "
         "overlap of the store's top 10 with numpy's exact top 10 (cosine).",
         "- Build: upserts through the `VectorStore` API in batches, then `close()`, where each store "
-        "builds its index (edge: `optimize()`, HNSW m=16, ef_construct=128 plus int8 copies; faiss: its "
-        "`auto` kind, HNSW32 from 100k vectors). Not a measure of image indexing: no images are embedded.",
+        f"builds its index (edge: `optimize()`, HNSW m={edge.HNSW_M}, ef_construct={edge.HNSW_EF_CONSTRUCT}, "
+        f"plus the int8 copies; faiss: its `{faiss_config.kind}` kind, HNSW{faiss_config.hnsw_m} with "
+        f"efSearch {faiss_config.hnsw_ef_search} from {_size(faiss_config.auto_hnsw_at)} vectors; qdrant "
+        "local mode: no index). Not a measure of image indexing: no images are embedded. Edge builds one "
+        "HNSW graph per optimised segment; an earlier run with ef_construct=128 reached only 0.964 "
+        "recall@10 at 1M (0.987 even at ef 1024: parts of the graph unreachable), hence 256.",
         "- Memory: RSS growth of a fresh process from before `open_store` to after the recall queries, "
         "over N. *anon* is heap (for edge: the int8 vectors, HNSW links, id maps); *file* is mmap'd "
-        "store files the queries touched (edge: the float32 originals read by rescoring, the WAL). "
-        "File-backed pages are reclaimable page cache and grow with the variety of queries, up to the "
-        "size of the originals; the anon part is what the store needs to keep. Disk is the whole "
-        "collection directory (edge: originals, int8 copies, HNSW, payloads, WAL).",
+        "files the queries touched (edge: the float32 originals read by rescoring, the WAL, the store "
+        "library's code). File-backed pages are reclaimable page cache and grow with the variety of "
+        "queries, up to the size of the originals; the anon part is what the store needs to keep. Edge's "
+        "fixed part (a mapped 32 MiB WAL segment, ~20 MiB of library code) weighs heavily at 100k. Disk is "
+        "the whole collection directory (edge: originals, int8 copies, HNSW, payloads, WAL; faiss: "
+        "SQLite with vectors and payloads plus the index file).",
         "- HTTP: `create_app` under uvicorn on 127.0.0.1, one httpx client, requests one after another "
         f"({args.http_queries} each), k=10, model ViT-B-32 with random weights (same compute as trained "
         "ones). Uncached: distinct texts of 10-12 tokens, each running the text encoder; cached: one text "
         "repeated (the first call, which fills the cache, is not counted). Wall time at the client, so it "
         "includes HTTP and JSON; the server reports its own `took_ms` and stages in each response.",
-        "- Search settings (edge and Qdrant server, `Settings`): `hnsw_ef=256`, `quantization=int8` "
-        "(scalar, quantile 0.99, in RAM; float32 originals on disk), rescoring with `oversampling=2`.",
-        "- Timings are noisy: other developers' test suites ran on the same 2 cores during the run (see the "
-        "load averages above). Compare rows within one run rather than across runs.",
+        "- Text encoder: `ClipModel.encode_texts` runs the causal text tower over the tokens up to the "
+        "end-of-text token only (10-12 here, not 77; exact, see `indexer.models.causal_text_pool`), "
+        "and the engine encodes one warm-up query at start.",
+        f"- Search settings (edge and Qdrant server, `Settings`): `hnsw_ef={defaults.hnsw_ef}`, "
+        f"`quantization={defaults.quantization}` (scalar, quantile {edge.INT8_QUANTILE}, in RAM; float32 "
+        f"originals on disk), rescoring with `oversampling={defaults.oversampling:g}`.",
+        "- Timings are noisy: the machine is shared with other developers' jobs (the load averages above "
+        "say how busy it was). Compare rows within one run rather than across runs.",
     ]
     for e in run["entries"]:
         if "skipped" in e:
