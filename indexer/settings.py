@@ -1,94 +1,165 @@
-"""All settings in one place: flags override `CLIPSEARCH_*` environment variables, which override defaults."""
+"""All settings in one class: flags override `CLIPSEARCH_*` environment variables, which override defaults.
+
+Sections per backend and per service are nested models; their variables join the section and the
+field with one underscore (`CLIPSEARCH_QDRANT_URL` is `settings.qdrant.url`). The README's settings
+table is generated from the fields' own descriptions (`markdown_table`; a test keeps them equal).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StoreKind = Literal["edge", "qdrant", "faiss"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 QuantizationKind = Literal["none", "int8"]
 PrecisionName = Literal["fp32", "int8"]
+ENV_PREFIX = "CLIPSEARCH_"
 
 
 def _default_home() -> Path:
     return Path.home() / ".clipsearch"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CLIPSEARCH_", extra="ignore")
+class QdrantSettings(BaseModel):
+    """The Qdrant server backend (store=qdrant)."""
 
-    home: Path = Field(default_factory=_default_home, description="Data directory (embedded stores, locks).")
-    collection: str = Field("default", description="Collection used when none is named.")
-
-    model: str = Field("ViT-B-32", description="open_clip architecture name or path to a model-config JSON.")
-    pretrained: str = Field(
-        "laion2b_s34b_b79k", description="open_clip pretrained tag or path to a local checkpoint file."
+    url: str | None = Field(None, description="Qdrant server URL, for `CLIPSEARCH_STORE=qdrant`.")
+    api_key: str | None = Field(None, description="Qdrant server API key.")
+    path: Path | None = Field(
+        None, description="Use qdrant-client's local mode in this folder instead of a server (for tests)."
     )
-    device: DeviceName = Field("auto", description="auto picks CUDA when present.")
+    shards: int = Field(1, ge=1, description="Shards of collections created on a Qdrant server.")
+    replicas: int = Field(1, ge=1, description="Replication factor of collections created on a Qdrant server.")
+
+
+class FaissSettings(BaseModel):
+    """The FAISS backend (store=faiss)."""
+
+    index: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
+        "auto", description="FAISS index: `auto` (exact below 100k vectors, HNSW above), `flat`, `hnsw`, `ivfpq`."
+    )
+    refine: Literal["flat", "sq8", "none"] = Field(
+        "flat", description="IVF-PQ rescoring: `flat` (exact), `sq8` (int8, 4x less RAM) or `none`."
+    )
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API: its key and limits, and where clients (the UI) find it."""
+
+    key: str | None = Field(
+        None, description="When set, every API route but `/healthz` and `/readyz` needs it "
+        "(`X-API-Key` or `Authorization: Bearer`)."
+    )
+    url: str = Field("http://127.0.0.1:8000", description="Where the UI finds the API.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="JSON list of allowed CORS origins; CORS is off when empty."
+    )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger uploads get 413.")
+    max_k: int = Field(1000, ge=1, description="Most results one query may ask for.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="_", env_nested_max_split=1, extra="ignore"
+    )
+
+    home: Path = Field(
+        default_factory=_default_home, description="Data directory: embedded stores, locks, exported models."
+    )
+    collection: str = Field("default", description="Collection used when `--collection` is not given.")
+    store: StoreKind = Field(
+        "edge", description="`edge` (embedded Qdrant Edge, default), `qdrant` (server) or `faiss`."
+    )
+
+    model: str = Field(
+        "ViT-B-32", description="open_clip architecture name, or path of a model-config JSON, for new "
+        "collections and vectors (existing ones use the model recorded with them)."
+    )
+    pretrained: str = Field(
+        "laion2b_s34b_b79k", description="open_clip pretrained tag, or path of a checkpoint file."
+    )
+    device: DeviceName = Field("auto", description="`auto` (CUDA when present), `cpu`, `cuda`.")
     batch_size: int = Field(
         0, ge=0, description="Images per encoder batch; 0: sized to the device (256 on CUDA, 64 on CPU)."
     )
     workers: int = Field(
         0,
         ge=0,
-        description="Decode worker processes; 0: sized to the device (one per core on CUDA; on CPU, where "
-        "the encoder needs the cores, one per 4 cores, at least 1). See docs/benchmarks.md.",
+        description="Decode processes; 1: a decode thread in the indexing process; 0: sized to the device "
+        "(one per core on CUDA; on CPU one per 4 cores, at least 1). See docs/benchmarks.md.",
     )
     precision: PrecisionName = Field(
         "fp32",
-        description="Image encoder: fp32 (exact; fp16 autocast on CUDA) or int8, the approximate CPU fast "
-        "path (dynamic int8 quantisation, embeddings within cosine ~0.999). Recorded with a collection.",
+        description="Image encoder: `fp32` (exact; fp16 autocast on CUDA) or `int8`, the approximate CPU "
+        "fast path (embeddings within cosine ~0.999). A collection keeps the precision it was built with.",
     )
     gpu_decode: bool = Field(
-        True, description="On CUDA, decode baseline JPEGs on the GPU (nvJPEG via torchvision); others on CPU."
+        True, description="On CUDA, decode baseline JPEGs on the GPU (nvJPEG); other files on CPU."
+    )
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Larger images (width x height) are refused, files and uploads alike."
     )
 
-    store: StoreKind = Field("edge", description="edge (embedded, default), qdrant (server) or faiss.")
-    qdrant_url: str | None = Field(None, description="Qdrant server URL, for store=qdrant.")
-    qdrant_api_key: str | None = Field(None, description="Qdrant server API key.")
-    qdrant_path: Path | None = Field(
-        None, description="Use qdrant-client's local mode at this path instead of a server (testing)."
-    )
-    qdrant_shards: int = Field(1, ge=1, description="Shards for collections created on a Qdrant server.")
-    qdrant_replicas: int = Field(1, ge=1, description="Replication factor on a Qdrant server.")
-
-    # Search tuning for the Qdrant stores (edge and server), chosen for recall first; see docs/benchmarks.md.
+    # Search tuning, chosen for recall first; see docs/benchmarks.md.
     hnsw_ef: int = Field(
-        256, ge=1, description="HNSW candidates explored per query (edge, qdrant): higher recall, slower."
+        256, ge=1, description="HNSW candidates explored per query (edge, qdrant and faiss): higher "
+        "recall, slower."
     )
     quantization: QuantizationKind = Field(
         "int8",
-        description="int8: scalar-quantised vectors in RAM, originals on disk, results rescored with "
-        "the originals (about 4x less RAM). Set when a collection is created; an existing edge collection "
-        "gets it when an index run next changes it. none: full-precision vectors in RAM (int8 stays int8).",
+        description="`int8`: int8 vectors in RAM, float32 originals on disk, results rescored (about 4x "
+        "less RAM); `none`: float32 in RAM. Applies to new collections (edge: also at the next write).",
     )
     oversampling: float = Field(
-        2.0, ge=1.0, description="With quantization: candidates rescored with the originals, per result."
+        2.0, ge=1.0, description="With `int8`: candidates rescored with the originals, per result."
     )
 
-    faiss_index: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
-        "auto", description="FAISS index: auto (exact below 100k vectors, HNSW above), flat, hnsw, ivfpq."
-    )
-    faiss_refine: Literal["flat", "sq8", "none"] = Field(
-        "flat", description="IVF-PQ rescoring: exact (flat), int8 (sq8, 4x less RAM) or none."
-    )
-
-    api_key: str | None = Field(None, description="When set, every API route but /healthz needs it.")
-    cors_origins: list[str] = Field(
-        default_factory=list, description="Allowed CORS origins; empty: CORS off."
-    )
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted upload.")
-    max_image_pixels: int = Field(100_000_000, ge=1, description="Largest decoded image (width x height).")
-    max_k: int = Field(1000, ge=1, description="Largest number of results one query may ask for.")
-
-    vlm_url: str | None = Field(None, description="OpenAI-compatible chat endpoint for re-ranking.")
-    vlm_model: str | None = Field(None, description="Model name to send to the VLM endpoint.")
-
-    api_url: str = Field("http://127.0.0.1:8000", description="Where the UI finds the API.")
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    faiss: FaissSettings = Field(default_factory=FaissSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     def collection_dir(self, name: str) -> Path:
         return self.home / "collections" / name
+
+    def with_flags(self, **flags: Any) -> Settings:
+        """A copy with the flags that were given (not None); nested ones as `section={"field": value}`."""
+        given = {name: value for name, value in flags.items() if value is not None}
+        return self.model_copy(update=given) if given else self
+
+
+def settings_rows() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) of every setting, in declaration order, sections inline."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        section = info.annotation if isinstance(info.annotation, type) else None
+        if section is not None and issubclass(section, BaseModel):
+            for sub, sub_info in section.model_fields.items():
+                variable = f"{ENV_PREFIX}{name}_{sub}".upper()
+                rows.append((variable, _default(sub_info), sub_info.description or ""))
+        else:
+            rows.append((f"{ENV_PREFIX}{name}".upper(), _default(info), info.description or ""))
+    return rows
+
+
+def _default(info: Any) -> str:
+    if info.default_factory is _default_home:
+        return "~/.clipsearch"
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from the fields above."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for variable, default, meaning in settings_rows():
+        shown = f"`{default}`" if default else ""
+        lines.append(f"| `{variable}` | {shown} | {meaning} |")
+    return "\n".join(lines)
