@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from indexer.errors import ImageDecodeError
+
 try:  # HEIC/HEIF (iPhone photos) only when the optional pillow-heif plugin is installed
     from pillow_heif import register_heif_opener
 except ImportError:  # pragma: no cover - depends on the environment
@@ -51,10 +53,6 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 _SWAPS_SIDES = frozenset(_UPRIGHT[o] for o in (5, 6, 7, 8))
-
-
-class ImageDecodeError(ValueError):
-    """The image could not be decoded; str(error) is a short human-readable reason."""
 
 
 def decode_image(

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from indexer.errors import ModelLoadError
+
 
 def quantize_image_tower(clip: Any) -> None:
     """Replace `clip.visual` by its int8 dynamically quantised version, in place (CPU only)."""
     quantize_dynamic = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
     if quantize_dynamic is None:  # pragma: no cover - depends on the torch release
-        from indexer.models import ModelLoadError
-
         raise ModelLoadError("this PyTorch build has no dynamic quantisation, which --precision int8 needs")
     for module in list(clip.visual.modules()):
         for name, child in list(module.named_children()):

@@ -30,7 +30,7 @@ from indexer.errors import InvalidFilter, SchemaError
 from indexer.schema import CollectionSchema, payload_path
 
 EARTH_RADIUS_M = 6_371_008.8
-Scalar = Union[str, int, bool]
+Scalar = str | int | bool
 
 
 class _Strict(BaseModel):
@@ -244,7 +244,7 @@ def _number(value: float | str, key: str) -> float:
 
 
 def parse_datetime(value: Any) -> datetime | None:
-    """A datetime from an RFC 3339 / ISO 8601 string or a date (UTC when no zone is given); None if not one."""
+    """A datetime from an RFC 3339 / ISO 8601 string or a date (UTC when no zone); None if not one."""
     if not isinstance(value, str):
         return None
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")

@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-class CollectionLocked(RuntimeError):
-    pass
+from indexer.errors import CollectionLocked
 
 
 def lock_path(home: Path, collection: str) -> Path:

@@ -13,12 +13,14 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from indexer.errors import ModelLoadError, ModelMismatchError
+from indexer.schema import ModelIdentity
 
 log = logging.getLogger(__name__)
 
@@ -26,41 +28,6 @@ PixelTransform = Callable[[Any], Any]  # PIL image -> PIL image, picklable for w
 
 
 DRAFT_FACTOR = 2
-
-
-class ModelLoadError(RuntimeError):
-    """The model or its weights could not be loaded; the message says how to fix it."""
-
-
-class ModelMismatchError(RuntimeError):
-    """A collection was opened with a model other than the one it was built with."""
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a collection records about its model: enough to reload it and to refuse another one."""
-
-    model: str  # architecture name, or absolute path of a model-config JSON
-    pretrained: str  # pretrained tag, absolute checkpoint path, or "" for random weights
-    architecture: str
-    weights: str  # the tag, or "sha256:<hex>" of a checkpoint file's content
-    dim: int
-    # "fp32": the reference image encoder (fp16 autocast on CUDA); "int8": the approximate CPU fast path
-    precision: str = "fp32"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
-        known = {k: data[k] for k in ("model", "pretrained", "architecture", "weights", "dim")}
-        return cls(**known, precision=data.get("precision", "fp32"))
-
-    def same_model(self, other: ModelIdentity) -> bool:
-        return (self.architecture, self.weights, self.dim) == (other.architecture, other.weights, other.dim)
-
-    def describe(self) -> str:
-        return f"{self.architecture} ({self.weights or 'random weights'}, {self.dim}-d)"
 
 
 def check_same_model(recorded: ModelIdentity, requested: ModelIdentity, collection: str) -> None:

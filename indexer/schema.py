@@ -131,7 +131,9 @@ class CollectionSchema:
         for name, kind in self.fields.items():
             check_name(name, "field")
             if kind not in FIELD_TYPES:
-                raise SchemaError(f"field {name!r}: unknown type {kind!r}; use one of {', '.join(FIELD_TYPES)}")
+                raise SchemaError(
+                    f"field {name!r}: unknown type {kind!r}; use one of {', '.join(FIELD_TYPES)}"
+                )
 
     # --- construction ---------------------------------------------------------------------
 

@@ -33,14 +33,15 @@ class QdrantSettings(BaseModel):
         None, description="Use qdrant-client's local mode in this folder instead of a server (for tests)."
     )
     shards: int = Field(1, ge=1, description="Shards of collections created on a Qdrant server.")
-    replicas: int = Field(1, ge=1, description="Replication factor of collections created on a Qdrant server.")
+    replicas: int = Field(1, ge=1, description="Replication factor of new collections on a Qdrant server.")
 
 
 class FaissSettings(BaseModel):
     """The FAISS backend (store=faiss)."""
 
     index: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
-        "auto", description="FAISS index: `auto` (exact below 100k vectors, HNSW above), `flat`, `hnsw`, `ivfpq`."
+        "auto", description="FAISS index: `auto` (exact below 100k vectors, HNSW above), `flat`, `hnsw`, "
+        "`ivfpq`."
     )
     refine: Literal["flat", "sq8", "none"] = Field(
         "flat", description="IVF-PQ rescoring: `flat` (exact), `sq8` (int8, 4x less RAM) or `none`."

@@ -67,7 +67,8 @@ class VectorStore(Protocol):
         payload; ids that do not exist are ignored."""
 
     def set_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
-        """Replace the payload of existing points (id -> payload), keeping their vectors; unknown ids ignored."""
+        """Replace the payload of existing points (id -> payload), keeping their vectors; unknown ids
+        are ignored."""
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove points; unknown ids are ignored."""
