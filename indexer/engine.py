@@ -1,33 +1,38 @@
 """Querying a collection: the one object the CLI and the HTTP API both search through.
 
-It opens the collection, loads the model recorded with it, and keeps both warm. Text
-embeddings are cached (bounded), since people repeat and refine the same queries.
+It opens the collection, loads the model of the vector a query uses (through a shared ModelCache),
+decodes query images exactly as the index run decoded files, resolves filters against the
+collection's schema, and times every stage. Text embeddings are cached (bounded), since people
+repeat and refine the same queries. Not thread-safe: the API serialises calls (search_api.engines).
 """
 
 from __future__ import annotations
 
-import uuid
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from indexer.classify import classify_embeddings
-from indexer.models import (
-    ClipModel,
-    ModelIdentity,
-    check_same_model,
-    load_recorded_model,
-    query_threads,
-    set_torch_threads,
-)
+from indexer.decode import decode_image
+from indexer.errors import ItemNotFound
+from indexer.filters import Filter
+from indexer.models import ClipModel, ModelCache, query_threads, set_torch_threads
+from indexer.schema import CollectionSchema, VectorSpec
 from indexer.settings import Settings
-from indexer.stores import Hit, StoreError, VectorStore, open_store
+from indexer.stores import Hit, VectorStore, open_store
+from indexer.stores.base import canonical_id
 
-
-class ItemNotFound(KeyError):
-    pass
+ImageInput = bytes | str | Path
+STAGES = ("decode", "encode", "search", "fetch")
+# How often a server re-reads the schema of a collection that other processes may change (a Qdrant
+# server: `clipsearch activate` from another machine). Embedded stores are changed through this process.
+SCHEMA_REFRESH_S = 2.0
 
 
 @dataclass
@@ -42,22 +47,29 @@ class Result:
         return cls(hit.id, hit.payload.get("uri", ""), hit.score, hit.payload.get("metadata", {}))
 
 
-class TextEmbeddingCache:
-    """A small LRU of query text -> embedding."""
+@dataclass
+class SearchOutcome:
+    results: list[Result]
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # seconds
 
-    def __init__(self, encode: Any, size: int = 1024):
-        self._encode, self._size = encode, size
-        self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
+
+class TextEmbeddingCache:
+    """A small LRU of (model, query text) -> embedding."""
+
+    def __init__(self, size: int = 1024):
+        self._size = size
+        self._entries: OrderedDict[tuple[Any, str], np.ndarray] = OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, text: str) -> np.ndarray:
-        if text in self._entries:
-            self._entries.move_to_end(text)
+    def get(self, model: ClipModel, text: str) -> np.ndarray:
+        key = (model.identity.weights, model.identity.architecture, text)
+        if key in self._entries:
+            self._entries.move_to_end(key)
             self.hits += 1
-            return self._entries[text]
+            return self._entries[key]
         self.misses += 1
-        vector = self._encode([text])[0]
-        self._entries[text] = vector
+        vector = model.encode_texts([text])[0]
+        self._entries[key] = vector
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return vector
@@ -66,38 +78,64 @@ class TextEmbeddingCache:
 def parse_item_id(value: str) -> str | None:
     """The canonical form of an item id, or None if it cannot be one (a path, say)."""
     try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
+        return canonical_id(value)
+    except Exception:
         return None
 
 
 class SearchEngine:
-    def __init__(self, settings: Settings, collection: str | None = None, model: ClipModel | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        collection: str | None = None,
+        models: ModelCache | None = None,
+        store: VectorStore | None = None,
+    ):
+        """`store`: an already open store of the collection (the server's watcher shares it)."""
         self.settings = settings
         self.collection = collection or settings.collection
-        self.store: VectorStore = open_store(settings, self.collection)
+        self.models = models or ModelCache(settings.device)
+        self.store: VectorStore = store or open_store(settings, self.collection)
+        self._schema_read = time.monotonic()
+        self.text_cache = TextEmbeddingCache()
         try:
-            info = self.store.read_info()
-            if "model" not in info:
-                raise StoreError(
-                    f"collection {self.collection!r} has no model recorded; re-run clipsearch index"
-                )
-            self.identity = ModelIdentity.from_dict(info["model"])
             set_torch_threads(query_threads())  # process-wide: this process answers queries
-            if model is not None:  # a model handed in (tests, the API reusing one) must be the recorded one
-                check_same_model(self.identity, model.identity, self.collection)
-            self.model = model or load_recorded_model(self.identity, settings.device)
             self.warm_up()
         except Exception:
             self.store.close()
             raise
-        self.text_cache = TextEmbeddingCache(self.model.encode_texts)
+
+    # --- the collection -------------------------------------------------------------------
+
+    @property
+    def schema(self) -> CollectionSchema:
+        """The collection's schema; re-read from a shared server now and then (see SCHEMA_REFRESH_S)."""
+        if self.settings.store == "qdrant" and time.monotonic() - self._schema_read > SCHEMA_REFRESH_S:
+            self._reopen_if_changed()
+        return self.store.schema
+
+    def _reopen_if_changed(self) -> None:
+        fresh = open_store(self.settings, self.collection)
+        self._schema_read = time.monotonic()
+        if fresh.schema == self.store.schema:
+            fresh.close()
+            return
+        old, self.store = self.store, fresh
+        old.close()
+
+    def model_for(self, vector: str | None = None) -> tuple[VectorSpec, ClipModel]:
+        spec = self.schema.vector(vector)
+        return spec, self.models.get(spec.model)
 
     def warm_up(self) -> None:
-        """One throw-away query, so the first real one does not pay the one-time costs of torch's first
-        call and of the store's first page-ins (seen here: first encode up to 2x, first search 4x)."""
-        vector = self.model.encode_texts(["a photo"])[0]
-        self.store.search(vector, 1)
+        """Load the active vector's model and run one throw-away query, so the first real one does not
+        pay the one-time costs of torch's first call and the store's first page-ins."""
+        spec, model = self.model_for()
+        self.store.search(model.encode_texts(["a photo"])[0], 1, using=spec.name)
+
+    @property
+    def identity(self) -> Any:
+        return self.schema.active_vector.model
 
     def close(self) -> None:
         self.store.close()
@@ -108,22 +146,67 @@ class SearchEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def search_vector(self, vector: np.ndarray, k: int) -> list[Result]:
-        return [Result.from_hit(hit) for hit in self.store.search(vector, k)]
+    # --- queries --------------------------------------------------------------------------
 
-    def search_text(self, text: str, k: int = 10) -> list[Result]:
-        return self.search_vector(self.text_cache.get(text), k)
+    def search_text(self, text: str, k: int = 10, **options: Any) -> SearchOutcome:
+        return self._search(
+            lambda model, clock: self._timed(clock, "encode", self.text_cache.get, model, text), k, **options
+        )
 
-    def search_image(self, image: Any, k: int = 10) -> list[Result]:
-        return self.search_vector(self.model.encode_images([image])[0], k)
+    def search_image(self, image: ImageInput, k: int = 10, **options: Any) -> SearchOutcome:
+        """By an example image (bytes of an upload, or a file path), decoded as the index decoded files."""
 
-    def search_similar(self, item_id: str, k: int = 10) -> list[Result]:
+        def embed(model: ClipModel, clock: dict[str, float]) -> np.ndarray:
+            picture = self._timed(clock, "decode", self.decode, image, model)
+            return self._timed(clock, "encode", model.encode_images, [picture])[0]
+
+        return self._search(embed, k, **options)
+
+    def search_similar(self, item_id: str, k: int = 10, **options: Any) -> SearchOutcome:
         """Neighbours of an indexed item, by its stored vector (no re-encoding)."""
-        canonical = parse_item_id(item_id)
-        records = self.store.retrieve([canonical], with_vectors=True) if canonical else []
-        if not records:
-            raise ItemNotFound(item_id)
-        return self.search_vector(records[0].vector, k)
+
+        def stored(model: ClipModel, clock: dict[str, float]) -> np.ndarray:
+            spec = self.schema.vector(options.get("vector"))
+            canonical = parse_item_id(item_id)
+            records = (
+                self._timed(clock, "fetch", self.store.retrieve, [canonical], [spec.name])
+                if canonical
+                else []
+            )
+            if not records or spec.name not in records[0].vectors:
+                raise ItemNotFound(item_id)
+            return records[0].vectors[spec.name]
+
+        return self._search(stored, k, **options)
+
+    def _search(
+        self,
+        embed: Callable[[ClipModel, dict[str, float]], np.ndarray],
+        k: int,
+        *,
+        filter: Filter | dict[str, Any] | None = None,
+        vector: str | None = None,
+        offset: int = 0,
+    ) -> SearchOutcome:
+        clock = dict.fromkeys(STAGES, 0.0)
+        spec, model = self.model_for(vector)
+        store_filter = self.store_filter(filter)
+        query = embed(model, clock)
+        hits = self._timed(
+            clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter, offset=offset
+        )
+        return SearchOutcome([Result.from_hit(hit) for hit in hits], clock)
+
+    def store_filter(self, query_filter: Filter | dict[str, Any] | None) -> Filter | None:
+        """A query filter (field names) checked against the schema and turned into a store filter."""
+        parsed = Filter.parse(query_filter)
+        return None if parsed is None or parsed.is_empty() else parsed.resolve(self.schema)
+
+    def decode(self, image: ImageInput, model: ClipModel | None = None) -> Any:
+        """An image as the index run decoded its files for `model` (the active vector's by default)."""
+        model = model or self.model_for()[1]
+        source = image if isinstance(image, bytes) else str(image)
+        return decode_image(source, max_pixels=self.settings.max_image_pixels, draft_size=model.draft_size)
 
     def item(self, item_id: str) -> dict[str, Any]:
         """Payload of an indexed item; ItemNotFound for anything else, path-like strings included."""
@@ -133,22 +216,63 @@ class SearchEngine:
             raise ItemNotFound(item_id)
         return records[0].payload
 
-    def classify_images(self, images: list[Any], labels: list[str]) -> list[list[tuple[str, float]]]:
-        return classify_embeddings(self.model, self.model.encode_images(images), labels)
+    def classify(self, images: list[ImageInput], labels: list[str]) -> list[list[tuple[str, float]]]:
+        """Zero-shot labels for each image with the active vector's model."""
+        model = self.model_for()[1]
+        pictures = [self.decode(image, model) for image in images]
+        return classify_embeddings(model, model.encode_images(pictures), labels)
 
     def status(self) -> dict[str, Any]:
         return collection_status(self.store)
 
+    @staticmethod
+    def _timed(clock: dict[str, float], stage: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with _stopwatch(clock, stage):
+            return fn(*args, **kwargs)
+
+
+@contextmanager
+def _stopwatch(clock: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock[stage] += time.perf_counter() - start
+
 
 def collection_status(store: VectorStore) -> dict[str, Any]:
+    """Count, active model, every vector with its progress, and the failed files of a collection."""
+    from indexer.filters import HasVectorCondition
+
+    schema = store.schema
     info = store.read_info()
-    model = info.get("model")
+    total = store.count()
+    vectors = []
+    for spec in schema.vectors.values():
+        filled = (
+            total
+            if spec.state == "ready"
+            else store.count(Filter(must=[HasVectorCondition(has_vector=spec.name)]))
+        )
+        vectors.append(
+            {
+                "name": spec.name,
+                "model": spec.model.to_dict(),
+                "dim": spec.dim,
+                "precision": spec.precision,
+                "state": spec.state,
+                "count": filled,
+                "active": spec.name == schema.active,
+            }
+        )
     failed = [
         {"uri": uri, "reason": entry["reason"]} for uri, entry in sorted(info.get("failed", {}).items())
     ]
     return {
         "collection": store.name,
-        "count": store.count(),
-        "model": ModelIdentity.from_dict(model).to_dict() if model else None,
+        "count": total,
+        "model": schema.active_vector.model.to_dict(),
+        "vectors": vectors,
+        "fields": dict(schema.fields),
         "failed": failed,
     }

@@ -19,12 +19,13 @@ element does, as in Qdrant.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from indexer.errors import InvalidFilter, SchemaError
 from indexer.schema import CollectionSchema, payload_path
@@ -64,8 +65,11 @@ class Range(_Strict):
         return self
 
     def bounds(self) -> dict[str, float | str]:
-        return {k: v for k, v in (("gt", self.gt), ("gte", self.gte), ("lt", self.lt), ("lte", self.lte))
-                if v is not None}
+        return {
+            k: v
+            for k, v in (("gt", self.gt), ("gte", self.gte), ("lt", self.lt), ("lte", self.lte))
+            if v is not None
+        }
 
 
 class GeoPoint(_Strict):
@@ -78,11 +82,48 @@ class GeoRadius(_Strict):
     radius: float = Field(gt=0, description="Metres.")
 
 
+def _member_by_key(members: dict[str, str], default: str) -> Any:
+    """A discriminator picking a union member (tagged with its class name) by which key the input
+    has, so an error says what is wrong with the member meant, not with every member."""
+
+    def member(data: Any) -> str:
+        if isinstance(data, dict):
+            return next((tag for key, tag in members.items() if key in data), default)
+        return type(data).__name__
+
+    return Discriminator(member)
+
+
+# Class names (the union tags) and scalar type names are pydantic's, not the user's: kept out of
+# the location an error message shows.
+_NOT_A_LOCATION = {
+    "MatchValue",
+    "MatchAny",
+    "MatchExcept",
+    "FieldCondition",
+    "IsEmptyCondition",
+    "HasIdCondition",
+    "HasVectorCondition",
+    "Filter",
+    "str",
+    "int",
+    "bool",
+    "float",
+}
+
+Match = Annotated[
+    Annotated[MatchValue, Tag("MatchValue")]
+    | Annotated[MatchAny, Tag("MatchAny")]
+    | Annotated[MatchExcept, Tag("MatchExcept")],
+    _member_by_key({"any": "MatchAny", "except": "MatchExcept"}, "MatchValue"),
+]
+
+
 class FieldCondition(_Strict):
     """A condition on one field: exactly one of match, range, geo_radius."""
 
     key: str
-    match: MatchValue | MatchAny | MatchExcept | None = None
+    match: Match | None = None
     range: Range | None = None
     geo_radius: GeoRadius | None = None
 
@@ -110,7 +151,22 @@ class HasVectorCondition(_Strict):
     has_vector: str
 
 
-Condition = Union[FieldCondition, IsEmptyCondition, HasIdCondition, HasVectorCondition, "Filter"]
+Condition = Annotated[
+    Annotated[FieldCondition, Tag("FieldCondition")]
+    | Annotated[IsEmptyCondition, Tag("IsEmptyCondition")]
+    | Annotated[HasIdCondition, Tag("HasIdCondition")]
+    | Annotated[HasVectorCondition, Tag("HasVectorCondition")]
+    | Annotated["Filter", Tag("Filter")],
+    _member_by_key(
+        {
+            "key": "FieldCondition",
+            "is_empty": "IsEmptyCondition",
+            "has_id": "HasIdCondition",
+            "has_vector": "HasVectorCondition",
+        },
+        "Filter",
+    ),
+]
 
 
 class Filter(_Strict):
@@ -205,12 +261,15 @@ def _declared(schema: CollectionSchema, key: str) -> str:
 
 def _typed_match(match: MatchValue | MatchAny | MatchExcept, kind: str, key: str) -> Any:
     def typed(value: Scalar) -> Scalar:
-        if kind == "integer" and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except ValueError:
-                raise InvalidFilter(f"field {key!r} is integer: {value!r} is not a number") from None
-            if number != int(number):
+        if kind == "integer":
+            if isinstance(value, bool):  # an int to Python, never equal to a number in a store
+                raise InvalidFilter(f"field {key!r} is integer: {value!r} is not a number")
+            if isinstance(value, int):
+                return value
+            with contextlib.suppress(ValueError):
+                return int(value)  # "42", exactly, however large
+            number = _number(value, key)
+            if not number.is_integer():
                 raise InvalidFilter(f"field {key!r} is integer: {value!r} is not a whole number")
             return int(number)
         if kind == "bool":
@@ -278,16 +337,24 @@ def _canonical_id(value: str) -> str:
 
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    where = ".".join(str(p) for p in error.get("loc", ()))
+    # Validator wrappers ("function-after[...]") and union tags are pydantic's, not the user's.
+    where = ".".join(
+        str(p)
+        for p in error.get("loc", ())
+        if p not in _NOT_A_LOCATION and not str(p).startswith("function-")
+    )
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("loc", ())[-1:] in (("str",), ("int",), ("bool",)):  # no member of a match value's union
+        message = "Input should be a string, an integer or a boolean"
     return f"{where}: {message}" if where else message
 
 
 # --- the reference meaning of a store filter -----------------------------------------------------
 
 
-def matches(store_filter: Filter | None, point_id: str, payload: dict[str, Any],
-            vectors: frozenset[str] = frozenset()) -> bool:
+def matches(
+    store_filter: Filter | None, point_id: str, payload: dict[str, Any], vectors: frozenset[str] = frozenset()
+) -> bool:
     """Whether a point passes a store filter (keys are payload paths). `vectors`: the names of the
     vectors the point has, for has_vector."""
     if store_filter is None:

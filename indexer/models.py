@@ -306,6 +306,8 @@ def load_model(model: str, pretrained: str, device: str = "auto", precision: str
             "--precision int8 is the approximate fast path for CPUs; on CUDA the default already runs "
             "in fp16 mixed precision: drop --precision, or add --device cpu"
         )
+    if weights_arg and not Path(weights_arg).is_file():
+        _check_downloadable(architecture, weights_arg)
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
             architecture, pretrained=weights_arg, device=device
@@ -341,3 +343,79 @@ def load_recorded_model(identity: ModelIdentity, device: str = "auto") -> ClipMo
             f"({loaded.identity.weights} != {identity.weights})"
         )
     return loaded
+
+
+# Seconds to wait for a model hub before saying it can't be reached: huggingface_hub's own retries
+# take ~50 s offline, printing warnings all the while.
+HUB_PROBE_TIMEOUT = 3.0
+
+
+def _check_downloadable(architecture: str, tag: str) -> None:
+    """Fail at once, in one line, when a pretrained tag's weights are not cached and their host is
+    out of reach (offline, HF_HUB_OFFLINE=1), instead of open_clip's long retry storm."""
+    import socket
+    from urllib.parse import urlparse
+
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, get_pretrained_cfg
+
+    config = get_pretrained_cfg(architecture, tag)
+    repo = (config.get("hf_hub") or "").rstrip("/")
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+            if isinstance(try_to_load_from_cache(repo, filename), str):
+                return  # cached: open_clip loads it without the network
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    else:
+        host, offline = urlparse(config.get("url", "")).hostname or "", False
+    if not host:
+        return
+    if not offline:
+        try:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT).close()
+            return
+        except OSError:
+            pass
+    raise ModelLoadError(
+        f"weights {tag!r} for {architecture} are not downloaded and {host} cannot be reached"
+        f"{' (HF_HUB_OFFLINE is set)' if offline else ''}; download the checkpoint elsewhere and pass "
+        f"its path: --pretrained /path/to/open_clip_model.safetensors (or CLIPSEARCH_PRETRAINED)"
+    )
+
+
+class ModelCache:
+    """Loaded models shared by identity: collections (and vectors) built with the same model use one
+    copy. Thread-safe; a model is loaded once even when several threads ask for it at once."""
+
+    def __init__(self, device: str = "auto") -> None:
+        import threading
+
+        self.device = device
+        self._models: dict[tuple[str, str, int, str], ClipModel] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(identity: ModelIdentity) -> tuple[str, str, int, str]:
+        return (identity.architecture, identity.weights, identity.dim, identity.precision)
+
+    def add(self, model: ClipModel) -> ClipModel:
+        """Offer an already loaded model (tests, a server given one); it serves its identity."""
+        with self._lock:
+            return self._models.setdefault(self._key(model.identity), model)
+
+    def get(self, identity: ModelIdentity) -> ClipModel:
+        """The model recorded as `identity`, loading it on first use; a model offered for the same
+        architecture and weights serves any precision (queries may differ from the index run)."""
+        with self._lock:
+            found = self._models.get(self._key(identity)) or next(
+                (m for m in self._models.values() if m.identity.same_model(identity)), None
+            )
+            if found is None:
+                found = self._models[self._key(identity)] = load_recorded_model(identity, self.device)
+            return found
+
+    def loaded(self) -> list[ModelIdentity]:
+        with self._lock:
+            return [model.identity for model in self._models.values()]

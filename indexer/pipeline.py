@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from indexer.decode import ImageDecodeError, decode_image
+from indexer.decode import decode_image
+from indexer.errors import CollectionBusy, CollectionNotFound, ImageDecodeError, ModelMismatchError
 from indexer.locking import collection_lock
 from indexer.models import (
     ClipModel,
-    ModelIdentity,
     PixelTransform,
     check_same_model,
     check_same_precision,
@@ -34,9 +34,10 @@ from indexer.models import (
     set_torch_threads,
     usable_cpus,
 )
+from indexer.schema import IMAGE_FIELDS, CollectionSchema
 from indexer.settings import Settings
 from indexer.sources import SourceItem, WalkProblem, walk_folder
-from indexer.stores import CollectionBusy, Record, VectorStore, open_store
+from indexer.stores import Record, VectorStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -223,27 +224,62 @@ def _walk_sources(sources: Sequence[str | Path], problems: list[WalkProblem]) ->
     return items
 
 
-def _record(decoded: Decoded, vector: np.ndarray) -> Record:
+def _record(decoded: Decoded, vectors: dict[str, np.ndarray]) -> Record:
     item = decoded.item
     metadata = {"width": decoded.width, "height": decoded.height}
     payload = {"uri": item.uri, "path": item.path, "fingerprint": item.fingerprint, "metadata": metadata}
-    return Record(id=item.id, vector=vector, payload=payload)
+    return Record(id=item.id, vectors=vectors, payload=payload)
 
 
-def prepare_store(settings: Settings, collection: str, identity: ModelIdentity) -> VectorStore:
-    """Open (or create) the collection for this model; refuse a collection built with another."""
-    store = open_store(settings, collection, dim=identity.dim)
-    info = store.read_info()
-    if "model" in info:
-        try:
-            check_same_model(ModelIdentity.from_dict(info["model"]), identity, collection)
-            check_same_precision(ModelIdentity.from_dict(info["model"]), identity, collection)
-        except Exception:
-            store.close()
-            raise
-    else:
-        store.write_info({**info, "model": identity.to_dict(), "failed": {}})
-    return store
+def _flags_name_a_model(settings: Settings) -> bool:
+    return bool({"model", "pretrained"} & settings.model_fields_set)
+
+
+def collection_models(
+    settings: Settings, schema: CollectionSchema, given: ClipModel | None = None
+) -> dict[str, ClipModel]:
+    """The model of every vector of a collection, for writing: the recorded ones (same precision), or
+    for the active vector the one given (a loaded model, or --model/--pretrained), checked against it."""
+    active = schema.active_vector
+    if given is None and _flags_name_a_model(settings):
+        given = load_model(settings.model, settings.pretrained, settings.device, settings.precision)
+    if given is not None:
+        check_same_model(active.model, given.identity, f"{schema.active!r} vector of this")
+        check_same_precision(active.model, given.identity, "this")
+    loaded: dict[tuple[str, str, str], ClipModel] = {}
+    if given is not None:
+        loaded[(given.identity.architecture, given.identity.weights, given.identity.precision)] = given
+    models = {}
+    for name, spec in schema.vectors.items():
+        key = (spec.model.architecture, spec.model.weights, spec.precision)
+        if key not in loaded:
+            loaded[key] = load_model(spec.model.model, spec.model.pretrained, settings.device, spec.precision)
+            if not loaded[key].identity.same_model(spec.model):
+                raise ModelMismatchError(
+                    f"the checkpoint at {spec.model.pretrained} changed since vector {name!r} was embedded "
+                    f"({loaded[key].identity.weights} != {spec.model.weights})"
+                )
+        models[name] = loaded[key]
+    return models
+
+
+def open_for_indexing(
+    settings: Settings, collection: str, model: ClipModel | None = None
+) -> tuple[VectorStore, dict[str, ClipModel]]:
+    """Open (or create) the collection and load the model of each of its vectors. A new collection is
+    made with the given model (or the one the settings name) as its one vector."""
+    try:
+        store = open_store(settings, collection)
+    except CollectionNotFound:
+        model = model or load_model(settings.model, settings.pretrained, settings.device, settings.precision)
+        store = open_store(
+            settings, collection, create=CollectionSchema.new(model.identity, fields=IMAGE_FIELDS)
+        )
+    try:
+        return store, collection_models(settings, store.schema, model)
+    except BaseException:
+        store.close()
+        raise
 
 
 def index_sources(
@@ -253,24 +289,24 @@ def index_sources(
     model: ClipModel | None = None,
     progress: bool = True,
 ) -> IndexReport:
-    """Bring `collection` in line with `sources`: embed new and changed files, drop vanished ones."""
+    """Bring `collection` in line with `sources`: embed new and changed files into every vector of the
+    collection, drop vanished ones. An existing collection uses the models recorded with it."""
     collection = collection or settings.collection
     started = time.perf_counter()
     roots = [os.path.abspath(source) for source in sources]
     with collection_lock(settings.home, collection):
-        model = model or load_model(settings.model, settings.pretrained, settings.device, settings.precision)
-        if not model.device.startswith("cuda"):
-            set_torch_threads(usable_cpus())  # the encoder takes every core; decoding overlaps it
         try:
-            store = prepare_store(settings, collection, model.identity)
+            store, models = open_for_indexing(settings, collection, model)
         except CollectionBusy as exc:
             raise CollectionBusy(
-                f"collection {collection!r} is open in another process (a running `clipsearch serve`, or a "
-                f"search): an embedded collection can be open in one process at a time. Stop that process "
-                f"and index again, or let the server index while it serves: clipsearch serve --watch FOLDER"
+                f"collection {collection!r} is open in another process (a running `clipsearch serve`): an "
+                f"embedded collection can be open in one process at a time. Let the server index while it "
+                f"serves (`clipsearch serve --watch FOLDER`), or stop it and index again"
             ) from exc
+        if not any(m.device.startswith("cuda") for m in models.values()):
+            set_torch_threads(usable_cpus())  # the encoder takes every core; decoding overlaps it
         try:
-            report = sync_store(settings, store, model, roots, progress)
+            report = sync_store(settings, store, models, roots, progress)
         finally:
             store.close()
     report.seconds = time.perf_counter() - started
@@ -278,11 +314,15 @@ def index_sources(
 
 
 def sync_store(
-    settings: Settings, store: VectorStore, model: ClipModel, roots: Sequence[str | Path], progress: bool
+    settings: Settings,
+    store: VectorStore,
+    models: dict[str, ClipModel],
+    roots: Sequence[str | Path],
+    progress: bool,
 ) -> IndexReport:
-    """The ingest on an already open store and loaded model: what `index_sources` runs under the
-    collection lock, and `serve --watch` on the store its API searches. The caller has checked the
-    model against the collection (`prepare_store`) and holds the collection lock."""
+    """The ingest on an already open store with the model of each vector loaded: what `index_sources`
+    runs under the collection lock, and `serve --watch` on the store its API searches. The caller
+    holds the collection lock and has checked the models (`collection_models`)."""
     roots = [os.path.abspath(root) for root in roots]
     report = IndexReport(collection=store.name)
     problems: list[WalkProblem] = []
@@ -305,14 +345,15 @@ def sync_store(
     for problem in problems:
         failed[problem.uri] = {"reason": problem.reason}
 
-    batch_size, workers = batch_size_for(settings, model.device), workers_for(settings, model.device)
+    primary = models[store.schema.active]
+    batch_size, workers = batch_size_for(settings, primary.device), workers_for(settings, primary.device)
     bar = tqdm(
         total=len(to_embed), unit="img", desc=f"indexing {store.name}", disable=not progress, smoothing=0.1
     )
     # One writer thread: the store write of batch n overlaps the encoding of batch n+1.
     with ThreadPoolExecutor(max_workers=1) as writer:
         last_write: Future[None] | None = None
-        for batch in _batches(settings, model, to_embed, batch_size, workers):
+        for batch in _batches(settings, primary, to_embed, batch_size, workers):
             good = [d for d in batch if d.pixels is not None]
             bad = [d for d in batch if d.pixels is None]
             for d in bad:
@@ -322,8 +363,10 @@ def sync_store(
             ]  # a file that went bad loses its old vector
             records = []
             if good:
-                vectors = model.encode_pixels(_stack([d.pixels for d in good]))
-                records = [_record(d, v) for d, v in zip(good, vectors, strict=True)]
+                vectors = embed_all(settings, models, primary, good)
+                records = [
+                    _record(d, {name: v[i] for name, v in vectors.items()}) for i, d in enumerate(good)
+                ]
                 for d in good:
                     failed.pop(d.item.uri, None)
             if last_write is not None:
@@ -340,6 +383,39 @@ def sync_store(
     store.write_info({**info, "failed": failed})
     store.flush()
     return report
+
+
+def _same_input(model: ClipModel, other: ClipModel) -> bool:
+    """Whether two models take the same pixels (transforms print their steps and sizes)."""
+    return model.draft_size == other.draft_size and repr(model.pixel_transform) == repr(other.pixel_transform)
+
+
+def embed_all(
+    settings: Settings, models: dict[str, ClipModel], primary: ClipModel, decoded: list[Decoded]
+) -> dict[str, np.ndarray]:
+    """Each vector's embeddings of a decoded batch. Pixels decoded for `primary` serve every model that
+    takes the same input; another model's input is decoded again here (collections with two models
+    of different input sizes, while a re-embedding migrates them)."""
+    by_model: dict[int, np.ndarray] = {}
+    vectors = {}
+    for name, model in models.items():
+        if id(model) not in by_model:
+            if _same_input(model, primary):
+                pixels = _stack([d.pixels for d in decoded])
+            else:
+                redone = [
+                    decode_item(d.item, model.pixel_transform, settings.max_image_pixels, model.draft_size)
+                    for d in decoded
+                ]
+                pixels = np.stack([r.pixels if r.pixels is not None else _blank(model) for r in redone])
+            by_model[id(model)] = model.encode_pixels(pixels)
+        vectors[name] = by_model[id(model)]
+    return vectors
+
+
+def _blank(model: ClipModel) -> np.ndarray:
+    size = model.input_size
+    return np.zeros((size, size, 3), dtype=np.uint8)
 
 
 def _write(store: VectorStore, records: list[Record], stale: list[str]) -> None:

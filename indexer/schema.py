@@ -124,8 +124,13 @@ class CollectionSchema:
     def __post_init__(self) -> None:
         if not self.vectors:
             raise SchemaError("a collection needs at least one vector")
-        for name in self.vectors:
+        for name, spec in self.vectors.items():
             check_name(name, "vector")
+            if spec.name != name:
+                raise SchemaError(f"vector {spec.name!r} is listed under another name, {name!r}")
+        keys = [spec.storage_key for spec in self.vectors.values()]
+        if len(set(keys)) != len(keys):  # two vectors in one place would overwrite each other
+            raise SchemaError(f"two vectors share a storage key: {', '.join(repr(k) for k in keys)}")
         if self.active not in self.vectors:
             raise SchemaError(f"active vector {self.active!r} is not one of {', '.join(self.vectors)}")
         for name, kind in self.fields.items():

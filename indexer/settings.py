@@ -40,8 +40,8 @@ class FaissSettings(BaseModel):
     """The FAISS backend (store=faiss)."""
 
     index: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
-        "auto", description="FAISS index: `auto` (exact below 100k vectors, HNSW above), `flat`, `hnsw`, "
-        "`ivfpq`."
+        "auto",
+        description="FAISS index: `auto` (exact below 100k vectors, HNSW above), `flat`, `hnsw`, `ivfpq`.",
     )
     refine: Literal["flat", "sq8", "none"] = Field(
         "flat", description="IVF-PQ rescoring: `flat` (exact), `sq8` (int8, 4x less RAM) or `none`."
@@ -52,8 +52,9 @@ class ApiSettings(BaseModel):
     """The HTTP API: its key and limits, and where clients (the UI) find it."""
 
     key: str | None = Field(
-        None, description="When set, every API route but `/healthz` and `/readyz` needs it "
-        "(`X-API-Key` or `Authorization: Bearer`)."
+        None,
+        description="When set, every API route but `/healthz` and `/readyz` needs it "
+        "(`X-API-Key` or `Authorization: Bearer`).",
     )
     url: str = Field("http://127.0.0.1:8000", description="Where the UI finds the API.")
     cors_origins: list[str] = Field(
@@ -77,8 +78,9 @@ class Settings(BaseSettings):
     )
 
     model: str = Field(
-        "ViT-B-32", description="open_clip architecture name, or path of a model-config JSON, for new "
-        "collections and vectors (existing ones use the model recorded with them)."
+        "ViT-B-32",
+        description="open_clip architecture name, or path of a model-config JSON, for new "
+        "collections and vectors (existing ones use the model recorded with them).",
     )
     pretrained: str = Field(
         "laion2b_s34b_b79k", description="open_clip pretrained tag, or path of a checkpoint file."
@@ -107,8 +109,9 @@ class Settings(BaseSettings):
 
     # Search tuning, chosen for recall first; see docs/benchmarks.md.
     hnsw_ef: int = Field(
-        256, ge=1, description="HNSW candidates explored per query (edge, qdrant and faiss): higher "
-        "recall, slower."
+        256,
+        ge=1,
+        description="HNSW candidates explored per query (edge, qdrant and faiss): higher recall, slower.",
     )
     quantization: QuantizationKind = Field(
         "int8",
