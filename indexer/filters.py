@@ -421,7 +421,7 @@ def _in_range(bounds: Range, value: Any) -> bool:
         return False
     if isinstance(value, (int, float)):
         point: float | datetime = float(value)
-        convert: Any = float
+        convert: Any = _float_or_none  # a number never passes a datetime bound (nor a date one a number)
     else:
         parsed = parse_datetime(value)
         if parsed is None:
@@ -436,6 +436,13 @@ def _in_range(bounds: Range, value: Any) -> bool:
         if (op == "lt" and not point < bound) or (op == "lte" and not point <= bound):
             return False
     return True
+
+
+def _float_or_none(value: float | str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _within(radius: GeoRadius, value: Any) -> bool:
