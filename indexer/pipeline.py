@@ -263,6 +263,11 @@ def collection_models(
     return models
 
 
+def folder_schema(model: ClipModel) -> CollectionSchema:
+    """The schema of a new folder collection: one vector for `model`, the image fields declared."""
+    return CollectionSchema.new(model.identity, fields=IMAGE_FIELDS)
+
+
 def open_for_indexing(
     settings: Settings, collection: str, model: ClipModel | None = None
 ) -> tuple[VectorStore, dict[str, ClipModel]]:

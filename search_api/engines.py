@@ -1,63 +1,32 @@
-"""The API's one SearchEngine: opened on first use, kept warm, used by one thread at a time.
+"""The server's collections: one SearchEngine per collection, opened at start for the default one
+and on first use for the others, all sharing one ModelCache (collections that record the same model
+share one copy), each used by one thread at a time.
 
-The embedded store and the model are not safe to call from several threads at once, and routes run in
-a thread pool, so every engine call goes through `EngineHolder.call`, which holds a lock and also
-measures where the time went (encode / search / fetch).
+The embedded stores and the models are not safe to call from several threads at once, and routes run
+in a thread pool, so every engine call goes through `Engines.call`, which holds that collection's
+lock. Writers inside the server (`serve --watch`, re-embedding through the API) see the engine's open
+store through `LockedStore`, whose every call takes the lock for that call only, so searches
+interleave with their batches.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from indexer.engine import SearchEngine, collection_status
-from indexer.models import ClipModel
+from indexer.errors import CollectionNotFound, StoreError
+from indexer.filters import Filter
+from indexer.models import ClipModel, ModelCache
+from indexer.schema import CollectionSchema
 from indexer.settings import Settings
-from indexer.stores import (
-    CollectionNotFound,
-    Hit,
-    Record,
-    StoreError,
-    VectorStore,
-    list_collections,
-    open_store,
-)
+from indexer.stores import Record, check_collection_name, list_collections, open_store
 
 T = TypeVar("T")
-STAGES = ("encode", "search", "fetch")
-
-
-class _TimedStore:
-    """A store that adds the seconds spent in search and retrieve to a shared clock.
-
-    Lets the engine's own methods (search_text, search_similar...) stay the one implementation
-    of a query while the API still reports a per-stage breakdown."""
-
-    def __init__(self, store: VectorStore, clock: dict[str, float]):
-        self._store, self._clock = store, clock
-
-    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
-        start = time.perf_counter()
-        try:
-            return self._store.search(vector, k)
-        finally:
-            self._clock["search"] += time.perf_counter() - start
-
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        start = time.perf_counter()
-        try:
-            return self._store.retrieve(ids, with_vectors)
-        finally:
-            self._clock["fetch"] += time.perf_counter() - start
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
 
 class FifoLock:
@@ -93,81 +62,176 @@ class FifoLock:
                 self._held = False
 
 
-@dataclass
-class Timed(Generic[T]):
-    value: T
-    stages: dict[str, float]  # seconds per stage in STAGES
+class _Slot:
+    def __init__(self) -> None:
+        self.lock = FifoLock()
+        self.engine: SearchEngine | None = None
 
 
-class EngineHolder:
+class Engines:
     def __init__(self, settings: Settings, model: ClipModel | None = None):
+        """`model`: a loaded model to share (tests, embedding); it serves collections that record it."""
         self.settings = settings
-        self._model = model
-        self._engine: SearchEngine | None = None
-        self._clock = dict.fromkeys(STAGES, 0.0)
-        # One lock for opening and for every call: a second open of an embedded collection would fail,
-        # and the store and model are not thread-safe.
-        self._lock = FifoLock()
+        self.default = settings.collection
+        self.models = ModelCache(settings.device)
+        if model is not None:
+            self.models.add(model)
+        self._slots: dict[str, _Slot] = {}
+        self._slots_lock = threading.Lock()
 
-    @property
-    def loaded(self) -> SearchEngine | None:
-        """The engine if it is open; never opens it (for metrics)."""
-        return self._engine
+    def _slot(self, collection: str) -> _Slot:
+        check_collection_name(collection)
+        with self._slots_lock:
+            return self._slots.setdefault(collection, _Slot())
 
-    def _open(self) -> SearchEngine:
-        if self._engine is not None:
-            return self._engine
-        name = self.settings.collection
+    def _open(self, collection: str, slot: _Slot) -> SearchEngine:
+        if slot.engine is None:
+            try:
+                slot.engine = SearchEngine(self.settings, collection, models=self.models)
+            except CollectionNotFound as exc:
+                # Not kept: the next request tries again, so the server picks up a collection indexed later.
+                raise CollectionNotFound(
+                    f"collection {collection!r} not found: index it first (`clipsearch index SOURCE "
+                    f"--collection {collection}`, or `clipsearch serve --watch FOLDER`)"
+                ) from exc
+        return slot.engine
+
+    def call(self, collection: str | None, fn: Callable[[SearchEngine], T]) -> T:
+        """Run fn with the collection's engine (opening it if needed), alone."""
+        name = collection or self.default
+        slot = self._slot(name)
+        with slot.lock:
+            return fn(self._open(name, slot))
+
+    def open_default(self) -> None:
+        """At start: open the default collection and warm its model, if it exists (else it is a 404
+        and /readyz says why until it is indexed)."""
         try:
-            engine = SearchEngine(self.settings, name, model=self._model)
-        except CollectionNotFound as exc:
-            # Not cached: the next request tries again, so the server picks up a collection indexed later.
-            raise CollectionNotFound(f"collection {name!r} not found: run clipsearch index first") from exc
-        engine.store = _TimedStore(engine.store, self._clock)  # type: ignore[assignment]
-        self._engine = engine
-        return engine
+            self.call(None, lambda engine: engine)
+        except CollectionNotFound:
+            pass
 
-    def call(self, fn: Callable[[SearchEngine], T]) -> Timed[T]:
-        """Run fn with the engine (opening it if needed), alone, and time it by stage."""
-        with self._lock:
-            engine = self._open()
-            self._clock.update(dict.fromkeys(STAGES, 0.0))
-            start = time.perf_counter()
-            value = fn(engine)
-            total = time.perf_counter() - start
-            stages = dict(self._clock)
-        # What is not store time is the model's (or the text cache's): the engine does nothing else.
-        stages["encode"] = max(0.0, total - stages["search"] - stages["fetch"])
-        return Timed(value, stages)
+    def loaded(self, collection: str | None = None) -> SearchEngine | None:
+        """The collection's engine if it is open; never opens it (metrics, readiness)."""
+        slot = self._slots.get(collection or self.default)
+        return slot.engine if slot else None
 
-    def draft_size(self) -> int:
-        """The JPEG draft size the collection's images were indexed at; uploads are decoded the same way.
-        Read without the lock once the engine is open: it never changes."""
-        engine = self._engine or self.call(lambda opened: opened).value
-        return engine.model.draft_size
+    def engines(self) -> list[SearchEngine]:
+        return [slot.engine for slot in list(self._slots.values()) if slot.engine is not None]
+
+    def readiness(self) -> str | None:
+        """None when the default collection is open with its model loaded and warm; else why not."""
+        if self.loaded() is None:
+            try:
+                self.open_default()
+            except Exception as exc:  # the reason is the answer
+                return str(exc)
+            if self.loaded() is None:
+                return f"collection {self.default!r} is not indexed yet"
+        return None
 
     def collections(self) -> list[dict[str, Any]]:
         """name, count, model (and error) of every collection in the configured store."""
-        with self._lock:  # opening the served collection's store must not race the engine opening it
-            found = []
-            for name in list_collections(self.settings):
+        found = []
+        for name in list_collections(self.settings):
+            try:
+                status = self.status(name, open_engine=False)
+            except (StoreError, KeyError, TypeError, ValueError) as exc:  # e.g. open in an index run
+                found.append(
+                    {
+                        "name": name,
+                        "count": None,
+                        "model": None,
+                        "default": name == self.default,
+                        "error": str(exc),
+                    }
+                )
+                continue
+            found.append(
+                {
+                    "name": name,
+                    "count": status["count"],
+                    "model": status["model"],
+                    "default": name == self.default,
+                }
+            )
+        return found
+
+    def status(self, collection: str | None, open_engine: bool = True) -> dict[str, Any]:
+        """A collection's status; through its engine when open (or asked to open it), else by opening the
+        store briefly (an embedded one then must not be open elsewhere)."""
+        name = collection or self.default
+        slot = self._slot(name)
+        with slot.lock:
+            if slot.engine is None and not open_engine:
+                store = open_store(self.settings, name)
                 try:
-                    if self._engine is not None and name == self._engine.collection:
-                        status = self._engine.status()
-                    else:
-                        store = open_store(self.settings, name)
-                        try:
-                            status = collection_status(store)
-                        finally:
-                            store.close()
-                except (StoreError, KeyError, TypeError, ValueError) as exc:  # e.g. open in an index run
-                    found.append({"name": name, "count": None, "model": None, "error": str(exc)})
-                    continue
-                found.append({"name": name, "count": status["count"], "model": status["model"]})
-            return found
+                    return collection_status(store)
+                finally:
+                    store.close()
+            return self._open(name, slot).status()
 
     def close(self) -> None:
-        with self._lock:
-            if self._engine is not None:
-                self._engine.close()
-                self._engine = None
+        for slot in list(self._slots.values()):
+            with slot.lock:
+                if slot.engine is not None:
+                    slot.engine.close()
+                    slot.engine = None
+
+
+class Stopped(Exception):
+    """Raised into a writer running inside the server when the server shuts down."""
+
+
+class LockedStore:
+    """A collection's open store as a writer inside the server sees it: every call runs alone under
+    the collection's lock, and raises Stopped once the server is stopping."""
+
+    def __init__(self, engines: Engines, collection: str, stopping: threading.Event) -> None:
+        self._engines, self._collection, self._stopping = engines, collection, stopping
+        self.name = collection
+
+    def _call(self, fn: Callable[[SearchEngine], T]) -> T:
+        if self._stopping.is_set():
+            raise Stopped
+        return self._engines.call(self._collection, fn)
+
+    @property
+    def schema(self) -> CollectionSchema:
+        return self._call(lambda engine: engine.store.schema)
+
+    def set_schema(self, schema: CollectionSchema) -> None:
+        self._call(lambda engine: engine.store.set_schema(schema))
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        self._call(lambda engine: engine.store.upsert(records))
+
+    def update_vectors(self, name: str, vectors: Mapping[str, np.ndarray]) -> None:
+        self._call(lambda engine: engine.store.update_vectors(name, vectors))
+
+    def set_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
+        self._call(lambda engine: engine.store.set_payloads(payloads))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        self._call(lambda engine: engine.store.delete(ids))
+
+    def retrieve(self, ids: Sequence[str], with_vectors: Any = False) -> list[Record]:
+        return self._call(lambda engine: engine.store.retrieve(ids, with_vectors))
+
+    def scan(self, filter: Filter | None = None, with_vectors: Any = False) -> Iterator[Record]:
+        return iter(self._call(lambda engine: list(engine.store.scan(filter, with_vectors))))
+
+    def count(self, filter: Filter | None = None) -> int:
+        return self._call(lambda engine: engine.store.count(filter))
+
+    def read_info(self) -> dict[str, Any]:
+        return self._call(lambda engine: engine.store.read_info())
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        self._call(lambda engine: engine.store.write_info(info))
+
+    def flush(self) -> None:
+        self._call(lambda engine: engine.store.flush())
+
+    def close(self) -> None:
+        """The engine owns the store: it stays open."""

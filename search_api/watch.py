@@ -21,20 +21,20 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from indexer.engine import SearchEngine
+from indexer.errors import StoreError
 from indexer.locking import collection_lock
 from indexer.models import ClipModel, check_same_precision, load_model
-from indexer.pipeline import IndexReport, prepare_store, sync_store
+from indexer.pipeline import IndexReport, folder_schema, sync_store
 from indexer.settings import Settings
-from indexer.stores import CollectionNotFound, Record, StoreError, open_store
-from search_api.engines import EngineHolder
+from indexer.stores import collection_exists, open_store
+from search_api.engines import Engines, LockedStore, Stopped
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,53 +44,12 @@ HOLDER = "clipsearch serve --watch"
 ADVICE = "it indexes its --watch folders itself: add the folder there (restart it), or stop it"
 
 
-class Stopped(Exception):
-    """Raised into a running sync when the server shuts down."""
-
-
-class SharedStore:
-    """The API engine's open store, as sync_store sees it: each call runs alone under the engine's lock."""
-
-    def __init__(self, engines: EngineHolder, stopping: threading.Event) -> None:
-        self._engines, self._stopping = engines, stopping
-        self.name, self.dim = self._call(lambda engine: (engine.store.name, engine.store.dim))
-
-    def _call(self, fn: Callable[[SearchEngine], T]) -> T:
-        if self._stopping.is_set():
-            raise Stopped
-        return self._engines.call(fn).value
-
-    def upsert(self, records: Sequence[Record]) -> None:
-        self._call(lambda engine: engine.store.upsert(records))
-
-    def delete(self, ids: Sequence[str]) -> None:
-        self._call(lambda engine: engine.store.delete(ids))
-
-    def scan(self) -> Iterator[Record]:
-        return iter(self._call(lambda engine: list(engine.store.scan())))
-
-    def count(self) -> int:
-        return self._call(lambda engine: engine.store.count())
-
-    def read_info(self) -> dict[str, Any]:
-        return self._call(lambda engine: engine.store.read_info())
-
-    def write_info(self, info: dict[str, Any]) -> None:
-        self._call(lambda engine: engine.store.write_info(info))
-
-    def flush(self) -> None:
-        self._call(lambda engine: engine.store.flush())
-
-    def close(self) -> None:
-        """The engine owns the store: it stays open."""
-
-
 class FolderWatcher:
     """Re-indexes `folders` into the served collection every `interval` seconds, in a thread."""
 
     def __init__(
         self,
-        engines: EngineHolder,
+        engines: Engines,
         folders: Sequence[str | Path],
         interval: float = DEFAULT_INTERVAL,
         model: ClipModel | None = None,
@@ -116,32 +75,34 @@ class FolderWatcher:
         self._lock.enter_context(collection_lock(self.settings.home, name, HOLDER, ADVICE))
         try:
             self._create_if_missing(name)
-            engine = self.engines.call(lambda opened: opened).value  # opens the engine now
-            model = engine.model
+            store = LockedStore(self.engines, name, self._stopping)
+            vectors = store.schema.vectors.values()
+            models = {spec.name: self.engines.models.get(spec.model) for spec in vectors}
             # Queries may use another precision than the collection (fp32 on CUDA for an int8-built one),
             # but what the watcher adds must match what is stored.
-            check_same_precision(engine.identity, model.identity, name)
-            store = SharedStore(self.engines, self._stopping)
+            for spec in vectors:
+                check_same_precision(spec.model, models[spec.name].identity, name)
         except BaseException:
             self._lock.close()
             raise
-        self._thread = threading.Thread(target=self._run, args=(store, model), name="watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(store, models), name="watch", daemon=True)
         self._thread.start()
         log.info("watching %s for collection %r every %gs", ", ".join(self.folders), name, self.interval)
 
     def _create_if_missing(self, name: str) -> None:
-        try:
-            open_store(self.settings, name).close()
-        except CollectionNotFound:
+        if not collection_exists(self.settings, name):
             settings = self.settings
-            model = self._model or load_model(settings.model, settings.pretrained, settings.device)
-            prepare_store(self.settings, name, model.identity).close()
+            model = self._model or load_model(
+                settings.model, settings.pretrained, settings.device, settings.precision
+            )
+            open_store(settings, name, create=folder_schema(model)).close()
+            self.engines.models.add(model)
 
-    def _run(self, store: SharedStore, model: ClipModel) -> None:
+    def _run(self, store: LockedStore, models: dict[str, ClipModel]) -> None:
         while not self._stopping.is_set():
             started = time.perf_counter()
             try:
-                report = sync_store(self.settings, store, model, self.folders, progress=False)
+                report = sync_store(self.settings, store, models, self.folders, progress=False)
                 report.seconds = time.perf_counter() - started
             except Stopped:
                 break
@@ -169,7 +130,7 @@ class FolderWatcher:
 
 @asynccontextmanager
 async def watching(
-    engines: EngineHolder,
+    engines: Engines,
     folders: Sequence[str | Path],
     interval: float = DEFAULT_INTERVAL,
     model: ClipModel | None = None,

@@ -1,0 +1,151 @@
+"""Model upgrades without downtime: add a named vector for another model, fill it, switch to it.
+
+`reembed` adds the vector in state "building" and embeds every item that lacks it, batch by batch,
+each batch written as soon as it is encoded: a killed run loses at most the batches in flight, and
+the next run carries on with the items still missing the vector (deterministic embeddings, so the
+result equals an uninterrupted run). When none is missing the vector becomes "ready". Searches keep
+using the active vector throughout; `activate` switches in one schema write.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.filters import Filter, HasVectorCondition
+from indexer.locking import collection_lock
+from indexer.models import ClipModel, check_same_model, load_model
+from indexer.pipeline import batch_size_for, decoded_batches, workers_for
+from indexer.schema import VectorSpec, check_name
+from indexer.settings import Settings
+from indexer.sources import SourceItem
+from indexer.stores import VectorStore, open_store
+
+
+@dataclass
+class ReembedReport:
+    collection: str
+    vector: str
+    embedded: int = 0
+    failed: int = 0
+    remaining: int = 0
+    state: str = "building"
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        report = asdict(self)
+        report["seconds"] = round(self.seconds, 3)
+        return report
+
+
+def default_vector_name(model: ClipModel) -> str:
+    """A name for a model's vector: its architecture and weights tag (or checkpoint hash prefix)."""
+    identity = model.identity
+    weights = identity.weights.removeprefix("sha256:")[:8] if identity.weights else "random"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{identity.architecture}-{weights}")
+    return check_name(name if name[0].isalpha() else f"v-{name}"[:64], "vector")
+
+
+def add_vector(store: VectorStore, model: ClipModel, name: str) -> VectorSpec:
+    """The vector `name` for `model`: added in state building, or the existing one (same model) to resume."""
+    schema = store.schema
+    if name in schema.vectors:
+        spec = schema.vectors[name]
+        check_same_model(spec.model, model.identity, f"{name!r} vector of this")
+        return spec
+    spec = VectorSpec(name, model.identity, state="building")
+    store.set_schema(schema.with_vector(spec))
+    return spec
+
+
+def missing(name: str) -> Filter:
+    return Filter(must_not=[HasVectorCondition(has_vector=name)])
+
+
+def fill_vector(
+    settings: Settings,
+    store: VectorStore,
+    model: ClipModel,
+    name: str,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+    on_batch: Any = None,
+) -> ReembedReport:
+    """Embed every item that lacks vector `name` with `model`; mark the vector ready when none is left.
+    Items whose file can no longer be read are counted as failed and left without the vector (the
+    vector then stays building: re-index or remove them, then run again)."""
+    started = time.perf_counter()
+    report = ReembedReport(collection=store.name, vector=name)
+    pending = list(store.scan(filter=missing(name)))
+    todo = [
+        SourceItem(uri=r.payload.get("uri", ""), path=r.payload.get("path", ""), fingerprint="")
+        for r in pending
+    ]
+    bar = tqdm(total=len(todo), unit="img", desc=f"re-embedding {store.name}:{name}", disable=not progress)
+    batch_size, workers = batch_size_for(settings, model.device), workers_for(settings, model.device)
+    batches = decoded_batches(
+        todo, model.pixel_transform, settings.max_image_pixels, batch_size, workers, model.draft_size
+    )
+    done = 0
+    for batch in batches:  # in input order, so positions map batches back to ids
+        ids = [record.id for record in pending[done : done + len(batch)]]
+        done += len(batch)
+        if stop is not None and stop.is_set():
+            break
+        good = [(record_id, d) for record_id, d in zip(ids, batch, strict=True) if d.pixels is not None]
+        report.failed += len(batch) - len(good)
+        if good:
+            vectors = model.encode_pixels(np.stack([d.pixels for _, d in good]))
+            store.update_vectors(
+                name, {record_id: v for (record_id, _), v in zip(good, vectors, strict=True)}
+            )
+            report.embedded += len(good)
+        bar.update(len(batch))
+        if on_batch is not None:
+            on_batch(report)
+    bar.close()
+    report.remaining = store.count(missing(name))
+    if report.remaining == 0 and store.schema.vector(name).state != "ready":
+        store.set_schema(store.schema.with_vector_state(name, "ready"))
+    report.state = store.schema.vector(name).state
+    store.flush()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def reembed(
+    settings: Settings,
+    collection: str | None,
+    model: str,
+    pretrained: str,
+    vector: str | None = None,
+    progress: bool = True,
+    loaded: ClipModel | None = None,
+) -> ReembedReport:
+    """`clipsearch reembed`: add (or resume) a vector for another model and fill it, under the
+    collection's write lock."""
+    collection = collection or settings.collection
+    with collection_lock(settings.home, collection, "clipsearch reembed"):
+        clip = loaded or load_model(model, pretrained, settings.device)
+        store = open_store(settings, collection)
+        try:
+            name = vector or default_vector_name(clip)
+            add_vector(store, clip, name)
+            return fill_vector(settings, store, clip, name, progress)
+        finally:
+            store.close()
+
+
+def activate(store: VectorStore, name: str) -> None:
+    """Make `name` the vector queries use unless they name another (one schema write)."""
+    store.set_schema(store.schema.with_active(name))
+
+
+def drop_vector(store: VectorStore, name: str) -> None:
+    store.set_schema(store.schema.without_vector(name))
