@@ -19,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from indexer.models import ClipModel
 from indexer.settings import Settings
 from search_api import routes
-from search_api.engines import EngineHolder
+from search_api.engines import Engines
 from search_api.errors import install_error_handlers
+from search_api.jobs import VectorJobs
 from search_api.limits import BodyLimitMiddleware, body_limit
 from search_api.metrics import Metrics, MetricsMiddleware
 from search_api.security import ApiKeyMiddleware, document_security
@@ -50,13 +51,21 @@ def create_app(
     collection's recorded model (it must be the same model: tests and embedding reuse a loaded one).
     With `watch` folders, the server also indexes them every `watch_interval` seconds (watch.py)."""
     settings = settings or Settings()
-    engines = EngineHolder(settings, model)
+    engines = Engines(settings, model)
+    jobs = VectorJobs(engines)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The watcher first: it may create the collection that the default engine then opens. Opening
+        # at start holds an embedded collection (a second `clipsearch index` is refused at once) and
+        # loads the model now, not at the first query; /readyz says when that is done.
         async with watching(engines, watch, watch_interval, model) as app.state.watcher:
-            yield
-        await run_in_threadpool(engines.close)  # waits for a running query; closing flushes the store
+            await run_in_threadpool(engines.open_default)
+            try:
+                yield
+            finally:
+                await run_in_threadpool(jobs.stop)
+        await run_in_threadpool(engines.close)  # waits for running queries; closing flushes the stores
 
     app = FastAPI(
         title="clipsearch",
@@ -70,6 +79,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engines = engines
+    app.state.jobs = jobs
     app.state.metrics = metrics = Metrics(engines)
 
     install_error_handlers(app)
@@ -81,15 +91,15 @@ def create_app(
     # without the key is refused whatever its size; CORS outside auth, so preflights (which carry no
     # key) are answered; metrics outside auth, so 401s are counted too.
     app.add_middleware(
-        BodyLimitMiddleware, max_body=body_limit(settings), max_upload=settings.max_upload_bytes
+        BodyLimitMiddleware, max_body=body_limit(settings), max_upload=settings.api.max_upload_bytes
     )
-    if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if settings.api.key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api.key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    if settings.cors_origins:
+    if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=settings.api.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
@@ -102,7 +112,7 @@ def _openapi(app: FastAPI, settings: Settings) -> Any:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original()
-            app.openapi_schema = document_security(schema) if settings.api_key else schema
+            app.openapi_schema = document_security(schema) if settings.api.key else schema
         return app.openapi_schema
 
     return openapi

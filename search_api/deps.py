@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from indexer.settings import Settings
-from search_api.engines import EngineHolder
+from search_api.engines import Engines
+from search_api.jobs import VectorJobs
 from search_api.metrics import Metrics
 
 
@@ -15,8 +16,12 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engines(request: Request) -> EngineHolder:
+def get_engines(request: Request) -> Engines:
     return request.app.state.engines
+
+
+def get_jobs(request: Request) -> VectorJobs:
+    return request.app.state.jobs
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -24,6 +29,6 @@ def get_metrics(request: Request) -> Metrics:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EnginesDep = Annotated[EngineHolder, Depends(get_engines)]
+EnginesDep = Annotated[Engines, Depends(get_engines)]
+JobsDep = Annotated[VectorJobs, Depends(get_jobs)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-

@@ -25,7 +25,7 @@ DRAIN_LIMIT = 8 * 1024 * 1024
 
 
 def body_limit(settings: Settings) -> int:
-    return settings.max_upload_bytes + MULTIPART_OVERHEAD
+    return settings.api.max_upload_bytes + MULTIPART_OVERHEAD
 
 
 def too_large_message(limit: int) -> str:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from search_api.engines import EngineHolder
+from search_api.engines import Engines
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -21,20 +21,26 @@ _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 class Metrics:
-    def __init__(self, engines: EngineHolder):
+    def __init__(self, engines: Engines):
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "clipsearch_http_requests_total", "HTTP requests by method, route template and status code.",
-            ["method", "route", "status"], registry=self.registry,
+            "clipsearch_http_requests_total",
+            "HTTP requests by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "clipsearch_http_request_duration_seconds", "HTTP request latency by method and route template.",
-            ["method", "route"], registry=self.registry,
+            "clipsearch_http_request_duration_seconds",
+            "HTTP request latency by method and route template.",
+            ["method", "route"],
+            registry=self.registry,
         )
         self.stages = Histogram(
             "clipsearch_query_stage_duration_seconds",
             "Time in each stage of a query: decode (uploads), encode, search, fetch.",
-            ["stage"], buckets=_STAGE_BUCKETS, registry=self.registry,
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(_TextCacheCollector(engines))
 
@@ -47,21 +53,22 @@ class Metrics:
 
 
 class _TextCacheCollector:
-    """Reads the engine's cache counters at scrape time (zero until the engine is opened)."""
+    """Reads the engines' cache counters at scrape time (zero until an engine is opened)."""
 
-    def __init__(self, engines: EngineHolder):
+    def __init__(self, engines: Engines):
         self._engines = engines
 
     def collect(self) -> Iterator[Metric]:
-        engine = self._engines.loaded
-        cache = engine.text_cache if engine is not None else None
+        caches = [engine.text_cache for engine in self._engines.engines()]
         yield CounterMetricFamily(
-            "clipsearch_text_cache_hits", "Text queries answered from the embedding cache.",
-            value=cache.hits if cache else 0,
+            "clipsearch_text_cache_hits",
+            "Text queries answered from the embedding cache.",
+            value=sum(cache.hits for cache in caches),
         )
         yield CounterMetricFamily(
-            "clipsearch_text_cache_misses", "Text queries that ran the text encoder.",
-            value=cache.misses if cache else 0,
+            "clipsearch_text_cache_misses",
+            "Text queries that ran the text encoder.",
+            value=sum(cache.misses for cache in caches),
         )
 
 

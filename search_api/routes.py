@@ -1,4 +1,4 @@
-"""The HTTP routes: parse, call the engine through its holder, shape the answer.
+"""The HTTP routes: parse, call the collection's engine through `Engines`, shape the answer.
 
 Routes that touch the model or store are plain `def`: FastAPI runs them in its thread pool, so a slow
 encode never blocks the event loop (and /healthz stays responsive).
@@ -6,35 +6,43 @@ encode never blocks the event loop (and /healthz stays responsive).
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import time
+from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Path, Request
+from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from indexer.engine import Result
+from indexer.engine import SearchOutcome
 from indexer.settings import Settings
-from search_api.deps import EnginesDep, MetricsDep, SettingsDep
-from search_api.engines import Timed
+from indexer.vectors import activate
+from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
     ClassifyForm,
     ClassifyResponse,
     CollectionInfo,
     CollectionsResponse,
+    CollectionStatus,
     ErrorResponse,
     HealthResponse,
     ImageSearchForm,
+    ItemResponse,
     LabelScore,
+    NewVectorRequest,
+    ReadinessResponse,
     SearchRequest,
     SearchResponse,
     SearchResult,
     SearchTimings,
+    VectorInfo,
+    VectorsResponse,
 )
-from search_api.uploads import decode_upload
+from search_api.uploads import read_upload
 
 meta = APIRouter(tags=["service"])
 api = APIRouter(prefix="/v1")
@@ -44,24 +52,53 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
-# 400: a body that is not UTF-8 (FastAPI can't parse it); 413: over the body limit, like an upload.
+# 400: a body that is not UTF-8, a bad filter; 413: over the body limit, like an upload.
 _QUERY_ERRORS = _errors(400, 404, 409, 413, 422, 503)
 _UPLOAD_ERRORS = _errors(400, 404, 409, 413, 422, 503)
+CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 
 # Uploads are multipart/form-data; a form model holding an UploadFile is otherwise documented in the
 # OpenAPI schema as application/x-www-form-urlencoded, which can't carry a file.
 ImageSearchUpload = Annotated[ImageSearchForm, Form(media_type="multipart/form-data")]
 ClassifyUpload = Annotated[ClassifyForm, Form(media_type="multipart/form-data")]
+SWAGGER_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
 
 
-@meta.get("/healthz", response_model=HealthResponse, operation_id="healthz",
-          summary="Liveness probe (no API key needed)")
+@meta.get(
+    "/healthz",
+    response_model=HealthResponse,
+    operation_id="healthz",
+    summary="Liveness probe (no API key needed)",
+)
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@meta.get("/metrics", summary="Prometheus metrics", response_class=Response, operation_id="metrics",
-          responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+@meta.get(
+    "/readyz",
+    response_model=ReadinessResponse,
+    operation_id="readyz",
+    responses={503: {"model": ReadinessResponse}},
+    summary="Readiness probe: 200 once the default collection's model is loaded and warm (no key)",
+)
+def readyz(engines: EnginesDep) -> JSONResponse:
+    reason = engines.readiness()
+    if reason is None:
+        return JSONResponse({"status": "ready", "reason": None})
+    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+
+
+@meta.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    operation_id="metrics",
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE)
 
@@ -73,100 +110,254 @@ async def openapi(request: Request) -> JSONResponse:
 
 @meta.get("/docs", include_in_schema=False)
 async def docs(request: Request) -> HTMLResponse:
+    # Swagger UI's assets come from a packaged copy (fastapi-swagger), so /docs works offline.
     root = request.scope.get("root_path", "").rstrip("/")
-    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - docs")
-
-
-def _k(request: SearchRequest | ImageSearchForm, settings: Settings) -> int:
-    """k within the server's max_k (a setting, so the static schema can't hold it)."""
-    if "k" not in request.model_fields_set:  # the default may exceed a small max_k; the client didn't ask
-        return min(request.k, settings.max_k)
-    if request.k > settings.max_k:
-        raise HTTPException(422, f"k must be between 1 and {settings.max_k}")  # as a schema error would
-    return request.k
-
-
-def _search_response(timed: Timed[list[Result]], started: float, metrics: MetricsDep) -> SearchResponse:
-    metrics.observe_stages(timed.stages)
-    ms = {stage: round(seconds * 1000, 3) for stage, seconds in timed.stages.items()}
-    return SearchResponse(
-        results=[SearchResult(id=r.id, uri=r.uri, score=r.score, metadata=r.metadata) for r in timed.value],
-        took_ms=round((time.perf_counter() - started) * 1000, 3),
-        timings=SearchTimings(encode_ms=ms["encode"], search_ms=ms["search"], fetch_ms=ms["fetch"]),
+    return get_swagger_ui_html(
+        openapi_url=f"{root}/openapi.json",
+        title=f"{request.app.title} - docs",
+        swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+        swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
     )
 
 
-@api.post("/search", response_model=SearchResponse, tags=["search"], responses=_QUERY_ERRORS,
-          operation_id="search", summary="Search by text, or by an indexed image's id")
+@meta.get("/docs/assets/{name}", include_in_schema=False)
+async def docs_asset(name: str) -> Response:
+    if name not in SWAGGER_ASSETS:
+        raise HTTPException(404, f"no such asset: {name}")
+    data = resources.files("fastapi_swagger.resources").joinpath(name).read_bytes()
+    return Response(data, media_type=SWAGGER_ASSETS[name], headers={"Cache-Control": "max-age=86400"})
+
+
+def _k(request: Any, settings: Settings) -> int:
+    """k within the server's max_k (a setting, so the static schema can't hold it)."""
+    if "k" not in request.model_fields_set:  # the default may exceed a small max_k; the client didn't ask
+        return min(request.k, settings.api.max_k)
+    if request.k > settings.api.max_k:
+        raise HTTPException(422, f"k must be between 1 and {settings.api.max_k}")  # as a schema error would
+    return request.k
+
+
+def _response(outcome: SearchOutcome, started: float, metrics: MetricsDep) -> SearchResponse:
+    metrics.observe_stages(outcome.timings)
+    ms = {stage: round(seconds * 1000, 3) for stage, seconds in outcome.timings.items()}
+    return SearchResponse(
+        results=[
+            SearchResult(id=r.id, uri=r.uri, score=r.score, metadata=r.metadata) for r in outcome.results
+        ],
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+        timings=SearchTimings(
+            decode_ms=ms["decode"], encode_ms=ms["encode"], search_ms=ms["search"], fetch_ms=ms["fetch"]
+        ),
+    )
+
+
+@api.post(
+    "/search",
+    response_model=SearchResponse,
+    tags=["search"],
+    responses=_QUERY_ERRORS,
+    operation_id="search",
+    summary="Search by text, or by an indexed image's id",
+)
 def search(
     body: SearchRequest, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> SearchResponse:
     started = time.perf_counter()
     k = _k(body, settings)
+    options = {"filter": body.filter, "vector": body.vector, "offset": body.offset}
     if body.text is not None:
         text = body.text
-        timed = engines.call(lambda engine: engine.search_text(text, k))
+        outcome = engines.call(body.collection, lambda engine: engine.search_text(text, k, **options))
     else:
         image_id = body.image_id or ""
-        timed = engines.call(lambda engine: engine.search_similar(image_id, k))
-    return _search_response(timed, started, metrics)
+        outcome = engines.call(body.collection, lambda engine: engine.search_similar(image_id, k, **options))
+    return _response(outcome, started, metrics)
 
 
-@api.post("/search/image", response_model=SearchResponse, tags=["search"], responses=_UPLOAD_ERRORS,
-          operation_id="search_image", summary="Search by an uploaded example image")
+@api.post(
+    "/search/image",
+    response_model=SearchResponse,
+    tags=["search"],
+    responses=_UPLOAD_ERRORS,
+    operation_id="search_image",
+    summary="Search by an uploaded example image",
+)
 def search_image(
     form: ImageSearchUpload, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> SearchResponse:
     started = time.perf_counter()
     k = _k(form, settings)
-    image = decode_upload(form.file, settings, engines.draft_size())
-    metrics.observe_stages({"decode": time.perf_counter() - started})
-    timed = engines.call(lambda engine: engine.search_image(image, k))
-    return _search_response(timed, started, metrics)
+    data = read_upload(form.file, settings.api.max_upload_bytes)
+    options = {"filter": _form_filter(form.filter), "vector": form.vector, "offset": form.offset}
+    outcome = engines.call(form.collection, lambda engine: engine.search_image(data, k, **options))
+    return _response(outcome, started, metrics)
 
 
-@api.post("/classify", response_model=ClassifyResponse, tags=["classify"], responses=_UPLOAD_ERRORS,
-          operation_id="classify", summary="Zero-shot classification of an uploaded image")
+def _form_filter(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise HTTPException(400, f"filter is not valid JSON: {exc}") from exc
+
+
+@api.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    tags=["classify"],
+    responses=_UPLOAD_ERRORS,
+    operation_id="classify",
+    summary="Zero-shot classification of an uploaded image",
+)
 def classify(
     form: ClassifyUpload, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
 ) -> ClassifyResponse:
     started = time.perf_counter()
     labels = form.label_list
-    image = decode_upload(form.file, settings, engines.draft_size())
-    metrics.observe_stages({"decode": time.perf_counter() - started})
-    timed = engines.call(lambda engine: engine.classify_images([image], labels))
-    metrics.observe_stages({"encode": timed.stages["encode"]})
-    return ClassifyResponse(labels=[LabelScore(label=label, score=score) for label, score in timed.value[0]])
+    data = read_upload(form.file, settings.api.max_upload_bytes)
+    scored = engines.call(form.collection, lambda engine: engine.classify([data], labels))
+    metrics.observe_stages({"encode": time.perf_counter() - started})
+    return ClassifyResponse(labels=[LabelScore(label=label, score=score) for label, score in scored[0]])
 
 
 # Formats the indexer accepts that Python's mimetypes may not know.
 _MEDIA_TYPES = {".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
-          "description": "The image file, with its content type"},
+    200: {
+        "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The image file, with its content type",
+    },
     **_errors(404, 422, 503),
 }
 
 
-@api.get("/images/{id}", tags=["images"], response_class=FileResponse, responses=_IMAGE_RESPONSES,
-         operation_id="get_image", summary="The bytes of an indexed image")
+@api.api_route(
+    "/images/{id}",
+    methods=["GET", "HEAD"],
+    tags=["images"],
+    response_class=FileResponse,
+    responses=_IMAGE_RESPONSES,
+    operation_id="get_image",
+    summary="The bytes of an indexed image",
+)
 def get_image(
     id: Annotated[str, Path(description="Id of an indexed image, as search results give it.")],
     engines: EnginesDep,
+    collection: Annotated[str | None, Query(description="Collection; default: the server's.")] = None,
 ) -> FileResponse:
     # The path comes from the indexed payload only; the id is never used to build one, so "../x" or an
     # absolute path is just an id that is not indexed (404).
-    payload = engines.call(lambda engine: engine.item(id)).value
+    payload = engines.call(collection, lambda engine: engine.item(id))
     path = payload.get("path")
     if not isinstance(path, str) or not os.path.isfile(path):
-        raise HTTPException(404, f"image {id} is indexed but its file is gone; re-run clipsearch index")
+        raise HTTPException(
+            404,
+            f"image {id} is indexed but its file is gone; the next sync removes it (`clipsearch serve "
+            f"--watch FOLDER`, or `clipsearch index FOLDER` when no server holds the collection)",
+        )
     ext = os.path.splitext(path)[1].lower()
     media_type = _MEDIA_TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
 
-@api.get("/collections", response_model=CollectionsResponse, tags=["collections"], responses=_errors(503),
-         operation_id="list_collections", summary="Every collection with its size and model")
+@api.get(
+    "/collections",
+    response_model=CollectionsResponse,
+    tags=["collections"],
+    responses=_errors(503),
+    operation_id="list_collections",
+    summary="Every collection with its size and model",
+)
 def collections(engines: EnginesDep) -> CollectionsResponse:
     return CollectionsResponse(collections=[CollectionInfo(**found) for found in engines.collections()])
+
+
+def _with_jobs(status: dict[str, Any], jobs: JobsDep) -> list[VectorInfo]:
+    running = jobs.jobs(status["collection"])
+    return [
+        VectorInfo(**v, job=running[v["name"]].to_dict() if v["name"] in running else None)
+        for v in status["vectors"]
+    ]
+
+
+@api.get(
+    "/collections/{collection}/status",
+    response_model=CollectionStatus,
+    tags=["collections"],
+    responses=_errors(400, 404, 409, 503),
+    operation_id="collection_status",
+    summary="A collection's size, vectors, fields and failed files",
+)
+def collection_status(collection: CollectionPath, engines: EnginesDep, jobs: JobsDep) -> CollectionStatus:
+    status = engines.status(collection)
+    return CollectionStatus(**{**status, "vectors": _with_jobs(status, jobs)})
+
+
+@api.get(
+    "/collections/{collection}/items/{id}",
+    response_model=ItemResponse,
+    tags=["collections"],
+    responses=_errors(400, 404, 409, 503),
+    operation_id="get_item",
+    summary="An indexed item's metadata",
+)
+def get_item(
+    collection: CollectionPath,
+    id: Annotated[str, Path(description="Id of an indexed item.")],
+    engines: EnginesDep,
+) -> ItemResponse:
+    payload = engines.call(collection, lambda engine: engine.item(id))
+    return ItemResponse(id=id, uri=payload.get("uri", ""), metadata=payload.get("metadata", {}))
+
+
+@api.get(
+    "/collections/{collection}/vectors",
+    response_model=VectorsResponse,
+    tags=["vectors"],
+    responses=_errors(400, 404, 409, 503),
+    operation_id="list_vectors",
+    summary="A collection's named vectors, with model and progress",
+)
+def list_vectors(collection: CollectionPath, engines: EnginesDep, jobs: JobsDep) -> VectorsResponse:
+    return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
+
+
+@api.post(
+    "/collections/{collection}/vectors",
+    response_model=VectorsResponse,
+    status_code=202,
+    tags=["vectors"],
+    responses=_errors(400, 404, 409, 422, 503),
+    operation_id="add_vector",
+    summary="Embed the collection with another model into a new vector, in the background",
+)
+def add_vector(
+    collection: CollectionPath, body: NewVectorRequest, engines: EnginesDep, jobs: JobsDep
+) -> VectorsResponse:
+    engines.call(collection, lambda engine: engine)  # a missing collection is this request's 404
+    jobs.start(collection, body.model, body.pretrained, body.name)
+    return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
+
+
+@api.post(
+    "/collections/{collection}/vectors/{name}/activate",
+    response_model=VectorsResponse,
+    tags=["vectors"],
+    responses=_errors(400, 404, 409, 503),
+    operation_id="activate_vector",
+    summary="Make a ready vector the one queries use, at once",
+)
+def activate_vector(
+    collection: CollectionPath,
+    name: Annotated[str, Path(description="Vector name.")],
+    engines: EnginesDep,
+    jobs: JobsDep,
+) -> VectorsResponse:
+    # Load (and warm) the vector's model before switching, so no query waits for it afterwards.
+    spec = engines.call(collection, lambda engine: engine.schema.vector(name))
+    engines.models.get(spec.model)
+    engines.call(collection, lambda engine: activate(engine.store, name))
+    return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))

@@ -17,7 +17,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from search_api.limits import drain_body, expects_continue
 
-OPEN_PATHS = frozenset({"/healthz"})
+# Probes, and Swagger UI's static assets (a browser fetches them without the key; they hold no data).
+OPEN_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/docs/assets/swagger-ui-bundle.js",
+        "/docs/assets/swagger-ui.css",
+        "/docs/assets/favicon-32x32.png",
+    }
+)
 API_KEY_HEADER = "X-API-Key"
 UNAUTHORIZED = f"missing or invalid API key: send {API_KEY_HEADER}: <key> or Authorization: Bearer <key>"
 
@@ -54,7 +63,7 @@ class ApiKeyMiddleware:
 
 def _route_path(scope: Scope) -> str:
     path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def document_security(schema: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,7 @@ framing; this checks the file itself against max_upload_bytes.
 from __future__ import annotations
 
 from fastapi import HTTPException, UploadFile
-from PIL import Image
 
-from indexer.decode import decode_image
-from indexer.settings import Settings
 from search_api.limits import too_large_message
 
 
@@ -22,10 +19,3 @@ def read_upload(file: UploadFile, limit: int) -> bytes:
     if len(data) > limit:
         raise HTTPException(413, too_large_message(limit))
     return data
-
-
-def decode_upload(file: UploadFile, settings: Settings, draft_size: int | None) -> Image.Image:
-    """The uploaded image as RGB, decoded as the indexer decodes files (`draft_size`). 413 if the file
-    is too big; ImageDecodeError (a 400) if it is not an image or has too many pixels."""
-    data = read_upload(file, settings.max_upload_bytes)
-    return decode_image(data, max_pixels=settings.max_image_pixels, draft_size=draft_size)
