@@ -9,10 +9,12 @@ weights unless --pretrained is given: speed does not depend on them), it times:
   writes overlapped), end to end from the files to the stored vectors;
 - clipsearch --precision int8: the same with the approximate CPU fast path;
 - clip-retrieval: `clip-retrieval inference` on the same folder and checkpoint, run from its own
-  environment (--clip-retrieval, default ../cr-venv/bin/clip-retrieval) when that exists.
-The models are loaded before the clock starts (clip-retrieval's load and warm-up are reported
-apart). Every pipeline's embeddings are compared with the naive fp32 ones by cosine, per image.
-Runs alternate their order over --rounds, and the best round of each counts (the machine is shared).
+  environment (--clip-retrieval, default ../cr-venv/bin/clip-retrieval) when that exists, timed as
+  a whole command side by side with the `clipsearch index` command (load and start-up included).
+The in-process models are loaded before the clock starts (clip-retrieval's load and warm-up are
+also reported apart). Every pipeline's embeddings are compared with the naive fp32 ones by cosine,
+per image. Runs alternate their order over --rounds; the median round of each counts, and ratios
+are taken within a round (the machine is shared).
 
 Also measured: the same three on phone-sized (12 MP) JPEGs, where decoding weighs more; the JPEG
 draft factor (how far DCT-scaled decoding may go and still agree with a full decode); and with
@@ -22,6 +24,7 @@ It writes the section "## Ingest benchmark (bench_index)" of docs/benchmarks.md 
 that section) and keeps raw results in WORKDIR/results.json.
 
     .venv/bin/python scripts/bench_index.py [--images N] [--out docs/benchmarks.md] [--sweep N]
+    .venv/bin/python scripts/bench_index.py --images 8 --large 2 --rounds 1 --out /tmp/b.md  # smoke
 
 With the defaults (200 photos, 3 rounds) and --sweep 96 it takes about 10 minutes on 2 busy CPU cores.
 """
@@ -33,7 +36,6 @@ import glob
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -45,13 +47,13 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
+from scripts import benchlib as bench  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SECTION = "## Ingest benchmark (bench_index)"
-IMAGES = REPO.parent / "shared" / "data" / "imagenet-samples"
-CLIP_RETRIEVAL = REPO.parent / "cr-venv" / "bin" / "clip-retrieval"
+CLIP_RETRIEVAL = bench.REPO.parent / "cr-venv" / "bin" / "clip-retrieval"
 BATCH = 64  # the naive loop's batch, and clipsearch's CPU default
 TARGETS = {"fp32_ratio": 1.3, "fp32_cosine": 0.999, "int8_ratio": 2.0, "int8_cosine": 0.99}
 
@@ -59,7 +61,8 @@ TARGETS = {"fp32_ratio": 1.3, "fp32_cosine": 0.999, "int8_ratio": 2.0, "int8_cos
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200, help="photos to index (at most 1000)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, default=bench.DOC,
+                        help=f"the doc whose section is rewritten [{bench.DOC}]")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default=None, help="checkpoint file [default: random weights]")
     parser.add_argument("--rounds", type=int, default=3, help="repeat the timed runs, report the median")
@@ -79,17 +82,18 @@ def main() -> None:
         if args.no_write:
             print(section)
         else:
-            write_section(args.out, section)
+            bench.write_section(args.out, SECTION, section)
         return
-    if not IMAGES.is_dir():
-        sys.exit(f"no images at {IMAGES} (see ../shared/data/README.md)")
+    if not bench.IMAGES.is_dir():
+        sys.exit(f"no images at {bench.IMAGES} (see ../shared/data/README.md)")
 
     import torch
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_index-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Path(args.pretrained) if args.pretrained else random_checkpoint(args.model, workdir)
-    files = sorted(IMAGES.glob("*.JPEG"))[: args.images]
+    checkpoint = (Path(args.pretrained) if args.pretrained
+                  else bench.random_checkpoint(args.model, workdir / f"{args.model}-random-seed0.pt")[1])
+    files = sorted(bench.IMAGES.glob("*.JPEG"))[: args.images]
     folder = workdir / "photos"  # the same files for every pipeline: links, read once to warm the cache
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
@@ -99,10 +103,10 @@ def main() -> None:
     files = sorted(folder.iterdir())
 
     run: dict[str, Any] = {
-        "command": " ".join(["scripts/bench_index.py", *sys.argv[1:]]),
-        "machine": machine(),
+        "command": bench.command_line("bench_index.py"),
+        "machine": bench.machine(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "load_before": os.getloadavg(),
+        "load_before": bench.loadavg(),
         "images": len(files),
         "model": args.model,
         "weights": "random (seed 0)" if not args.pretrained else str(checkpoint),
@@ -120,18 +124,24 @@ def main() -> None:
     def compare(folder: Path, rounds: int) -> tuple[dict[str, Any], dict[str, list[float]], dict]:
         """naive, clipsearch and clipsearch int8 on `folder`, in alternating order; per pipeline, its
         median round, and the median over rounds of its rate / naive's rate in the same round."""
-        timed: dict[str, list[dict[str, Any]]] = {"naive": [], "clipsearch": [], "clipsearch_int8": []}
-        for round_ in range(rounds):
-            for name in list(timed) if round_ % 2 == 0 else list(reversed(timed)):
+        def pipeline(name: str) -> Any:
+            def once(round_: int) -> dict[str, Any]:
                 torch.set_num_threads(default_threads)
                 if name == "naive":
-                    timed[name].append(naive_model.run(sorted(folder.iterdir())))
+                    result = naive_model.run(sorted(folder.iterdir()))
                 else:
                     model = fp32 if name == "clipsearch" else int8
                     home = workdir / f"{folder.name}-{name}-{round_}"
-                    timed[name].append(run_clipsearch(model, folder, home, workers=0))
-                print(f"  {folder.name} {name}: {timed[name][-1]['images_per_s']:.1f} img/s", file=sys.stderr)
+                    result = run_clipsearch(model, folder, home, workers=0)
+                print(f"  {folder.name} {name}: {result['images_per_s']:.1f} img/s", file=sys.stderr)
+                return result
+
+            return once
+
+        names = ("naive", "clipsearch", "clipsearch_int8")
+        timed = bench.alternate({name: pipeline(name) for name in names}, rounds)
         rates = {name: [r["images_per_s"] for r in runs] for name, runs in timed.items()}
+        ratios = bench.round_ratios(rates, "naive")
         median = {
             name: sorted(runs, key=lambda r: r["images_per_s"])[(len(runs) - 1) // 2]
             for name, runs in timed.items()
@@ -139,9 +149,7 @@ def main() -> None:
         reference = median["naive"]["vectors"]
         for name, result in median.items():
             result["cosine"] = cosines(result["vectors"], reference)
-            result["ratio"] = float(
-                np.median([a / b for a, b in zip(rates[name], rates["naive"], strict=True)])
-            )
+            result["ratio"] = ratios[name]
         return {name: strip(r) for name, r in median.items()}, rates, reference
 
     run["results"], run["all_rates"], reference = compare(folder, args.rounds)
@@ -159,48 +167,42 @@ def main() -> None:
         for f in files[: args.sweep]:
             (sweep / f.name).symlink_to(f.resolve())
         run["sweep_images"] = len(list(sweep.iterdir()))
-        configs = [(1, default_threads), (2, default_threads), (1, 1)]
-        sweep_rates: dict[tuple[int, int], list[float]] = {config: [] for config in configs}
-        for round_ in range(args.rounds):
-            for workers, threads in configs if round_ % 2 == 0 else configs[::-1]:
+        def configured(workers: int, threads: int) -> Any:
+            def once(round_: int) -> float:
                 home = workdir / f"sweep-{workers}-{threads}"
                 rate = run_clipsearch(fp32, sweep, home, workers, threads)["images_per_s"]
-                sweep_rates[(workers, threads)].append(rate)
                 print(f"  sweep workers={workers} threads={threads}: {rate:.1f}", file=sys.stderr)
+                return rate
+
+            return once
+
+        configs = [(1, default_threads), (2, default_threads), (1, 1)]
+        sweep_rates = bench.alternate({f"{w}-{t}": configured(w, t) for w, t in configs}, args.rounds)
         run["sweep"] = [
-            {"workers": w, "threads": t, "rates": r, "median": float(np.median(r))}
-            for (w, t), r in sweep_rates.items()
+            {"workers": w, "threads": t, "rates": sweep_rates[f"{w}-{t}"],
+             "median": float(np.median(sweep_rates[f"{w}-{t}"]))}
+            for w, t in configs
         ]
         run["encoder_alone"] = encoder_alone(fp32, files[:BATCH], default_threads, args.rounds)
         torch.set_num_threads(default_threads)
 
-    run["clip_retrieval"] = run_clip_retrieval(args.clip_retrieval, folder, checkpoint, args.model, workdir)
+    run["clip_retrieval"] = run_clip_retrieval(args.clip_retrieval, folder, checkpoint, args.model, workdir,
+                                               args.rounds)
     if "vectors" in run["clip_retrieval"]:
         run["clip_retrieval"]["cosine"] = cosines(run["clip_retrieval"].pop("vectors"), reference)
     run["draft"] = draft_study(fp32)
-    run["load_after"] = os.getloadavg()
+    run["load_after"] = bench.loadavg()
 
     (workdir / "results.json").write_text(json.dumps(run, indent=2, default=float))
     section = render(run)
     if args.no_write:
         print(section)
     else:
-        write_section(args.out, section)
+        bench.write_section(args.out, SECTION, section)
         print(f"wrote {args.out}; raw results in {workdir / 'results.json'}", file=sys.stderr)
 
 
 # --- the pipelines ---------------------------------------------------------------------------
-
-
-def random_checkpoint(model: str, workdir: Path) -> Path:
-    import open_clip
-    import torch
-
-    path = workdir / f"{model}-random-seed0.pt"
-    if not path.exists():
-        torch.manual_seed(0)
-        torch.save(open_clip.create_model(model, pretrained=None).state_dict(), path)
-    return path
 
 
 class NaiveModel:
@@ -269,61 +271,77 @@ def run_clipsearch(model: Any, folder: Path, home: Path, workers: int, threads: 
         records = store.retrieve(ids, with_vectors=True)
     finally:
         store.close()
-    vectors = {r.payload["uri"]: np.asarray(r.vector, dtype=np.float32) for r in records}
+    active = store.schema.active
+    vectors = {r.payload["uri"]: np.asarray(r.vectors[active], dtype=np.float32) for r in records}
     shutil.rmtree(home, ignore_errors=True)
     return {"seconds": seconds, "images_per_s": report.embedded / seconds, "vectors": vectors}
 
 
 def run_clip_retrieval(
-    cli: Path, folder: Path, checkpoint: Path, model: str, workdir: Path
+    program: Path, folder: Path, checkpoint: Path, model: str, workdir: Path, rounds: int
 ) -> dict[str, Any]:
-    """`clip-retrieval inference` as a subprocess of its own environment: the same batch size as the
-    others (its default, 256, makes its warm-up, two text and two image batches, take minutes on a
-    CPU), its defaults otherwise (4 preprocessing workers)."""
-    if not cli.exists():
-        return {"skipped": f"no clip-retrieval at {cli}"}
-    out = workdir / "clip-retrieval-out"
-    shutil.rmtree(out, ignore_errors=True)
+    """`clip-retrieval inference` as a subprocess of its own environment, and the `clipsearch index`
+    command on the same folder and checkpoint, timed whole (start-up and model load included) in
+    alternating rounds. clip-retrieval gets the same batch size as the others (its default, 256,
+    makes its warm-up, two text and two image batches, take minutes on a CPU), its defaults
+    otherwise (4 preprocessing workers)."""
+    if not program.exists():
+        return {"skipped": f"no clip-retrieval at {program}"}
     # all_clip splits "open_clip:ARCH/PRETRAINED" at the first "/": an absolute path keeps its slashes.
     clip_model = f"open_clip:{model}/{checkpoint.resolve()}"
-    command = [
-        str(cli), "inference", "--input_dataset", str(folder), "--output_folder", str(out),
-        "--clip_model", clip_model, "--enable_text", "False", "--batch_size", str(BATCH),
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "disabled"}
-    env.pop("PYTHONPATH", None)
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
-    wall = time.perf_counter() - started
-    (workdir / "clip-retrieval.log").write_text(done.stdout + done.stderr)
-    result: dict[str, Any] = {
-        "command": " ".join(command),
-        "wall_seconds": wall,
-        "returncode": done.returncode,
-    }
-    if done.returncode != 0:
-        result["error"] = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+
+    def fresh(path: Path) -> Path:
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    def clip_retrieval(round_: int) -> list[str]:
+        out = fresh(workdir / f"clip-retrieval-out-{round_}")
+        return [
+            "env", "-u", "PYTHONPATH", "CUDA_VISIBLE_DEVICES=", "WANDB_MODE=disabled",
+            str(program), "inference", "--input_dataset", str(folder), "--output_folder", str(out),
+            "--clip_model", clip_model, "--enable_text", "False", "--batch_size", str(BATCH),
+        ]  # fmt: skip
+
+    def clipsearch(round_: int) -> list[str]:
+        home = fresh(workdir / f"cli-home-{round_}")
+        settings = {"HOME": home, "MODEL": model, "PRETRAINED": checkpoint, "DEVICE": "cpu"}
+        exported = [f"CLIPSEARCH_{k}={v}" for k, v in settings.items()]
+        return ["env", *exported, *bench.cli("index", str(folder), "--json")]
+
+    images = len(list(folder.iterdir()))
+    result: dict[str, Any] = {"command": " ".join(clip_retrieval(rounds - 1))}
+    try:
+        timed = bench.time_commands({"clipsearch": clipsearch, "clip-retrieval": clip_retrieval}, rounds,
+                              env=bench.subprocess_env())
+    except RuntimeError as exc:
+        result["error"] = str(exc).splitlines()[-1]
         return result
+    rates = {name: [images / t.seconds for t in runs] for name, runs in timed.items()}
+    last = timed["clip-retrieval"][-1]
+    (workdir / "clip-retrieval.log").write_text(last.stdout + last.stderr)
+    out = workdir / f"clip-retrieval-out-{rounds - 1}"
     stats = json.loads(next(out.glob("stats/*.json")).read_text())
-    warmup = re.search(r"done warming up in ([0-9.]+)s", done.stdout + done.stderr)
-    python = cli.parent / "python"
+    warmup = re.search(r"done warming up in ([0-9.]+)s", last.stdout + last.stderr)
     paths = json.loads(
         subprocess.run(
-            [str(python), "-c", "import json,sys,pandas as p;"
+            [str(program.parent / "python"), "-c", "import json,sys,pandas as p;"
              "print(json.dumps(list(p.read_parquet(sys.argv[1]).image_path)))",
              str(next(out.glob("metadata/*.parquet")))],
-            capture_output=True, text=True, check=True, env=env,
+            capture_output=True, text=True, check=True,
         ).stdout
     )  # fmt: skip
-    embeddings = np.load(next(out.glob("img_emb/*.npy"))).astype(np.float32)
+    stored = np.load(next(out.glob("img_emb/*.npy")))
     result.update(
         images=stats["sample_count"],
         seconds=stats["total_duration"],
         images_per_s=stats["sample_count"] / stats["total_duration"],
-        wall_images_per_s=stats["sample_count"] / wall,
+        wall_rates=rates,
+        wall_images_per_s=float(np.median(rates["clip-retrieval"])),
+        clipsearch_wall_images_per_s=float(np.median(rates["clipsearch"])),
+        clipsearch_wall_ratio=bench.round_ratios(rates, "clip-retrieval")["clipsearch"],
         warmup_seconds=float(warmup.group(1)) if warmup else None,
-        stored_dtype=str(np.load(next(out.glob("img_emb/*.npy"))).dtype),
-        vectors=dict(zip(paths, embeddings, strict=True)),
+        stored_dtype=str(stored.dtype),
+        vectors=dict(zip(paths, stored.astype(np.float32), strict=True)),
     )
     return result
 
@@ -336,15 +354,19 @@ def encoder_alone(model: Any, files: list[Path], threads: int, rounds: int) -> d
 
     pixels = np.stack([np.asarray(model.pixel_transform(decode_image(f))) for f in files])
     model.encode_pixels(pixels[:4])
-    rates: dict[int, list[float]] = {1: [], threads: []}
-    for round_ in range(rounds):
-        for count in sorted(rates, reverse=round_ % 2 == 1):
+
+    def encode(count: int) -> Any:
+        def once(round_: int) -> float:
             torch.set_num_threads(count)
             started = time.perf_counter()
             model.encode_pixels(pixels)
-            rates[count].append(len(files) / (time.perf_counter() - started))
+            return len(files) / (time.perf_counter() - started)
+
+        return once
+
+    rates = bench.alternate({str(count): encode(count) for count in sorted({1, threads})}, rounds)
     torch.set_num_threads(threads)
-    return {"batch": len(files), "rates": {str(k): v for k, v in rates.items()}}
+    return {"batch": len(files), "rates": rates}
 
 
 def phone_sized(folder: Path, count: int) -> Path:
@@ -354,7 +376,7 @@ def phone_sized(folder: Path, count: int) -> Path:
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    photos = sorted(IMAGES.glob("*.JPEG"), key=lambda f: -min(Image.open(f).size))[:count]
+    photos = sorted(bench.IMAGES.glob("*.JPEG"), key=lambda f: -min(Image.open(f).size))[:count]
     for f in photos:
         image = Image.open(f).convert("RGB")
         size = (4032, 3024) if image.width >= image.height else (3024, 4032)
@@ -388,7 +410,7 @@ def draft_study(model: Any) -> dict[str, Any]:
 
     from indexer.decode import decode_image
 
-    photos = sorted(glob.glob(str(IMAGES / "*.JPEG")), key=lambda f: -min(Image.open(f).size))[:48]
+    photos = sorted(glob.glob(str(bench.IMAGES / "*.JPEG")), key=lambda f: -min(Image.open(f).size))[:48]
     side = model.input_size
     full = np.stack([np.asarray(model.pixel_transform(decode_image(f))) for f in photos])
     full_vectors = model.encode_pixels(full)
@@ -428,29 +450,6 @@ def draft_study(model: Any) -> dict[str, Any]:
     return {"photos": len(photos), "min_side_range": sides, "factors": factors, "ms_per_12mp_photo": timings}
 
 
-def machine() -> dict[str, Any]:
-    import open_clip
-    import PIL
-    import torch
-
-    from indexer.models import usable_cpus
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
-    return {
-        "nproc": usable_cpus(),
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "flags": [f for f in wanted if flags and f in flags.group(1).split()],
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 def strip(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "vectors"}
 
@@ -458,27 +457,27 @@ def strip(result: dict[str, Any]) -> dict[str, Any]:
 # --- the report ------------------------------------------------------------------------------
 
 
+def _rounded(rates: dict[str, list[float]]) -> str:
+    return json.dumps({name: [round(x, 1) for x in values] for name, values in rates.items()})
+
+
 def render(run: dict[str, Any]) -> str:
-    m, r = run["machine"], run["results"]
+    r = run["results"]
     naive = r["naive"]["images_per_s"]
-    load = "/".join(f"{x:.1f}" for x in run["load_before"])
-    load_after = "/".join(f"{x:.1f}" for x in run["load_after"])
     lines = [
         SECTION,
         "",
         "Written by `scripts/bench_index.py`; re-running it replaces this section. Command:",
         "",
         "```",
-        f".venv/bin/python {run['command']}",
+        run["command"] if run["command"].startswith(".venv/") else f".venv/bin/python {run['command']}",
         "```",
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}; {', '.join(m['flags']) or 'no AVX-512'}), "
-        f"GPU: {m['gpu'] or 'none'}; torch {m['torch']}, open_clip {m['open_clip']}, Pillow {m['pillow']}. "
-        f"Run started {run['started']}; load average (1/5/15 min) {load} before, {load_after} after: the "
-        f"machine is shared with other developers' test runs, so absolute rates are noisy. Each pipeline "
+        f"Run started {run['started']}. "
+        f"{bench.machine_line(run['machine'], run['load_before'], run['load_after'])} Each pipeline "
         f"ran {run['rounds']} time(s), the three of a round back to back (order alternating between rounds); "
         f"images/s is the median round, x naive the median of the per-round ratios to the naive loop "
-        f"(all rounds: {json.dumps({k: [round(x, 1) for x in v] for k, v in run['all_rates'].items()})}).",
+        f"(all rounds: {_rounded(run['all_rates'])}).",
         "",
         f"{run['images']} photos of imagenet-samples (JPEG, median about 500x375), {run['model']} with "
         f"{run['weights']} weights, CPU. Throughput counts from the files to the vectors (for clipsearch: "
@@ -510,6 +509,12 @@ def render(run: dict[str, Any]) -> str:
             f"| clip-retrieval inference, wall clock of the command (load {cr['warmup_seconds'] or 0:.0f} s "
             f"warm-up included) | {cr['wall_images_per_s']:.1f} | {cr['wall_images_per_s'] / naive:.2f} | |"
         )
+        if "clipsearch_wall_images_per_s" in cr:  # runs before the side-by-side commands lack it
+            lines.append(
+                f"| clipsearch index, wall clock of the command (start-up and model load included) | "
+                f"{cr['clipsearch_wall_images_per_s']:.1f} | "
+                f"{cr['clipsearch_wall_images_per_s'] / naive:.2f} | |"
+            )
     ours, fast = r["clipsearch"], r["clipsearch_int8"]
     lines += [
         "",
@@ -519,7 +524,8 @@ def render(run: dict[str, Any]) -> str:
         f"(target >= {TARGETS['int8_ratio']}, cosine >= {TARGETS['int8_cosine']}); "
         f"int8 / clipsearch fp32 = {fast['images_per_s'] / ours['images_per_s']:.2f}"
         + (f"; clipsearch / clip-retrieval (steady state) = {ours['images_per_s'] / cr['images_per_s']:.2f}, "
-           f"(wall clock) = {ours['images_per_s'] / cr['wall_images_per_s']:.2f}"
+           f"(wall clock of the two commands, median of the per-round ratios) = "
+           f"{cr.get('clipsearch_wall_ratio', ours['images_per_s'] / cr['wall_images_per_s']):.2f}"
            if "images_per_s" in cr else "")
         + ".",
         "",
@@ -544,7 +550,9 @@ def render(run: dict[str, Any]) -> str:
             f"`pretrained`, which loads a local file. It stores embeddings as {cr['stored_dtype']} (the "
             f"cosine includes that rounding); its steady-state rate is its own "
             f"`sample_count / total_duration` "
-            f"(read + inference + write), the wall-clock rate includes loading and its warm-up.",
+            f"(read + inference + write), the wall-clock rate includes loading and its warm-up. The two "
+            f"commands ran back to back in each of the {run['rounds']} round(s), order alternating "
+            f"(images/s per round: {_rounded(cr.get('wall_rates', {}))}).",
             "",
         ]
     elif "error" in cr:
@@ -557,7 +565,7 @@ def render(run: dict[str, Any]) -> str:
         "",
         f"The same comparison on {run['large_images']} JPEGs of 4032x3024 (12 MP, quality 90: the largest "
         f"sample photos upscaled, synthetic in detail but real in decoding cost), all rounds "
-        f"({json.dumps({k: [round(x, 1) for x in v] for k, v in run['large_rates'].items()})}). Here "
+        f"({_rounded(run['large_rates'])}). Here "
         f"decoding is a large part of the work, and the JPEG draft decode (below) cuts it.",
         "",
         "| pipeline | images/s | x naive | cosine to naive fp32 (min / mean) |",
@@ -651,20 +659,6 @@ def render(run: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(doc: Path, section: str) -> None:
-    """Replace this script's section of the shared doc (or append it), leaving the rest alone."""
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = re.search(r"^## ", text[start + len(SECTION) :], re.MULTILINE)
-        end = start + len(SECTION) + following.start() if following else len(text)
-        text = text[:start] + section + ("\n" + text[end:] if following else "")
-    doc.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

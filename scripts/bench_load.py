@@ -29,13 +29,10 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import random
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,12 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-TINY_CONFIG = REPO / "tests" / "tiny-clip.json"
-DATA = (REPO.parent / "shared" / "data" / "imagenet-samples").resolve()
-DOC = REPO / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
+from scripts import benchlib as bench  # noqa: E402
+
 SECTION = "## Load test (bench_load)"
 OPERATIONS = ("text", "image", "classify")
 OPERATION_NAMES = {"text": "text search", "image": "image search", "classify": "classify"}
@@ -107,9 +102,7 @@ class LoadResult:
             chosen = [s for s in self.samples if name == "all" or s.operation == name]
             ok = [s.ms for s in chosen if s.error is None]
             row = {"requests": len(chosen), "errors": len(chosen) - len(ok),
-                   "rps": len(ok) / self.elapsed if self.elapsed else 0.0}
-            for q in (50, 95, 99):
-                row[f"p{q}"] = float(np.percentile(ok, q)) if ok else float("nan")
+                   "rps": len(ok) / self.elapsed if self.elapsed else 0.0, **bench.percentiles(ok)}
             row["max"] = max(ok) if ok else float("nan")
             out[name] = row
         return out
@@ -210,36 +203,7 @@ async def run_load(base_url: str, work: Workload, clients: int, seconds: float, 
 # --- the benchmark: index, serve, load, report ----------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(f"[bench_load {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def make_checkpoint(model: str, path: Path) -> tuple[str, str]:
-    """(CLIPSEARCH_MODEL, CLIPSEARCH_PRETRAINED) for `model` with fixed random weights saved at `path`."""
-    import open_clip
-    import torch
-
-    name = model
-    if model == "tiny":
-        open_clip.add_model_config(TINY_CONFIG)
-        name = TINY_CONFIG.stem
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), path)
-    return (str(TINY_CONFIG) if model == "tiny" else model), str(path)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem / 2**30, 1),
-            "python": platform.python_version()}
+log = bench.logger("bench_load")
 
 
 def _process_cpu_seconds(pid: int) -> float:
@@ -250,36 +214,8 @@ def _process_cpu_seconds(pid: int) -> float:
     return 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the API server exited; its log:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError("the API server did not start in 300 s")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    load_before = os.getloadavg()[0]  # what else runs on the machine
+    load_before = bench.loadavg()  # what else runs on the machine
     photo_dir = workdir / "photos"
     photo_dir.mkdir()
     sources = sorted(args.data.glob("*.JPEG"))[: args.photos]
@@ -288,19 +224,17 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     photos = [Path(shutil.copy2(src, photo_dir / src.name)) for src in sources]
 
     log(f"model {args.model}: saving fixed random weights")
-    model, pretrained = make_checkpoint(args.model, workdir / "weights.pt")
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path,
-           "CLIPSEARCH_HOME": str(workdir / "home"), "CLIPSEARCH_MODEL": model,
-           "CLIPSEARCH_PRETRAINED": pretrained, "CLIPSEARCH_DEVICE": "cpu"}
+    model, pretrained = bench.random_checkpoint(args.model, workdir / "weights.pt")
+    env = bench.subprocess_env(CLIPSEARCH_HOME=str(workdir / "home"), CLIPSEARCH_MODEL=model,
+                         CLIPSEARCH_PRETRAINED=str(pretrained), CLIPSEARCH_DEVICE="cpu")
     env.pop("CLIPSEARCH_API_KEY", None)
     if args.api_key:
         env["CLIPSEARCH_API_KEY"] = args.api_key
 
     log(f"indexing {len(photos)} photos")
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "indexer.cli", "index", str(photo_dir), "--json"], cwd=REPO,
-                          env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(bench.cli("index", str(photo_dir), "--json"), cwd=bench.REPO, env=env,
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"clipsearch index failed:\n{done.stderr[-3000:]}")
     report = json.loads(done.stdout)
@@ -308,15 +242,13 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         raise SystemExit(f"clipsearch index did not embed every photo: {report}")
     index_s = time.perf_counter() - started
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = workdir / "server.log"
-    with open(log_path, "w") as server_log:
-        server = subprocess.Popen([sys.executable, "-m", "indexer.cli", "serve", "--host", "127.0.0.1",
-                                   "--port", str(port)], cwd=REPO, env=env, stdout=server_log,
-                                  stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(url, server, log_path)
+
+    def serve(port: int) -> list[str]:
+        return bench.cli("serve", "--host", "127.0.0.1", "--port", str(port))
+
+    with bench.serving(serve, env, log_path) as server:
+        url, pid = server.url, server.process.pid
         work = Workload([(str(p), p.read_bytes()) for p in photos], len(photos), k=args.k,
                         headers={"X-API-Key": args.api_key} if args.api_key else {})
         log("warm-up: one request of each kind (the first opens the collection and loads the model)")
@@ -328,24 +260,22 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             raise SystemExit(f"warm-up failed: {[s.error for s in warm]}")
 
         log(f"load: {args.clients} clients for {args.seconds:g} s")
-        server_cpu = _process_cpu_seconds(server.pid)
+        server_cpu = _process_cpu_seconds(pid)
         driver_cpu = resource.getrusage(resource.RUSAGE_SELF)
         result = asyncio.run(run_load(url, work, args.clients, args.seconds, timeout=args.timeout,
                                       max_requests=args.max_requests, seed=args.seed))
-        server_cpu = _process_cpu_seconds(server.pid) - server_cpu
+        server_cpu = _process_cpu_seconds(pid) - server_cpu
         after = resource.getrusage(resource.RUSAGE_SELF)
         driver_cpu_s = (after.ru_utime - driver_cpu.ru_utime) + (after.ru_stime - driver_cpu.ru_stime)
-        load_after = os.getloadavg()[0]
+        load_after = bench.loadavg()
         metrics = httpx.get(f"{url}/metrics", headers=work.headers, timeout=60).text
-    finally:
-        _stop(server)
     with open(workdir / "samples.json", "w") as out:  # for a closer look, with --keep
         json.dump([vars(sample) for sample in result.samples], out)
     server_errors = [line for line in log_path.read_text().splitlines()
                      if "Traceback" in line or re.search(r'" (5\d\d)\b', line)]
     return {
         "args": vars(args) | {"data": str(args.data)},
-        "machine": machine(),
+        "machine": bench.machine(),
         "model": "tiny-clip (tests/tiny-clip.json)" if args.model == "tiny" else args.model,
         "photos": len(photos),
         "index_s": index_s,
@@ -354,15 +284,10 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "server_cpu_cores": server_cpu / result.elapsed,
         "driver_cpu_cores": driver_cpu_s / result.elapsed,
         "loadavg": (load_before, load_after),
-        "cache_hits": _metric(metrics, "clipsearch_text_cache_hits_total"),
-        "cache_misses": _metric(metrics, "clipsearch_text_cache_misses_total"),
+        "cache_hits": bench.metric(metrics, "clipsearch_text_cache_hits_total"),
+        "cache_misses": bench.metric(metrics, "clipsearch_text_cache_misses_total"),
         "server_log_errors": server_errors[:20],
     }
-
-
-def _metric(text: str, name: str) -> float | None:
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else None
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -393,7 +318,6 @@ def command_line(args: argparse.Namespace) -> str:
 
 def subsection(run: dict[str, Any], args: argparse.Namespace) -> str:
     result: LoadResult = run["result"]
-    m = run["machine"]
     errors = result.errors
     error_text = ("none" if not errors else
                   "; ".join(f"{count} x {message}" for message, count in errors.most_common(10)))
@@ -406,8 +330,8 @@ def subsection(run: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Command: `{command_line(args)}`",
         "",
-        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Python {m['python']}; server and "
-        f"load generator on the same machine, over loopback. Run on {time.strftime('%Y-%m-%d')}.",
+        f"{bench.machine_line(run['machine'], *run['loadavg'])} Server and load generator on the same "
+        f"machine, over loopback. Run on {time.strftime('%Y-%m-%d')}.",
         "",
         f"Collection: {run['photos']} real photos (imagenet-samples), indexed in {run['index_s']:.1f} s. "
         f"Mix: {mix}; k = {args.k}. Warm-up (not counted): "
@@ -418,10 +342,9 @@ def subsection(run: dict[str, Any], args: argparse.Namespace) -> str:
         f"Errors: {error_text}. Requests answered within the {args.timeout:g} s client timeout count; every "
         f"answer was checked. Run length {result.elapsed:.1f} s (requests start for {result.seconds:g} s, "
         f"then the ones in flight finish). Server process CPU: {run['server_cpu_cores']:.2f} cores; "
-        f"load generator CPU: {run['driver_cpu_cores']:.2f} cores; {cache}. 1-minute load average "
-        f"{run['loadavg'][0]:.1f} when the script started, {run['loadavg'][1]:.1f} at the end of the load"
+        f"load generator CPU: {run['driver_cpu_cores']:.2f} cores; {cache}"
         + (" (other jobs were running on the machine: absolute numbers are low)."
-           if run["loadavg"][0] > 1.0 else "."),
+           if run["loadavg"][0][0] > 1.0 else "."),
     ]
     if run["server_log_errors"]:
         found = "; ".join(f"`{line.strip()}`" for line in run["server_log_errors"])
@@ -449,29 +372,6 @@ The random-weight models have the compute of trained ones; the tiny one shows th
 queueing overhead."""
 
 
-def write_section(run_text: str, heading: str) -> None:
-    """Replace this script's subsection for one model in docs/benchmarks.md, leaving the rest alone
-    (re-read right before writing: other scripts write other sections of the same file)."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        before, body, after = text.rstrip("\n") + "\n\n", "", ""
-    else:
-        following = re.search(r"^## ", text[start + len(SECTION):], re.MULTILINE)
-        end = start + len(SECTION) + following.start() if following else len(text)
-        before, body, after = text[:start], text[start + len(SECTION):end], text[end:]
-    subsections = {}
-    for chunk in re.split(r"^(?=### )", body, flags=re.MULTILINE)[1:]:
-        subsections[chunk.split("\n", 1)[0]] = chunk.rstrip("\n") + "\n"
-    key = next((k for k in subsections if k.startswith(heading)), None)
-    subsections[key or heading] = run_text
-    section = "\n".join([SECTION, "", INTRO, "", *(s + ("" if s.endswith("\n") else "\n") for s in
-                                                     subsections.values())])
-    section = re.sub(r"\n{3,}", "\n\n", section).rstrip("\n") + "\n"
-    DOC.write_text(before + section + ("\n" + after if after else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -481,13 +381,15 @@ def main() -> None:
                         help="tiny (tests/tiny-clip.json) or an open_clip architecture, e.g. ViT-B-32; "
                              "random weights either way [tiny]")
     parser.add_argument("--photos", type=int, default=200, help="photos to index [200]")
-    parser.add_argument("--data", type=Path, default=DATA, help=f"photo folder [{DATA}]")
+    parser.add_argument("--data", type=Path, default=bench.IMAGES, help=f"photo folder [{bench.IMAGES}]")
     parser.add_argument("--k", type=int, default=10, help="results per search [10]")
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, s [60]")
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many [1000000]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clients' random choices [0]")
     parser.add_argument("--api-key", default=None, help="serve with this API key and send it")
-    parser.add_argument("--no-doc", action="store_true", help=f"do not update {DOC.relative_to(REPO)}")
+    parser.add_argument("--out", type=Path, default=bench.DOC,
+                        help=f"the doc whose section is rewritten [{bench.DOC}]")
+    parser.add_argument("--no-doc", action="store_true", help="print the section, leave the doc alone")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log, collection)")
     args = parser.parse_args()
     if args.clients < 1 or args.seconds <= 0:
@@ -505,8 +407,8 @@ def main() -> None:
     text = subsection(run, args)
     print(text)
     if not args.no_doc:
-        write_section(text, text.split(":", 1)[0] + ":")
-        log(f"updated {DOC.relative_to(REPO)}")
+        bench.write_subsection(args.out, SECTION, INTRO, text.split(":", 1)[0] + ":", text)
+        log(f"updated {args.out}")
     if result.errors:
         sys.exit(1)
 

@@ -11,24 +11,20 @@ For each store and size it builds a collection of N synthetic 512-d vectors thro
   POST /v1/search for distinct texts (each one runs the text encoder) and for one repeated text
   (answered from the text-embedding cache).
 It writes the section "## Query benchmark (bench_query)" of docs/benchmarks.md (replacing only that
-section) and keeps raw results in WORKDIR/results.json.
+section; --out names another file) and keeps raw results in WORKDIR/results.json.
 
     .venv/bin/python scripts/bench_query.py --sizes 100000 1000000 --stores edge faiss qdrant
+    .venv/bin/python scripts/bench_query.py --sizes 2000 --stores edge --skip-http --out /tmp/b.md  # smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib
 import itertools
 import json
 import os
-import platform
-import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,16 +35,14 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
 from indexer.models import query_threads, usable_cpus  # noqa: E402
+from scripts import benchlib as bench  # noqa: E402
 
 DIM = 512
 K = 10
 COLLECTION = "bench"
 SECTION = "## Query benchmark (bench_query)"
-DOC = REPO / "docs" / "benchmarks.md"
 UPSERT_BATCH = 2048
 
 # The synthetic data: a mixture of Gaussian clusters on the unit sphere. Uniform random vectors
@@ -162,11 +156,10 @@ def query_texts(count: int) -> list[str]:
 def _settings(spec: dict[str, Any]) -> Any:
     from indexer.settings import Settings
 
-    extra = {}
-    if spec["store"] == "qdrant":
-        url = spec.get("qdrant_url")
-        extra = {"qdrant_url": url} if url else {"qdrant_path": spec["qdrant_path"]}
-    return Settings(home=spec["home"], store=spec["store"], collection=COLLECTION, device="cpu", **extra)
+    url = spec.get("qdrant_url")
+    qdrant = {"url": url} if url else {"path": spec["qdrant_path"]}
+    return Settings(home=spec["home"], store=spec["store"], collection=COLLECTION, device="cpu",
+                    qdrant=qdrant)
 
 
 def _rss() -> dict[str, int]:
@@ -179,7 +172,8 @@ def _rss() -> dict[str, int]:
 
 
 def step_build(spec: dict[str, Any]) -> dict[str, Any]:
-    from indexer.models import ModelIdentity, file_sha256
+    from indexer.models import file_sha256
+    from indexer.schema import CollectionSchema, ModelIdentity
     from indexer.stores import Record, drop_collection, open_store
 
     settings = _settings(spec)
@@ -188,18 +182,19 @@ def step_build(spec: dict[str, Any]) -> dict[str, Any]:
     n = spec["n"]
     checkpoint = str(Path(spec["checkpoint"]).resolve())
     identity = ModelIdentity("ViT-B-32", checkpoint, "ViT-B-32", "sha256:" + file_sha256(checkpoint), DIM)
+    schema = CollectionSchema.new(identity)
     started = time.perf_counter()
-    store = open_store(settings, COLLECTION, DIM)
+    store = open_store(settings, COLLECTION, create=schema)
     for start in range(0, n, UPSERT_BATCH):
         chunk = np.asarray(data[start : min(n, start + UPSERT_BATCH)])
         store.upsert([
-            Record(point_id(start + i), v, {"uri": f"synthetic://{start + i}", "metadata": {}})
+            Record(point_id(start + i), {schema.active: v}, {"uri": f"synthetic://{start + i}",
+                                                              "metadata": {}})
             for i, v in enumerate(chunk)
         ])
         if start // UPSERT_BATCH % 50 == 0:
             seconds = time.perf_counter() - started
             _progress(spec, phase="upsert", upserted=start + len(chunk), seconds=seconds)
-    store.write_info({"model": identity.to_dict()})
     upserted = time.perf_counter()
     _progress(spec, phase="index", upserted=n, upsert_s=upserted - started)
     store.close()  # edge: HNSW + int8 build (optimize); faiss: index build and save; qdrant: nothing left
@@ -214,9 +209,9 @@ def _progress(spec: dict[str, Any], **state: Any) -> None:
 
 
 def step_measure(spec: dict[str, Any]) -> dict[str, Any]:
-    from indexer.stores import _BACKENDS, open_store
+    from indexer.stores import BACKENDS, open_store
 
-    importlib.import_module(_BACKENDS[spec["store"]])  # so imports are not counted as the store's memory
+    importlib.import_module(BACKENDS[spec["store"]])  # so imports are not counted as the store's memory
     settings = _settings(spec)
     queries = np.load(spec["queries"])
     truth = np.load(spec["truth"])
@@ -239,8 +234,7 @@ def step_measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "count": count,
         "recall": float(np.mean(recalls)),
-        "search_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-        "search_p95_ms": 1000 * float(np.percentile(latencies, 95)),
+        **{f"search_{q}_ms": 1000 * v for q, v in bench.percentiles(latencies, (50, 95)).items()},
         "open_s": open_s,
         "rss_bytes": after["VmRSS"] - before["VmRSS"],
         "rss_anon_bytes": after["RssAnon"] - before["RssAnon"],
@@ -261,14 +255,11 @@ def step_serve(spec: dict[str, Any]) -> None:
 def run_step(step: str, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
     """Run a step in a fresh interpreter; its last stdout line is its JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), f"_{step}", json.dumps(spec)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=bench.REPO, env=bench.subprocess_env(), stdout=subprocess.PIPE, text=True,
+                          timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{step} failed (exit {proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -277,15 +268,11 @@ def _env() -> dict[str, str]:
 def measure_http(spec: dict[str, Any], requests: int, env: dict[str, str] | None = None) -> dict[str, Any]:
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    spec = {**spec, "port": port}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_serve", json.dumps(spec)]
-    server = subprocess.Popen(cmd, cwd=REPO, env={**_env(), **(env or {})})
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-            _wait_healthy(client, server)
+    def serve(port: int) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "_serve", json.dumps({**spec, "port": port})]
+
+    with bench.serving(serve, bench.subprocess_env(**(env or {}))) as server:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
             floor = []
             for _ in range(requests):  # the HTTP stack alone, for scale: no engine work
                 started = time.perf_counter()
@@ -303,34 +290,15 @@ def measure_http(spec: dict[str, Any], requests: int, env: dict[str, str] | None
             cached = [_post(client, repeated) for _ in range(requests)]
             metrics = client.get("/metrics").text
         return {
-            "healthz_ms_p50": float(np.percentile(floor, 50)),
+            "healthz_ms_p50": bench.percentiles(floor, (50,))["p50"],
             "first_query_s": open_s,
             "first_query_encode_ms": first["encode_ms"],
             "uncached": _summary(uncached),
             "cached": _summary(cached),
-            "cache_hits": _metric(metrics, "clipsearch_text_cache_hits_total"),
-            "cache_misses": _metric(metrics, "clipsearch_text_cache_misses_total"),
+            "cache_hits": bench.metric(metrics, "clipsearch_text_cache_hits_total"),
+            "cache_misses": bench.metric(metrics, "clipsearch_text_cache_misses_total"),
             "stage_metrics": "clipsearch_query_stage_duration_seconds" in metrics,
         }
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _wait_healthy(client: Any, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("the API server exited")
-        with contextlib.suppress(Exception):
-            if client.get("/healthz").status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError("the API server did not start")
 
 
 def _post(client: Any, text: str) -> dict[str, float]:
@@ -345,55 +313,16 @@ def _post(client: Any, text: str) -> dict[str, float]:
 
 
 def _summary(samples: list[dict[str, float]]) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {"n": len(samples)}
     for key in ("wall_ms", "took_ms", "encode_ms", "search_ms"):
-        values = [s[key] for s in samples]
-        out[f"{key}_p50"] = float(np.percentile(values, 50))
-        out[f"{key}_p95"] = float(np.percentile(values, 95))
-    out["n"] = len(samples)
+        out.update(bench.percentiles([s[key] for s in samples], (50, 95), prefix=f"{key}_p"))
     return out
-
-
-def _metric(text: str, name: str) -> float | None:
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else None
 
 
 # --- orchestration --------------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(f"[bench_query {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def ensure_checkpoint(path: Path) -> Path:
-    """ViT-B-32 with fixed random weights: the same compute as trained weights, no model hub needed."""
-    if not path.exists():
-        import open_clip
-        import torch
-
-        torch.manual_seed(0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
-    return path
-
-
-def disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with contextlib.suppress(OSError, ValueError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem / 2**30, 1),
-            "python": platform.python_version()}
+log = bench.logger("bench_query")
 
 
 def bench_one(args: argparse.Namespace, store: str, n: int, results: dict[str, Any]) -> dict[str, Any]:
@@ -428,10 +357,12 @@ def bench_one(args: argparse.Namespace, store: str, n: int, results: dict[str, A
             log(f"{key}: {entry['timed_out']}: {progress}")
             return entry
         log(f"{key}: built in {entry['build']['build_s']:.0f} s")
-    entry["disk_bytes"] = disk_bytes(home)
+    entry["disk_bytes"] = bench.disk_bytes(home)
     entry["measure"] = run_step("measure", spec)
     log(f"{key}: recall@{K} {entry['measure']['recall']:.4f}, "
         f"{entry['measure']['rss_per_vector']:.0f} B/vector resident")
+    if args.skip_http:
+        return entry
     entry["http"] = measure_http(spec, args.http_queries)
     log(f"{key}: HTTP p50 uncached {entry['http']['uncached']['wall_ms_p50']:.1f} ms, "
         f"cached {entry['http']['cached']['wall_ms_p50']:.1f} ms")
@@ -460,7 +391,10 @@ def main() -> None:
     parser.add_argument("--qdrant-local-max", type=int, default=100_000)
     parser.add_argument("--qdrant-url", default=None, help="benchmark a Qdrant server instead of local mode")
     parser.add_argument("--reuse", action="store_true", help="reuse collections built by an earlier run")
-    parser.add_argument("--no-doc", action="store_true", help=f"do not update {DOC.relative_to(REPO)}")
+    parser.add_argument("--skip-http", action="store_true", help="measure the stores only, not the API")
+    parser.add_argument("--out", type=Path, default=bench.DOC,
+                        help=f"the doc whose section is rewritten [{bench.DOC}]")
+    parser.add_argument("--no-doc", action="store_true", help="leave the doc alone")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the doc section from WORKDIR/results.json's last run; measure nothing")
     args = parser.parse_args()
@@ -469,29 +403,31 @@ def main() -> None:
 
         args.workdir = Settings().home / "bench-query"
     args.workdir.mkdir(parents=True, exist_ok=True)
-    args.checkpoint = ensure_checkpoint(args.checkpoint or args.workdir / "vit-b-32-random.pt")
+    # ViT-B-32 with fixed random weights: the same compute as trained ones, no model hub needed.
+    if args.checkpoint is None:
+        args.checkpoint = bench.random_checkpoint("ViT-B-32", args.workdir / "vit-b-32-random.pt")[1]
 
     results_file = args.workdir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     if args.render_only:
-        write_section(render(results["last_run"], args))
+        bench.write_section(args.out, SECTION, render(results["last_run"], args))
         return
-    run = {"machine": machine(), "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M"),
-           "query_threads": query_threads(),
-           "command": " ".join(["scripts/bench_query.py", *sys.argv[1:]]), "entries": []}
+    run = {"machine": bench.machine(), "load_before": bench.loadavg(),
+           "started": time.strftime("%Y-%m-%d %H:%M"), "query_threads": query_threads(),
+           "command": bench.command_line("bench_query.py"), "entries": []}
     for n in sorted(args.sizes):
         for store in args.stores:
             entry = bench_one(args, store, n, results)
-            entry["load_after"] = os.getloadavg()
+            entry["load_after"] = bench.loadavg()
             results[f"{store}-{n}"] = entry
             run["entries"].append(entry)
             results_file.write_text(json.dumps(results, indent=2))
-    run["load_after"] = os.getloadavg()
+    run["load_after"] = bench.loadavg()
     results["last_run"] = run
     results_file.write_text(json.dumps(results, indent=2))
     if not args.no_doc:
-        write_section(render(run, args))
-        log(f"updated {DOC.relative_to(REPO)}")
+        bench.write_section(args.out, SECTION, render(run, args))
+        log(f"updated {args.out}")
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -501,25 +437,27 @@ def _size(n: int) -> str:
     return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k"
 
 
+def _command(command: str) -> str:
+    """Runs before the shared command line were stored without the interpreter."""
+    return command if command.startswith(".venv/") else f".venv/bin/python {command}"
+
+
 def _bytes(b: float) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
 
 
 def render(run: dict[str, Any], args: argparse.Namespace) -> str:
-    m = run["machine"]
     lines = [
         SECTION,
         "",
         "Written by `scripts/bench_query.py`; re-running it replaces this section. Command:",
         "",
         "```",
-        f".venv/bin/python {run['command']}",
+        _command(run["command"]),
         "```",
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, no GPU; Python {m['python']}. "
-        f"Run started {run['started']}; load average (1/5/15 min) "
-        f"{'/'.join(f'{x:.1f}' for x in run['load_before'])} before, "
-        f"{'/'.join(f'{x:.1f}' for x in run['load_after'])} after.",
+        f"Run started {run['started']}. "
+        + bench.machine_line(run["machine"], run["load_before"], run["load_after"]),
         "",
         "| store | N | build s (upsert + index) | recall@10 | RSS B/vector (anon + file) | disk | "
         "store search p50 ms | HTTP uncached p50 / p95 ms | HTTP cached p50 / p95 ms |",
@@ -530,16 +468,19 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
         if "skipped" in e or "timed_out" in e:
             lines.append(f"{head} {e.get('timed_out', 'not run (see notes)')} | | | | | | |")
             continue
-        b, ms, h = e["build"], e["measure"], e["http"]
+        b, ms = e["build"], e["measure"]
         reused = " (earlier run)" if b.get("reused") else ""
         anon = ms["rss_anon_bytes"] / e["n"]
+        http = "not measured | not measured"
+        if "http" in e:
+            u, c = e["http"]["uncached"], e["http"]["cached"]
+            http = (f"{u['wall_ms_p50']:.1f} / {u['wall_ms_p95']:.1f} | "
+                    f"{c['wall_ms_p50']:.1f} / {c['wall_ms_p95']:.1f}")
         lines.append(
             f"{head} {b['build_s']:.0f} ({b['upsert_s']:.0f} + {b['index_s']:.0f}){reused} | "
             f"{ms['recall']:.4f} | "
             f"{ms['rss_per_vector']:.0f} ({anon:.0f} + {ms['rss_per_vector'] - anon:.0f}) | "
-            f"{_bytes(e['disk_bytes'])} | {ms['search_p50_ms']:.2f} | "
-            f"{h['uncached']['wall_ms_p50']:.1f} / {h['uncached']['wall_ms_p95']:.1f} | "
-            f"{h['cached']['wall_ms_p50']:.1f} / {h['cached']['wall_ms_p95']:.1f} |"
+            f"{_bytes(e['disk_bytes'])} | {ms['search_p50_ms']:.2f} | {http} |"
         )
     lines += ["", "Where the HTTP time goes (server-side medians, ms: encode / search; from the response's "
               "`timings`, also exported at `/metrics` as `clipsearch_query_stage_duration_seconds`):", ""]
@@ -638,8 +579,6 @@ def _notes(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"- Search settings (edge and Qdrant server, `Settings`): `hnsw_ef={defaults.hnsw_ef}`, "
         f"`quantization={defaults.quantization}` (scalar, quantile {edge.INT8_QUANTILE}, in RAM; float32 "
         f"originals on disk), rescoring with `oversampling={defaults.oversampling:g}`.",
-        "- Timings are noisy: the machine is shared with other developers' jobs (the load averages above "
-        "say how busy it was). Compare rows within one run rather than across runs.",
     ]
     for e in run["entries"]:
         if "skipped" in e:
@@ -648,20 +587,6 @@ def _notes(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
             notes.append(f"- {e['store']} at {_size(e['n'])}: the {e['timed_out']} and was stopped; "
                          f"its last progress report: {json.dumps(e['observed'])}.")
     return notes
-
-
-def write_section(section: str) -> None:
-    """Replace this script's section of the shared doc (or append it), leaving the rest alone."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = re.search(r"^## ", text[start + len(SECTION):], re.MULTILINE)
-        end = start + len(SECTION) + following.start() if following else len(text)
-        text = text[:start] + section + ("\n" + text[end:] if following else "")
-    DOC.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

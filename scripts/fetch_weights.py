@@ -1,9 +1,12 @@
 """Download (or find cached) the default model's weights; exit 1 when they cannot be had."""
 
 import sys
+from pathlib import Path
 
-from indexer.models import ModelLoadError, load_model
-from indexer.settings import Settings
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
+from indexer.errors import ModelLoadError  # noqa: E402
+from indexer.models import load_model  # noqa: E402
+from indexer.settings import Settings  # noqa: E402
 
 if __name__ == "__main__":
     settings = Settings()
