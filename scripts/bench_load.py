@@ -214,7 +214,7 @@ def _process_cpu_seconds(pid: int) -> float:
     return 0.0
 
 
-def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_before = bench.loadavg()  # what else runs on the machine
     photo_dir = workdir / "photos"
     photo_dir.mkdir()
@@ -397,7 +397,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_load-"))
     try:
-        run = bench(args, workdir)
+        run = measure(args, workdir)
     finally:
         if args.keep:
             log(f"kept {workdir}")
