@@ -9,11 +9,13 @@ second line, what others should do meanwhile.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from indexer.durable import write_atomic
 from indexer.errors import CollectionLocked
 
 
@@ -48,3 +50,49 @@ def collection_lock(
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+# --- the address of a server that holds a collection ----------------------------------------------
+# An embedded collection open in `clipsearch serve` cannot be opened by another process; the server
+# leaves its address in the collection's directory so that the CLI can go through it instead.
+
+SERVER_FILE = "server.json"
+
+
+def write_server_address(directory: Path, url: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(directory / SERVER_FILE, json.dumps({"url": url, "pid": os.getpid()}).encode())
+
+
+def remove_server_address(directory: Path) -> None:
+    path = directory / SERVER_FILE
+    if server_address(directory) is not None and _pid_in(path) == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def server_address(directory: Path) -> str | None:
+    """The URL of the live server holding the collection in `directory`, or None."""
+    path = directory / SERVER_FILE
+    try:
+        data = json.loads(path.read_text())
+        url, pid = str(data["url"]), int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if _alive(pid) else None
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -27,7 +27,7 @@ from search_api.metrics import Metrics, MetricsMiddleware
 from search_api.security import ApiKeyMiddleware, document_security
 from search_api.watch import DEFAULT_INTERVAL, watching
 
-DESCRIPTION = """Semantic image search over a collection indexed by `clipsearch index`:
+DESCRIPTION = """Semantic image search over the collections indexed by `clipsearch index`:
 text-to-image, image-to-image and zero-shot classification with open_clip models.
 
 Every error is `{"detail": "..."}`. When the server has an API key, every route but `/healthz`
@@ -46,12 +46,14 @@ def create_app(
     model: ClipModel | None = None,
     watch: Sequence[str | Path] = (),
     watch_interval: float = DEFAULT_INTERVAL,
+    url: str | None = None,
 ) -> FastAPI:
-    """The API over `settings.collection`. `model`, when given, is used instead of loading the
-    collection's recorded model (it must be the same model: tests and embedding reuse a loaded one).
-    With `watch` folders, the server also indexes them every `watch_interval` seconds (watch.py)."""
+    """The API over every collection of the configured store, `settings.collection` by default.
+    `model`, when given, serves the collections that record it (tests and embedding reuse a loaded one).
+    With `watch` folders, the server also keeps the default collection in line with them (watch.py).
+    `url`: where the server answers, left in the embedded collections it holds so the CLI finds it."""
     settings = settings or Settings()
-    engines = Engines(settings, model)
+    engines = Engines(settings, model, url)
     jobs = VectorJobs(engines)
 
     @asynccontextmanager

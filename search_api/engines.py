@@ -21,6 +21,7 @@ import numpy as np
 from indexer.engine import SearchEngine, collection_status
 from indexer.errors import CollectionNotFound, StoreError
 from indexer.filters import Filter
+from indexer.locking import remove_server_address, write_server_address
 from indexer.models import ClipModel, ModelCache
 from indexer.schema import CollectionSchema
 from indexer.settings import Settings
@@ -69,9 +70,11 @@ class _Slot:
 
 
 class Engines:
-    def __init__(self, settings: Settings, model: ClipModel | None = None):
-        """`model`: a loaded model to share (tests, embedding); it serves collections that record it."""
+    def __init__(self, settings: Settings, model: ClipModel | None = None, url: str | None = None):
+        """`model`: a loaded model to share (tests, embedding); it serves collections that record it.
+        `url`: where this server answers, left in each embedded collection it holds for the CLI."""
         self.settings = settings
+        self.url = url
         self.default = settings.collection
         self.models = ModelCache(settings.device)
         if model is not None:
@@ -88,6 +91,8 @@ class Engines:
         if slot.engine is None:
             try:
                 slot.engine = SearchEngine(self.settings, collection, models=self.models)
+                if self.url and self.embedded:
+                    write_server_address(self.settings.collection_dir(collection), self.url)
             except CollectionNotFound as exc:
                 # Not kept: the next request tries again, so the server picks up a collection indexed later.
                 raise CollectionNotFound(
@@ -110,6 +115,11 @@ class Engines:
             self.call(None, lambda engine: engine)
         except CollectionNotFound:
             pass
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the store's collections can be open in one process only (this one, while it serves)."""
+        return self.settings.store != "qdrant" or self.settings.qdrant.path is not None
 
     def loaded(self, collection: str | None = None) -> SearchEngine | None:
         """The collection's engine if it is open; never opens it (metrics, readiness)."""
@@ -172,11 +182,12 @@ class Engines:
             return self._open(name, slot).status()
 
     def close(self) -> None:
-        for slot in list(self._slots.values()):
+        for name, slot in list(self._slots.items()):
             with slot.lock:
                 if slot.engine is not None:
                     slot.engine.close()
                     slot.engine = None
+                    remove_server_address(self.settings.collection_dir(name))
 
 
 class Stopped(Exception):
