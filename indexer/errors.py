@@ -134,3 +134,21 @@ class ModelMismatchError(ClipsearchError):
 def outcome(exc: BaseException) -> KindOutcome | None:
     """What the CLI and the API make of an error; None for one that is not ours (a bug)."""
     return ERROR_KINDS[exc.kind] if isinstance(exc, ClipsearchError) else None
+
+
+_CLASS_OF_KIND: dict[ErrorKind, type[ClipsearchError]] = {
+    ErrorKind.BAD_INPUT: BadInput,
+    ErrorKind.NOT_FOUND: NotFound,
+    ErrorKind.CONFLICT: Conflict,
+    ErrorKind.MODEL_MISMATCH: ModelMismatchError,
+    ErrorKind.UNAVAILABLE: Unavailable,
+    ErrorKind.UNAUTHORISED: Unauthorised,
+    ErrorKind.FORBIDDEN: Forbidden,
+}
+
+
+def error_for_status(status: int, message: str) -> ClipsearchError:
+    """Our error for an HTTP status our API answered (the CLI going through a server); the first kind
+    in ERROR_KINDS with that status, UNAVAILABLE for any other."""
+    kind = next((k for k, o in ERROR_KINDS.items() if o.http_status == status), ErrorKind.UNAVAILABLE)
+    return _CLASS_OF_KIND[kind](message)

@@ -19,7 +19,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from indexer.engine import SearchOutcome
 from indexer.settings import Settings
-from indexer.vectors import activate
+from indexer.errors import Conflict
+from indexer.vectors import activate, drop_vector
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
@@ -360,4 +361,24 @@ def activate_vector(
     spec = engines.call(collection, lambda engine: engine.schema.vector(name))
     engines.models.get(spec.model)
     engines.call(collection, lambda engine: activate(engine.store, name))
+    return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
+
+
+@api.delete(
+    "/collections/{collection}/vectors/{name}",
+    response_model=VectorsResponse,
+    tags=["vectors"],
+    responses=_errors(400, 404, 409, 503),
+    operation_id="drop_vector",
+    summary="Remove a vector that is not the active one, with its storage",
+)
+def delete_vector(
+    collection: CollectionPath,
+    name: Annotated[str, Path(description="Vector name.")],
+    engines: EnginesDep,
+    jobs: JobsDep,
+) -> VectorsResponse:
+    if name in jobs.jobs(collection) and jobs.jobs(collection)[name].state in ("starting", "running"):
+        raise Conflict(f"vector {name!r} is being embedded; wait for it to finish")
+    engines.call(collection, lambda engine: drop_vector(engine.store, name))
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))

@@ -1,0 +1,45 @@
+"""Going through a running server: an embedded collection that `clipsearch serve` holds cannot be
+opened by another process, so the CLI asks that server instead (its address is in the collection's
+directory, `indexer.locking.server_address`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from indexer.errors import Conflict, Unavailable, error_for_status
+from indexer.locking import server_address
+from indexer.settings import Settings
+
+TIMEOUT_S = 60.0
+
+
+def serving_url(settings: Settings, collection: str) -> str | None:
+    """The URL of the live server that holds `collection` (an embedded store), or None."""
+    if settings.store == "qdrant" and settings.qdrant.path is None:
+        return None  # a Qdrant server is shared: every process opens it directly
+    return server_address(settings.collection_dir(collection))
+
+
+def call(settings: Settings, url: str, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to the server; its errors become ours, of the kind its status says."""
+    headers = {"X-API-Key": settings.api.key} if settings.api.key else {}
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=TIMEOUT_S, **kwargs)
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"the server at {url} holds this collection but does not answer: {exc}") from exc
+    if response.is_success:
+        return response.json()
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    raise error_for_status(response.status_code, f"{detail} (from the server at {url})")
+
+
+def busy(collection: str) -> Conflict:
+    return Conflict(
+        f"collection {collection!r} is open in another process that left no server address; stop it "
+        f"and try again, or run `clipsearch serve` and use the API"
+    )
