@@ -18,8 +18,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from indexer.engine import SearchOutcome
-from indexer.settings import Settings
 from indexer.errors import Conflict
+from indexer.settings import Settings
 from indexer.vectors import activate, drop_vector
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep
 from search_api.metrics import CONTENT_TYPE
