@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from indexer.settings import Settings
-from tests.conftest import settings_env
+from tests.helpers import settings_env
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "indexer.cli"]

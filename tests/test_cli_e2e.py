@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from indexer.settings import Settings
-from tests.conftest import TINY_CONFIG, copy_photos, settings_env
+from tests.helpers import TINY_CONFIG, copy_photos, settings_env
 
 CLI = [sys.executable, "-m", "indexer.cli"]
 
