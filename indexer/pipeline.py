@@ -8,6 +8,7 @@ already stored and unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from indexer.decode import decode_image
+from indexer.decode import IMAGE_EXTENSIONS, decode_image
 from indexer.errors import CollectionBusy, CollectionNotFound, ImageDecodeError, ModelMismatchError
 from indexer.locking import collection_lock
 from indexer.models import (
@@ -36,7 +37,7 @@ from indexer.models import (
 )
 from indexer.schema import IMAGE_FIELDS, CollectionSchema
 from indexer.settings import Settings
-from indexer.sources import SourceItem, WalkProblem, walk_folder
+from indexer.sources import SourceItem, WalkProblem, item_id, walk_folder
 from indexer.stores import Record, VectorStore, open_store
 
 log = logging.getLogger(__name__)
@@ -329,11 +330,53 @@ def sync_store(
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
     holds the collection lock and has checked the models (`collection_models`)."""
     roots = [os.path.abspath(root) for root in roots]
-    report = IndexReport(collection=store.name)
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
     stored = {record.id: record.payload for record in store.scan()}
+    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress)
 
+
+def sync_paths(
+    settings: Settings,
+    store: VectorStore,
+    models: dict[str, ClipModel],
+    paths: Sequence[str | Path],
+    progress: bool = False,
+) -> IndexReport:
+    """`sync_store` for just these paths, without walking the folders or scanning the store: what
+    `serve --watch` runs on file events. An image file is embedded if new or changed and dropped if
+    gone; an existing folder is walked and its files treated so; a gone path without an image
+    extension may have been a folder, so every stored item under it is dropped (that one scans)."""
+    paths = sorted({os.path.abspath(path) for path in paths})
+    files = [p for p in paths if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS and not os.path.isdir(p)]
+    folders = [p for p in paths if os.path.isdir(p)]
+    gone_folders = [p for p in paths if p not in files and not os.path.lexists(p)]
+    problems: list[WalkProblem] = []
+    items: dict[str, SourceItem] = {}
+    for path in [*folders, *(f for f in files if os.path.isfile(f))]:
+        with contextlib.suppress(FileNotFoundError):  # gone since its event: the next event says so
+            items.update((item.id, item) for item in walk_folder(Path(path), problems))
+    # Stored items under a walked folder are looked up by the ids found there: those that vanished
+    # unseen are left to the next full sync (their own events usually come first).
+    stored = {r.id: r.payload for r in store.retrieve(sorted({item_id(f) for f in files} | set(items)))}
+    if gone_folders:
+        stored.update({r.id: r.payload for r in store.scan() if _under(r.payload["uri"], gone_folders)})
+    roots = [*files, *folders, *gone_folders]
+    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress)
+
+
+def _bring_in_line(
+    settings: Settings,
+    store: VectorStore,
+    models: dict[str, ClipModel],
+    roots: Sequence[str],
+    items: dict[str, SourceItem],
+    stored: dict[str, dict[str, Any]],
+    problems: list[WalkProblem],
+    progress: bool,
+) -> IndexReport:
+    """Drop the stored items under `roots` that are not in `items`, embed the new and changed items."""
+    report = IndexReport(collection=store.name)
     vanished = [id_ for id_, payload in stored.items() if id_ not in items and _under(payload["uri"], roots)]
     store.delete(vanished)
     report.removed = len(vanished)
