@@ -11,17 +11,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import http.client
-import io
 import json
-import shutil
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,87 +22,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from PIL import Image
 
 from indexer.models import ClipModel
 from indexer.pipeline import index_sources
 from indexer.settings import Settings
 from indexer.stores import open_store
 from search_api import create_app
+from tests.helpers import assert_error, make_settings, photo_copies, png_bytes, raw_get, serve
 
-TINY_CONFIG = Path(__file__).parent / "tiny-clip.json"
 PHOTOS = 40
-
-
-# --- helpers shared with test_api_security.py ------------------------------------------------------
-
-
-def make_settings(home: Path, checkpoint: Path, **overrides: Any) -> Settings:
-    """What conftest's `settings` fixture gives, as arguments: module-scoped servers can't use it."""
-    values: dict[str, Any] = dict(
-        home=home, model=str(TINY_CONFIG), pretrained=str(checkpoint), device="cpu", workers=1,
-        batch_size=16, api_key=None, cors_origins=[],
-    )
-    return Settings(**{**values, **overrides})
-
-
-def copy_photos(source: Path, folder: Path, count: int) -> list[Path]:
-    folder.mkdir(parents=True)
-    photos = []
-    for path in sorted(source.glob("*.JPEG"))[:count]:  # the shared folder also holds a README.md
-        photos.append(Path(shutil.copy2(path, folder / path.name)))
-    return photos
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run the app with uvicorn in a background thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # bound here and handed over, so no other process can take the port
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "API server did not come up"
-        time.sleep(0.02)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-def raw_get(url: str, path: str, headers: dict[str, str | bytes] | None = None) -> tuple[int, bytes]:
-    """GET a path exactly as written: httpx would normalise away '..' segments before sending."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def assert_error(response: httpx.Response, status: int, contains: str = "") -> str:
-    """An error answer: the status, and the promised JSON {"detail": "<sentence>"}."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    detail = response.json()["detail"]
-    assert isinstance(detail, str) and detail
-    assert contains.lower() in detail.lower()
-    return detail
-
-
-def png_bytes(size: tuple[int, int], color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # --- fixtures ----------------------------------------------------------------------------------------
@@ -128,7 +49,7 @@ class Corpus:
 def corpus(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path, tiny_checkpoint: Path,
            tiny_model: ClipModel) -> Corpus:
     root = tmp_path_factory.mktemp("api")
-    photos = copy_photos(imagenet_dir, root / "photos", PHOTOS)
+    photos = photo_copies(imagenet_dir, root / "photos", PHOTOS)
     settings = make_settings(root / "home", tiny_checkpoint)
     report = index_sources(settings, [root / "photos"], model=tiny_model, progress=False)
     assert (report.embedded, report.failed) == (PHOTOS, 0)
@@ -474,7 +395,7 @@ def test_missing_collection_is_404_not_500(
 def test_engine_errors_are_409_and_503_not_500(
     tmp_path: Path, imagenet_dir: Path, tiny_checkpoint: Path, tiny_model: ClipModel
 ) -> None:
-    copy_photos(imagenet_dir, tmp_path / "photos", 3)
+    photo_copies(imagenet_dir, tmp_path / "photos", 3)
     settings = make_settings(tmp_path / "home", tiny_checkpoint)
     index_sources(settings, [tmp_path / "photos"], model=tiny_model, progress=False)
     text = {"text": "a cat", "k": 2}

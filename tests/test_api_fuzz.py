@@ -36,7 +36,7 @@ from schemathesis.engine import events, from_schema
 from schemathesis.generation import GenerationMode
 
 from indexer.models import ClipModel
-from tests.servers import Served, indexed_server
+from tests.helpers import Served, indexed_server
 
 KEY = "fuzz-key-0123456789"
 PHOTOS = 12

@@ -20,7 +20,7 @@ from indexer.models import ClipModel
 from indexer.pipeline import index_sources
 from search_api import create_app
 from search_api.limits import MULTIPART_OVERHEAD
-from tests.test_api import assert_error, copy_photos, make_settings, png_bytes, raw_get, serve
+from tests.helpers import assert_error, make_settings, photo_copies, png_bytes, raw_get, serve
 
 KEY = "s3cret-key-\u00e9"  # non-ASCII on purpose: compared as bytes
 MAX_UPLOAD = 60_000
@@ -36,7 +36,7 @@ OVER_BODY_LIMIT = MULTIPART_OVERHEAD + 20_000
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path) -> list[Path]:
-    return copy_photos(imagenet_dir, tmp_path_factory.mktemp("api-security") / "photos", PHOTOS)
+    return photo_copies(imagenet_dir, tmp_path_factory.mktemp("api-security") / "photos", PHOTOS)
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,8 @@ import pytest
 from indexer.settings import Settings
 from indexer.sources import item_id
 from tests.clirun import CLI, REPO, cli_home, lock_holder, run, run_json, start, wait_for
-from tests.conftest import copy_photos
 from tests.corpus import noise
+from tests.helpers import copy_photos
 
 
 @pytest.fixture(scope="module")

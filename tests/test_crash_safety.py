@@ -31,8 +31,8 @@ import pytest
 from indexer.settings import Settings
 from indexer.stores import open_store
 from tests.clirun import CLI, REPO, cli_home, run, run_json, wait_for
-from tests.conftest import copy_photos
 from tests.corpus import noise
+from tests.helpers import copy_photos
 
 ROUNDS = int(os.environ.get("CLIPSEARCH_CRASH_ROUNDS", "3"))
 PHOTOS = 120

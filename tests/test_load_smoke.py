@@ -24,7 +24,7 @@ import pytest
 
 from indexer.models import ClipModel
 from search_api.engines import FifoLock
-from tests.servers import Served, indexed_server
+from tests.helpers import Served, indexed_server
 
 KEY = "load-smoke-key"
 PHOTOS = 30

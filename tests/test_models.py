@@ -9,7 +9,7 @@ import pytest
 
 from indexer.classify import classify_embeddings, parse_labels
 from indexer.models import ModelLoadError, ModelMismatchError, check_same_model, load_model
-from tests.conftest import TINY_CONFIG
+from tests.helpers import TINY_CONFIG
 
 
 def test_a_config_file_and_checkpoint_load_with_a_full_identity(tiny_model, tiny_checkpoint: Path) -> None:

@@ -131,7 +131,7 @@ def test_int8_fast_path_agrees_with_fp32_on_vit_b_32(vit_b_32_pair, imagenet_dir
 
 
 def test_int8_fast_path_agrees_with_fp32_on_the_tiny_model(tiny_checkpoint: Path, tiny_model) -> None:
-    from tests.conftest import TINY_CONFIG
+    from tests.helpers import TINY_CONFIG
 
     int8 = load_model(str(TINY_CONFIG), str(tiny_checkpoint), "cpu", precision="int8")
     images = [photo((320, 240), seed) for seed in range(8)]
@@ -140,14 +140,14 @@ def test_int8_fast_path_agrees_with_fp32_on_the_tiny_model(tiny_checkpoint: Path
 
 def test_unknown_precisions_are_refused(tiny_checkpoint: Path) -> None:
     from indexer.models import ModelLoadError
-    from tests.conftest import TINY_CONFIG
+    from tests.helpers import TINY_CONFIG
 
     with pytest.raises(ModelLoadError, match="precision"):
         load_model(str(TINY_CONFIG), str(tiny_checkpoint), "cpu", precision="fp8")
 
 
 def test_a_collection_never_mixes_fp32_and_int8(settings, tmp_path: Path, tiny_checkpoint: Path) -> None:
-    from tests.conftest import TINY_CONFIG
+    from tests.helpers import TINY_CONFIG
 
     folder = tmp_path / "photos"
     folder.mkdir()
