@@ -482,8 +482,10 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
             f"{ms['rss_per_vector']:.0f} ({anon:.0f} + {ms['rss_per_vector'] - anon:.0f}) | "
             f"{_bytes(e['disk_bytes'])} | {ms['search_p50_ms']:.2f} | {http} |"
         )
-    lines += ["", "Where the HTTP time goes (server-side medians, ms: encode / search; from the response's "
-              "`timings`, also exported at `/metrics` as `clipsearch_query_stage_duration_seconds`):", ""]
+    if any("http" in e for e in run["entries"]):
+        lines += ["", "Where the HTTP time goes (server-side medians, ms: encode / search; from the "
+                  "response's `timings`, also exported at `/metrics` as "
+                  "`clipsearch_query_stage_duration_seconds`):", ""]
     for e in run["entries"]:
         if "http" in e:
             h = e["http"]
@@ -542,9 +544,10 @@ def _target_lines(run: dict[str, Any]) -> list[str]:
 def _notes(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
     from indexer.settings import Settings
     from indexer.stores import edge
-    from indexer.stores.faiss_store import CONFIG as faiss_config
+    from indexer.stores.faiss_store import config_from
 
     defaults = Settings()
+    faiss_config = config_from(defaults)
     notes = [
         "Notes:",
         "",
