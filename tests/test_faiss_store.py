@@ -1,4 +1,6 @@
-"""FAISS-specific behaviour: index kinds, recall, tombstones, and recovery of a stale index file.
+"""FAISS-specific behaviour: index kinds, recall, tombstones, recovery of stale index files, filters
+pushed down through SQLite (both search paths), named vectors, schema changes, and the migration
+of collections written by the previous release.
 
 The VectorStore contract itself is tests/test_store_contract.py (with "faiss" among its kinds).
 Each index kind is built once per module into a template home; tests work on copies of it.
@@ -9,23 +11,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 faiss = pytest.importorskip("faiss")
 
+from indexer.errors import CollectionBusy, SchemaError, StoreError  # noqa: E402
+from indexer.filters import Filter, matches  # noqa: E402
+from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 from indexer.stores import faiss_store  # noqa: E402
-from indexer.stores.base import Record, StoreError  # noqa: E402
+from indexer.stores.base import Record  # noqa: E402
 from indexer.stores.faiss_store import FaissConfig, FaissStore  # noqa: E402
+from indexer.stores.faiss_store.index import VectorIndex  # noqa: E402
 
 DIM = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +45,13 @@ CONFIGS = {
     # pq_m=8 (8 bytes per code) keeps PQ training to a few seconds on two cores.
     "ivfpq": FaissConfig(kind="ivfpq", pq_m=8),
 }
+
+
+def identity(dim: int = DIM, name: str = "tiny") -> ModelIdentity:
+    return ModelIdentity(model=name, pretrained="", architecture=name, weights="", dim=dim)
+
+
+SCHEMA = CollectionSchema.new(identity())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,7 +83,9 @@ def clustered_unit(n: int, seed: int, clusters: int = 256) -> np.ndarray:
 
 def records(vectors: np.ndarray, offset: int = 0, tag: str = "v1") -> list[Record]:
     return [
-        Record(id=uid(offset + i), vector=v, payload={"uri": f"/img/{offset + i}.jpg", "tag": tag})
+        Record(
+            id=uid(offset + i), vectors={"default": v}, payload={"uri": f"/img/{offset + i}.jpg", "tag": tag}
+        )
         for i, v in enumerate(vectors)
     ]
 
@@ -83,7 +101,13 @@ def recall_at_10(store: FaissStore, vectors: np.ndarray, queries: np.ndarray) ->
     return float(np.mean(found))
 
 
-# Sizes: ivfpq needs >= ivfpq_min_train (10k) vectors to be trained at all; 20k as asked for.
+def new_store(
+    tmp_path: Path, config: FaissConfig | None = None, schema: CollectionSchema = SCHEMA
+) -> FaissStore:
+    return faiss_store.create(Settings(home=tmp_path / "home", store="faiss"), "c", schema, config)
+
+
+# Sizes: ivfpq needs >= ivfpq_min_train (10k) vectors to be trained at all.
 _TEMPLATE_DATA: dict[str, Callable[[], np.ndarray]] = {
     "flat": lambda: random_unit(3000, seed=1),
     "hnsw": lambda: random_unit(5000, seed=2),
@@ -100,7 +124,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple
         if kind not in built:
             home = tmp_path_factory.mktemp(f"template-{kind}")
             vectors = _TEMPLATE_DATA[kind]()
-            store = faiss_store.create(Settings(home=home, store="faiss"), "c", DIM, CONFIGS[kind])
+            store = faiss_store.create(Settings(home=home, store="faiss"), "c", SCHEMA, CONFIGS[kind])
             store.upsert(records(vectors))
             store.close()
             built[kind] = (home, vectors)
@@ -118,9 +142,10 @@ class Copy:
         self.settings = Settings(home=root / "home", store="faiss")
         self.kind = kind
         self.dir = faiss_store.store_path(self.settings, "c")
+        self.index_file = self.dir / faiss_store.index_file("default")
 
-    def open(self) -> FaissStore:
-        return faiss_store.load(self.settings, "c", DIM, CONFIGS[self.kind])
+    def open(self, config: FaissConfig | None = None) -> FaissStore:
+        return faiss_store.load(self.settings, "c", config or CONFIGS[self.kind])
 
 
 @pytest.fixture(params=KINDS)
@@ -132,7 +157,7 @@ def no_rebuilds(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the index was rebuilt")
 
-    monkeypatch.setattr(FaissStore, "_build", refuse)
+    monkeypatch.setattr(VectorIndex, "_build", refuse)
 
 
 # --- search quality ----------------------------------------------------------------------
@@ -162,6 +187,27 @@ def test_hnsw_recall_at_10_against_brute_force(templates: Callable, tmp_path: Pa
     store.close()
 
 
+def test_hnsw_ef_search_follows_settings_hnsw_ef(
+    templates: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = Copy(templates("hnsw"), tmp_path, "hnsw")
+    monkeypatch.setenv("CLIPSEARCH_HNSW_EF", "12")
+    monkeypatch.setenv("CLIPSEARCH_FAISS_INDEX", "hnsw")
+    settings = Settings(home=copy.settings.home, store="faiss")
+    low = faiss_store.load(settings, "c")  # config from the settings, as open_store does
+    inner = faiss.downcast_index(low._indexes["default"].faiss_index.index)
+    assert low.stats()["ef_search"] == 12 and inner.hnsw.efSearch == 12
+    queries = random_unit(100, seed=7)
+    low_recall = recall_at_10(low, copy.vectors, queries)
+    low.close()
+
+    high = faiss_store.load(settings.with_flags(hnsw_ef=400), "c")
+    high_recall = recall_at_10(high, copy.vectors, queries)
+    high.close()
+    # The setting really reaches the searches: a narrow search misses neighbours a wide one finds.
+    assert low_recall < 0.9 < high_recall
+
+
 def test_ivfpq_with_refine_recall_at_10_against_brute_force(templates: Callable, tmp_path: Path) -> None:
     copy = Copy(templates("ivfpq"), tmp_path, "ivfpq")
     store = copy.open()
@@ -184,7 +230,7 @@ def test_deletes_and_replacements_are_honoured_by_search(copy: Copy) -> None:
     store.delete([uid(i) for i in deleted])
     store.upsert(
         [
-            Record(id=uid(i), vector=v, payload={"new": True})
+            Record(id=uid(i), vectors={"default": v}, payload={"new": True})
             for i, v in zip(replaced, new_vectors, strict=True)
         ]
     )
@@ -233,7 +279,7 @@ def test_reopen_after_close_keeps_everything_without_rebuilding(
     copy: Copy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = copy.open()
-    store.write_info({"model": {"name": "m", "dim": DIM}})
+    store.write_info({"failed": {"/x.jpg": {"reason": "r"}}})
     store.upsert(records(random_unit(3, seed=11), offset=10**6, tag="added"))
     store.delete([uid(3)])
     count = store.count()
@@ -245,10 +291,10 @@ def test_reopen_after_close_keeps_everything_without_rebuilding(
     assert store.count() == count and store.index_kind == copy.kind
     stats = store.stats()  # hnsw and ivfpq+refine may keep a few tombstones in the saved index
     assert stats["indexed"] - stats["tombstones"] == count
-    assert store.read_info() == {"model": {"name": "m", "dim": DIM}}
+    assert store.read_info() == {"failed": {"/x.jpg": {"reason": "r"}}} and store.schema == SCHEMA
     got = store.retrieve([uid(7), uid(10**6), uid(3)], with_vectors=True)
     assert [r.id for r in got] == [uid(7), uid(10**6)]
-    np.testing.assert_allclose(got[0].vector, copy.vectors[7], atol=1e-6)
+    np.testing.assert_allclose(got[0].vectors["default"], copy.vectors[7], atol=1e-6)
     assert got[1].payload["tag"] == "added"
     assert store.search(copy.vectors[7], 1)[0].id == uid(7)
     assert sum(1 for _ in store.scan()) == count
@@ -256,7 +302,7 @@ def test_reopen_after_close_keeps_everything_without_rebuilding(
 
 
 def test_missing_index_file_is_rebuilt_from_the_database(copy: Copy) -> None:
-    (copy.dir / faiss_store.INDEX_FILE).unlink()
+    copy.index_file.unlink()
 
     store = copy.open()
 
@@ -264,20 +310,19 @@ def test_missing_index_file_is_rebuilt_from_the_database(copy: Copy) -> None:
     for i in (0, 17, len(copy.vectors) - 1):
         assert store.search(copy.vectors[i], 1)[0].id == uid(i)
     store.close()
-    assert (copy.dir / faiss_store.INDEX_FILE).is_file()  # saved again on close
+    assert copy.index_file.is_file()  # saved again on close
 
 
 def test_stale_index_file_is_brought_up_to_date_on_open(copy: Copy, monkeypatch: pytest.MonkeyPatch) -> None:
-    index_file = copy.dir / faiss_store.INDEX_FILE
-    stale = index_file.read_bytes()
+    stale = copy.index_file.read_bytes()
     store = copy.open()
     added = random_unit(30, seed=12)
     store.upsert(records(added, offset=10**6))
     store.delete([uid(i) for i in range(20)])
-    store.upsert([Record(id=uid(20), vector=random_unit(1, seed=13)[0], payload={"new": True})])
+    store.upsert([Record(id=uid(20), vectors={"default": random_unit(1, seed=13)[0]}, payload={"new": True})])
     count = store.count()
     store.close()
-    index_file.write_bytes(stale)  # as if killed after the writes, before any flush
+    copy.index_file.write_bytes(stale)  # as if killed after the writes, before any flush
     no_rebuilds(monkeypatch)  # catching up must not mean rebuilding
 
     store = copy.open()
@@ -294,17 +339,22 @@ def test_stale_index_file_is_brought_up_to_date_on_open(copy: Copy, monkeypatch:
 
 
 _KILLED_WRITER = """
-import json, os, signal, sys, uuid
+import os, signal, sys, uuid
 import numpy as np
+from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.settings import Settings
 from indexer.stores import Record, open_store
-store = open_store(Settings(home=sys.argv[1], store="faiss"), "c", 8)
-vectors = np.eye(8, dtype=np.float32)
-store.upsert([Record(id=str(uuid.UUID(int=i + 1)), vector=vectors[i], payload={"i": i}) for i in range(4)])
+schema = CollectionSchema.new(ModelIdentity("m", "", "m", "", 8))
+store = open_store(Settings(home=sys.argv[1], store="faiss"), "c", create=schema)
+eye = np.eye(8, dtype=np.float32)
+def put(points):
+    store.upsert([Record(str(uuid.UUID(int=i + 1)), {"default": eye[i]}, {"i": i}) for i in points])
+put(range(4))
 store.flush()
-store.upsert([Record(id=str(uuid.UUID(int=i + 1)), vector=vectors[i], payload={"i": i}) for i in range(4, 8)])
+put(range(4, 8))
 store.delete([str(uuid.UUID(int=1))])
-store.write_info({"model": "m"})
+store.update_vectors("default", {str(uuid.UUID(int=2)): eye[0]})  # point 1 now looks like the deleted 0
+store.write_info({"failed": {}})
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -315,11 +365,14 @@ def test_writes_after_the_last_flush_survive_sigkill(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(home)], cwd=REPO, env=env)
     assert done.returncode == -signal.SIGKILL
 
-    store = faiss_store.load(Settings(home=home, store="faiss"), "c", 8)
+    store = faiss_store.load(Settings(home=home, store="faiss"), "c")
 
-    assert store.count() == 7 and store.read_info() == {"model": "m"}
+    assert store.count() == 7 and store.read_info() == {"failed": {}}
     eye = np.eye(8, dtype=np.float32)
-    assert [store.search(eye[i], 1)[0].payload for i in range(1, 8)] == [{"i": i} for i in range(1, 8)]
+    assert [store.search(eye[i], 1)[0].payload for i in range(2, 8)] == [{"i": i} for i in range(2, 8)]
+    # The index file still holds point 1's old vector under its old vid: it must be a tombstone.
+    assert store.search(eye[0], 1)[0].payload == {"i": 1}
+    assert store.search(eye[1], 1)[0].score < 0.5
     assert uid(0) not in {h.id for h in store.search(eye[0], 8)}
     store.close()
 
@@ -328,9 +381,8 @@ def test_writes_after_the_last_flush_survive_sigkill(tmp_path: Path) -> None:
 
 
 def test_auto_starts_exact_and_switches_to_hnsw_on_flush(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", store="faiss")
     vectors = random_unit(600, seed=21)
-    store = faiss_store.create(settings, "c", DIM, FaissConfig(kind="auto", auto_hnsw_at=500))
+    store = new_store(tmp_path, FaissConfig(kind="auto", auto_hnsw_at=500))
     store.upsert(records(vectors[:400]))
     store.flush()
     assert store.index_kind == "flat"
@@ -345,9 +397,8 @@ def test_auto_starts_exact_and_switches_to_hnsw_on_flush(tmp_path: Path) -> None
 
 
 def test_ivfpq_searches_exactly_until_there_are_enough_vectors_to_train(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", store="faiss")
     vectors = random_unit(500, seed=22)
-    store = faiss_store.create(settings, "c", DIM, CONFIGS["ivfpq"])
+    store = new_store(tmp_path, CONFIGS["ivfpq"])
     store.upsert(records(vectors))
     store.flush()
 
@@ -357,74 +408,12 @@ def test_ivfpq_searches_exactly_until_there_are_enough_vectors_to_train(tmp_path
     store.close()
 
 
-# --- misc --------------------------------------------------------------------------------
-
-
-def test_a_collection_open_here_cannot_be_opened_or_dropped_again(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", store="faiss")
-    store = faiss_store.create(settings, "c", DIM)
-    with pytest.raises(StoreError, match="already open elsewhere"):
-        faiss_store.load(settings, "c", DIM)
-    with pytest.raises(StoreError, match="already open elsewhere"):
-        faiss_store.drop(settings, "c")
-    store.close()
-    store.close()  # closing twice is harmless
-    with pytest.raises(StoreError, match="closed"):
-        store.count()
-    faiss_store.drop(settings, "c")
-    assert not settings.collection_dir("c").exists()
-
-
-def test_unnormalised_vectors_are_stored_and_searched_as_cosine(tmp_path: Path) -> None:
-    store = faiss_store.create(Settings(home=tmp_path / "home", store="faiss"), "c", DIM)
-    vectors = random_unit(50, seed=23)
-    store.upsert(records(vectors * 7.0))
-    hit = store.search(vectors[3] * 0.1, 1)[0]
-    assert hit.id == uid(3) and hit.score == pytest.approx(1.0, abs=1e-5)
-    store.close()
-
-
-def test_payloads_must_be_json(tmp_path: Path) -> None:
-    store = faiss_store.create(Settings(home=tmp_path / "home", store="faiss"), "c", DIM)
-    with pytest.raises(StoreError, match="not JSON"):
-        store.upsert([Record(id=uid(0), vector=random_unit(1, seed=1)[0], payload={"x": object()})])
-    assert store.count() == 0
-    store.close()
-
-
-def test_config_json_records_the_size(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", store="faiss")
-    faiss_store.create(settings, "c", DIM).close()
-    config = json.loads((faiss_store.store_path(settings, "c") / faiss_store.CONFIG_FILE).read_text())
-    assert config["dim"] == DIM and faiss_store.existing_dim(settings, "c") == DIM
-    assert faiss_store.list_collections(settings) == ["c"]
-
-
-@pytest.mark.skipif(
-    not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0,
-    reason="needs faiss-gpu and a GPU",
-)
-@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
-def test_gpu_search_agrees_with_cpu(kind: str, templates: Callable, tmp_path: Path) -> None:
-    copy = Copy(templates(kind), tmp_path, kind)
-    store = copy.open()
-    queries = random_unit(20, seed=31)
-    on_gpu = [[h.id for h in store.search(q, 10)] for q in queries]
-    assert store.stats()["gpu"]
-    store.close()
-    cpu = faiss_store.load(copy.settings, "c", DIM, dataclasses.replace(CONFIGS[kind], use_gpu=False))
-    on_cpu = [[h.id for h in cpu.search(q, 10)] for q in queries]
-    cpu.close()
-    agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(on_gpu, on_cpu, strict=True)])
-    assert agree >= (1.0 if kind == "flat" else 0.9)
-
-
 @pytest.mark.parametrize("refine", ["sq8", "none"])
 def test_ivfpq_refine_variants(refine: str, tmp_path: Path) -> None:
     # Smaller than the template (training below PQ's ideal 39 * 256 points): fast, still trained.
     config = FaissConfig(kind="ivfpq", pq_m=8, refine=refine, ivfpq_min_train=3000)
     vectors = clustered_unit(4000, seed=41)
-    store = faiss_store.create(Settings(home=tmp_path / "home", store="faiss"), "c", DIM, config)
+    store = new_store(tmp_path, config)
     store.upsert(records(vectors))
     store.flush()
     assert store.stats()["kind"] == "ivfpq"
@@ -440,4 +429,498 @@ def test_ivfpq_refine_variants(refine: str, tmp_path: Path) -> None:
         assert recall_at_10(store, vectors, clustered_unit(50, seed=42)) >= 0.9
         hit = store.search(vectors[100], 1)[0]
         assert hit.id == uid(100) and hit.score == pytest.approx(1.0, abs=2e-2)
+    store.close()
+
+
+# --- misc --------------------------------------------------------------------------------
+
+
+def test_a_collection_open_here_cannot_be_opened_or_dropped_again(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", store="faiss")
+    store = faiss_store.create(settings, "c", SCHEMA)
+    for attempt in (lambda: faiss_store.load(settings, "c"), lambda: faiss_store.drop(settings, "c")):
+        with pytest.raises(CollectionBusy, match="already open elsewhere") as caught:
+            attempt()
+        assert "clipsearch serve --watch FOLDER" in str(caught.value)
+        assert "CLIPSEARCH_STORE=qdrant" in str(caught.value)
+    store.close()
+    store.close()  # closing twice is harmless
+    with pytest.raises(StoreError, match="closed"):
+        store.count()
+    faiss_store.drop(settings, "c")
+    assert not settings.collection_dir("c").exists()
+
+
+def test_unnormalised_vectors_are_stored_and_searched_as_cosine(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    vectors = random_unit(50, seed=23)
+    store.upsert(records(vectors * 7.0))
+    hit = store.search(vectors[3] * 0.1, 1)[0]
+    assert hit.id == uid(3) and hit.score == pytest.approx(1.0, abs=1e-5)
+    store.close()
+
+
+def test_payloads_must_be_json(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    with pytest.raises(StoreError, match="not JSON"):
+        store.upsert(
+            [Record(id=uid(0), vectors={"default": random_unit(1, seed=1)[0]}, payload={"x": object()})]
+        )
+    assert store.count() == 0
+    store.close()
+
+
+def test_layout_files_of_a_new_collection(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", store="faiss")
+    faiss_store.create(settings, "c", SCHEMA).close()
+    directory = faiss_store.store_path(settings, "c")
+    assert json.loads((directory / faiss_store.CONFIG_FILE).read_text()) == {"format": 2}
+    assert (directory / "index-default.faiss").is_file()
+    assert faiss_store.exists(settings, "c") and faiss_store.list_collections(settings) == ["c"]
+
+
+@pytest.mark.skipif(
+    not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0,
+    reason="needs faiss-gpu and a GPU",
+)
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_gpu_search_agrees_with_cpu(kind: str, templates: Callable, tmp_path: Path) -> None:
+    copy = Copy(templates(kind), tmp_path, kind)
+    store = copy.open()
+    queries = random_unit(20, seed=31)
+    on_gpu = [[h.id for h in store.search(q, 10)] for q in queries]
+    assert store.stats()["gpu"]
+    store.close()
+    cpu = copy.open(dataclasses.replace(CONFIGS[kind], use_gpu=False))
+    on_cpu = [[h.id for h in cpu.search(q, 10)] for q in queries]
+    cpu.close()
+    agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(on_gpu, on_cpu, strict=True)])
+    assert agree >= (1.0 if kind == "flat" else 0.9)
+
+
+# --- filters -----------------------------------------------------------------------------
+
+FIELDS: dict[str, Any] = {
+    "brand": "keyword",
+    "price": "float",
+    "stock": "integer",
+    "sale": "bool",
+    "when": "datetime",
+    "where": "geo",
+}
+FILTER_SCHEMA = CollectionSchema(
+    vectors={
+        "default": VectorSpec("default", identity(16)),
+        "small": VectorSpec("small", identity(8, "small")),
+    },
+    active="default",
+    fields=FIELDS,
+)
+_MISSING = object()
+
+
+def random_payload(rng: random.Random, i: int) -> dict[str, Any]:
+    """Payloads that exercise the edge cases: arrays, null, [], missing, values of another type."""
+
+    def pick(*choices: Any) -> Any:
+        value = rng.choice(choices)
+        return value() if callable(value) else value
+
+    brand = lambda: rng.choice(["acme", "zeta", "omni"])  # noqa: E731
+    price = lambda: rng.choice([0, 1, 2.5, 10, 10.0, 99.99, -3, 1e9])  # noqa: E731
+    when = lambda: rng.choice(  # noqa: E731
+        ["2024-01-01T00:00:00Z", "2024-01-01T01:00:00+02:00", "2024-06-15", "2023-12-31T23:59:59.999999Z",
+         "2025-03-01T12:00:00Z", "not a date"]
+    )  # fmt: skip
+    where = lambda: {"lat": rng.uniform(38.6, 38.8), "lon": rng.uniform(-9.3, -9.0)}  # noqa: E731
+    metadata = {
+        "brand": pick(brand, brand, lambda: [brand(), brand()], None, [], _MISSING, 5, True),
+        "price": pick(price, price, lambda: [price(), price()], None, _MISSING, "10", False),
+        "stock": pick(0, 1, 7, 42, [1, 7], None, _MISSING, True),
+        "sale": pick(True, False, [True, False], None, _MISSING, 1, 0),
+        "when": pick(when, when, lambda: [when(), when()], None, _MISSING, 20240101),
+        "where": pick(where, where, lambda: [where(), where()], None, _MISSING,
+                      {"lat": 95.0, "lon": -9.1}, {"lat": 38.7, "lon": -9.1}),
+        "extra": pick("a", "b", _MISSING),  # not declared: filtered by the Python fallback
+    }  # fmt: skip
+    return {"uri": f"/img/{i}.jpg", "metadata": {k: v for k, v in metadata.items() if v is not _MISSING}}
+
+
+LISBON = {"lat": 38.7, "lon": -9.1}
+FILTERS: list[dict[str, Any]] = [
+    {"must": [{"key": "metadata.brand", "match": {"value": "acme"}}]},
+    {"must": [{"key": "metadata.brand", "match": {"any": ["acme", "zeta"]}}]},
+    {"must": [{"key": "metadata.brand", "match": {"except": ["acme"]}}]},
+    {"must": [{"key": "metadata.brand", "match": {"value": 5}}]},
+    {"must": [{"key": "metadata.stock", "match": {"value": 7}}]},
+    {"must": [{"key": "metadata.stock", "match": {"any": [1, 42, True]}}]},
+    {"must": [{"key": "metadata.stock", "match": {"except": [1, 7]}}]},
+    {"must": [{"key": "metadata.sale", "match": {"value": True}}]},
+    {"must": [{"key": "metadata.sale", "match": {"value": 1}}]},
+    {"must": [{"key": "metadata.sale", "match": {"except": [False]}}]},
+    {"must": [{"key": "metadata.price", "range": {"gte": 1, "lt": 10}}]},
+    {"must": [{"key": "metadata.price", "range": {"gt": 10}}]},
+    {"must": [{"key": "metadata.price", "range": {"lte": "10"}}]},
+    {"must": [{"key": "metadata.when", "range": {"gte": "2024-01-01T00:00:00Z", "lt": "2024-07-01T00:00Z"}}]},
+    {"must": [{"key": "metadata.when", "range": {"lte": "2023-12-31T23:00:00Z"}}]},
+    {"must": [{"key": "metadata.when", "range": {"gt": 20240000}}]},
+    {"must": [{"key": "metadata.where", "geo_radius": {"center": LISBON, "radius": 8000}}]},
+    {"must": [{"key": "metadata.where", "geo_radius": {"center": LISBON, "radius": 1}}]},
+    {"must": [{"key": "metadata.where", "geo_radius": {"center": {"lat": 89.9, "lon": 0}, "radius": 7e6}}]},
+    {"must": [{"is_empty": {"key": "metadata.brand"}}]},
+    {"must_not": [{"is_empty": {"key": "metadata.where"}}]},
+    {"must": [{"has_vector": "small"}]},
+    {"must": [{"has_vector": "nonesuch"}]},
+    {"must": [{"has_id": [uid(1), uid(5), uid(999)]}]},
+    {"must": [{"key": "metadata.extra", "match": {"value": "a"}}]},
+    {"must": [{"key": "uri", "match": {"any": ["/img/3.jpg", "/img/4.jpg"]}}]},
+    {"should": [{"key": "metadata.brand", "match": {"value": "omni"}},
+                {"key": "metadata.sale", "match": {"value": True}}]},
+    {"must": [{"key": "metadata.stock", "range": {"gte": 1}}],
+     "must_not": [{"key": "metadata.brand", "match": {"value": "zeta"}}]},
+    {"must_not": [{"key": "metadata.price", "range": {"gte": 0}}, {"is_empty": {"key": "metadata.when"}}]},
+    {"must": [{"should": [{"key": "metadata.brand", "match": {"value": "acme"}},
+                          {"must_not": [{"has_vector": "small"}]}]}],
+     "should": [{"key": "metadata.stock", "match": {"any": [0, 7]}},
+                {"key": "metadata.when", "range": {"gte": "2025-01-01T00:00:00Z"}}]},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaissStore, dict[str, Any]]]:
+    """A flat store of 400 points with random payloads; 'small' vectors on every third point only."""
+    home = tmp_path_factory.mktemp("filtered")
+    rng = random.Random(7)
+    big, small = random_unit(400, seed=51, dim=16), random_unit(400, seed=52, dim=8)
+    points = {uid(i): random_payload(rng, i) for i in range(400)}
+    has_small = {uid(i) for i in range(0, 400, 3)}
+    store = faiss_store.create(
+        Settings(home=home, store="faiss"), "c", FILTER_SCHEMA, FaissConfig(kind="flat")
+    )
+    store.upsert(
+        [
+            Record(
+                id=key,
+                vectors={"default": big[i], **({"small": small[i]} if key in has_small else {})},
+                payload=p,
+            )
+            for i, (key, p) in enumerate(points.items())
+        ]
+    )
+    yield store, {"points": points, "big": big, "small": small, "has_small": has_small}
+    store.close()
+
+
+def expected_ids(data: dict[str, Any], store_filter: Filter) -> set[str]:
+    def vectors(key: str) -> frozenset[str]:
+        return frozenset({"default", "small"} if key in data["has_small"] else {"default"})
+
+    return {key for key, p in data["points"].items() if matches(store_filter, key, p, vectors(key))}
+
+
+def brute_force(data: dict[str, Any], query: np.ndarray, allowed: set[str]) -> list[str]:
+    keys = [uid(i) for i in range(400) if uid(i) in allowed]
+    scores = data["big"][[int(uuid.UUID(k)) - 1 for k in keys]] @ query
+    return [keys[i] for i in np.argsort(-scores, kind="stable")]
+
+
+def test_the_filter_cases_neither_keep_everything_nor_nothing(filtered: tuple[FaissStore, dict]) -> None:
+    _, data = filtered
+    sizes = [len(expected_ids(data, Filter.parse(f))) for f in FILTERS]
+    assert sum(0 < s < 400 for s in sizes) >= len(FILTERS) - 3  # has_vector "nonesuch", tiny radius...
+
+
+@pytest.mark.parametrize("path", ["exact", "selector"])
+@pytest.mark.parametrize("case", range(len(FILTERS)))
+def test_filtered_search_count_and_scan_equal_brute_force_over_matches(
+    filtered: tuple[FaissStore, dict], case: int, path: str
+) -> None:
+    store, data = filtered
+    # Force one search path: exact over the filtered vectors, or FAISS with an id selector.
+    forced = {"exact": {"exact_max": 10**9}, "selector": {"exact_max": 0, "exact_fraction": 0.0}}[path]
+    store.config = dataclasses.replace(FaissConfig(kind="flat"), **forced)
+    store_filter = Filter.parse(FILTERS[case])
+    allowed = expected_ids(data, store_filter)
+
+    assert store.count(store_filter) == len(allowed)
+    assert {r.id for r in store.scan(store_filter)} == allowed
+    for q in random_unit(3, seed=60 + case, dim=16):
+        hits = store.search(q, 10, filter=store_filter)
+        assert [h.id for h in hits] == brute_force(data, q, allowed)[:10]
+        assert all(h.payload == data["points"][h.id] for h in hits)
+        # paging: offset pages concatenate to one longer query
+        pages = [h.id for o in (0, 4, 8) for h in store.search(q, 4, filter=store_filter, offset=o)]
+        assert pages == brute_force(data, q, allowed)[:12]
+
+
+def test_random_filters_agree_with_matches(filtered: tuple[FaissStore, dict]) -> None:
+    """Random nestings of the cases above: SQL set algebra against the reference, one by one."""
+    store, data = filtered
+    store.config = FaissConfig(kind="flat")
+    rng = random.Random(11)
+    leaves = [c for f in FILTERS for c in f.get("must", []) + f.get("should", []) + f.get("must_not", [])]
+    for _ in range(60):
+
+        def node(depth: int) -> dict[str, Any]:
+            parts = {}
+            for part in rng.sample(["must", "should", "must_not"], rng.randint(1, 3)):
+                parts[part] = [node(depth + 1) if depth < 2 and rng.random() < 0.3 else rng.choice(leaves)
+                               for _ in range(rng.randint(1, 3))]  # fmt: skip
+            return parts
+
+        store_filter = Filter.parse(node(0))
+        allowed = expected_ids(data, store_filter)
+        assert store.count(store_filter) == len(allowed), store_filter.to_json()
+        assert {h.id for h in store.search(data["big"][0], 400, filter=store_filter)} == allowed
+
+
+def test_resolved_query_filters_with_datetimes_in_other_zones(filtered: tuple[FaissStore, dict]) -> None:
+    store, data = filtered
+    query = Filter.parse({"must": [{"key": "when", "range": {"gte": "2024-01-01T01:00:00+01:00"}},
+                                   {"key": "sale", "match": {"value": "true"}}]})  # fmt: skip
+    store_filter = query.resolve(store.schema)
+    assert store.count(store_filter) == len(expected_ids(data, store_filter)) > 0
+
+
+def test_selector_search_on_approximate_indexes_returns_only_passing_points(copy: Copy) -> None:
+    store = copy.open(dataclasses.replace(CONFIGS[copy.kind], exact_max=0, exact_fraction=0.0))
+    n = len(copy.vectors)
+    keep = set(range(0, n, 3))  # a third of the points: the selector path, through the index
+    store.set_payloads({uid(i): {"metadata": {"third": i in keep}} for i in range(n)})
+    store.set_schema(store.schema.with_fields({"third": "bool"}))
+    store_filter = Filter.parse({"must": [{"key": "metadata.third", "match": {"value": True}}]})
+    subset = np.array(sorted(keep))
+    recalls = []
+    for q in (copy.vectors[9], copy.vectors[10], random_unit(1, seed=3)[0]):
+        hits = store.search(q, 10, filter=store_filter)
+        assert len(hits) == 10 and all(int(uuid.UUID(h.id)) - 1 in keep for h in hits)
+        truth = {uid(int(subset[j])) for j in top_k(copy.vectors[subset], q)}
+        recalls.append(len(truth & {h.id for h in hits}) / 10)
+    assert np.mean(recalls) >= 0.9
+    assert store.search(copy.vectors[9], 1, filter=store_filter)[0].id == uid(9)
+    store.close()
+
+
+def test_equal_scores_page_by_id_without_repeats_or_gaps(tmp_path: Path) -> None:
+    store = new_store(tmp_path, FaissConfig(kind="flat"))
+    same = random_unit(1, seed=70)[0]
+    others = random_unit(30, seed=71)
+    store.upsert([Record(id=uid(i), vectors={"default": same}, payload={}) for i in range(40)])
+    store.upsert(records(others, offset=100))
+    pages = [h.id for o in range(0, 77, 7) for h in store.search(same, 7, offset=o)]
+    assert pages[:40] == sorted(uid(i) for i in range(40))  # the tie is ordered by id
+    assert len(pages) == len(set(pages)) == 70
+    store.close()
+
+
+# --- named vectors and schema changes ----------------------------------------------------
+
+
+def test_two_named_vectors_of_different_sizes_have_their_own_indexes(tmp_path: Path) -> None:
+    store = new_store(tmp_path, FaissConfig(kind="flat"), FILTER_SCHEMA)
+    big, small = random_unit(50, seed=81, dim=16), random_unit(50, seed=82, dim=8)
+    store.upsert(
+        [Record(id=uid(i), vectors={"default": big[i], "small": small[i]}, payload={}) for i in range(50)]
+    )
+    store.close()
+    directory = faiss_store.store_path(Settings(home=tmp_path / "home", store="faiss"), "c")
+    assert {p.name for p in directory.glob("*.faiss")} == {"index-default.faiss", "index-small.faiss"}
+
+    store = faiss_store.load(Settings(home=tmp_path / "home", store="faiss"), "c")
+    assert store.search(small[4], 1, using="small")[0].id == uid(4)
+    assert store.search(big[4], 1)[0].id == uid(4)
+    with pytest.raises(StoreError, match="8 dims, expected 16"):
+        store.search(small[4], 1)
+    store.close()
+
+
+def test_update_vectors_changes_one_vector_and_keeps_the_rest(tmp_path: Path) -> None:
+    store = new_store(tmp_path, FaissConfig(kind="hnsw"), FILTER_SCHEMA)
+    big, small = random_unit(60, seed=83, dim=16), random_unit(60, seed=84, dim=8)
+    store.upsert(
+        [
+            Record(id=uid(i), vectors={"default": big[i], "small": small[i]}, payload={"i": i})
+            for i in range(60)
+        ]
+    )
+    store.flush()
+    fresh = random_unit(3, seed=85, dim=8)
+
+    store.update_vectors("small", {uid(0): fresh[0], uid(1): fresh[1], uid(999): fresh[2]})
+
+    got = store.retrieve([uid(0)], with_vectors=True)[0]
+    np.testing.assert_allclose(got.vectors["small"], fresh[0], atol=1e-6)
+    np.testing.assert_allclose(got.vectors["default"], big[0], atol=1e-6)
+    assert got.payload == {"i": 0} and store.count() == 60
+    assert store.search(fresh[1], 1, using="small")[0].id == uid(1)
+    assert uid(0) not in {h.id for h in store.search(small[0], 5, using="small")}  # old vector gone (hnsw)
+    assert store.stats("small")["tombstones"] == 2 and store.stats()["tombstones"] == 0
+    store.close()
+
+
+def test_set_schema_adds_and_drops_vectors_with_their_files(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", store="faiss")
+    store = new_store(tmp_path, FaissConfig(kind="flat"))
+    vectors = random_unit(20, seed=86)
+    store.upsert(records(vectors))
+    extra = VectorSpec("extra", identity(8, "extra"), state="building")
+    store.set_schema(store.schema.with_vector(extra))
+    assert store.search(random_unit(1, seed=1, dim=8)[0], 5, using="extra") == []  # nothing embedded yet
+    store.update_vectors("extra", {uid(i): v for i, v in enumerate(random_unit(20, seed=87, dim=8))})
+    store.set_schema(store.schema.with_vector_state("extra", "ready").with_active("extra"))
+    store.close()
+    directory = faiss_store.store_path(settings, "c")
+    assert (directory / "index-extra.faiss").is_file()
+
+    store = faiss_store.load(settings, "c")
+    assert store.schema.active == "extra" and store.count() == 20
+    store.set_schema(store.schema.without_vector("default"))
+    assert not (directory / "index-default.faiss").exists()
+    assert store.retrieve([uid(3)], with_vectors=True)[0].vectors.keys() == {"extra"}
+    tables = {r[0] for r in store.db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "vectors:default" not in tables and "vectors:extra" in tables
+    with pytest.raises(SchemaError, match="keeps its model"):
+        changed = VectorSpec("extra", identity(8, "another"))
+        store.set_schema(CollectionSchema(vectors={"extra": changed}, active="extra"))
+    store.close()
+
+
+def test_declaring_a_field_backfills_it_from_the_payloads(tmp_path: Path) -> None:
+    store = new_store(tmp_path, FaissConfig(kind="flat"))
+    store.upsert(
+        [Record(id=uid(i), vectors={"default": v}, payload={"metadata": {"size": i % 4}})
+         for i, v in enumerate(random_unit(40, seed=88))]
+    )  # fmt: skip
+    store_filter = Filter.parse({"must": [{"key": "metadata.size", "match": {"value": 2}}]})
+    assert store.count(store_filter) == 10  # undeclared: answered by the Python fallback
+    rows = lambda: store.db.conn.execute("SELECT COUNT(*) FROM fields").fetchone()[0]  # noqa: E731
+    assert rows() == 0
+
+    store.set_schema(store.schema.with_fields({"size": "integer"}))
+
+    assert rows() == 40 and store.count(store_filter) == 10
+    store.upsert(
+        [
+            Record(
+                id=uid(100), vectors={"default": random_unit(1, seed=9)[0]}, payload={"metadata": {"size": 2}}
+            )
+        ]
+    )
+    store.set_payloads({uid(2): {"metadata": {"size": 3}}})
+    store.delete([uid(6)])
+    assert rows() == 40 and store.count(store_filter) == 9
+    store.set_schema(dataclasses.replace(store.schema, fields={}))
+    assert rows() == 0 and store.count(store_filter) == 9
+    store.close()
+
+
+# --- the previous release's collections (version 1) ----------------------------------------
+
+# The previous release's faiss_store (git show HEAD~1 before the schema rework), verbatim.
+_V1_TABLES = """
+CREATE TABLE IF NOT EXISTS points (
+    iid INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT NOT NULL UNIQUE, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vectors (iid INTEGER PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def write_version_1(directory: Path, vectors: np.ndarray, deleted: list[int], info: dict[str, Any]) -> None:
+    """A version-1 collection as the previous release left it: points 0..n-1 upserted and the
+    index saved (flush), then `deleted` removed without a flush (so index.faiss still holds them)."""
+    directory.mkdir(parents=True)
+    db = sqlite3.connect(directory / "points.sqlite")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_V1_TABLES)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    iids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    payloads = [{"uri": f"/img/{i}.jpg", "path": f"{i}.jpg", "fingerprint": str(i),
+                 "metadata": {"width": 100 + i, "height": 50}} for i in range(len(vectors))]  # fmt: skip
+    with db:  # the old upsert: explicit iids from the sequence, one transaction
+        db.executemany(
+            "INSERT INTO points (iid, uuid, payload) VALUES (?, ?, ?)",
+            [(int(n), uid(i), json.dumps(p)) for i, (n, p) in enumerate(zip(iids, payloads, strict=True))],
+        )
+        db.executemany(
+            "INSERT INTO vectors (iid, vector) VALUES (?, ?)",
+            [(int(n), v.astype(np.float32).tobytes()) for n, v in zip(iids, unit, strict=True)],
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('info', ?)", (json.dumps(info, sort_keys=True),)
+        )
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    index.add_with_ids(unit.astype(np.float32), iids)
+    faiss.write_index(index, str(directory / "index.faiss"))
+    with db:
+        db.executemany("DELETE FROM points WHERE iid = ?", [(i + 1,) for i in deleted])
+        db.executemany("DELETE FROM vectors WHERE iid = ?", [(i + 1,) for i in deleted])
+    db.close()
+    (directory / "config.json").write_text(json.dumps({"dim": vectors.shape[1], "format": 1}))
+
+
+def test_a_version_1_collection_reads_the_same_and_migrates_at_its_first_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(home=tmp_path / "home", store="faiss")
+    directory = faiss_store.store_path(settings, "c")
+    vectors = random_unit(50, seed=90, dim=16)
+    deleted = [47, 48, 49]  # the highest iids: a new vid must not take them over
+    model = identity(16).to_dict()
+    write_version_1(directory, vectors, deleted, {"model": model, "failed": {"/bad.jpg": {"reason": "r"}}})
+    live = [i for i in range(50) if i not in deleted]
+    queries = random_unit(5, seed=91, dim=16)
+    wide = Filter.parse({"must": [{"key": "metadata.width", "range": {"gte": 110, "lt": 130}}]})
+
+    def check(store: FaissStore) -> None:
+        assert store.count() == 47 and store.count(wide) == 20
+        assert store.read_info() == {"failed": {"/bad.jpg": {"reason": "r"}}}
+        for q in queries:
+            assert [h.id for h in store.search(q, 10)] == [uid(live[j]) for j in top_k(vectors[live], q)]
+            allowed = [i for i in live if 110 <= 100 + i < 130]
+            assert [h.id for h in store.search(q, 5, filter=wide)] == [
+                uid(allowed[j]) for j in top_k(vectors[allowed], q, 5)
+            ]
+        got = store.retrieve([uid(3)], with_vectors=True)[0]
+        np.testing.assert_allclose(got.vectors["default"], vectors[3] / np.linalg.norm(vectors[3]), atol=1e-6)
+
+    store = faiss_store.load(settings, "c")
+    assert store.schema.vector().storage_key == "" and store.schema.vector().model.to_dict() == model
+    assert store.schema.fields == {"width": "integer", "height": "integer"}
+    check(store)
+    store.close()
+    db = sqlite3.connect(directory / "points.sqlite")  # reading did not migrate anything
+    assert db.execute("SELECT name FROM sqlite_master WHERE name IN ('vectors', 'fields')").fetchall() == [
+        ("vectors",)
+    ]
+    db.close()
+    assert json.loads((directory / "config.json").read_text())["format"] == 1
+    stale_index = (directory / "index.faiss").read_bytes()  # still holds the deleted 47..49
+
+    store = faiss_store.load(settings, "c")
+    newcomer = random_unit(1, seed=92, dim=16)[0]
+    store.upsert([Record(id=uid(500), vectors={"default": newcomer}, payload={"metadata": {"width": 1}})])
+    store.delete([uid(500)])  # back to the same points, now in layout 2
+    check(store)
+    store.upsert([Record(id=uid(501), vectors={"default": newcomer}, payload={"metadata": {"width": 1}})])
+    store.close()
+
+    db = sqlite3.connect(directory / "points.sqlite")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"points", "meta", "fields", "vectors:"} <= tables and "vectors" not in tables
+    assert db.execute('SELECT MIN(vid) FROM "vectors:" WHERE iid > 50').fetchone()[0] > 50
+    document = json.loads(db.execute("SELECT value FROM meta WHERE key = 'info'").fetchone()[0])
+    db.close()
+    assert document["schema"]["version"] == 2 and "model" not in document
+    assert document["schema"]["vectors"][0]["key"] == ""
+    assert json.loads((directory / "config.json").read_text()) == {"format": 2}
+    assert (directory / "index.faiss").is_file() and not list(directory.glob("index-*.faiss"))
+
+    # As if killed before the index was saved: the old file must still be reconciled correctly.
+    (directory / "index.faiss").write_bytes(stale_index)
+    no_rebuilds(monkeypatch)
+    store = faiss_store.load(settings, "c")
+    assert store.search(newcomer, 1)[0].id == uid(501)
+    store.delete([uid(501)])
+    check(store)
     store.close()

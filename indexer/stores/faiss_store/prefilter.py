@@ -1,0 +1,180 @@
+"""Store filters as SQL: one SELECT giving the iids of the points that pass, for FAISS to search among.
+
+must -> INTERSECT, should -> UNION, must_not -> EXCEPT, all over the live points; each condition is a
+SELECT of the iids it holds for. Field conditions read the indexed `fields` table (db.py), so they
+agree with `indexer.filters.matches` by construction: the same flattening (`values_at`), the same
+datetime parsing, types kept apart (true is not 1), `except` needing some other value, is_empty
+meaning no row. geo_radius narrows by a bounding box in SQL, then keeps the exact haversine distance
+(the reference's own function, registered in SQLite). A key without rows (an undeclared path, or a
+version-1 collection before its first write) is evaluated by `matches` itself over the payloads.
+Differences left: integers beyond 2**53 compare exactly in SQL, as floats in the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from indexer.errors import InvalidFilter
+from indexer.filters import (
+    EARTH_RADIUS_M,
+    Condition,
+    FieldCondition,
+    Filter,
+    HasIdCondition,
+    HasVectorCondition,
+    IsEmptyCondition,
+    MatchAny,
+    MatchExcept,
+    MatchValue,
+)
+from indexer.stores.faiss_store.db import BOOL, GEO, GEO_ODD, NUMBER, STRING, Database, epoch_us
+
+ALL = "SELECT iid FROM points"
+NONE = "SELECT iid FROM points WHERE 0"
+MAX_CONDITIONS = 400  # per list: SQLite allows 500 terms in one compound SELECT
+_ROWS = "SELECT iid FROM fields WHERE field = ?"
+
+
+@dataclass
+class Context:
+    db: Database
+    fields: dict[str, str]  # payload path -> field name, for fields with rows in `fields`
+    vectors: dict[str, str]  # schema vector name -> FROM source with columns vid, iid, vector
+
+
+def compile_filter(store_filter: Filter, context: Context) -> tuple[str, list[Any]]:
+    """(sql, params) selecting the iids that pass. Conditions left to Python are registered with
+    the database: call `context.db.clear_pending()` once the query has run."""
+    params: list[Any] = []
+    return _filter(store_filter, context, params), params
+
+
+def _filter(flt: Filter, ctx: Context, params: list[Any]) -> str:
+    for part in (flt.must, flt.should, flt.must_not):
+        if len(part) > MAX_CONDITIONS:
+            raise InvalidFilter(f"a filter list has {len(part)} conditions; at most {MAX_CONDITIONS}")
+    sql = ALL
+    for condition in flt.must:
+        sql += " INTERSECT " + _condition(condition, ctx, params)
+    if flt.should:
+        union = " UNION ".join(_condition(c, ctx, params) for c in flt.should)
+        sql += f" INTERSECT SELECT iid FROM ({union})"
+    for condition in flt.must_not:
+        sql += " EXCEPT " + _condition(condition, ctx, params)
+    return sql
+
+
+def _condition(condition: Condition, ctx: Context, params: list[Any]) -> str:
+    """A simple SELECT of iids (a compound one wrapped), so that it can join a compound."""
+    if isinstance(condition, Filter):
+        return f"SELECT iid FROM ({_filter(condition, ctx, params)})"
+    if isinstance(condition, HasIdCondition):
+        params.append(json.dumps(condition.has_id))
+        return "SELECT iid FROM points WHERE uuid IN (SELECT value FROM json_each(?))"
+    if isinstance(condition, HasVectorCondition):
+        source = ctx.vectors.get(condition.has_vector)
+        return NONE if source is None else f"SELECT iid FROM {source}"
+    key = condition.is_empty.key if isinstance(condition, IsEmptyCondition) else condition.key
+    name = ctx.fields.get(key)
+    if name is None:
+        params.append(ctx.db.python_match(Filter(must=[condition])))
+        return "SELECT iid FROM points WHERE clip_match(?, payload)"
+    if isinstance(condition, IsEmptyCondition):
+        params.append(name)
+        return f"SELECT iid FROM ({ALL} EXCEPT {_ROWS})"
+    if condition.match is not None:
+        return _match(condition.match, name, params)
+    if condition.range is not None:
+        return _range(condition, name, params)
+    return _geo(condition, name, params)
+
+
+def _match(match: MatchValue | MatchAny | MatchExcept, name: str, params: list[Any]) -> str:
+    wanted = (
+        [match.value]
+        if isinstance(match, MatchValue)
+        else match.any
+        if isinstance(match, MatchAny)
+        else match.except_
+    )
+    groups = _groups(wanted)
+    if isinstance(match, MatchExcept):  # some value equal to none of them
+        equal = " OR ".join(f"(kind = {kind} AND {column} IN (SELECT value FROM json_each(?)))"
+                            for kind, column, _ in groups)  # fmt: skip
+        params += [name, *(json.dumps(values) for _, _, values in groups)]
+        return f"{_ROWS} AND NOT ({equal})" if groups else f"{_ROWS}"
+    selects = []
+    for kind, column, values in groups:
+        params += [name, json.dumps(values)]
+        selects.append(f"{_ROWS} AND kind = {kind} AND {column} IN (SELECT value FROM json_each(?))")
+    if not selects:
+        return NONE
+    return selects[0] if len(selects) == 1 else f"SELECT iid FROM ({' UNION '.join(selects)})"
+
+
+def _groups(values: list[Any]) -> list[tuple[int, str, list[Any]]]:
+    """The wanted values by the kind of row they can equal: (kind, column, values)."""
+    strings = [v for v in values if isinstance(v, str)]
+    bools = [int(v) for v in values if isinstance(v, bool)]
+    numbers = [_sql_int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    found = [(STRING, "text", strings), (BOOL, "num", bools), (NUMBER, "num", numbers)]
+    return [group for group in found if group[2]]
+
+
+def _sql_int(value: int) -> int | float:
+    return value if -(2**63) <= value < 2**63 else float(value)  # SQLite integers are 64-bit
+
+
+_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def _range(condition: FieldCondition, name: str, params: list[Any]) -> str:
+    """Numbers against bounds read as floats, datetime strings against bounds read as datetimes;
+    a bound that cannot be read that way keeps every value of that kind out, as in the reference."""
+    assert condition.range is not None
+    bounds = condition.range.bounds()
+    selects = []
+    numeric = {op: _float(v) for op, v in bounds.items()}
+    if all(v is not None for v in numeric.values()):
+        selects.append(_bounded(NUMBER, numeric, name, params))
+    moments = {op: epoch_us(v) for op, v in bounds.items()}
+    if all(v is not None for v in moments.values()):
+        selects.append(_bounded(STRING, moments, name, params))
+    if not selects:
+        return NONE
+    return selects[0] if len(selects) == 1 else f"SELECT iid FROM ({' UNION '.join(selects)})"
+
+
+def _bounded(kind: int, bounds: dict[str, Any], name: str, params: list[Any]) -> str:
+    params += [name, *bounds.values()]
+    return f"{_ROWS} AND kind = {kind}" + "".join(f" AND num {_OPS[op]} ?" for op in bounds)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _geo(condition: FieldCondition, name: str, params: list[Any]) -> str:
+    """A bounding box on the (field, kind, num) index, then the exact distance."""
+    assert condition.geo_radius is not None
+    lat, lon = condition.geo_radius.center.lat, condition.geo_radius.center.lon
+    radius = condition.geo_radius.radius
+    angle = radius / EARTH_RADIUS_M  # radians of arc
+    margin = 1e-6  # degrees (~0.1 m), so rounding never cuts the box short of the exact test
+    dlat = math.degrees(angle) + margin
+    box = " AND num BETWEEN ? AND ?"
+    box_params: list[Any] = [lat - dlat, lat + dlat]
+    if lat - dlat > -90 and lat + dlat < 90:  # no pole inside: longitude is bounded too
+        dlon = math.degrees(math.asin(min(1.0, math.sin(angle) / math.cos(math.radians(lat))))) + margin
+        if -180 <= lon - dlon and lon + dlon <= 180:  # not across the antimeridian
+            box += " AND lon BETWEEN ? AND ?"
+            box_params += [lon - dlon, lon + dlon]
+    exact = " AND clip_haversine(?, ?, num, lon) <= ?"
+    params += [name, *box_params, lat, lon, radius, name, lat, lon, radius]
+    return f"SELECT iid FROM ({_ROWS} AND kind = {GEO}{box}{exact} UNION {_ROWS} AND kind = {GEO_ODD}{exact})"
