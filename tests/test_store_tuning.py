@@ -10,10 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.filters import Filter
+from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.settings import Settings
 from indexer.stores import Record, open_store
 
 DIM = 128
+SCHEMA = CollectionSchema.new(
+    ModelIdentity(model="tiny", pretrained="", architecture="tiny", weights="", dim=DIM),
+    fields={"group": "integer"},
+)
 
 
 def clustered(n: int, seed: int, clusters: int = 40) -> np.ndarray:
@@ -39,8 +45,11 @@ def quantized_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     settings = Settings(home=tmp_path / "home", store="edge")
     assert settings.quantization == "int8"  # the default under test
     vectors = clustered(4000, seed=1)
-    store = open_store(settings, "photos", DIM)
-    store.upsert([Record(_id(i), v, {"uri": f"/img/{i}.jpg"}) for i, v in enumerate(vectors)])
+    store = open_store(settings, "photos", create=SCHEMA)
+    store.upsert([
+        Record(_id(i), {"default": v}, {"uri": f"/img/{i}.jpg", "metadata": {"group": i % 10}})
+        for i, v in enumerate(vectors)
+    ])
     store.close()  # after writes: builds HNSW and the int8 copies
     store = open_store(settings, "photos")
     yield store, vectors, edge.shard_path(settings, "photos")
@@ -51,7 +60,9 @@ def test_quantized_collection_is_indexed_with_int8_copies(quantized_store) -> No
     store, vectors, shard = quantized_store
     config = json.loads((shard / "edge_config.json").read_text())
     assert config["quantization_config"]["scalar"]["type"] == "int8"
-    assert list(shard.glob("segments/*/vector_storage/quantized.data")), "no quantized vectors were built"
+    assert config["vectors"]["default"]["memory"] == "cold"  # float32 originals on disk
+    built = list(shard.glob("segments/*/vector_storage-default/quantized.data"))
+    assert built, "no quantized vectors were built"
     assert store.shard.info().indexed_vectors_count == len(vectors)
 
 
@@ -76,10 +87,26 @@ def test_quantized_search_has_high_recall_against_brute_force(quantized_store) -
     assert np.mean(recall) >= 0.98
 
 
+def test_filtered_search_on_the_index_keeps_recall_and_counts_exactly(quantized_store) -> None:
+    """Filters are pushed down into the HNSW search (payload index on the declared field)."""
+    store, vectors, _ = quantized_store
+    assert "metadata.group" in store.shard.info().payload_schema
+    in_group = Filter.parse({"must": [{"key": "group", "match": {"value": 3}}]}).resolve(store.schema)
+    assert store.count(in_group) == len(vectors) // 10
+    members = np.arange(3, len(vectors), 10)
+    recall = []
+    for query in clustered(50, seed=3):
+        hits = store.search(query, k=10, filter=in_group)
+        assert all(int(uuid.UUID(h.id).int - 1) % 10 == 3 for h in hits)
+        exact = {_id(int(i)) for i in members[np.argsort(-(vectors[members] @ query))[:10]]}
+        recall.append(len(exact & {h.id for h in hits}) / 10)
+    assert np.mean(recall) >= 0.95
+
+
 def test_quantization_none_creates_a_full_precision_collection(tmp_path: Path) -> None:
     from indexer.stores import edge
 
     settings = Settings(home=tmp_path / "home", store="edge", quantization="none")
-    open_store(settings, "photos", DIM).close()
+    open_store(settings, "photos", create=SCHEMA).close()
     config = json.loads((edge.shard_path(settings, "photos") / "edge_config.json").read_text())
     assert config.get("quantization_config") is None

@@ -1,7 +1,9 @@
 """The embedded default store: one Qdrant Edge shard per collection, in the data directory.
 
 Layout: `collection_dir(name)/shard/` is the Edge shard (its own WAL, segments and
-`edge_config.json`); `collection_dir(name)/info.json` holds the collection info.
+`edge_config.json`); `collection_dir(name)/info.json` holds the collection's info document
+(schema and the rest, `StoredInfo`). Each schema vector is a named vector of the shard, stored
+under its storage key (a version-1 collection's vector is the unnamed one, "").
 
 Edge facts this module relies on (qdrant-edge-py 0.9):
 - Point ids may be UUID strings; they come back as `uuid.UUID`.
@@ -15,23 +17,40 @@ Edge facts this module relies on (qdrant-edge-py 0.9):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
 
 from indexer.durable import fsync_dir, write_atomic
+from indexer.errors import CollectionBusy, StoreError
+from indexer.filters import Filter
+from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
-from indexer.stores import canonical_id, checked_vector
-from indexer.stores.base import CollectionBusy, Hit, Record, StoreError
+from indexer.stores.base import Hit, StoredInfo
+from indexer.stores.qdrant_common import (
+    HNSW_EF_CONSTRUCT,
+    HNSW_M,
+    INT8_QUANTILE,
+    SCROLL_PAGE,
+    QdrantFamilyStore,
+    Vectors,
+    edge_filter,
+    edge_index_type,
+    require_schema,
+    store_errors,
+    to_hit,
+    using_name,
+)
 
 SHARD_DIR = "shard"
 INFO_FILE = "info.json"
+CREATE_LOCK = ".create.lock"
 
 # Segments under this size (KB) stay plain, so search on them is exact; ~10k 512-d vectors,
 # which brute force scans in about a millisecond.
@@ -39,41 +58,36 @@ INDEXING_THRESHOLD_KB = 20_000
 # Room for several indexed segments, so each optimize indexes the new points instead of merging
 # them into (and re-indexing) everything; the automatic count is 2 on a 2-CPU machine.
 SEGMENTS = 8
-HNSW_M = 16
-# 256, not 128: on 1M clustered 512-d vectors (scripts/bench_query.py) 128 left parts of the graph
-# unreachable (recall@10 0.96 at ef 256, 0.987 even at ef 1024); 256 gives 0.9998 at ef 256. Its 1M
-# index build took 5 min on 2 idle CPUs (128: 9.5 min, but on busy ones: not like for like).
-HNSW_EF_CONSTRUCT = 256
-# ef at query time and quantization come from Settings (hnsw_ef, quantization, oversampling).
-# With quantization=int8 (the default) optimised segments keep int8 copies of the vectors in RAM
-# (1/4 the size), which HNSW search walks; the top `k * oversampling` are then rescored with the
-# float32 originals, which stay on disk (mmap, paged in on demand), so scores are exact and the
-# RAM per vector is ~0.6 KB instead of ~2 KB at 512-d. Payloads stay on disk as well.
-# INT8_QUANTILE: the value range kept by int8 scaling; the rare values beyond it are clipped.
-INT8_QUANTILE = 0.99
-# flush() builds the index once this many points are searched by brute force, so a long
-# ingest does not leave a huge unindexed tail; close() builds it whenever anything changed.
+# flush() builds the index once this many vectors (per named vector) are searched by brute force,
+# so a long ingest does not leave a huge unindexed tail; close() builds it whenever anything changed.
 OPTIMIZE_BACKLOG = 20_000
 WRITE_BATCH = 512
-SCROLL_PAGE = 1024
+
+BUSY_ADVICE = (
+    "stop that process, or use `clipsearch serve --watch FOLDER` / the API, "
+    "or CLIPSEARCH_STORE=qdrant for concurrent access"
+)
 
 
 def shard_path(settings: Settings, name: str) -> Path:
     return settings.collection_dir(name) / SHARD_DIR
 
 
-def existing_dim(settings: Settings, name: str) -> int | None:
-    """The vector size of an existing collection, or None when there is none."""
-    config_file = shard_path(settings, name) / "edge_config.json"
-    if not config_file.is_file():
-        return None
+def _label(name: str) -> str:
+    return f"collection {name!r}"
+
+
+def shard_vectors(path: Path, name: str) -> dict[str, int]:
+    """The shard's named vectors (storage key -> size), as its own config records them."""
+    config_file = path / "edge_config.json"
     try:
-        return int(json.loads(config_file.read_text())["vectors"][""]["size"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"collection {name!r}: unreadable shard config {config_file}: {exc}") from exc
+        vectors = json.loads(config_file.read_text())["vectors"]
+        return {key: int(params["size"]) for key, params in vectors.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreError(f"{_label(name)}: unreadable shard config {config_file}: {exc}") from exc
 
 
-def _config(dim: int, settings: Settings) -> qe.EdgeConfig:
+def _config(settings: Settings, vectors: Mapping[str, int]) -> qe.EdgeConfig:
     # None means "keep what the shard has" on load: quantization="none" never strips an existing
     # int8 index (that needs a re-index), and the vectors then stay where they are.
     quantization, vectors_memory = None, None
@@ -82,7 +96,10 @@ def _config(dim: int, settings: Settings) -> qe.EdgeConfig:
         quantization = qe.ScalarQuantizationConfig(int8, quantile=INT8_QUANTILE, always_ram=True)
         vectors_memory = qe.Memory.Cold  # originals on disk: only rescoring reads them
     return qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=vectors_memory),
+        vectors={
+            key: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=vectors_memory)
+            for key, dim in vectors.items()
+        },
         hnsw_config=qe.HnswIndexConfig(
             m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=INDEXING_THRESHOLD_KB
         ),
@@ -94,32 +111,94 @@ def _config(dim: int, settings: Settings) -> qe.EdgeConfig:
     )
 
 
-def _search_params(settings: Settings, k: int) -> qe.SearchParams:
-    # Quantization params are ignored by segments without quantized vectors (plain ones, or "none").
-    return qe.SearchParams(
-        hnsw_ef=max(settings.hnsw_ef, k),
-        quantization=qe.QuantizationSearchParams(rescore=True, oversampling=settings.oversampling),
-    )
+# --- the five backend functions -------------------------------------------------------------------
 
 
-def create(settings: Settings, name: str, dim: int) -> EdgeStore:
-    """Create the shard in a temporary directory and rename it into place, so a crash
-    mid-creation never leaves a half-made collection that looks real."""
-    final = shard_path(settings, name)
-    tmp = final.with_name(f"{SHARD_DIR}.creating-{os.getpid()}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_creations(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _errors(name, "create"):
-        qe.EdgeShard.create(str(tmp), _config(dim, settings)).close()
-    try:
-        os.replace(tmp, final)
-    except OSError as exc:  # another process created it first
+def exists(settings: Settings, name: str) -> bool:
+    return (shard_path(settings, name) / "edge_config.json").is_file()
+
+
+def create(settings: Settings, name: str, schema: CollectionSchema) -> EdgeStore:
+    """Create the shard (with the schema's vectors and field indexes) in a temporary directory,
+    write the info document, then rename the shard into place: a crash mid-creation never leaves
+    a half-made collection that looks real. Creations of one collection take turns (a file lock)."""
+    directory = settings.collection_dir(name)
+    final = directory / SHARD_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    with _creation_lock(directory):
+        if exists(settings, name):  # another process created it while we waited
+            return load(settings, name)
+        _remove_abandoned_creations(final)
+        tmp = final.with_name(f"{SHARD_DIR}.creating-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        if existing_dim(settings, name) is None:
-            raise StoreError(f"collection {name!r}: cannot create {final}: {exc}") from exc
-    fsync_dir(final.parent)
-    return load(settings, name, dim)
+        with store_errors(_label(name), "create"):
+            shard = qe.EdgeShard.create(str(tmp), _config(settings, _keys(schema)))
+            try:
+                for field_name, kind in schema.fields.items():
+                    shard.update(_field_index(payload_path(field_name), kind))
+            finally:
+                shard.close()
+        _write_document(directory, StoredInfo(schema, {}, legacy=False).document())
+        os.replace(tmp, final)
+        fsync_dir(directory)
+    return load(settings, name)
+
+
+def load(settings: Settings, name: str) -> EdgeStore:
+    directory = settings.collection_dir(name)
+    remedy = f"remove {directory} and index again"
+    stored = require_schema(_read_stored(directory, name), _label(name), remedy)
+    return EdgeStore(name, _open_shard(settings, name), directory, settings, stored)
+
+
+def _open_shard(settings: Settings, name: str) -> qe.EdgeShard:
+    path = shard_path(settings, name)
+    try:
+        # Passing the config applies tuning changes made here since the shard was created.
+        return qe.EdgeShard.load(str(path), _config(settings, shard_vectors(path, name)))
+    except StoreError:
+        raise
+    except Exception as exc:  # qdrant_edge raises bare Exception
+        if "WouldBlock" in str(exc):
+            raise CollectionBusy(
+                f"{_label(name)} is open in another process or store (an index run, `clipsearch serve`); "
+                f"{BUSY_ADVICE}"
+            ) from exc
+        raise StoreError(f"{_label(name)}: cannot open shard at {path}: {exc}") from exc
+
+
+def list_collections(settings: Settings) -> list[str]:
+    root = settings.home / "collections"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / SHARD_DIR / "edge_config.json").is_file())
+
+
+def drop(settings: Settings, name: str) -> None:
+    if not exists(settings, name):
+        return
+    directory = settings.collection_dir(name)
+    # Opening takes the shard's lock, so a collection in use elsewhere is refused, not torn down.
+    _open_shard(settings, name).close()
+    # Only what this store owns: another store kind may keep a collection of the same name here.
+    shutil.rmtree(directory / SHARD_DIR)
+    (directory / INFO_FILE).unlink(missing_ok=True)
+    (directory / CREATE_LOCK).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+# --- creation and the info document -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _creation_lock(directory: Path) -> Iterator[None]:
+    fd = os.open(directory / CREATE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        yield
+    finally:
+        os.close(fd)
 
 
 def _remove_abandoned_creations(final: Path) -> None:
@@ -140,51 +219,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def load(settings: Settings, name: str, dim: int) -> EdgeStore:
-    path = shard_path(settings, name)
+def _field_index(path: str, kind: FieldType) -> qe.UpdateOperation:
+    return qe.UpdateOperation.create_field_index(path, edge_index_type(kind))
+
+
+def _keys(schema: CollectionSchema) -> dict[str, int]:
+    return {spec.storage_key: spec.dim for spec in schema.vectors.values()}
+
+
+def _read_stored(directory: Path, name: str) -> StoredInfo:
+    path = directory / INFO_FILE
     try:
-        # Passing the config applies tuning changes made here since the shard was created.
-        shard = qe.EdgeShard.load(str(path), _config(dim, settings))
-    except Exception as exc:  # qdrant_edge raises bare Exception
-        if "WouldBlock" in str(exc):
-            raise CollectionBusy(
-                f"collection {name!r} is already open elsewhere (an index run, the API server, or "
-                f"another store in this process); close that first, or use store=qdrant for concurrent access"
-            ) from exc
-        raise StoreError(f"collection {name!r}: cannot open shard at {path}: {exc}") from exc
-    return EdgeStore(name, dim, shard, settings.collection_dir(name), settings)
+        return StoredInfo.parse(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return StoredInfo.parse({})
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{_label(name)}: unreadable {path}: {exc}") from exc
 
 
-def list_collections(settings: Settings) -> list[str]:
-    root = settings.home / "collections"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / SHARD_DIR / "edge_config.json").is_file())
+def _write_document(directory: Path, document: dict[str, Any]) -> None:
+    write_atomic(directory / INFO_FILE, json.dumps(document, indent=2, sort_keys=True).encode())
 
 
-def drop(settings: Settings, name: str) -> None:
-    dim = existing_dim(settings, name)
-    if dim is None:
-        return
-    # Opening takes the shard's lock, so a collection in use elsewhere is refused, not torn down.
-    load(settings, name, dim).close(optimize=False)
-    # Only what this store owns: another store kind may keep a collection of the same name here.
-    directory = settings.collection_dir(name)
-    shutil.rmtree(directory / SHARD_DIR)
-    (directory / INFO_FILE).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        directory.rmdir()
+# --- the store ------------------------------------------------------------------------------------
 
 
-class EdgeStore:
+class EdgeStore(QdrantFamilyStore):
     """A VectorStore over one open Edge shard."""
 
+    write_batch = WRITE_BATCH
+
     def __init__(
-        self, name: str, dim: int, shard: qe.EdgeShard, directory: Path, settings: Settings | None = None
+        self, name: str, shard: qe.EdgeShard, directory: Path, settings: Settings, stored: StoredInfo
     ) -> None:
-        self.name = name
-        self.dim = dim
-        self._settings = settings or Settings()
+        super().__init__(name, _label(name), stored)
+        self._settings = settings
         self._shard: qe.EdgeShard | None = shard
         self._dir = directory
         self._dirty = False
@@ -192,82 +261,20 @@ class EdgeStore:
     @property
     def shard(self) -> qe.EdgeShard:
         if self._shard is None:
-            raise StoreError(f"collection {self.name!r} is closed")
+            raise StoreError(f"{_label(self.name)} is closed")
         return self._shard
 
-    def upsert(self, records: Sequence[Record]) -> None:
-        points = [qe.Point(canonical_id(r.id), self._vector(r), r.payload) for r in records]
-        with _errors(self.name, "upsert"):
-            for start in range(0, len(points), WRITE_BATCH):
-                self.shard.update(qe.UpdateOperation.upsert_points(points[start : start + WRITE_BATCH]))
-        self._dirty = self._dirty or bool(points)
-
-    def delete(self, ids: Sequence[str]) -> None:
-        keys = [canonical_id(i) for i in ids]
-        with _errors(self.name, "delete"):
-            for start in range(0, len(keys), WRITE_BATCH):
-                self.shard.update(qe.UpdateOperation.delete_points(keys[start : start + WRITE_BATCH]))
-        self._dirty = self._dirty or bool(keys)
-
-    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
-        if k <= 0:
-            return []
-        query = checked_vector(self.name, self.dim, vector, "query")
-        request = qe.QueryRequest(
-            limit=k,
-            query=qe.Query.Nearest(query.tolist()),
-            with_payload=True,
-            params=_search_params(self._settings, k),
-        )
-        with _errors(self.name, "search"):
-            points = self.shard.query(request)
-        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in points]
-
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        keys = [canonical_id(i) for i in ids]
-        if not keys:
-            return []
-        with _errors(self.name, "retrieve"):
-            found = {str(p.id): p for p in self.shard.retrieve(keys, True, with_vectors)}
-        return [_record(found[key], with_vectors) for key in keys if key in found]
-
-    def scan(self) -> Iterator[Record]:
-        offset: Any = None
-        while True:
-            request = qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=False)
-            with _errors(self.name, "scan"):
-                page, offset = self.shard.scroll(request)
-            for point in page:
-                yield _record(point, False)
-            if offset is None:
-                return
-
-    def count(self) -> int:
-        with _errors(self.name, "count"):
-            return int(self.shard.count(qe.CountRequest(exact=True)))
-
-    def read_info(self) -> dict[str, Any]:
-        path = self._dir / INFO_FILE
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"collection {self.name!r}: unreadable {path}: {exc}") from exc
-
-    def write_info(self, info: dict[str, Any]) -> None:
-        write_atomic(self._dir / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
-
     def flush(self) -> None:
-        with _errors(self.name, "flush"):
+        with store_errors(self._label, "flush"):
             self.shard.flush()
-            shard_info = self.shard.info()
-            if shard_info.points_count - shard_info.indexed_vectors_count >= OPTIMIZE_BACKLOG:
+            info = self.shard.info()
+            vectors = max(1, len(self._vector_keys()))
+            if info.points_count * vectors - info.indexed_vectors_count >= OPTIMIZE_BACKLOG * vectors:
                 self.optimize()
 
     def optimize(self) -> None:
         """Build HNSW for large segments and vacuum deletions; blocking."""
-        with _errors(self.name, "optimize"):
+        with store_errors(self._label, "optimize"):
             self.shard.optimize()
             self.shard.flush()
 
@@ -278,33 +285,75 @@ class EdgeStore:
         try:
             if optimize and self._dirty:
                 self.optimize()
-            with _errors(self.name, "flush"):
+            with store_errors(self._label, "flush"):
                 self._shard.flush()
         finally:
             self._shard.close()
             self._shard = None
 
-    def _vector(self, record: Record) -> list[float]:
-        return checked_vector(self.name, self.dim, record.vector, f"record {record.id}").tolist()
+    # --- engine calls -----------------------------------------------------------------------
 
-    def __enter__(self) -> EdgeStore:
-        return self
+    def _update(self, operation: qe.UpdateOperation) -> None:
+        self.shard.update(operation)
+        self._dirty = True
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _put_points(self, points: Sequence[tuple[str, Vectors, dict[str, Any]]]) -> None:
+        self._update(qe.UpdateOperation.upsert_points([qe.Point(i, v, p) for i, v, p in points]))
 
+    def _put_vectors(self, key: str, vectors: Mapping[str, list[float]]) -> None:
+        points = [qe.PointVectors(i, {key: v}) for i, v in vectors.items()]
+        self._update(qe.UpdateOperation.update_vectors(points))
 
-def _record(point: Any, with_vector: bool) -> Record:
-    vector = np.asarray(point.vector, dtype=np.float32) if with_vector and point.vector is not None else None
-    return Record(id=str(point.id), vector=vector, payload=point.payload or {})
+    def _put_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
+        for point_id, payload in payloads.items():  # one payload per point: one operation each
+            self._update(qe.UpdateOperation.overwrite_payload([point_id], payload))
 
+    def _delete_points(self, ids: Sequence[str]) -> None:
+        self._update(qe.UpdateOperation.delete_points(list(ids)))
 
-@contextlib.contextmanager
-def _errors(name: str, action: str) -> Iterator[None]:
-    """qdrant_edge raises bare Exception; callers get StoreError naming the collection."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"collection {name!r}: {action} failed: {exc}") from exc
+    def _existing(self, ids: Sequence[str]) -> set[str]:
+        return {str(p.id) for p in self.shard.retrieve(list(ids), False, False)}
+
+    def _nearest(self, query: list[float], key: str, limit: int, native: Any) -> list[Hit]:
+        # Quantization params are ignored by segments without quantized vectors (plain ones, or "none").
+        params = qe.SearchParams(
+            hnsw_ef=max(self._settings.hnsw_ef, limit),
+            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self._settings.oversampling),
+        )
+        nearest = qe.Query.Nearest(query, using=using_name(key))
+        request = qe.QueryRequest(limit=limit, query=nearest, filter=native, with_payload=True, params=params)
+        return [to_hit(p) for p in self.shard.query(request)]
+
+    def _fetch(self, ids: Sequence[str], keys: list[str]) -> list[Any]:
+        return self.shard.retrieve(list(ids), True, keys or False)
+
+    def _scroll(self, offset: Any, native: Any, keys: list[str]) -> tuple[list[Any], Any]:
+        request = qe.ScrollRequest(
+            offset=offset, limit=SCROLL_PAGE, filter=native, with_payload=True, with_vector=keys or False
+        )
+        return self.shard.scroll(request)
+
+    def _count(self, native: Any) -> int:
+        return self.shard.count(qe.CountRequest(exact=True, filter=native))
+
+    def _native_filter(self, store_filter: Filter | None) -> Any:
+        return edge_filter(store_filter, self.schema)
+
+    def _load_stored(self) -> StoredInfo:
+        return require_schema(_read_stored(self._dir, self.name), self._label, f"remove {self._dir}")
+
+    def _save_document(self, document: dict[str, Any]) -> None:
+        _write_document(self._dir, document)
+
+    def _vector_keys(self) -> set[str]:
+        return set(shard_vectors(self._dir / SHARD_DIR, self.name))
+
+    def _add_vector(self, spec: VectorSpec) -> None:
+        # Its tuning (originals on disk with int8) applies from the next load, which passes the config.
+        self._update(qe.UpdateOperation.create_dense_vector(spec.storage_key, spec.dim, qe.Distance.Cosine))
+
+    def _drop_vector(self, key: str) -> None:
+        self._update(qe.UpdateOperation.delete_vector_name(key))
+
+    def _index_field(self, path: str, kind: FieldType) -> None:
+        self._update(_field_index(path, kind))

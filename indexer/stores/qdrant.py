@@ -1,7 +1,9 @@
-"""Qdrant server (or cluster) store via qdrant-client; `qdrant_path` selects its local mode (tests).
+"""Qdrant server (or cluster) store via qdrant-client; `settings.qdrant.path` selects its local mode (tests).
 
-Collection info lives in the collection's own metadata (one key holding a JSON string, so the
-server's key-level merge on update still means "replace"). That needs Qdrant server >= 1.16.
+Each schema vector is a named vector of the collection, stored under its storage key (a
+version-1 collection has one unnamed vector, ""). The info document (schema and the rest,
+`StoredInfo`) lives in the collection's own metadata, as one key holding a JSON string, so the
+server's key-level merge on update still means "replace". That needs Qdrant server >= 1.16.
 """
 
 from __future__ import annotations
@@ -9,24 +11,21 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient, models
 
+import indexer.stores.qdrant_common as common
+from indexer.errors import CollectionBusy, StoreError
+from indexer.filters import Filter
+from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
-from indexer.stores import canonical_id, checked_vector
-from indexer.stores.base import CollectionBusy, Hit, Record, StoreError
+from indexer.stores.base import Hit, StoredInfo
 
 INFO_KEY = "clipsearch_info"
-# The same tuning as the edge store (see edge.py): HNSW m / ef_construct here, ef at query time,
-# int8 quantization (RAM) with float32 originals on disk and rescoring from Settings.
-HNSW_M = 16
-HNSW_EF_CONSTRUCT = 256
-INT8_QUANTILE = 0.99
 WRITE_BATCH = 256  # points per request: keeps REST bodies around a few MB for 512-d vectors
-SCROLL_PAGE = 1024
 
 # Local mode allows one client per directory per process, and several stores (plus
 # list/drop) may be open at once, so clients are shared and reference-counted.
@@ -34,12 +33,18 @@ _clients: dict[tuple[str, ...], list[Any]] = {}  # key -> [client, refcount]
 _clients_lock = threading.Lock()
 
 
+def _label(name: str) -> str:
+    return f"Qdrant collection {name!r}"
+
+
 def _client_key(settings: Settings) -> tuple[str, ...]:
-    if settings.qdrant_path is not None:
-        return ("path", str(settings.qdrant_path.expanduser().resolve()))
-    if not settings.qdrant_url:
-        raise StoreError("store=qdrant needs CLIPSEARCH_QDRANT_URL (or qdrant_path for local mode)")
-    return ("url", settings.qdrant_url, settings.qdrant_api_key or "")
+    if settings.qdrant.path is not None:
+        return ("path", str(settings.qdrant.path.expanduser().resolve()))
+    if not settings.qdrant.url:
+        raise StoreError(
+            "CLIPSEARCH_STORE=qdrant needs CLIPSEARCH_QDRANT_URL (or CLIPSEARCH_QDRANT_PATH for local mode)"
+        )
+    return ("url", settings.qdrant.url, settings.qdrant.api_key or "")
 
 
 def _acquire(settings: Settings) -> QdrantClient:
@@ -51,10 +56,13 @@ def _acquire(settings: Settings) -> QdrantClient:
                 if key[0] == "path":
                     client = QdrantClient(path=key[1])
                 else:
-                    client = QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+                    client = QdrantClient(url=settings.qdrant.url, api_key=settings.qdrant.api_key)
             except Exception as exc:
                 if "already accessed" in str(exc):  # local mode: the folder is open in another process
-                    raise CollectionBusy(f"Qdrant local storage {key[1]} is already open elsewhere") from exc
+                    raise CollectionBusy(
+                        f"Qdrant local storage {key[1]} is already open in another process; stop that "
+                        f"process, or run a Qdrant server and set CLIPSEARCH_QDRANT_URL for concurrent access"
+                    ) from exc
                 raise StoreError(f"cannot connect to Qdrant ({key[1]}): {exc}") from exc
             entry = _clients[key] = [client, 0]
         entry[1] += 1
@@ -81,175 +89,200 @@ def _client(settings: Settings) -> Iterator[QdrantClient]:
         _release(client)
 
 
-def existing_dim(settings: Settings, name: str) -> int | None:
-    with _client(settings) as client, _errors(name, "inspect"):
-        if not client.collection_exists(name):
-            return None
-        vectors = client.get_collection(name).config.params.vectors
-        if not isinstance(vectors, models.VectorParams):
-            raise StoreError(f"collection {name!r} has named vectors; it was not made by clipsearch")
-        return int(vectors.size)
+def _vector_params(settings: Settings, dim: int) -> models.VectorParams:
+    # With int8, the float32 originals stay on disk: only rescoring reads them.
+    on_disk = settings.quantization == "int8"
+    return models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=on_disk)
 
 
-def create(settings: Settings, name: str, dim: int) -> QdrantStore:
+def _collection_config(settings: Settings, schema: CollectionSchema) -> dict[str, Any]:
+    quantization = None
+    if settings.quantization == "int8":
+        quantization = models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=common.INT8_QUANTILE, always_ram=True
+            )
+        )
+    config: dict[str, Any] = {
+        "vectors_config": {s.storage_key: _vector_params(settings, s.dim) for s in schema.vectors.values()},
+        "hnsw_config": models.HnswConfigDiff(m=common.HNSW_M, ef_construct=common.HNSW_EF_CONSTRUCT),
+        "quantization_config": quantization,
+        "on_disk_payload": True,
+        "metadata": {INFO_KEY: json.dumps(StoredInfo(schema, {}, legacy=False).document(), sort_keys=True)},
+    }
+    if settings.qdrant.path is None:  # local mode has no shards or replicas
+        config.update(shard_number=settings.qdrant.shards, replication_factor=settings.qdrant.replicas)
+    return config
+
+
+# --- the five backend functions -------------------------------------------------------------------
+
+
+def exists(settings: Settings, name: str) -> bool:
+    with _client(settings) as client, common.store_errors(_label(name), "inspect"):
+        return bool(client.collection_exists(name))
+
+
+def create(settings: Settings, name: str, schema: CollectionSchema) -> QdrantStore:
+    """Create the collection with its vectors and info document in one request, then its field
+    indexes; when another process created it first, open that one."""
     client = _acquire(settings)
     try:
-        cluster: dict[str, Any] = {}
-        if settings.qdrant_path is None:  # local mode has no shards or replicas
-            cluster = {"shard_number": settings.qdrant_shards, "replication_factor": settings.qdrant_replicas}
-        with _errors(name, "create"):
-            client.create_collection(name, **_collection_config(settings, dim), **cluster)
+        try:
+            with common.store_errors(_label(name), "create"):
+                client.create_collection(name, **_collection_config(settings, schema))
+        except StoreError:
+            with common.store_errors(_label(name), "create"):
+                created_elsewhere = client.collection_exists(name)
+            if not created_elsewhere:
+                raise
+            return _open(settings, name, client)
+        store = QdrantStore(name, client, settings, StoredInfo(schema, {}, legacy=False))
+        with common.store_errors(_label(name), "create"):
+            for field_name, kind in schema.fields.items():
+                store._index_field(payload_path(field_name), kind)
+        return store
     except BaseException:
         _release(client)
         raise
-    return QdrantStore(name, dim, client, settings)
 
 
-def _collection_config(settings: Settings, dim: int) -> dict[str, Any]:
-    quantized = settings.quantization == "int8"
-    quantization = None
-    if quantized:
-        quantization = models.ScalarQuantization(
-            scalar=models.ScalarQuantizationConfig(
-                type=models.ScalarType.INT8, quantile=INT8_QUANTILE, always_ram=True
-            )
-        )
-    return {
-        "vectors_config": models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=quantized),
-        "hnsw_config": models.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT),
-        "quantization_config": quantization,
-        "on_disk_payload": True,
-    }
+def load(settings: Settings, name: str) -> QdrantStore:
+    client = _acquire(settings)
+    try:
+        return _open(settings, name, client)
+    except BaseException:
+        _release(client)
+        raise
 
 
-def load(settings: Settings, name: str, dim: int) -> QdrantStore:
-    return QdrantStore(name, dim, _acquire(settings), settings)
+def _open(settings: Settings, name: str, client: QdrantClient) -> QdrantStore:
+    with common.store_errors(_label(name), "open"):
+        stored = _read_stored(client, name)
+    remedy = f"delete the Qdrant collection {name!r} and index again"
+    return QdrantStore(name, client, settings, common.require_schema(stored, _label(name), remedy))
 
 
 def list_collections(settings: Settings) -> list[str]:
-    with _client(settings) as client, _errors("*", "list"):
+    with _client(settings) as client, common.store_errors("Qdrant", "list collections"):
         return sorted(c.name for c in client.get_collections().collections)
 
 
 def drop(settings: Settings, name: str) -> None:
-    with _client(settings) as client, _errors(name, "drop"):
+    with _client(settings) as client, common.store_errors(_label(name), "drop"):
         client.delete_collection(name)
 
 
-class QdrantStore:
-    """A VectorStore over one Qdrant collection."""
+def _read_stored(client: QdrantClient, name: str) -> StoredInfo:
+    metadata = client.get_collection(name).config.metadata or {}
+    raw = metadata.get(INFO_KEY)
+    return StoredInfo.parse(json.loads(raw) if raw else {})
 
-    def __init__(self, name: str, dim: int, client: QdrantClient, settings: Settings) -> None:
-        self.name = name
-        self.dim = dim
+
+# --- the store ------------------------------------------------------------------------------------
+
+
+class QdrantStore(common.QdrantFamilyStore):
+    """A VectorStore over one Qdrant collection. Every write waits for the server (or local mode)
+    to persist it, so flush() has nothing to do."""
+
+    write_batch = WRITE_BATCH
+
+    def __init__(self, name: str, client: QdrantClient, settings: Settings, stored: StoredInfo) -> None:
+        super().__init__(name, _label(name), stored)
         self._client: QdrantClient | None = client
         # Local mode always searches exactly and warns about search params, so send none there.
-        self._local = settings.qdrant_path is not None
+        self._local = settings.qdrant.path is not None
         self._ef = settings.hnsw_ef
         self._quantization = models.QuantizationSearchParams(rescore=True, oversampling=settings.oversampling)
 
     @property
     def client(self) -> QdrantClient:
         if self._client is None:
-            raise StoreError(f"collection {self.name!r} is closed")
+            raise StoreError(f"{self._label} is closed")
         return self._client
 
-    def upsert(self, records: Sequence[Record]) -> None:
-        points = [
-            models.PointStruct(id=canonical_id(r.id), vector=self._vector(r), payload=r.payload)
-            for r in records
-        ]
-        with _errors(self.name, "upsert"):
-            for start in range(0, len(points), WRITE_BATCH):
-                # wait=True: acknowledged writes are in the server's WAL, so flush() has nothing to do.
-                self.client.upsert(self.name, points[start : start + WRITE_BATCH], wait=True)
-
-    def delete(self, ids: Sequence[str]) -> None:
-        keys = [canonical_id(i) for i in ids]
-        with _errors(self.name, "delete"):
-            for start in range(0, len(keys), WRITE_BATCH):
-                selector = models.PointIdsList(points=keys[start : start + WRITE_BATCH])
-                self.client.delete(self.name, points_selector=selector, wait=True)
-
-    def search(self, vector: np.ndarray, k: int) -> list[Hit]:
-        if k <= 0:
-            return []
-        query = checked_vector(self.name, self.dim, vector, "query")
-        params = None
-        if not self._local:  # quantization params are ignored by collections without quantization
-            params = models.SearchParams(
-                hnsw_ef=max(self._ef, k), exact=False, quantization=self._quantization
-            )
-        with _errors(self.name, "search"):
-            result = self.client.query_points(
-                self.name, query=query.tolist(), limit=k, search_params=params, with_payload=True
-            )
-        return [Hit(id=str(p.id), score=float(p.score), payload=p.payload or {}) for p in result.points]
-
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
-        keys = [canonical_id(i) for i in ids]
-        if not keys:
-            return []
-        with _errors(self.name, "retrieve"):
-            points = self.client.retrieve(self.name, keys, with_payload=True, with_vectors=with_vectors)
-        found = {str(p.id): p for p in points}
-        return [_record(found[key], with_vectors) for key in keys if key in found]
-
-    def scan(self) -> Iterator[Record]:
-        offset: Any = None
-        while True:
-            with _errors(self.name, "scan"):
-                page, offset = self.client.scroll(
-                    self.name, limit=SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=False
-                )
-            for point in page:
-                yield _record(point, False)
-            if offset is None:
-                return
-
-    def count(self) -> int:
-        with _errors(self.name, "count"):
-            return int(self.client.count(self.name, exact=True).count)
-
-    def read_info(self) -> dict[str, Any]:
-        with _errors(self.name, "read info"):
-            metadata = self.client.get_collection(self.name).config.metadata or {}
-        raw = metadata.get(INFO_KEY)
-        return json.loads(raw) if raw else {}
-
-    def write_info(self, info: dict[str, Any]) -> None:
-        with _errors(self.name, "write info"):
-            self.client.update_collection(self.name, metadata={INFO_KEY: json.dumps(info, sort_keys=True)})
-
     def flush(self) -> None:
-        """Nothing to do: every write above waited for the server (or local mode) to persist it."""
+        """Nothing to do: every write waited for the server (or local mode) to persist it."""
 
     def close(self) -> None:
         if self._client is not None:
             _release(self._client)
             self._client = None
 
-    def _vector(self, record: Record) -> list[float]:
-        return checked_vector(self.name, self.dim, record.vector, f"record {record.id}").tolist()
+    # --- engine calls -----------------------------------------------------------------------
 
-    def __enter__(self) -> QdrantStore:
-        return self
+    def _put_points(self, points: Sequence[tuple[str, common.Vectors, dict[str, Any]]]) -> None:
+        structs = [models.PointStruct(id=i, vector=v, payload=p) for i, v, p in points]
+        self.client.upsert(self.name, structs, wait=True)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _put_vectors(self, key: str, vectors: Mapping[str, list[float]]) -> None:
+        points = [models.PointVectors(id=i, vector={key: v}) for i, v in vectors.items()]
+        self.client.update_vectors(self.name, points, wait=True)
 
+    def _put_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
+        operations = [
+            models.OverwritePayloadOperation(overwrite_payload=models.SetPayload(payload=p, points=[i]))
+            for i, p in payloads.items()
+        ]
+        self.client.batch_update_points(self.name, operations, wait=True)
 
-def _record(point: Any, with_vector: bool) -> Record:
-    vector = np.asarray(point.vector, dtype=np.float32) if with_vector and point.vector is not None else None
-    return Record(id=str(point.id), vector=vector, payload=point.payload or {})
+    def _delete_points(self, ids: Sequence[str]) -> None:
+        self.client.delete(self.name, points_selector=models.PointIdsList(points=list(ids)), wait=True)
 
+    def _existing(self, ids: Sequence[str]) -> set[str]:
+        found = self.client.retrieve(self.name, list(ids), with_payload=False, with_vectors=False)
+        return {str(p.id) for p in found}
 
-@contextlib.contextmanager
-def _errors(name: str, action: str) -> Iterator[None]:
-    """Connection, HTTP and local-mode errors all become StoreError naming the collection."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"Qdrant collection {name!r}: {action} failed: {exc}") from exc
+    def _nearest(self, query: list[float], key: str, limit: int, native: Any) -> list[Hit]:
+        params = None
+        if not self._local:  # quantization params are ignored by collections without quantization
+            params = models.SearchParams(
+                hnsw_ef=max(self._ef, limit), exact=False, quantization=self._quantization
+            )
+        result = self.client.query_points(
+            self.name, query=query, using=common.using_name(key), limit=limit, query_filter=native,
+            search_params=params, with_payload=True,
+        )
+        return [common.to_hit(p) for p in result.points]
+
+    def _fetch(self, ids: Sequence[str], keys: list[str]) -> list[Any]:
+        return self.client.retrieve(self.name, list(ids), with_payload=True, with_vectors=keys or False)
+
+    def _scroll(self, offset: Any, native: Any, keys: list[str]) -> tuple[list[Any], Any]:
+        return self.client.scroll(
+            self.name, scroll_filter=native, limit=common.SCROLL_PAGE, offset=offset,
+            with_payload=True, with_vectors=keys or False,
+        )
+
+    def _count(self, native: Any) -> int:
+        return self.client.count(self.name, count_filter=native, exact=True).count
+
+    def _native_filter(self, store_filter: Filter | None) -> Any:
+        return common.client_filter(store_filter, self.schema)
+
+    def _load_stored(self) -> StoredInfo:
+        stored = _read_stored(self.client, self.name)
+        return common.require_schema(stored, self._label, "delete it and index again")
+
+    def _save_document(self, document: dict[str, Any]) -> None:
+        self.client.update_collection(self.name, metadata={INFO_KEY: json.dumps(document, sort_keys=True)})
+
+    def _vector_keys(self) -> set[str]:
+        vectors = self.client.get_collection(self.name).config.params.vectors
+        return set(vectors) if isinstance(vectors, dict) else {""}
+
+    def _add_vector(self, spec: VectorSpec) -> None:
+        dense = models.DenseVectorConfig(size=spec.dim, distance=models.Distance.COSINE)
+        self.client.create_vector_name(self.name, spec.storage_key, models.DenseVectorNameConfig(dense=dense))
+
+    def _drop_vector(self, key: str) -> None:
+        self.client.delete_vector_name(self.name, key)
+
+    def _index_field(self, path: str, kind: FieldType) -> None:
+        with warnings.catch_warnings():
+            # Local mode accepts the index and warns that it filters by scanning instead.
+            if self._local:
+                warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            index_type = common.client_index_type(kind)
+            self.client.create_payload_index(self.name, path, field_schema=index_type, wait=True)

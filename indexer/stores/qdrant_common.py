@@ -1,0 +1,499 @@
+"""What the two Qdrant backends share: the store logic above the engine calls, filter conversion,
+result paging and record conversion, and the tuning both apply.
+
+`edge.py` (embedded Qdrant Edge) and `qdrant.py` (a Qdrant server via qdrant-client) subclass
+`QdrantFamilyStore` and supply only the engine calls (`_put_points`, `_nearest`, ...). Everything
+the protocol promises beyond those (schema names -> storage keys, checks, the version-1 migration
+at the first write, stable offset paging, schema changes) is written once, here.
+
+qdrant-client is imported only by its converter, so the default edge store never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import qdrant_edge as qe
+
+from indexer.errors import BadInput, SchemaError, StoreError
+from indexer.filters import (
+    FieldCondition,
+    Filter,
+    HasIdCondition,
+    HasVectorCondition,
+    IsEmptyCondition,
+    MatchAny,
+    MatchExcept,
+    MatchValue,
+)
+from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
+from indexer.stores.base import (
+    Hit,
+    Record,
+    StoredInfo,
+    WithVectors,
+    canonical_id,
+    checked_vector,
+    wanted_vectors,
+)
+
+# Tuning both backends apply (see docs/benchmarks.md). 256, not 128: on 1M clustered 512-d vectors
+# (scripts/bench_query.py) 128 left parts of the graph unreachable (recall@10 0.96 at ef 256);
+# 256 gives 0.9998. ef at query time, quantization and oversampling come from Settings.
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 256
+# With quantization=int8, int8 copies in RAM are searched and the top k * oversampling rescored
+# with the float32 originals on disk. The quantile is the value range int8 keeps; rarer values clip.
+INT8_QUANTILE = 0.99
+SCROLL_PAGE = 1024
+
+T = TypeVar("T")
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextlib.contextmanager
+def store_errors(label: str, action: str) -> Iterator[None]:
+    """Engine errors (qdrant_edge raises bare Exception; qdrant-client HTTP, connection and
+    local-mode errors) become StoreError naming the collection."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"{label}: {action} failed: {exc}") from exc
+
+
+def using_name(key: str) -> str | None:
+    """The engines' name for a storage key in queries: None for a version-1 collection's unnamed vector."""
+    return key or None
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+def to_hit(point: Any) -> Hit:
+    return Hit(id=str(point.id), score=float(point.score), payload=point.payload or {})
+
+
+def to_record(point: Any, names_by_key: Mapping[str, str]) -> Record:
+    """A Record from an engine point, its vectors named by schema name. Engines return a bare list
+    when the only vector asked for is the unnamed one (version-1 collections), a dict otherwise."""
+    raw = point.vector
+    if raw is None:
+        raw = {}
+    elif not isinstance(raw, dict):
+        raw = {"": raw}
+    vectors = {names_by_key[k]: np.asarray(v, dtype=np.float32) for k, v in raw.items() if k in names_by_key}
+    return Record(id=str(point.id), vectors=vectors, payload=point.payload or {})
+
+
+def ranked_page(fetch: Callable[[int], list[Hit]], k: int, offset: int) -> list[Hit]:
+    """Hits `offset` to `offset + k` of the ranking by score, equal scores ordered by id.
+
+    Qdrant orders equal scores as its segments happen to, so each page could pick different
+    members of a tie group that straddles its edge (a page repeating or skipping a point). Fetching
+    until the group at the page's end is whole, then ordering ties by id, makes every page a slice
+    of one ranking. Ties are rare, except among duplicate images, where the fetch doubles."""
+    want = offset + k
+    limit = want + 1
+    while True:
+        hits = sorted(fetch(limit), key=lambda h: (-h.score, h.id))
+        if len(hits) < limit or hits[-1].score < hits[want - 1].score:
+            return hits[offset:want]
+        limit *= 2
+
+
+# --- filters ---------------------------------------------------------------------------------------
+
+
+class _Vocabulary(ABC):
+    """One engine's constructors for the parts of a filter."""
+
+    @abstractmethod
+    def filter(self, must: list[Any], should: list[Any], must_not: list[Any]) -> Any: ...
+    @abstractmethod
+    def match(self, key: str, match: MatchValue | MatchAny | MatchExcept) -> Any: ...
+    @abstractmethod
+    def range(self, key: str, bounds: dict[str, Any], datetimes: bool) -> Any: ...
+    @abstractmethod
+    def geo_radius(self, key: str, lat: float, lon: float, radius: float) -> Any: ...
+    @abstractmethod
+    def is_empty(self, key: str) -> Any: ...
+    @abstractmethod
+    def has_id(self, ids: list[str]) -> Any: ...
+    @abstractmethod
+    def has_vector(self, key: str) -> Any: ...
+
+
+def _convert(store_filter: Filter | None, schema: CollectionSchema, words: _Vocabulary) -> Any | None:
+    """The one walk over a store filter; `words` builds each part in the engine's objects."""
+    if store_filter is None or store_filter.is_empty():
+        return None
+
+    def condition(c: Any) -> Any:
+        if isinstance(c, Filter):
+            return walk(c)
+        if isinstance(c, HasIdCondition):
+            return words.has_id(c.has_id)
+        if isinstance(c, HasVectorCondition):
+            return words.has_vector(schema.vector(c.has_vector).storage_key)
+        if isinstance(c, IsEmptyCondition):
+            return words.is_empty(c.is_empty.key)
+        assert isinstance(c, FieldCondition)
+        if c.match is not None:
+            return words.match(c.key, c.match)
+        if c.range is not None:
+            bounds = c.range.bounds()  # store filters hold datetimes as RFC 3339 strings, numbers as floats
+            return words.range(c.key, bounds, any(isinstance(v, str) for v in bounds.values()))
+        assert c.geo_radius is not None
+        centre = c.geo_radius.center
+        return words.geo_radius(c.key, centre.lat, centre.lon, c.geo_radius.radius)
+
+    def walk(f: Filter) -> Any:
+        return words.filter([condition(c) for c in f.must], [condition(c) for c in f.should],
+                            [condition(c) for c in f.must_not])
+
+    return walk(store_filter)
+
+
+class _EdgeWords(_Vocabulary):
+    def filter(self, must: list[Any], should: list[Any], must_not: list[Any]) -> Any:
+        return qe.Filter(must=must or None, should=should or None, must_not=must_not or None)
+
+    def match(self, key: str, match: MatchValue | MatchAny | MatchExcept) -> Any:
+        if isinstance(match, MatchValue):
+            # qdrant-edge-py 0.9 sends a Python bool as the integer 1/0; numpy.bool_ goes as a bool.
+            value = np.bool_(match.value) if isinstance(match.value, bool) else match.value
+            return qe.FieldCondition(key, match=qe.MatchValue(value))
+        if isinstance(match, MatchAny):
+            return qe.FieldCondition(key, match=qe.MatchAny(match.any))
+        return qe.FieldCondition(key, match=qe.MatchExcept(match.except_))
+
+    def range(self, key: str, bounds: dict[str, Any], datetimes: bool) -> Any:
+        return qe.FieldCondition(key, range=(qe.RangeDateTime if datetimes else qe.RangeFloat)(**bounds))
+
+    def geo_radius(self, key: str, lat: float, lon: float, radius: float) -> Any:
+        return qe.FieldCondition(key, geo_radius=qe.GeoRadius(qe.GeoPoint(lon, lat), radius))
+
+    def is_empty(self, key: str) -> Any:
+        return qe.IsEmptyCondition(key)
+
+    def has_id(self, ids: list[str]) -> Any:
+        return qe.HasIdCondition(set(ids))
+
+    def has_vector(self, key: str) -> Any:
+        return qe.HasVectorCondition(key)
+
+
+class _ClientWords(_Vocabulary):
+    def __init__(self) -> None:
+        from qdrant_client import models
+
+        self.m = models
+
+    def filter(self, must: list[Any], should: list[Any], must_not: list[Any]) -> Any:
+        return self.m.Filter(must=must or None, should=should or None, must_not=must_not or None)
+
+    def match(self, key: str, match: MatchValue | MatchAny | MatchExcept) -> Any:
+        m = self.m
+        if isinstance(match, MatchValue):
+            native: Any = m.MatchValue(value=match.value)
+        elif isinstance(match, MatchAny):
+            native = m.MatchAny(any=match.any)
+        else:
+            native = m.MatchExcept(**{"except": match.except_})
+        return m.FieldCondition(key=key, match=native)
+
+    def range(self, key: str, bounds: dict[str, Any], datetimes: bool) -> Any:
+        kind = self.m.DatetimeRange if datetimes else self.m.Range
+        return self.m.FieldCondition(key=key, range=kind(**bounds))
+
+    def geo_radius(self, key: str, lat: float, lon: float, radius: float) -> Any:
+        centre = self.m.GeoPoint(lat=lat, lon=lon)
+        return self.m.FieldCondition(key=key, geo_radius=self.m.GeoRadius(center=centre, radius=radius))
+
+    def is_empty(self, key: str) -> Any:
+        return self.m.IsEmptyCondition(is_empty=self.m.PayloadField(key=key))
+
+    def has_id(self, ids: list[str]) -> Any:
+        return self.m.HasIdCondition(has_id=list(ids))
+
+    def has_vector(self, key: str) -> Any:
+        return self.m.HasVectorCondition(has_vector=key)
+
+
+def edge_filter(store_filter: Filter | None, schema: CollectionSchema) -> Any | None:
+    """A store filter as a qdrant_edge Filter (None: no filter)."""
+    return _convert(store_filter, schema, _EdgeWords())
+
+
+def client_filter(store_filter: Filter | None, schema: CollectionSchema) -> Any | None:
+    """A store filter as a qdrant-client models.Filter (None: no filter)."""
+    return _convert(store_filter, schema, _ClientWords())
+
+
+# Declared field type -> payload index type; both engines name their index types alike.
+INDEX_TYPES: dict[str, str] = {
+    "keyword": "keyword", "integer": "integer", "float": "float", "bool": "bool",
+    "datetime": "datetime", "geo": "geo", "text": "text",
+}
+
+
+def edge_index_type(kind: FieldType) -> qe.PayloadSchemaType:
+    return getattr(qe.PayloadSchemaType, INDEX_TYPES[kind].capitalize())
+
+
+def client_index_type(kind: FieldType) -> Any:
+    from qdrant_client import models
+
+    return models.PayloadSchemaType(INDEX_TYPES[kind])
+
+
+# --- the store logic both backends share --------------------------------------------------------------
+
+Vectors = dict[str, list[float]]  # storage key -> vector
+
+
+class QdrantFamilyStore(ABC):
+    """The VectorStore protocol over a Qdrant engine; subclasses implement the `_` engine calls,
+    which take storage keys and native filters and need not wrap errors."""
+
+    write_batch = 256
+
+    def __init__(self, name: str, label: str, stored: StoredInfo) -> None:
+        self.name = name
+        self._label = label  # how error messages name the collection
+        self._stored = stored
+
+    # --- engine calls -----------------------------------------------------------------------
+
+    @abstractmethod
+    def _put_points(self, points: Sequence[tuple[str, Vectors, dict[str, Any]]]) -> None: ...
+    @abstractmethod
+    def _put_vectors(self, key: str, vectors: Mapping[str, list[float]]) -> None: ...
+    @abstractmethod
+    def _put_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None: ...
+    @abstractmethod
+    def _delete_points(self, ids: Sequence[str]) -> None: ...
+    @abstractmethod
+    def _existing(self, ids: Sequence[str]) -> set[str]: ...
+    @abstractmethod
+    def _nearest(self, query: list[float], key: str, limit: int, native: Any) -> list[Hit]: ...
+    @abstractmethod
+    def _fetch(self, ids: Sequence[str], keys: list[str]) -> list[Any]: ...
+    @abstractmethod
+    def _scroll(self, offset: Any, native: Any, keys: list[str]) -> tuple[list[Any], Any]: ...
+    @abstractmethod
+    def _count(self, native: Any) -> int: ...
+    @abstractmethod
+    def _native_filter(self, store_filter: Filter | None) -> Any: ...
+    @abstractmethod
+    def _load_stored(self) -> StoredInfo: ...
+    @abstractmethod
+    def _save_document(self, document: dict[str, Any]) -> None: ...
+    @abstractmethod
+    def _vector_keys(self) -> set[str]: ...
+    @abstractmethod
+    def _add_vector(self, spec: VectorSpec) -> None: ...
+    @abstractmethod
+    def _drop_vector(self, key: str) -> None: ...
+    @abstractmethod
+    def _index_field(self, path: str, kind: FieldType) -> None: ...
+
+    # --- the protocol ----------------------------------------------------------------------
+
+    @property
+    def schema(self) -> CollectionSchema:
+        assert self._stored.schema is not None  # the backends' load() refuses collections without one
+        return self._stored.schema
+
+    def set_schema(self, schema: CollectionSchema) -> None:
+        old = self.schema
+        _check_change(old, schema)
+        old_keys = {s.storage_key for s in old.vectors.values()}
+        new_keys = {s.storage_key for s in schema.vectors.values()}
+        with self._errors("change schema"):
+            # Storage no schema names is left by an interrupted change: remove it before reusing a key.
+            for key in self._vector_keys() - old_keys:
+                self._drop_vector(key)
+            for spec in schema.vectors.values():
+                if spec.storage_key not in old_keys:
+                    self._add_vector(spec)
+            indexed = {} if self._stored.legacy else old.fields
+            for field_name, kind in schema.fields.items():
+                if field_name not in indexed:
+                    self._index_field(payload_path(field_name), kind)
+            # Saved after creating storage and before removing it: the saved schema never names
+            # storage that is not there.
+            self._save(StoredInfo(schema, self._stored.info, legacy=False))
+            for key in old_keys - new_keys:
+                self._drop_vector(key)
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        points = [(canonical_id(r.id), self._storage_vectors(r), r.payload) for r in records]
+        if not points:
+            return
+        self._migrate()
+        with self._errors("upsert"):
+            for batch in batches(points, self.write_batch):
+                self._put_points(batch)
+
+    def update_vectors(self, name: str, vectors: Mapping[str, np.ndarray]) -> None:
+        spec = self.schema.vector(name)
+        checked = {
+            canonical_id(i): checked_vector(self.name, spec.dim, v, f"point {i} vector {name!r}").tolist()
+            for i, v in vectors.items()
+        }
+        self._put_existing("update vectors", checked, lambda part: self._put_vectors(spec.storage_key, part))
+
+    def set_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
+        by_id = {canonical_id(i): dict(p) for i, p in payloads.items()}
+        self._put_existing("set payloads", by_id, self._put_payloads)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        keys = [canonical_id(i) for i in ids]
+        if not keys:
+            return
+        self._migrate()
+        with self._errors("delete"):
+            for batch in batches(keys, self.write_batch):
+                self._delete_points(batch)
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        using: str | None = None,
+        filter: Filter | None = None,
+        offset: int = 0,
+    ) -> list[Hit]:
+        if offset < 0:
+            raise BadInput(f"search offset must be 0 or more, not {offset}")
+        spec = self.schema.vector(using)
+        if k <= 0:
+            return []
+        query = checked_vector(self.name, spec.dim, vector, "query").tolist()
+        native = self._native_filter(filter)
+        with self._errors("search"):
+            return ranked_page(lambda limit: self._nearest(query, spec.storage_key, limit, native), k, offset)
+
+    def retrieve(self, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Record]:
+        keys = [canonical_id(i) for i in ids]
+        if not keys:
+            return []
+        names_by_key = self._names_by_key(with_vectors)
+        with self._errors("retrieve"):
+            found = {str(p.id): p for p in self._fetch(keys, list(names_by_key))}
+        return [to_record(found[key], names_by_key) for key in keys if key in found]
+
+    def scan(self, filter: Filter | None = None, with_vectors: WithVectors = False) -> Iterator[Record]:
+        names_by_key = self._names_by_key(with_vectors)
+        native = self._native_filter(filter)
+        offset: Any = None
+        while True:
+            with self._errors("scan"):
+                page, offset = self._scroll(offset, native, list(names_by_key))
+            for point in page:
+                yield to_record(point, names_by_key)
+            if offset is None:
+                return
+
+    def count(self, filter: Filter | None = None) -> int:
+        native = self._native_filter(filter)
+        with self._errors("count"):
+            return int(self._count(native))
+
+    def read_info(self) -> dict[str, Any]:
+        # Read again: a server collection may be shared with other processes.
+        with self._errors("read info"):
+            self._stored = self._load_stored()
+        return dict(self._stored.info)
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        # "schema" and "model" are the schema's keys in the stored document (version 2 and 1).
+        rest = {k: v for k, v in info.items() if k not in ("schema", "model")}
+        self._migrate(StoredInfo(self.schema, rest, legacy=self._stored.legacy))
+
+    def __enter__(self) -> QdrantFamilyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+    # --- shared steps -----------------------------------------------------------------------
+
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return store_errors(self._label, action)
+
+    def _migrate(self, stored: StoredInfo | None = None) -> None:
+        """Before a write: a version-1 collection gets its declared fields indexed and its info
+        rewritten as version 2; with `stored`, that document is saved in any case."""
+        if not self._stored.legacy and stored is None:
+            return
+        with self._errors("migrate collection info"):
+            if self._stored.legacy:
+                for field_name, kind in self.schema.fields.items():
+                    self._index_field(payload_path(field_name), kind)
+            self._save(stored or self._stored)
+
+    def _save(self, stored: StoredInfo) -> None:
+        stored = StoredInfo(stored.schema, stored.info, legacy=False)
+        self._save_document(stored.document())
+        self._stored = stored
+
+    def _put_existing(
+        self, action: str, by_id: dict[str, Any], put: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Write per-point changes to the points that exist (the engines refuse unknown ids)."""
+        if not by_id:
+            return
+        self._migrate()
+        with self._errors(action):
+            present = self._existing(list(by_id))
+            known = [i for i in by_id if i in present]
+            for batch in batches(known, self.write_batch):
+                put({i: by_id[i] for i in batch})
+
+    def _storage_vectors(self, record: Record) -> Vectors:
+        out: Vectors = {}
+        for name, vector in record.vectors.items():
+            spec = self.schema.vector(name)
+            what = f"record {record.id} vector {name!r}"
+            out[spec.storage_key] = checked_vector(self.name, spec.dim, vector, what).tolist()
+        return out
+
+    def _names_by_key(self, with_vectors: WithVectors) -> dict[str, str]:
+        return {self.schema.vectors[n].storage_key: n for n in wanted_vectors(self.schema, with_vectors)}
+
+
+def _check_change(old: CollectionSchema, new: CollectionSchema) -> None:
+    """A schema change keeps each kept vector's size and storage, and each field's type."""
+    for name, spec in new.vectors.items():
+        before = old.vectors.get(name)
+        if before is not None and (before.storage_key, before.dim) != (spec.storage_key, spec.dim):
+            raise SchemaError(
+                f"vector {name!r} cannot change its size or storage; add a vector under another name "
+                f"(`clipsearch reembed --vector NAME`)"
+            )
+    keys = [spec.storage_key for spec in new.vectors.values()]
+    if len(set(keys)) != len(keys):
+        raise SchemaError(f"two vectors share a storage key: {sorted(keys)}")
+    for field_name, kind in new.fields.items():
+        if field_name in old.fields and old.fields[field_name] != kind:
+            raise SchemaError(f"field {field_name!r} is declared as {old.fields[field_name]}, not {kind}")
+
+
+def require_schema(stored: StoredInfo, label: str, remedy: str) -> StoredInfo:
+    """A collection's stored info, refusing one whose schema was never written (interrupted creation)."""
+    if stored.schema is None:
+        raise StoreError(f"{label} has no schema: its creation was interrupted; {remedy}")
+    return stored
