@@ -62,6 +62,7 @@ def create_app(
         # at start holds an embedded collection (a second `clipsearch index` is refused at once) and
         # loads the model now, not at the first query; /readyz says when that is done.
         async with watching(engines, watch, watch_interval, model) as app.state.watcher:
+            metrics.watcher = app.state.watcher
             await run_in_threadpool(engines.open_default)
             try:
                 yield

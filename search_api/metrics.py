@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests and latency by route, query stage timings, text-embedding cache use.
+"""Prometheus metrics: requests and latency by route, query stage timings, text-embedding cache use,
+and the syncs of `serve --watch` (set `Metrics.watcher`).
 
 Each app gets its own registry, so several apps in one process (tests, embedding) don't collide.
 """
@@ -9,10 +10,11 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_api.engines import Engines
+from search_api.watch import TRIGGERS, FolderWatcher
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -43,6 +45,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_TextCacheCollector(engines))
+        self.watcher: FolderWatcher | None = None  # the app's, while it runs with --watch
+        self.registry.register(_WatchCollector(self))
 
     def observe_stages(self, stages: dict[str, float]) -> None:
         for stage, seconds in stages.items():
@@ -69,6 +73,52 @@ class _TextCacheCollector:
             "clipsearch_text_cache_misses",
             "Text queries that ran the text encoder.",
             value=sum(cache.misses for cache in caches),
+        )
+
+
+class _WatchCollector:
+    """The --watch syncs, read from the watcher at scrape time (absent when the server watches nothing)."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        watcher = self._metrics.watcher
+        if watcher is None:
+            return
+        syncs = CounterMetricFamily(
+            "clipsearch_watch_syncs",
+            "Completed syncs of the --watch folders, by what started them: start, events, rescan.",
+            labels=["trigger"],
+        )
+        for trigger in TRIGGERS:
+            syncs.add_metric([trigger], watcher.syncs_by_trigger[trigger])
+        yield syncs
+        yield CounterMetricFamily(
+            "clipsearch_watch_sync_errors", "Syncs that failed (logged; the next tries again).",
+            value=watcher.errors,
+        )
+        for name, value, what in (
+            ("embedded", watcher.embedded, "Files embedded (new or changed) by the syncs."),
+            ("removed", watcher.removed, "Items removed because their file was gone."),
+            ("failed", watcher.failed, "Files that failed to index, counted at each sync that tried them."),
+        ):
+            yield CounterMetricFamily(f"clipsearch_watch_items_{name}", what, value=value)
+        if watcher.last_report is not None and watcher.last_sync_at is not None:
+            yield GaugeMetricFamily(
+                "clipsearch_watch_last_sync_timestamp_seconds",
+                "Unix time the last completed sync ended.",
+                value=watcher.last_sync_at,
+            )
+            yield GaugeMetricFamily(
+                "clipsearch_watch_last_sync_duration_seconds",
+                "How long the last completed sync took.",
+                value=watcher.last_report.seconds,
+            )
+        yield GaugeMetricFamily(
+            "clipsearch_watch_pending_events",
+            "Changed paths waiting for the next sync.",
+            value=watcher.pending,
         )
 
 

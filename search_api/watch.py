@@ -1,51 +1,64 @@
 """`clipsearch serve --watch FOLDER`: the server keeps its collection in line with folders while it serves.
 
 An embedded collection (Qdrant Edge, qdrant-client local mode) can be open in one process only, so a
-separate `clipsearch index` cannot write while the API searches. Instead the server indexes: a
-background thread runs the same ingest as `clipsearch index` (`indexer.pipeline.sync_store`) every
-`interval` seconds, on the very store and model the API uses:
+separate `clipsearch index` cannot write while the API searches. Instead the server indexes, on the
+very store and models the API uses, in one background thread, one sync at a time:
 
-- each store call of a sync takes the engine's lock for that call only (EngineHolder.call), so
-  searches interleave with the writes instead of waiting for a whole sync; decoding and encoding
-  images run outside the lock (inference does not change the model, so it is safe beside searches);
-- searches see every batch as soon as it is written, and never a half-written record;
-- the server holds the collection's write lock (indexer.locking) for its lifetime, so a
-  `clipsearch index` on the same collection is refused at once, naming this server's pid;
-- stopping the server interrupts a sync between two batches; what was written stays (as after a
-  killed `clipsearch index`), and the next sync carries on from there.
+- at start, a full sync (`indexer.pipeline.sync_store`: walk the folders, compare with the store);
+- on file events (watchfiles: inotify on Linux), once they have been quiet for `quiet` seconds (or
+  have kept coming for `max_delay`), a sync of just the changed paths (`indexer.pipeline.sync_paths`),
+  so a new, changed, moved or deleted photo is searchable (or gone) within about a second;
+- every `interval` seconds, a full rescan: the safety net for events that were missed (a folder
+  with a dot in its name moved away, a network share, an overflowing event queue);
+- each sync logs one INFO line with its counts when it changed something (DEBUG otherwise), and
+  its counts feed the /metrics of the app (search_api.metrics);
+- each store call of a sync takes the collection's lock for that call only (LockedStore), so
+  searches interleave with the writes and see every batch as soon as it is written;
+- the server holds the collection's write lock for its lifetime, so a `clipsearch index` on the same
+  collection is refused at once, naming this server's pid;
+- stopping the server stops the event watcher and interrupts a sync between two batches (Stopped);
+  what was written stays (as after a killed `clipsearch index`), and the next start carries on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal
 
+import watchfiles
 from starlette.concurrency import run_in_threadpool
 
+from indexer.decode import IMAGE_EXTENSIONS
 from indexer.errors import StoreError
 from indexer.locking import collection_lock
 from indexer.models import ClipModel, check_same_precision, load_model
-from indexer.pipeline import IndexReport, folder_schema, sync_store
+from indexer.pipeline import IndexReport, folder_schema, sync_paths, sync_store
 from indexer.settings import Settings
+from indexer.sources import _JUNK_DIRS, _is_hidden
 from indexer.stores import collection_exists, open_store
 from search_api.engines import Engines, LockedStore, Stopped
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-DEFAULT_INTERVAL = 30.0
+Trigger = Literal["start", "events", "rescan"]
+TRIGGERS: tuple[Trigger, ...] = ("start", "events", "rescan")
+DEFAULT_INTERVAL = 300.0  # events do the work; the rescan walks everything, so not too often
+QUIET = 0.5  # seconds without a new event before syncing: a copy of many files becomes one sync
+MAX_DELAY = 3.0  # but never wait longer than this while events keep coming
 # What a `clipsearch index` on the served collection is told.
 HOLDER = "clipsearch serve --watch"
 ADVICE = "it indexes its --watch folders itself: add the folder there (restart it), or stop it"
 
 
 class FolderWatcher:
-    """Re-indexes `folders` into the served collection every `interval` seconds, in a thread."""
+    """Keeps the served collection in line with `folders`, in a thread: see the module's docstring."""
 
     def __init__(
         self,
@@ -53,23 +66,38 @@ class FolderWatcher:
         folders: Sequence[str | Path],
         interval: float = DEFAULT_INTERVAL,
         model: ClipModel | None = None,
+        quiet: float = QUIET,
+        max_delay: float = MAX_DELAY,
     ) -> None:
         """`model`: the one the app was given, if any (used to create a missing collection)."""
         self.engines = engines
         self._model = model
         self.settings: Settings = engines.settings
         self.folders = [str(Path(folder).absolute()) for folder in folders]
-        self.interval = interval
+        self.interval, self.quiet, self.max_delay = interval, quiet, max_delay
+        # Read by the metrics at scrape time; written by the sync thread only.
         self.syncs = 0  # completed syncs
+        self.syncs_by_trigger: Counter[str] = Counter()
+        self.errors = 0  # syncs that failed (logged; the next one tries again)
+        self.embedded = self.removed = self.failed = 0  # totals over all syncs
+        self.last_sync_at: float | None = None  # Unix time the last completed sync ended
         self.last_report: IndexReport | None = None
         self.last_error: str | None = None
+        self.events_error: str | None = None  # why file events stopped, if they did
+        self._pending: set[str] = set()  # changed paths waiting for a sync
+        self._first_event = self._last_event = 0.0
+        self._wake = threading.Condition()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._lock: contextlib.ExitStack | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def start(self) -> None:
         """Take the collection's write lock, create the collection if needed, open the engine and
-        start syncing. Raises (and the server does not start) if an index run holds the collection."""
+        start watching. Raises (and the server does not start) if an index run holds the collection."""
         name = self.settings.collection
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(collection_lock(self.settings.home, name, HOLDER, ADVICE))
@@ -85,9 +113,19 @@ class FolderWatcher:
         except BaseException:
             self._lock.close()
             raise
-        self._thread = threading.Thread(target=self._run, args=(store, models), name="watch", daemon=True)
-        self._thread.start()
-        log.info("watching %s for collection %r every %gs", ", ".join(self.folders), name, self.interval)
+        # Events first, so that what changes during the start sync is synced after it.
+        self._threads = [
+            threading.Thread(target=self._watch_events, name="watch-events", daemon=True),
+            threading.Thread(target=self._run, args=(store, models), name="watch", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        if log.level == logging.NOTSET:  # a server reports its syncs (uvicorn logs at INFO too)
+            log.setLevel(logging.INFO)
+        log.info(
+            "watching %s for collection %r: file events, and a full rescan every %gs",
+            ", ".join(self.folders), name, self.interval,
+        )
 
     def _create_if_missing(self, name: str) -> None:
         if not collection_exists(self.settings, name):
@@ -98,32 +136,122 @@ class FolderWatcher:
             open_store(settings, name, create=folder_schema(model)).close()
             self.engines.models.add(model)
 
+    # --- file events ------------------------------------------------------------------------------
+
+    def _wanted(self, change: watchfiles.Change, path: str) -> bool:
+        """Whether an event can change what a full sync would store: image files, and folders added or
+        gone, outside hidden and junk folders (as indexer.sources walks)."""
+        root = next((f for f in self.folders if path.startswith(f.rstrip(os.sep) + os.sep)), None)
+        if root is None:
+            return False
+        if any(_is_hidden(part) or part in _JUNK_DIRS for part in os.path.relpath(path, root).split(os.sep)):
+            return False
+        extension = os.path.splitext(path)[1]
+        if extension.lower() in IMAGE_EXTENSIONS:
+            return True
+        if change == watchfiles.Change.added:
+            return os.path.isdir(path)  # moved in whole: its files bring no events of their own
+        # A gone folder drops what was under it, which takes a scan of the store: only names without
+        # an extension are taken for folders (a gone notes.txt must not scan a million items).
+        return change == watchfiles.Change.deleted and not extension
+
+    def _watch_events(self) -> None:
+        try:
+            for changes in watchfiles.watch(
+                *self.folders,
+                watch_filter=self._wanted,
+                stop_event=self._stopping,
+                raise_interrupt=False,  # signals are the server's (uvicorn) to handle
+            ):
+                with self._wake:
+                    now = time.monotonic()
+                    if not self._pending:
+                        self._first_event = now
+                    self._pending.update(path for _, path in changes)
+                    self._last_event = now
+                    self._wake.notify()
+        except Exception as exc:  # e.g. the inotify watch limit: the rescan still finds everything
+            self.events_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "watch: file events unavailable (%s): changes are found by the rescan every %gs",
+                self.events_error, self.interval,
+            )
+
+    # --- syncing ---------------------------------------------------------------------------------
+
+    def _next(self, rescan_at: float) -> tuple[Trigger, set[str]] | None:
+        """Wait for the next sync to do: changed paths once quiet, or the rescan; None when stopping."""
+        with self._wake:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if now >= rescan_at:
+                    self._pending = set()  # the rescan walks after this moment: it covers them
+                    return "rescan", set()
+                due = rescan_at
+                if self._pending:
+                    due = min(self._last_event + self.quiet, self._first_event + self.max_delay)
+                    if now >= due:
+                        paths, self._pending = self._pending, set()
+                        return "events", paths
+                self._wake.wait(due - now)
+        return None
+
     def _run(self, store: LockedStore, models: dict[str, ClipModel]) -> None:
-        while not self._stopping.is_set():
-            started = time.perf_counter()
-            try:
+        if not self._sync("start", store, models, None):
+            return
+        rescan_at = time.monotonic() + self.interval
+        while (work := self._next(rescan_at)) is not None:
+            trigger, paths = work
+            if not self._sync(trigger, store, models, paths if trigger == "events" else None):
+                return
+            if trigger == "rescan":
+                rescan_at = time.monotonic() + self.interval
+
+    def _sync(
+        self, trigger: Trigger, store: LockedStore, models: dict[str, ClipModel], paths: set[str] | None
+    ) -> bool:
+        """One sync (all folders, or just `paths`), logged and counted; False once the server stops."""
+        started = time.perf_counter()
+        try:
+            if paths is None:
                 report = sync_store(self.settings, store, models, self.folders, progress=False)
-                report.seconds = time.perf_counter() - started
-            except Stopped:
-                break
-            except (StoreError, OSError) as exc:  # a folder unmounted, a disk full: try again later
-                self.last_error = str(exc)
-                log.error("watch: syncing collection %r failed: %s", store.name, exc)
-            except Exception as exc:  # never let the thread die silently while the API keeps serving
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("watch: syncing collection %r failed", store.name)
             else:
-                self.syncs += 1
-                self.last_report, self.last_error = report, None
-                if report.embedded or report.removed or report.failed:
-                    log.info("watch: %s", report.summary())
-            self._stopping.wait(self.interval)
+                report = sync_paths(self.settings, store, models, sorted(paths), progress=False)
+        except Stopped:
+            return False
+        except Exception as exc:  # never let the thread die while the API keeps serving
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            # A folder unmounted, a disk full: expected, one line. Anything else: with its traceback.
+            expected = isinstance(exc, StoreError | OSError)
+            log.error(
+                "watch: %s sync of collection %r failed: %s (the next rescan tries again)",
+                trigger, store.name, self.last_error, exc_info=not expected,
+            )
+            return True
+        report.seconds = time.perf_counter() - started
+        self.syncs += 1
+        self.syncs_by_trigger[trigger] += 1
+        self.embedded += report.embedded
+        self.removed += report.removed
+        self.failed += report.failed
+        self.last_report, self.last_error, self.last_sync_at = report, None, time.time()
+        changed = report.embedded or report.removed or report.failed
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
+            "watch sync: collection=%s trigger=%s embedded=%d unchanged=%d removed=%d failed=%d seconds=%.3f",
+            store.name, trigger, report.embedded, report.unchanged, report.removed, report.failed,
+            report.seconds,
+        )
+        return True
 
     def stop(self, timeout: float | None = None) -> None:
-        """Interrupt the sync between two batches, wait for the thread, release the lock."""
+        """Stop the event watcher, interrupt the sync between two batches, release the lock."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
         if self._lock is not None:
             self._lock.close()
 

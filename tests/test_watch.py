@@ -1,0 +1,396 @@
+"""`clipsearch serve --watch FOLDER`: the server keeps its collection in line with the folder while it
+serves, reacting to file events; real servers on loopback, the tiny model, real photos.
+
+Specification:
+- at start the server syncs the folder in full; then a photo copied into the folder is found by
+  search within seconds (the full rescan is 300 s away, so file events found it); a changed photo is
+  embedded again; a renamed one is found under its new name only; a deleted one is gone; a folder
+  of photos moved in is found, and moved out is gone;
+- every sync that changed something logs one INFO line on `search_api.watch` with its trigger
+  (start, events, rescan) and counts (embedded, unchanged, removed, failed, seconds); one that changed
+  nothing logs at DEBUG; through the real `clipsearch serve` command the line reaches stderr;
+- /metrics exports the syncs by trigger, the items embedded, removed and failed, the last sync's
+  time and duration, and the changed paths waiting for a sync;
+- a burst of 20 files waits for the events to be quiet and is synced in one or two syncs;
+- every search answers (200, well-formed) while the server indexes, seeing the new files batch
+  by batch; meanwhile `clipsearch index` on that collection is refused, naming the server;
+- stopping the server while it syncs takes a second or two: the sync stops between two batches and
+  the event watcher stops too; the next server finishes what the interrupted sync left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from indexer.models import ClipModel
+from indexer.sources import item_id
+from search_api import create_app
+from search_api.watch import FolderWatcher
+from tests.clirun import CLI, REPO, cli_home, free_port, run, wait_for
+from tests.helpers import copy_photos, make_settings, serve
+
+SOON = 15  # seconds: "within seconds", with room for a loaded machine
+SYNC_LINE = re.compile(
+    r"watch sync: collection=(\S+) trigger=(start|events|rescan) embedded=(\d+) unchanged=(\d+) "
+    r"removed=(\d+) failed=(\d+) seconds=[\d.]+"
+)
+
+
+def photos(imagenet_dir: Path, start: int, count: int) -> list[Path]:
+    return sorted(imagenet_dir.glob("*.JPEG"))[start : start + count]
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample in Prometheus text format (`name` with its labels, if any)."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def size(photo: Path) -> tuple[int, int]:
+    with Image.open(photo) as image:
+        return image.size
+
+
+def stored_size(item: httpx.Response) -> tuple[int, int] | None:
+    """The width and height the index recorded for an item (None while it is not there)."""
+    if item.status_code != 200:
+        return None
+    metadata = item.json()["metadata"]
+    return metadata["width"], metadata["height"]
+
+
+def syncs(records: list[logging.LogRecord], trigger: str | None = None) -> list[tuple[str, ...]]:
+    """(trigger, embedded, unchanged, removed, failed) of each sync line logged, oldest first."""
+    found = [m.groups()[1:] for r in records if (m := SYNC_LINE.search(r.getMessage()))]
+    return [s for s in found if trigger is None or s[0] == trigger]
+
+
+# --- in-process servers: uvicorn on loopback in a thread ------------------------------------------
+
+
+@dataclass
+class Watched:
+    url: str
+    folder: Path
+    watcher: FolderWatcher
+
+    def item(self, path: Path) -> httpx.Response:
+        return httpx.get(f"{self.url}/v1/collections/watched/items/{item_id(str(path))}", timeout=30)
+
+    def found(self, path: Path) -> bool:
+        """Whether searching for the photo's own content finds it first (the API uses what is stored)."""
+        upload = {"file": (path.name, path.read_bytes(), "image/jpeg")}
+        response = httpx.post(f"{self.url}/v1/search/image", files=upload, data={"k": "1"}, timeout=30)
+        assert response.status_code == 200, response.text
+        return [hit["uri"] for hit in response.json()["results"]] == [str(path)]
+
+    def stored(self) -> set[str]:
+        response = httpx.post(f"{self.url}/v1/search", json={"text": "x", "k": 1000}, timeout=30)
+        assert response.status_code == 200, response.text
+        return {hit["uri"] for hit in response.json()["results"]}
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=30).text
+
+
+@pytest.fixture
+def watched(
+    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel, imagenet_dir: Path
+) -> Iterator[Watched]:
+    """A server watching a folder of 3 photos, its start sync done; the rescan is 300 s away."""
+    folder = copy_photos(imagenet_dir, tmp_path / "photos", 3)
+    settings = make_settings(tmp_path / "home", tiny_checkpoint, collection="watched")
+    app = create_app(settings, tiny_model, watch=[folder], watch_interval=300)
+    with serve(app) as url:
+        server = Watched(url, folder, app.state.watcher)
+        wait_for(lambda: server.watcher.syncs == 1, 60, "the start sync", every=0.05)
+        yield server
+
+
+def soon(condition: Callable[[], bool], what: str) -> float:
+    """Seconds until `condition` held, polled; fails after SOON seconds."""
+    started = time.monotonic()
+    wait_for(condition, SOON, what, every=0.1)
+    return time.monotonic() - started
+
+
+def test_new_changed_renamed_and_deleted_photos_are_synced_within_seconds_on_file_events(
+    watched: Watched, imagenet_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="search_api.watch")
+    new, other = next((a, b) for a, b in pairwise(photos(imagenet_dir, 100, 20)) if size(a) != size(b))
+    photo = Path(shutil.copy2(new, watched.folder / "new.jpg"))
+    took = soon(lambda: watched.item(photo).status_code == 200, "the new photo to be indexed")
+    assert watched.found(photo)
+    print(f"a new photo was searchable after {took:.1f}s")
+
+    shutil.copyfile(other, photo)  # same name, other content: embedded again
+    soon(lambda: stored_size(watched.item(photo)) == size(other), "the changed photo to be embedded again")
+    assert watched.found(photo)
+
+    renamed = photo.rename(watched.folder / "renamed.jpg")
+    soon(lambda: watched.item(renamed).status_code == 200 and watched.item(photo).status_code == 404,
+         "the rename")
+    assert watched.found(renamed)
+
+    renamed.unlink()
+    soon(lambda: watched.item(renamed).status_code == 404, "the deleted photo to be gone")
+    assert watched.stored() == {str(p) for p in watched.folder.glob("*.JPEG")}
+
+    events = syncs(caplog.records, "events")
+    assert ("events", "1", "0", "0", "0") in events  # the new photo: embedded=1, nothing else touched
+    assert ("events", "0", "0", "1", "0") in events  # the deleted one
+    assert all(trigger == "events" for trigger, *_ in syncs(caplog.records))  # no rescan did it
+    lines = [r for r in caplog.records if SYNC_LINE.search(r.getMessage())]
+    assert all(r.name == "search_api.watch" and r.levelno == logging.INFO for r in lines)
+
+    text = watched.metrics()
+    assert metric(text, 'clipsearch_watch_syncs_total{trigger="start"}') == 1
+    assert metric(text, 'clipsearch_watch_syncs_total{trigger="events"}') == watched.watcher.syncs - 1 >= 4
+    assert metric(text, 'clipsearch_watch_syncs_total{trigger="rescan"}') == 0
+    assert metric(text, "clipsearch_watch_items_embedded_total") == 3 + 3  # start, new, changed, renamed
+    assert metric(text, "clipsearch_watch_items_removed_total") == 2  # the old name, the deleted one
+    assert metric(text, "clipsearch_watch_items_failed_total") == 0
+    assert metric(text, "clipsearch_watch_sync_errors_total") == 0
+    assert time.time() - metric(text, "clipsearch_watch_last_sync_timestamp_seconds") < 60
+    assert 0 < metric(text, "clipsearch_watch_last_sync_duration_seconds") < 30
+    assert metric(text, "clipsearch_watch_pending_events") == 0
+
+
+def test_folders_moved_in_are_found_and_moved_out_are_gone(
+    watched: Watched, imagenet_dir: Path, tmp_path: Path
+) -> None:
+    # A folder moved in brings one event for itself and none for its files.
+    trip = tmp_path / "outside" / "trip"
+    trip.mkdir(parents=True)
+    moved = [Path(shutil.copy2(p, trip / p.name)) for p in photos(imagenet_dir, 200, 3)]
+    shutil.move(trip, watched.folder / "trip")
+    inside = [watched.folder / "trip" / p.name for p in moved]
+    soon(lambda: all(watched.item(p).status_code == 200 for p in inside), "the moved-in folder's photos")
+
+    shutil.move(watched.folder / "trip", tmp_path / "elsewhere")
+    soon(lambda: all(watched.item(p).status_code == 404 for p in inside), "the moved-out folder's photos")
+    assert watched.stored() == {str(p) for p in watched.folder.glob("*.JPEG")}
+
+
+def test_hidden_and_non_image_files_cause_no_sync(
+    watched: Watched, imagenet_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="search_api.watch")
+    [photo] = photos(imagenet_dir, 300, 1)
+    (watched.folder / ".hidden").mkdir()
+    shutil.copy2(photo, watched.folder / ".hidden" / "a.jpg")
+    shutil.copy2(photo, watched.folder / ".b.jpg")
+    (watched.folder / "notes.txt").write_text("not a photo")
+    marker = Path(shutil.copy2(photo, watched.folder / "marker.jpg"))  # synced after the others' events
+    soon(lambda: watched.item(marker).status_code == 200, "the marker photo")
+    assert watched.stored() == {str(p) for p in watched.folder.glob("*.JPEG")} | {str(marker)}
+    assert [s[1:] for s in syncs(caplog.records, "events")] == [("1", "0", "0", "0")]
+
+
+def test_a_burst_of_files_is_synced_in_one_or_two_syncs(watched: Watched, imagenet_dir: Path) -> None:
+    burst = photos(imagenet_dir, 400, 20)
+    for photo in burst:
+        shutil.copy2(photo, watched.folder / photo.name)
+    soon(lambda: len(watched.stored()) == 23, "the burst to be indexed")
+    events = watched.watcher.syncs_by_trigger["events"]
+    assert 1 <= events <= 2, f"20 files took {events} syncs"
+    assert watched.watcher.embedded == 23
+
+
+def test_stopping_while_syncing_takes_a_second_or_two_and_the_next_server_finishes(
+    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel, imagenet_dir: Path
+) -> None:
+    folder = copy_photos(imagenet_dir, tmp_path / "photos", 150)
+    settings = make_settings(tmp_path / "home", tiny_checkpoint, collection="watched", batch_size=1)
+
+    def count(url: str) -> int:
+        collections = httpx.get(f"{url}/v1/collections", timeout=30).json()["collections"]
+        return next((c["count"] for c in collections if c["name"] == "watched"), 0)
+
+    app = create_app(settings, tiny_model, watch=[folder], watch_interval=300)
+    with serve(app) as url:
+        wait_for(lambda: count(url) >= 10, 120, "the start sync to write something", every=0.05)
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    first: FolderWatcher = app.state.watcher
+    assert first.syncs == 0, "the server stopped after its start sync finished: nothing was interrupted"
+    assert took < 3, f"stopping took {took:.1f}s"
+    print(f"stopping while syncing took {took:.2f}s")
+    alive = [t.name for t in threading.enumerate() if t.name in ("watch", "watch-events")]
+    assert not alive, f"still running after the server stopped: {alive}"
+
+    app = create_app(settings, tiny_model, watch=[folder], watch_interval=300)
+    with serve(app) as url:
+        wait_for(lambda: app.state.watcher.syncs >= 1, 120, "the next server's start sync")
+        report = app.state.watcher.last_report
+        assert count(url) == 150
+    assert report.unchanged >= 10 and report.embedded + report.unchanged == 150
+
+
+# --- the real `clipsearch serve --watch` command ----------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    folder: Path
+    log: Path
+    spare: list[Path]  # photos not in the folder yet
+
+    def count(self) -> int:
+        collections = httpx.get(f"{self.url}/v1/collections", timeout=30).json()["collections"]
+        return next(c["count"] for c in collections if c["name"] == "watched")
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, imagenet_dir: Path
+) -> Iterator[Server]:
+    """`clipsearch serve --watch` over a folder of 20 photos, as a user runs it (no -v)."""
+    home = tmp_path_factory.mktemp("home")
+    folder = copy_photos(imagenet_dir, tmp_path_factory.mktemp("watched"), 20)
+    port = free_port()
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    command = [*CLI, "serve", "--collection", "watched", "--port", str(port), "--watch", str(folder)]
+    with cli_home(home, tiny_checkpoint, BATCH_SIZE="4"):  # small batches: searches see them one by one
+        with open(log, "w") as output:  # a file, not a pipe: nobody reads the access log while it runs
+            process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        server = Server(process, f"http://127.0.0.1:{port}", folder, log, photos(imagenet_dir, 500, 80))
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited: {log.read_text()[-3000:]}")
+            try:
+                return server.count() == 20  # the start sync is done
+            except httpx.TransportError:
+                return False
+
+        try:
+            wait_for(up, 180, "the server and its start sync", every=0.2)
+        except BaseException:
+            process.kill()
+            raise
+        yield server
+    process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown: stop the watcher, close the store
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+
+
+def test_index_is_refused_while_serve_watch_writes_the_collection(server: Server) -> None:
+    refused = run("index", str(server.folder), "--collection", "watched", check=False)
+    assert refused.returncode == 5  # a conflict (indexer.errors)
+    assert f"(pid {server.process.pid}: clipsearch serve --watch)" in refused.stderr
+    assert "add the folder there" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+@dataclass
+class Searcher:
+    """Fires searches one after another until stopped, remembering every answer."""
+
+    url: str
+    answers: list[tuple[int, Any]] = field(default_factory=list)  # (status, body)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self._stop.is_set():
+                response = client.post("/v1/search", json={"text": "a photo of an animal", "k": 1000})
+                body = response.json() if response.headers.get("content-type") == "application/json" else None
+                self.answers.append((response.status_code, body))
+
+    def __enter__(self) -> Searcher:
+        self._thread = threading.Thread(target=self.run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def well_formed(body: Any, folder: Path) -> bool:
+    results = body["results"]
+    scores = [hit["score"] for hit in results]
+    return (
+        scores == sorted(scores, reverse=True)
+        and all(set(hit) >= {"id", "uri", "score", "metadata"} for hit in results)
+        and all(hit["id"] == item_id(hit["uri"]) and hit["uri"].startswith(f"{folder}/") for hit in results)
+        and len({hit["id"] for hit in results}) == len(results)
+    )
+
+
+def test_searches_answer_throughout_while_the_server_indexes(server: Server) -> None:
+    added = server.spare[:60]
+    with Searcher(server.url) as searcher:
+        for photo in added:
+            shutil.copy2(photo, server.folder / photo.name)
+        wait_for(lambda: server.count() == 80, 180, "the 60 new photos to be indexed", every=0.2)
+        time.sleep(0.5)  # a few more searches after the last write
+    answers = searcher.answers
+
+    assert len(answers) > 20
+    bad = [(code, body) for code, body in answers if code != 200 or not well_formed(body, server.folder)]
+    assert not bad, f"{len(bad)} of {len(answers)} searches failed, e.g. {json.dumps(bad[0])[:500]}"
+    seen = [len(body["results"]) for _, body in answers]
+    assert seen == sorted(seen), "a search saw fewer images than one before it"
+    assert seen[-1] == 80
+    # Searches ran while the writing did: some saw the collection part-way through the sync.
+    assert any(20 < n < 80 for n in seen), f"no search saw a partly written collection: {sorted(set(seen))}"
+    print(f"{len(answers)} searches; collection sizes they saw: {sorted(set(seen))}")
+
+
+def test_new_files_find_themselves_deleted_ones_are_gone_and_the_syncs_are_logged(server: Server) -> None:
+    new = server.spare[60:70]
+    for photo in new:
+        shutil.copy2(photo, server.folder / photo.name)
+    gone = sorted(server.folder.glob("*.JPEG"))[:5]
+    for photo in gone:
+        photo.unlink()
+    expected = len(list(server.folder.glob("*.JPEG")))  # 85: reached once the deletes and embeds are done
+    wait_for(lambda: server.count() == expected, SOON, "the sync", every=0.2)
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for photo in new:
+            uri = str(server.folder / photo.name)
+            response = client.post("/v1/search", json={"image_id": item_id(uri), "k": 1})
+            assert response.status_code == 200, response.text
+            assert response.json()["results"][0]["uri"] == uri
+        everything = client.post("/v1/search", json={"text": "x", "k": 1000}).json()["results"]
+        text = client.get("/metrics").text
+    assert {hit["uri"] for hit in everything} == {str(p) for p in server.folder.glob("*.JPEG")}
+    assert not {str(p) for p in gone} & {hit["uri"] for hit in everything}
+
+    # The server's stderr, without -v: one line per sync that changed something, and its counts.
+    lines = [m.groups() for m in SYNC_LINE.finditer(server.log.read_text())]
+    assert lines[0] == ("watched", "start", "20", "0", "0", "0")
+    events = [line for line in lines if line[1] == "events"]
+    assert events and all(line[0] == "watched" for line in events)
+    assert sum(int(line[2]) for line in events) == 70 and sum(int(line[4]) for line in events) == 5
+    assert metric(text, "clipsearch_watch_items_embedded_total") == 90
+    assert metric(text, "clipsearch_watch_items_removed_total") == 5
+    assert metric(text, 'clipsearch_watch_syncs_total{trigger="events"}') == len(events)
