@@ -29,7 +29,7 @@ from indexer.stores.qdrant_common import ranked_page
 KINDS = ["edge", "qdrant"]
 FIELDS = {
     "brand": "keyword", "count": "integer", "price": "float", "sale": "bool",
-    "taken": "datetime", "where": "geo", "tags": "keyword",
+    "taken": "datetime", "where": "geo", "tags": "keyword", "title": "text",
 }
 
 
@@ -95,8 +95,11 @@ def random_payload(rng: np.random.Generator, i: int) -> dict[str, Any]:
         "price": lambda: round(float(rng.uniform(0, 100)), 2),
         "sale": lambda: bool(rng.integers(0, 2)),
         "taken": lambda: format_datetime(start + timedelta(hours=int(rng.integers(0, 5 * 365 * 24)))),
-        "where": lambda: {"lat": float(rng.uniform(38.0, 39.0)), "lon": float(rng.uniform(-10.0, -9.0))},
+        # Rounded as GPS coordinates are: Qdrant Edge may change the last bit of a full-precision one.
+        "where": lambda: {"lat": round(rng.uniform(38, 39), 6), "lon": round(rng.uniform(-10, -9), 6)},
         "tags": lambda: str(rng.choice(["red", "blue", "green", "gold"])),
+        # Whole-value matches on a text-indexed field: "red" is not "red shoe".
+        "title": lambda: str(rng.choice(["red shoe", "red", "blue shoe", "shoe red"])),
     }
     metadata: dict[str, Any] = {}
     for field, make in makers.items():
@@ -120,6 +123,8 @@ QUERY_FILTERS: list[dict[str, Any]] = [
     {"must": [{"key": "brand", "match": {"except": ["acme", "zen"]}}]},
     {"must": [{"key": "tags", "match": {"any": ["gold"]}}]},
     {"must": [{"key": "tags", "match": {"except": ["red"]}}]},
+    {"must": [{"key": "title", "match": {"value": "red"}}]},
+    {"must": [{"key": "title", "match": {"any": ["red", "blue shoe"]}}]},
     {"must": [{"key": "count", "match": {"value": 3}}]},
     {"must": [{"key": "count", "match": {"any": [1, 2, 7]}}]},
     {"must": [{"key": "count", "match": {"except": [0, 1, 2, 3, 4]}}]},

@@ -139,7 +139,11 @@ def create(settings: Settings, name: str, schema: CollectionSchema) -> EdgeStore
             finally:
                 shard.close()
         _write_document(directory, StoredInfo(schema, {}, legacy=False).document())
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:  # `final` is there but is no shard (exists() said so)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"{_label(name)}: cannot create {final}: {exc}; remove {final}") from exc
         fsync_dir(directory)
     return load(settings, name)
 
@@ -268,7 +272,7 @@ class EdgeStore(QdrantFamilyStore):
         with store_errors(self._label, "flush"):
             self.shard.flush()
             info = self.shard.info()
-            vectors = max(1, len(self._vector_keys()))
+            vectors = len(self.schema.vectors)
             if info.points_count * vectors - info.indexed_vectors_count >= OPTIMIZE_BACKLOG * vectors:
                 self.optimize()
 

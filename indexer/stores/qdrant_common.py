@@ -316,6 +316,8 @@ class QdrantFamilyStore(ABC):
         return self._stored.schema
 
     def set_schema(self, schema: CollectionSchema) -> None:
+        with self._errors("read schema"):
+            self._stored = self._load_stored()  # the change is made against what is stored now
         old = self.schema
         _check_change(old, schema)
         old_keys = {s.storage_key for s in old.vectors.values()}
@@ -421,6 +423,9 @@ class QdrantFamilyStore(ABC):
     def write_info(self, info: dict[str, Any]) -> None:
         # "schema" and "model" are the schema's keys in the stored document (version 2 and 1).
         rest = {k: v for k, v in info.items() if k not in ("schema", "model")}
+        with self._errors("read info"):
+            # Keep the schema as stored now: another process may have changed it since we opened.
+            self._stored = self._load_stored()
         self._migrate(StoredInfo(self.schema, rest, legacy=self._stored.legacy))
 
     def __enter__(self) -> QdrantFamilyStore:
@@ -493,7 +498,10 @@ def _check_change(old: CollectionSchema, new: CollectionSchema) -> None:
 
 
 def require_schema(stored: StoredInfo, label: str, remedy: str) -> StoredInfo:
-    """A collection's stored info, refusing one whose schema was never written (interrupted creation)."""
+    """A collection's stored info, refusing one whose schema was never written."""
     if stored.schema is None:
-        raise StoreError(f"{label} has no schema: its creation was interrupted; {remedy}")
+        raise StoreError(
+            f"{label} has no clipsearch schema (its creation was interrupted, or clipsearch did not "
+            f"make it); {remedy}"
+        )
     return stored
