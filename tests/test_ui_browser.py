@@ -1,13 +1,15 @@
-"""A real headless-Chromium smoke test of the UI: `streamlit run` against the live API, type a query,
-press Enter, wait for the thumbnails to load. Skipped where Chromium or playwright is missing.
+"""The UI in a real headless Chromium: `streamlit run` (from ui/, with its config) against a live API over
+40 real photos and one file that is not an image. Search, open a result's details and download the
+original, see the failures page. Skipped where Chromium or playwright is missing.
 
 Chromium comes from the OS (`apt-get install -y chromium`), never from `playwright install`.
-Set CLIPSEARCH_UI_SCREENSHOT=/some/file.png to keep the screenshot it takes.
+Set CLIPSEARCH_UI_SCREENSHOTS=/some/folder to keep the screenshots it takes (search, details, failures).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -16,13 +18,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
-# The module-scoped live API (a 40-photo collection served by search_api) lives with the AppTest tests.
-from .test_ui import APP, PHOTOS, api_url, free_port, photos  # noqa: F401
+from tests.helpers import make_settings, photo_copies, serve
 
+TESTS = Path(__file__).parent
+APP = TESTS.parent / "ui" / "app.py"
+PHOTOS = 40
+K = 12  # the UI's default number of results
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
+GRID_IMAGES = '[data-testid="stMain"] [class*="st-key-results-"] [data-testid="stImage"] img'
+GRID_CAPTIONS = '[class*="st-key-results-"] [data-testid="stImageCaption"]'
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} absent (apt-get install -y chromium)", allow_module_level=True)
@@ -30,16 +38,49 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not ins
 
 
 @pytest.fixture(scope="module")
-def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
-    """`streamlit run ui/app.py` in a subprocess, pointed at the live API."""
+def photos(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path) -> Path:
+    folder = tmp_path_factory.mktemp("ui-browser") / "photos"
+    photo_copies(imagenet_dir, folder, PHOTOS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def broken(photos: Path) -> Path:
+    path = photos.parent / "bad" / "broken.jpg"
+    path.parent.mkdir()
+    path.write_bytes(b"this is not an image")
+    return path
+
+
+@pytest.fixture(scope="module")
+def api_url(photos: Path, broken: Path, tiny_checkpoint: Path, tiny_model) -> Iterator[str]:
+    from indexer.pipeline import index_sources
+    from search_api.app import create_app
+
+    settings = make_settings(photos.parent / "home", tiny_checkpoint)
+    report = index_sources(settings, [photos, broken.parent], model=tiny_model, progress=False)
+    assert (report.embedded, report.failed) == (PHOTOS, 1)
+    with serve(create_app(settings, model=tiny_model)) as url:
+        yield url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`streamlit run app.py` in a subprocess, from ui/ as `clipsearch ui` runs it, pointed at the API."""
     port = free_port()
     env = {**os.environ, "CLIPSEARCH_API_URL": api_url}
     env.pop("CLIPSEARCH_API_KEY", None)
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+    command = [sys.executable, "-m", "streamlit", "run", APP.name, "--server.headless", "true",
                "--server.port", str(port), "--browser.gatherUsageStats", "false"]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -61,26 +102,98 @@ def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
             process.kill()
 
 
-def test_search_in_a_real_browser(ui_url: str, tmp_path: Path) -> None:
-    screenshot = Path(os.environ.get("CLIPSEARCH_UI_SCREENSHOT") or tmp_path / "ui.png")
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(ui_url)
-            page.get_by_text(f"{PHOTOS} images").wait_for(timeout=60_000)  # sidebar collection status
-            box = page.get_by_label("Describe the images you want")
-            box.fill("a photo of a dog")
-            box.press("Enter")
-            images = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
-            images.nth(11).wait_for(timeout=60_000)  # the default k is 12
-            page.wait_for_load_state("networkidle")
-            assert images.count() == 12
-            # Every thumbnail decoded in the browser: the bytes really went API -> Streamlit -> page.
-            widths = images.evaluate_all("els => els.map(e => e.complete ? e.naturalWidth : 0)")
-            assert all(width > 0 for width in widths), widths
-            assert page.get_by_text("score", exact=False).count() >= 12
-            page.screenshot(path=str(screenshot), full_page=True)
+            yield chromium
         finally:
-            browser.close()
-    assert screenshot.stat().st_size > 10_000
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, ui_url: str) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(ui_url)
+    picker = page.get_by_role("combobox", name="Collection")  # the server's default, preselected
+    sync_api.expect(picker).to_have_value(f"default ({PHOTOS} images)", timeout=60_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("CLIPSEARCH_UI_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def search(page, text: str) -> object:
+    box = page.get_by_label("Describe the images you want")
+    box.fill(text)
+    box.press("Enter")
+    images = page.locator(GRID_IMAGES)
+    images.nth(K - 1).wait_for(timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    return images
+
+
+def test_search_grid(page, photos: Path, shots: Path) -> None:
+    images = search(page, "a photo of a dog")
+    assert images.count() == K
+    # Every thumbnail decoded in the browser (bytes went API -> Streamlit -> page), at thumbnail size.
+    widths = images.evaluate_all("els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    assert widths == [320] * K
+    captions = page.locator(GRID_CAPTIONS)
+    names = captions.all_inner_texts()
+    assert len(names) == K and all((photos / name).is_file() for name in names)  # file names, not paths
+    # One line each: a long name is cut with an ellipsis, never broken mid-word.
+    styles = captions.evaluate_all("els => els.map(e => getComputedStyle(e).whiteSpace)")
+    assert styles == ["nowrap"] * K
+    # No full-screen button on a thumbnail (the detail view shows the original instead).
+    images.first.hover()
+    toolbars = page.locator('[class*="st-key-results-"] [data-testid="stElementToolbar"]')
+    assert toolbars.count() >= 1 and not any(t.is_visible() for t in toolbars.all())
+    assert page.get_by_text(f"{K} results").count() == 1
+    assert page.get_by_role("button", name="Deploy").count() == 0  # a product, not a demo (ui config)
+    page.screenshot(path=str(shots / "search.png"), full_page=True)
+
+
+def test_details_show_and_download_the_original(page, photos: Path, shots: Path) -> None:
+    search(page, "a bird on a branch")
+    name = page.locator(GRID_CAPTIONS).nth(1).inner_text()
+    original = photos / name
+    page.get_by_role("button", name="Details").nth(1).click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+    image = dialog.locator('[data-testid="stImage"] img')
+    image.wait_for(timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    size = image.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    assert tuple(size) == Image.open(original).size  # the original's own pixels, not a 320 px thumbnail
+    page.screenshot(path=str(shots / "details.png"))
+    with page.expect_download() as download:
+        dialog.get_by_role("button", name="Download original").click()
+    assert download.value.suggested_filename == name
+    assert Path(download.value.path()).read_bytes() == original.read_bytes()
+    dialog.get_by_role("button", name="Find similar").click()
+    page.get_by_text(f"Images similar to {name}").wait_for(timeout=30_000)
+    assert page.get_by_role("dialog").count() == 0
+    page.locator(GRID_IMAGES).nth(K - 1).wait_for(timeout=60_000)
+    assert page.locator(GRID_CAPTIONS).first.inner_text() == name
+
+
+def test_failures_page(page, broken: Path, shots: Path) -> None:
+    page.locator('[data-testid="stSidebar"] label').filter(has_text="Failures").click()
+    page.get_by_text("Failed files", exact=True).wait_for(timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    metrics = page.locator('[data-testid="stMetricValue"]')
+    sync_api.expect(metrics).to_have_text([f"{PHOTOS} images", "1 file", "1 vector"], timeout=30_000)
+    # The tables draw on a canvas; their accessible copy (a hidden <table>) holds the cells.
+    failed = page.locator('[data-testid="stDataFrame"]').nth(1).locator("table")
+    sync_api.expect(failed.get_by_text("broken.jpg", exact=True)).to_have_count(1)
+    sync_api.expect(failed.get_by_text(str(broken), exact=True)).to_have_count(1)
+    sync_api.expect(failed.get_by_text("not an image file", exact=True)).to_have_count(1)
+    page.screenshot(path=str(shots / "failures.png"), full_page=True)

@@ -37,6 +37,21 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Item:
+    """An indexed image's record: where it came from and what the indexer (or catalog) stored."""
+
+    id: str
+    uri: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Original:
+    data: bytes
+    media_type: str
+
+
+@dataclass(frozen=True)
 class SearchResponse:
     results: list[Hit]
     took_ms: float | None = None
@@ -112,29 +127,59 @@ class ApiClient:
         return self._json("GET", "/healthz")
 
     def collections(self) -> list[dict[str, Any]]:
+        """Every collection: name, count, model, error, and `default` for the server's own."""
         return list(self._json("GET", "/v1/collections").get("collections", []))
 
-    def search_text(self, text: str, k: int = 10) -> SearchResponse:
-        return self._search_response(self._json("POST", "/v1/search", json={"text": text, "k": k}))
+    def status(self, collection: str) -> dict[str, Any]:
+        """count, model, vectors [{name, model, state, count, active...}] and failed [{uri, reason}]."""
+        return self._json("GET", f"/v1/collections/{_segment(collection)}/status")
 
-    def search_similar(self, image_id: str, k: int = 10) -> SearchResponse:
-        return self._search_response(self._json("POST", "/v1/search", json={"image_id": image_id, "k": k}))
+    def item(self, collection: str, item_id: str) -> Item:
+        body = self._json("GET", f"/v1/collections/{_segment(collection)}/items/{_segment(item_id)}")
+        return Item(str(body.get("id", item_id)), str(body.get("uri") or ""), body.get("metadata") or {})
 
-    def search_image(self, data: bytes, filename: str = "query.jpg", k: int = 10) -> SearchResponse:
-        body = self._json("POST", "/v1/search/image", files={"file": (filename, data)}, data={"k": str(k)})
+    def search_text(self, text: str, k: int = 10, collection: str | None = None) -> SearchResponse:
+        body = _with_collection({"text": text, "k": k}, collection)
+        return self._search_response(self._json("POST", "/v1/search", json=body))
+
+    def search_similar(self, image_id: str, k: int = 10, collection: str | None = None) -> SearchResponse:
+        body = _with_collection({"image_id": image_id, "k": k}, collection)
+        return self._search_response(self._json("POST", "/v1/search", json=body))
+
+    def search_image(
+        self, data: bytes, filename: str = "query.jpg", k: int = 10, collection: str | None = None
+    ) -> SearchResponse:
+        form = _with_collection({"k": str(k)}, collection)
+        body = self._json("POST", "/v1/search/image", files={"file": (filename, data)}, data=form)
         return self._search_response(body)
 
     def classify(
-        self, data: bytes, labels: list[str], filename: str = "image.jpg"
+        self, data: bytes, labels: list[str], filename: str = "image.jpg", collection: str | None = None
     ) -> list[tuple[str, float]]:
         """(label, score) pairs, best first."""
-        body = self._json(
-            "POST", "/v1/classify", files={"file": (filename, data)}, data={"labels": ",".join(labels)}
-        )
+        form = _with_collection({"labels": ",".join(labels)}, collection)
+        body = self._json("POST", "/v1/classify", files={"file": (filename, data)}, data=form)
         try:
             return [(str(item["label"]), float(item["score"])) for item in body["labels"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(f"unexpected classify answer: {exc!r}") from exc
 
-    def image(self, image_id: str) -> bytes:
-        return self._request("GET", f"/v1/images/{quote(image_id, safe='')}").content
+    def original(self, image_id: str, collection: str | None = None) -> Original:
+        """The indexed file's own bytes, at full resolution, with the media type the API gave."""
+        params = {"collection": collection} if collection else None
+        response = self._request("GET", f"/v1/images/{_segment(image_id)}", params=params)
+        media_type = response.headers.get("content-type", "application/octet-stream").split(";")[0]
+        return Original(response.content, media_type)
+
+    def image(self, image_id: str, collection: str | None = None) -> bytes:
+        return self.original(image_id, collection).data
+
+
+def _segment(value: str) -> str:
+    """One URL path segment: an id or a name with "/" or "?" must not change the route."""
+    return quote(value, safe="")
+
+
+def _with_collection(body: dict[str, Any], collection: str | None) -> dict[str, Any]:
+    # Omitted rather than null: the server's default collection then applies.
+    return {**body, "collection": collection} if collection else body

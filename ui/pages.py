@@ -1,0 +1,143 @@
+"""The UI's pages: text search, search by image, classify, and the collection's failures and vectors.
+
+Every page works on the collection picked in the sidebar and sends it with each request.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+import streamlit as st
+
+from ui.client import ApiClient, ApiError, ApiUnreachable
+from ui.format import describe_model, file_name, plural
+from ui.views import call, preview, results_grid, to_thumbnail
+
+MAX_K = 50
+IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+SCORE_COLUMN = st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.3f")
+# Values of the pages' widgets, set here rather than as `value=`: see keep_widget_state.
+WIDGET_DEFAULTS: dict[str, object] = {
+    "query": "", "k": 12, "k_image": 12, "labels": "cat, dog, bird, car, food",
+}
+
+
+def keep_widget_state() -> None:
+    """Streamlit forgets a widget's value when a run does not draw it (another page is shown); storing
+    the values again each run keeps the query, k and labels across pages. An uploaded file can't be
+    kept this way: Streamlit refuses to set an uploader's value."""
+    for key, default in WIDGET_DEFAULTS.items():
+        st.session_state[key] = st.session_state.get(key, default)
+
+
+def clear_similar() -> None:
+    st.session_state.pop("similar_to", None)
+
+
+def search_page(api: ApiClient, collection: str) -> None:
+    text = st.text_input(
+        "Describe the images you want", key="query", placeholder="a dog on a beach", on_change=clear_similar
+    )
+    k = st.slider("Results", 1, MAX_K, key="k")
+    target = st.session_state.get("similar_to")
+    if target:
+        st.markdown(f"Images similar to **{target['name']}**")
+        st.button("Back to text search", on_click=clear_similar)
+        response = call(api.search_similar, target["id"], k, collection)
+    elif text.strip():
+        response = call(api.search_text, text.strip(), k, collection)
+    else:
+        st.info("Type a description and press Enter.")
+        return
+    if response is not None:
+        results_grid(api, collection, response, "search")
+
+
+def image_page(api: ApiClient, collection: str) -> None:
+    upload = st.file_uploader("Query image", type=IMAGE_TYPES, key="query_image")
+    k = st.slider("Results", 1, MAX_K, key="k_image")
+    if upload is None:
+        st.info("Upload an image to find similar ones.")
+        return
+    preview(to_thumbnail(upload.getvalue()), "your image", width=200)
+    response = call(api.search_image, upload.getvalue(), upload.name, k, collection)
+    if response is not None:
+        results_grid(api, collection, response, "image")
+
+
+def classify_page(api: ApiClient, collection: str) -> None:
+    uploads = st.file_uploader(
+        "Images to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="classify_images"
+    )
+    text = st.text_input("Labels, comma-separated", key="labels")
+    labels = list(dict.fromkeys(label.strip() for label in text.split(",") if label.strip()))
+    if not uploads:
+        st.info("Upload one or more images to label them zero-shot.")
+        return
+    if not labels:
+        st.warning("Give at least one label.")
+        return
+    failed = 0
+    for number, upload in enumerate(uploads):
+        # One request per file: a bad file gets its own error and the others keep their labels.
+        with st.container(border=True, key=f"classified-{number}"):
+            thumb, answer = st.columns([1, 3])
+            with thumb:
+                preview(to_thumbnail(upload.getvalue()), upload.name, width=160)
+            with answer:
+                failed += not classify_one(api, collection, upload.name, upload.getvalue(), labels)
+    summary = f"{plural(len(uploads) - failed, 'image')} labelled"
+    st.caption(summary + (f", {failed} failed" if failed else ""))
+
+
+def classify_one(api: ApiClient, collection: str, name: str, data: bytes, labels: list[str]) -> bool:
+    try:
+        scores = api.classify(data, labels, name, collection)
+    except ApiUnreachable as exc:
+        st.error(f"{name}: the API is unreachable: {exc.detail}")
+        return False
+    except ApiError as exc:
+        st.error(f"{name}: {exc.detail}")
+        return False
+    best, score = scores[0]
+    st.markdown(f"**{name}**: {best} ({score:.0%})")
+    table = pd.DataFrame(scores, columns=["label", "score"])
+    st.dataframe(table, hide_index=True, column_config={"score": SCORE_COLUMN})
+    return True
+
+
+def failures_page(api: ApiClient, collection: str) -> None:
+    """The files that could not be indexed, and why; the collection's vectors and their state."""
+    status = call(api.status, collection)
+    if status is None:
+        return
+    failed = list(status.get("failed") or [])
+    vectors = list(status.get("vectors") or [])
+    indexed, failures, vector_count = st.columns(3)
+    indexed.metric("Indexed", plural(int(status.get("count") or 0), "image"))
+    failures.metric("Failed", plural(len(failed), "file"))
+    vector_count.metric("Vectors", plural(len(vectors), "vector"))
+
+    st.subheader("Failed files")
+    if not failed:
+        st.success(f"No failed files: every file found for `{collection}` was indexed.")
+    else:
+        reasons = Counter(str(entry.get("reason", "")) for entry in failed)
+        st.dataframe(pd.DataFrame(reasons.most_common(), columns=["reason", "files"]), hide_index=True,
+                     key="failure-reasons")
+        rows = [(file_name(str(e.get("uri", ""))), str(e.get("reason", "")), str(e.get("uri", "")))
+                for e in failed]
+        st.dataframe(pd.DataFrame(rows, columns=["file", "reason", "path"]), hide_index=True,
+                     key="failed-files", width="stretch")
+        st.caption("Fix or remove these files: the next indexing of their folder (`clipsearch index`, or a "
+                   "`serve --watch` sync) tries them again.")
+
+    st.subheader("Vectors")
+    if not vectors:
+        st.info("The API reported no vectors for this collection.")
+        return
+    rows = [(str(v.get("name") or "(default)"), describe_model(v.get("model")), str(v.get("state", "")),
+             v.get("count"), bool(v.get("active"))) for v in vectors]
+    st.dataframe(pd.DataFrame(rows, columns=["name", "model", "state", "count", "active"]),
+                 hide_index=True, key="vectors", width="stretch")
