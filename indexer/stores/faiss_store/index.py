@@ -52,9 +52,10 @@ class FaissConfig:
     ivfpq_min_train: int = 10_000  # below this, ivfpq stays exact flat (PQ wants 39 * 256 points)
     rebuild_tombstone_ratio: float = 0.2
     # A filter that keeps at most this many vectors, or this share of them, is searched exactly
-    # over just those vectors (read from SQLite) instead of through the index with an id selector.
-    exact_max: int = 4096
-    exact_fraction: float = 0.02
+    # over just those vectors (read from SQLite, ~6 us each) instead of through the index with an
+    # id selector (a flat scan of everything; HNSW loses recall when few points pass).
+    exact_max: int = 2048
+    exact_fraction: float = 0.01
     use_gpu: bool = True  # only when faiss was built with GPU support and sees a GPU
 
 
@@ -352,7 +353,8 @@ def exact_nearest(
     scores = vectors @ query.reshape(-1)
     order = np.argsort(-scores, kind="stable")
     cutoff = scores[order[min(want, len(order)) - 1]]
-    return [(int(ids[i]), float(scores[i])) for i in order if scores[i] >= cutoff]
+    kept = order[scores[order] >= cutoff]
+    return list(zip(ids[kept].tolist(), scores[kept].tolist(), strict=True))
 
 
 def _complete(found: list[tuple[int, float]], goal: int) -> bool:

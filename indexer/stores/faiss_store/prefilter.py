@@ -1,12 +1,13 @@
 """Store filters as SQL: one SELECT giving the iids of the points that pass, for FAISS to search among.
 
-must -> INTERSECT, should -> UNION, must_not -> EXCEPT, all over the live points; each condition is a
-SELECT of the iids it holds for. Field conditions read the indexed `fields` table (db.py), so they
-agree with `indexer.filters.matches` by construction: the same flattening (`values_at`), the same
-datetime parsing, types kept apart (true is not 1), `except` needing some other value, is_empty
-meaning no row. geo_radius narrows by a bounding box in SQL, then keeps the exact haversine distance
-(the reference's own function, registered in SQLite). A key without rows (an undeclared path, or a
-version-1 collection before its first write) is evaluated by `matches` itself over the payloads.
+must -> INTERSECT, should -> UNION, must_not -> EXCEPT (from all live points when nothing else
+narrows them); each condition is a SELECT of the (live) iids it holds for. Field conditions read
+the indexed `fields` table (db.py), so they agree with `indexer.filters.matches` by construction:
+the same flattening (`values_at`), the same datetime parsing, types kept apart (true is not 1),
+`except` needing some other value, is_empty meaning no row. geo_radius narrows by a bounding box in
+SQL, then keeps the exact haversine distance (the reference's own function, registered in SQLite).
+A key without rows (an undeclared path, or a version-1 collection before its first write) is
+evaluated by `matches` itself over the payloads.
 Differences left: integers beyond 2**53 compare exactly in SQL, as floats in the reference.
 """
 
@@ -49,19 +50,28 @@ def compile_filter(store_filter: Filter, context: Context) -> tuple[str, list[An
     """(sql, params) selecting the iids that pass. Conditions left to Python are registered with
     the database: call `context.db.clear_pending()` once the query has run."""
     params: list[Any] = []
-    return _filter(store_filter, context, params), params
+    sql = _filter(store_filter, context, params)
+    if not _compound(store_filter):  # one condition's rows: an array gives one row per element
+        sql = f"SELECT DISTINCT iid FROM ({sql})"
+    return sql, params
+
+
+def _compound(flt: Filter) -> bool:
+    """Whether `_filter` makes a compound SELECT (whose rows are distinct) of this filter."""
+    return len(flt.must) + bool(flt.should) != 1 or bool(flt.must_not)
 
 
 def _filter(flt: Filter, ctx: Context, params: list[Any]) -> str:
     for part in (flt.must, flt.should, flt.must_not):
         if len(part) > MAX_CONDITIONS:
             raise InvalidFilter(f"a filter list has {len(part)} conditions; at most {MAX_CONDITIONS}")
-    sql = ALL
-    for condition in flt.must:
-        sql += " INTERSECT " + _condition(condition, ctx, params)
+    # Every condition selects live points only, so the first one, not all points, is the start:
+    # intersecting with every point would cost a scan of the collection per query.
+    parts = [_condition(condition, ctx, params) for condition in flt.must]
     if flt.should:
         union = " UNION ".join(_condition(c, ctx, params) for c in flt.should)
-        sql += f" INTERSECT SELECT iid FROM ({union})"
+        parts.append(f"SELECT iid FROM ({union})")
+    sql = " INTERSECT ".join(parts) if parts else ALL
     for condition in flt.must_not:
         sql += " EXCEPT " + _condition(condition, ctx, params)
     return sql
@@ -109,7 +119,9 @@ def _match(match: MatchValue | MatchAny | MatchExcept, name: str, params: list[A
     selects = []
     for kind, column, values in groups:
         params += [name, json.dumps(values)]
-        selects.append(f"{_ROWS} AND kind = {kind} AND {column} IN (SELECT value FROM json_each(?))")
+        # Only strings have a text, and without `kind` SQLite picks the (field, text) index.
+        narrow = "" if kind == STRING else f" AND kind = {kind}"
+        selects.append(f"{_ROWS}{narrow} AND {column} IN (SELECT value FROM json_each(?))")
     if not selects:
         return NONE
     return selects[0] if len(selects) == 1 else f"SELECT iid FROM ({' UNION '.join(selects)})"

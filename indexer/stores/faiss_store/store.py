@@ -425,7 +425,7 @@ class FaissStore:
                 f"SELECT vid FROM {self.db.vectors_from(spec.storage_key)} WHERE iid IN ({sql}) ORDER BY vid",
                 params,
             )
-            return np.fromiter((r[0] for r in rows), dtype=np.int64)
+            return np.array([r[0] for r in rows.fetchall()], dtype=np.int64)
         finally:
             self.db.clear_pending()
 
