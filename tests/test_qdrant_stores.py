@@ -513,3 +513,11 @@ def test_edge_create_removes_abandoned_creations(tmp_path: Path, opened) -> None
     assert sorted(p.name for p in settings.collection_dir("photos").iterdir()) == [
         ".create.lock", "info.json", "shard"
     ]
+
+
+def test_changes_to_unknown_points_alone_are_ignored(kind, tmp_path, opened) -> None:
+    store = new_store(kind, tmp_path, opened)
+    store.update_vectors("small", {str(uuid.uuid4()): unit(1, 5, 0)[0]})
+    store.set_payloads({str(uuid.uuid4()): {"uri": "/x.jpg"}})
+    store.delete([str(uuid.uuid4())])
+    assert store.count() == 0

@@ -463,10 +463,10 @@ class QdrantFamilyStore(ABC):
             return
         self._migrate()
         with self._errors(action):
-            present = self._existing(list(by_id))
-            known = [i for i in by_id if i in present]
-            for batch in batches(known, self.write_batch):
-                put({i: by_id[i] for i in batch})
+            for batch in batches(list(by_id), self.write_batch):
+                present = self._existing(batch)
+                if present:
+                    put({i: by_id[i] for i in batch if i in present})
 
     def _storage_vectors(self, record: Record) -> Vectors:
         out: Vectors = {}
