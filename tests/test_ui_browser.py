@@ -197,3 +197,17 @@ def test_failures_page(page, broken: Path, shots: Path) -> None:
     sync_api.expect(failed.get_by_text(str(broken), exact=True)).to_have_count(1)
     sync_api.expect(failed.get_by_text("not an image file", exact=True)).to_have_count(1)
     page.screenshot(path=str(shots / "failures.png"), full_page=True)
+
+
+def test_classify_several_files(page, photos: Path, broken: Path, shots: Path) -> None:
+    page.locator('[data-testid="stSidebar"] label').filter(has_text="Classify").click()
+    uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    uploader.wait_for(state="attached", timeout=30_000)
+    good = sorted(photos.iterdir())[:2]
+    uploader.set_input_files([str(good[0]), str(broken), str(good[1])])
+    page.get_by_text("2 images labelled, 1 failed").wait_for(timeout=60_000)
+    main = page.locator('[data-testid="stMain"]')
+    sync_api.expect(main.locator('[data-testid="stAlertContentError"]')).to_have_text(
+        ["broken.jpg: not an image file"])
+    sync_api.expect(main.locator('[data-testid="stDataFrame"]')).to_have_count(2)
+    page.screenshot(path=str(shots / "classify.png"), full_page=True)

@@ -33,12 +33,11 @@ SEARCH_PAGES = ("Search", "Search by image")
 ICONS = {"Search": ":material/search:", "Search by image": ":material/image_search:",
          "Classify": ":material/label:", "Failures": ":material/error:"}
 
-# Grid thumbnails get no full-screen button (the detail view shows the original instead), and their
-# captions stay on one line, cut with an ellipsis rather than broken mid-word.
+# Grid thumbnails get no full-screen button (the detail view shows the original instead), and image
+# captions (file names) stay on one line, cut with an ellipsis rather than broken mid-word.
 CSS = f"""<style>
 [class*="st-key-{RESULTS_KEY}-"] [data-testid="stElementToolbar"] {{ display: none; }}
-[class*="st-key-{RESULTS_KEY}-"] [data-testid="stImageCaption"] {{
-  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
+[data-testid="stImageCaption"] {{ white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
 </style>"""
 
 

@@ -12,7 +12,7 @@ import streamlit as st
 
 from ui.client import ApiClient, ApiError, ApiUnreachable
 from ui.format import describe_model, file_name, plural
-from ui.views import call, preview, results_grid, to_thumbnail
+from ui.views import call, get_client, preview, results_grid, to_thumbnail
 
 MAX_K = 50
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
@@ -78,6 +78,7 @@ def classify_page(api: ApiClient, collection: str) -> None:
     if not labels:
         st.warning("Give at least one label.")
         return
+    summary = st.empty()  # filled in once every file has been answered
     failed = 0
     for number, upload in enumerate(uploads):
         # One request per file: a bad file gets its own error and the others keep their labels.
@@ -87,13 +88,21 @@ def classify_page(api: ApiClient, collection: str) -> None:
                 preview(to_thumbnail(upload.getvalue()), upload.name, width=160)
             with answer:
                 failed += not classify_one(api, collection, upload.name, upload.getvalue(), labels)
-    summary = f"{plural(len(uploads) - failed, 'image')} labelled"
-    st.caption(summary + (f", {failed} failed" if failed else ""))
+    labelled = f"{plural(len(uploads) - failed, 'image')} labelled"
+    summary.caption(labelled + (f", {failed} failed" if failed else ""))
+
+
+@st.cache_data(ttl=600, max_entries=200, show_spinner=False)
+def classified(base_url: str, api_key: str | None, collection: str, name: str, data: bytes,
+               labels: tuple[str, ...]) -> list[tuple[str, float]]:
+    """One file's labels; kept so that a rerun (another label, another file added) does not send every
+    file again. Errors are raised, so they are never kept."""
+    return get_client(base_url, api_key).classify(data, list(labels), name, collection)
 
 
 def classify_one(api: ApiClient, collection: str, name: str, data: bytes, labels: list[str]) -> bool:
     try:
-        scores = api.classify(data, labels, name, collection)
+        scores = classified(api.base_url, api.api_key, collection, name, data, tuple(labels))
     except ApiUnreachable as exc:
         st.error(f"{name}: the API is unreachable: {exc.detail}")
         return False
