@@ -446,9 +446,12 @@ def _float_or_none(value: float | str) -> float | None:
 
 
 def _within(radius: GeoRadius, value: Any) -> bool:
-    if not isinstance(value, dict) or "lat" not in value or "lon" not in value:
+    if not isinstance(value, dict):
         return False
-    return haversine_m(radius.center.lat, radius.center.lon, value["lat"], value["lon"]) <= radius.radius
+    lat, lon = value.get("lat"), value.get("lon")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lat, lon)):
+        return False  # not a geo point: it matches no radius
+    return haversine_m(radius.center.lat, radius.center.lon, lat, lon) <= radius.radius
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

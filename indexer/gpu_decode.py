@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image
 
+from indexer.batches import Decoded, decode_item
 from indexer.models import PixelTransform
 from indexer.sources import SourceItem
 
@@ -158,8 +159,6 @@ def decode_chunk(
     pool: ThreadPoolExecutor,
 ) -> list[Any]:
     """One batch: device decoding where the probe allowed it, the CPU path for the rest, input order."""
-    from indexer.pipeline import Decoded, decode_item
-
     results: list[Any] = [None] * len(chunk)
     candidates = [i for i, probe in enumerate(probes) if probe is not None]
     for start in range(0, len(candidates), DEVICE_DECODE_BATCH):

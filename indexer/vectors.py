@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from indexer.batches import decoded_batches
 from indexer.filters import Filter, HasVectorCondition
 from indexer.locking import collection_lock
 from indexer.models import ClipModel, check_same_model, load_model
-from indexer.pipeline import batch_size_for, decoded_batches, workers_for
+from indexer.pipeline import batch_size_for, workers_for
 from indexer.schema import VectorSpec, check_name
 from indexer.settings import Settings
 from indexer.sources import SourceItem

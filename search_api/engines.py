@@ -11,6 +11,7 @@ interleave with their batches.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from indexer.engine import SearchEngine, collection_status
-from indexer.errors import CollectionNotFound, StoreError
+from indexer.errors import CollectionBusy, CollectionNotFound, StoreError
 from indexer.filters import Filter
 from indexer.locking import remove_server_address, write_server_address
 from indexer.models import ClipModel, ModelCache
@@ -28,6 +29,7 @@ from indexer.settings import Settings
 from indexer.stores import Record, check_collection_name, list_collections, open_store
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class FifoLock:
@@ -113,8 +115,8 @@ class Engines:
         and /readyz says why until it is indexed)."""
         try:
             self.call(None, lambda engine: engine)
-        except CollectionNotFound:
-            pass
+        except (CollectionNotFound, CollectionBusy) as exc:  # the server still starts; /readyz says why
+            log.warning("collection %r is not served yet: %s", self.default, exc)
 
     @property
     def embedded(self) -> bool:
@@ -133,11 +135,9 @@ class Engines:
         """None when the default collection is open with its model loaded and warm; else why not."""
         if self.loaded() is None:
             try:
-                self.open_default()
+                self.call(None, lambda engine: engine)
             except Exception as exc:  # the reason is the answer
                 return str(exc)
-            if self.loaded() is None:
-                return f"collection {self.default!r} is not indexed yet"
         return None
 
     def collections(self) -> list[dict[str, Any]]:

@@ -60,7 +60,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path, tiny_ch
         records = store.retrieve(ids, with_vectors=True)
     finally:
         store.close()
-    vectors = np.stack([record.vector for record in records]).astype(np.float32)
+    vectors = np.stack([record.vectors["default"] for record in records]).astype(np.float32)
     return Corpus(settings, photos, ids, vectors, [record.payload["uri"] for record in records])
 
 
@@ -112,7 +112,7 @@ def test_text_search_shape(client: httpx.Client, corpus: Corpus) -> None:
         assert result["metadata"]["width"] > 0 and result["metadata"]["height"] > 0
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
-    assert set(body["timings"]) == {"encode_ms", "search_ms", "fetch_ms"}
+    assert set(body["timings"]) == {"decode_ms", "encode_ms", "search_ms", "fetch_ms"}
     assert all(value >= 0 for value in body["timings"].values())
     assert body["took_ms"] >= body["timings"]["search_ms"] > 0
 
@@ -382,7 +382,10 @@ def test_missing_collection_is_404_not_500(
     settings = make_settings(tmp_path / "empty-home", tiny_checkpoint, collection="photos")
     with serve(create_app(settings, model=tiny_model)) as url, httpx.Client(base_url=url, timeout=30) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
-        expected = "collection 'photos' not found: run clipsearch index first"
+        expected = (
+            "collection 'photos' not found: index it first (`clipsearch index SOURCE --collection photos`, "
+            "or `clipsearch serve --watch FOLDER`)"
+        )
         assert assert_error(http.post("/v1/search", json={"text": "a cat"}), 404) == expected
         assert assert_error(http.post("/v1/search", json={"image_id": str(uuid.uuid4())}), 404) == expected
         upload = {"file": ("x.png", png_bytes((32, 32)))}
@@ -400,18 +403,25 @@ def test_engine_errors_are_409_and_503_not_500(
     index_sources(settings, [tmp_path / "photos"], model=tiny_model, progress=False)
     text = {"text": "a cat", "k": 2}
 
-    # A model other than the one the collection was built with: refused, never mixed.
+    # A model other than the one the collection was built with serves only collections that record it:
+    # this collection is searched with its own recorded model, never with mixed vectors.
     other = copy.copy(tiny_model)
     other.identity = dataclasses.replace(tiny_model.identity, weights="sha256:" + "0" * 64)
+    other.encode_texts = lambda texts: pytest.fail("the other model encoded a query")  # type: ignore[method-assign]
+    with serve(create_app(settings, model=tiny_model)) as url:
+        expected = httpx.post(f"{url}/v1/search", json=text, timeout=30).json()["results"]
     with serve(create_app(settings, model=other)) as url:
-        assert_error(httpx.post(f"{url}/v1/search", json=text, timeout=30), 409, "was built with")
+        assert httpx.post(f"{url}/v1/search", json=text, timeout=30).json()["results"] == expected
 
-    # The embedded store admits one opener: a second server over the same collection gets a clear 503.
-    # (The store's own message says so; only its naming the collection is checked here.)
+    # The embedded store admits one opener: a second server over the same collection answers 409 (busy)
+    # and says why on /readyz. (The store's own message says so; only its naming the collection is checked.)
     with serve(create_app(settings, model=tiny_model)) as first, serve(create_app(settings)) as second:
-        [listed] = httpx.get(f"{first}/v1/collections").json()["collections"]  # engine not opened yet
-        assert listed["count"] == 3 and listed["error"] is None
+        [listed] = httpx.get(f"{first}/v1/collections").json()["collections"]
+        assert listed["count"] == 3 and listed["error"] is None and listed["default"]
         assert httpx.post(f"{first}/v1/search", json=text, timeout=30).status_code == 200
-        assert_error(httpx.post(f"{second}/v1/search", json=text, timeout=30), 503, "'default'")
+        assert httpx.get(f"{first}/readyz").status_code == 200
+        assert_error(httpx.post(f"{second}/v1/search", json=text, timeout=30), 409, "'default'")
+        not_ready = httpx.get(f"{second}/readyz")
+        assert not_ready.status_code == 503 and "'default'" in not_ready.json()["reason"]
         [listed] = httpx.get(f"{second}/v1/collections").json()["collections"]
         assert listed["count"] is None and "'default'" in listed["error"]

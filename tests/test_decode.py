@@ -15,7 +15,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from indexer import decode
-from indexer.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, image_size
+from indexer.decode import IMAGE_EXTENSIONS, decode_image, image_size
+from indexer.errors import ImageDecodeError
 from tests.corpus import handmade_png
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
@@ -420,8 +421,10 @@ def test_corrupted_inputs_raise_only_image_decode_error(tmp_path, name, params):
             assert out.mode == "RGB"
 
 
-def test_error_is_a_value_error():
-    assert issubclass(ImageDecodeError, ValueError)
+def test_error_is_bad_input_of_the_one_hierarchy():
+    from indexer.errors import BadInput, ErrorKind
+
+    assert issubclass(ImageDecodeError, BadInput) and ImageDecodeError("x").kind is ErrorKind.BAD_INPUT
 
 
 def test_image_extensions():

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from indexer.batches import decode_item, decoded_batches
 from indexer.decode import decode_image
 from indexer.models import ModelIdentity, ModelMismatchError, load_model
-from indexer.pipeline import decode_item, decoded_batches, index_sources
+from indexer.pipeline import index_sources
 from indexer.sources import SourceItem
 
 
