@@ -241,3 +241,39 @@ def test_vector_commands_on_the_collection_and_through_a_server(
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
         assert not server_file.exists()
+
+
+def test_an_engine_on_a_shared_qdrant_collection_follows_activation_by_another_process(
+    tmp_path: Path,
+    imagenet_dir: Path,
+    tiny_checkpoint: Path,
+    tiny_model: ClipModel,
+    wide: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Qdrant server is shared: `clipsearch activate` from elsewhere changes the schema under a running
+    engine, which follows within SCHEMA_REFRESH_S (qdrant-client's local mode stands in for the server:
+    two store objects in one process share its client, as two processes share a server)."""
+    import indexer.engine as engine_module
+    from indexer.engine import SearchEngine
+    from indexer.vectors import activate, reembed
+
+    monkeypatch.setattr(engine_module, "SCHEMA_REFRESH_S", 0.0)
+    settings = make_settings(
+        tmp_path / "home", tiny_checkpoint, store="qdrant", qdrant={"path": tmp_path / "qdrant"}
+    )
+    photos = copy_photos(imagenet_dir, tmp_path / "photos", 6)
+    index_sources(settings, [photos], model=tiny_model, progress=False)
+    with SearchEngine(settings) as engine:
+        assert engine.schema.active == "default"
+        reembed(settings, None, wide[0], wide[1], "wide", progress=False)
+        other = open_store(settings, settings.collection)
+        try:
+            activate(other, "wide")
+        finally:
+            other.close()
+        some_id = engine.search_text("a bird", 1).results[0].id
+        found = engine.search_similar(some_id, 3)
+        assert engine.schema.active == "wide"
+        assert found.results[0].id == some_id and found.results[0].score == pytest.approx(1.0, abs=1e-4)
+        assert found.results == engine.search_similar(some_id, 3, vector="wide").results
