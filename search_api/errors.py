@@ -1,4 +1,8 @@
-"""One error shape for the whole API, {"detail": "..."}, and the status of each library error."""
+"""One error shape for the whole API, {"detail": "..."}, with the status of each error kind.
+
+The status comes from the one table, indexer.errors.ERROR_KINDS, which the CLI reads for its exit
+codes: an error means the same thing whichever way it reaches a user.
+"""
 
 from __future__ import annotations
 
@@ -9,53 +13,38 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.decode import ImageDecodeError
-from indexer.engine import ItemNotFound
-from indexer.locking import CollectionLocked
-from indexer.models import ModelLoadError, ModelMismatchError
-from indexer.stores import CollectionNotFound, StoreError
+from indexer.errors import ClipsearchError, outcome
 
 log = logging.getLogger(__name__)
 
-# Library errors a client or operator can act on. Starlette picks the handler of the closest class in
-# the exception's MRO, so CollectionNotFound (a StoreError) gets 404, other StoreErrors 503.
-LIBRARY_ERRORS: dict[type[Exception], int] = {
-    ItemNotFound: 404,
-    CollectionNotFound: 404,
-    ImageDecodeError: 400,
-    ModelMismatchError: 409,
-    ModelLoadError: 503,
-    CollectionLocked: 503,
-    StoreError: 503,
-}
 
-
-def _message(exc: Exception) -> str:
-    if isinstance(exc, ItemNotFound):  # a KeyError: str() would add quotes
-        return f"no indexed image with id {exc.args[0]!r}" if exc.args else "no such image"
-    return str(exc) or type(exc).__name__
+def error_response(exc: ClipsearchError) -> JSONResponse:
+    """The answer to one of our errors: its kind's status and its message."""
+    status = outcome(exc).http_status  # type: ignore[union-attr]  # ours, so never None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def library_error(request: Request, exc: Exception) -> JSONResponse:
-        status = next(code for cls, code in LIBRARY_ERRORS.items() if isinstance(exc, cls))
-        if status >= 500:
+    async def clipsearch_error(request: Request, exc: ClipsearchError) -> JSONResponse:
+        # Starlette picks the handler of the closest class in the exception's MRO: every subclass lands here.
+        response = error_response(exc)
+        if response.status_code >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": _message(exc)}, status_code=status)
+        return response
 
-    for cls in LIBRARY_ERRORS:
-        app.add_exception_handler(cls, library_error)
+    app.add_exception_handler(ClipsearchError, clipsearch_error)  # type: ignore[arg-type]
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default detail is a list of objects; the API promises a sentence.
         return JSONResponse({"detail": describe_validation(exc)}, status_code=422)
 
-    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Still logged with its traceback by the server; the client gets the promised shape, no internals.
@@ -65,9 +54,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def describe_validation(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one sentence a person can act on."""
     parts = []
     for error in exc.errors():
+        kind = error.get("type")
+        if kind == "json_invalid":  # loc is ("body", position): the position is no field name
+            reason = (error.get("ctx") or {}).get("error", "")
+            parts.append(f"the body is not valid JSON: {reason} (at character {error['loc'][-1]})")
+            continue
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header"))
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if kind == "missing":  # an empty form field arrives as missing: say both
+            message = "required, and must not be empty"
+        else:
+            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or "invalid request"

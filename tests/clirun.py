@@ -7,6 +7,7 @@ command reads, with the tiny test model; the command then runs exactly as a user
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from indexer.settings import Settings
 from tests.helpers import settings_env
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "indexer.cli"]
+CLI = [sys.executable, "-m", "clipsearch"]
 
 
 @contextmanager
@@ -64,3 +65,42 @@ def lock_holder(settings: Settings, collection: str) -> str:
     """What the collection's lock file says about its (last) holder; '' before any run."""
     path = settings.home / "locks" / f"{collection}.lock"
     return path.read_text() if path.exists() else ""
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a new server could listen on `port` (SO_REUSEADDR, as servers bind)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def children_of(pid: int) -> list[int]:
+    """Live child processes of `pid` (from /proc; zombies count as gone)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

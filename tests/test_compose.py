@@ -54,3 +54,31 @@ def test_cluster_profile_shards_and_replicates_over_three_nodes() -> None:
     host_ports = [p for s in services.values() for p in s.get("ports", [])]
     published = [str(p["published"]) if isinstance(p, dict) else str(p).split(":")[0] for p in host_ports]
     assert len(published) == len(set(published)), f"two services publish the same host port: {published}"
+
+
+def raw_services() -> dict:
+    """The services as written (no docker client needed), anchors merged by the YAML loader."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+
+
+def test_every_clipsearch_variable_given_to_a_container_is_a_setting() -> None:
+    from indexer.settings import settings_rows
+
+    settings = {variable for variable, _, _ in settings_rows()}
+    given = {
+        (name, variable)
+        for name, service in raw_services().items()
+        for variable in service.get("environment") or {}
+        if variable.startswith("CLIPSEARCH_")
+    }
+    assert given, "no service gets a CLIPSEARCH_ variable"
+    assert [f"{name}: {variable}" for name, variable in sorted(given) if variable not in settings] == []
+
+
+def test_servers_in_containers_listen_beyond_loopback() -> None:
+    """`clipsearch serve` and `ui` listen on 127.0.0.1 unless told: a published port needs 0.0.0.0."""
+    commands = [s["command"] for s in raw_services().values() if s.get("command", [None])[0] == "clipsearch"]
+    servers = [c for c in commands if c[1] in ("serve", "ui")]
+    assert len(servers) == 4
+    for command in servers:
+        assert command[command.index("--host") + 1] == "0.0.0.0", command

@@ -1,0 +1,412 @@
+"""The `clipsearch` command line: a thin layer over the library (indexer) and the API (search_api).
+
+Results go to stdout (one JSON document with --json); progress, logs and errors go to stderr.
+An error a user can act on is one line, `error: <message>`, and the exit code of its kind
+(indexer.errors.ERROR_KINDS); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clipsearch.common import (
+    Group,
+    collection_option,
+    describe_model,
+    emit,
+    json_option,
+    model_options,
+    print_error,
+    settings_from_flags,
+)
+from indexer.errors import ERROR_KINDS, ErrorKind, ImageDecodeError
+from indexer.settings import Settings
+
+# Command modules that others own, each listing its commands in COMMANDS; registered at the end.
+try:
+    import clipsearch.vectors as vectors  # reembed, vectors, activate, drop-vector
+except ModuleNotFoundError as exc:  # not written yet
+    if exc.name != "clipsearch.vectors":
+        raise
+    vectors = None  # type: ignore[assignment]
+try:
+    import clipsearch.backup as backup  # snapshot, restore, copy
+except ModuleNotFoundError as exc:
+    if exc.name != "clipsearch.backup":
+        raise
+    backup = None  # type: ignore[assignment]
+
+
+@click.group(cls=Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log more to stderr.")
+def main(verbose: bool) -> None:
+    """Semantic image search over your own collections, with open_clip models."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@collection_option
+@model_options
+@click.option(
+    "--batch-size", type=int, default=None, help="Images per encoder batch [default: 256 on CUDA, 64 on CPU]."
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Decode processes; 1: a decode thread in this process [default: one per core on CUDA, "
+    "one per 4 cores on CPU].",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    default=None,
+    help="int8: approximate CPU fast path (int8 image encoder, embeddings within cosine ~0.999 of fp32). "
+    "A collection keeps the precision it was built with [default: fp32].",
+)
+@json_option
+def index(
+    sources: tuple[Path, ...],
+    collection: str | None,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    batch_size: int | None,
+    workers: int | None,
+    precision: str | None,
+    as_json: bool,
+) -> None:
+    """Embed new and changed images under SOURCES; drop the ones that are gone.
+
+    An existing collection keeps the model recorded with it unless --model/--pretrained are given."""
+    from indexer.pipeline import index_sources
+
+    settings = settings_from_flags(
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+    )
+    report = index_sources(settings, list(sources), collection, progress=not as_json or sys.stderr.isatty())
+    s = report.summary()
+    if as_json:
+        emit(s)
+        return
+    click.echo(
+        f"{s['collection']}: {s['embedded']} embedded, {s['unchanged']} unchanged, "
+        f"{s['removed']} removed, {s['failed']} failed in {s['seconds']:.1f}s"
+    )
+    if s["failed"]:
+        click.echo("see `clipsearch status` for the failed files and why", err=True)
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option(
+    "--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Find images like this."
+)
+@click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Number of results.")
+@click.option("--vector", default=None, help="Search this named vector [default: the active one].")
+@collection_option
+@json_option
+def search(
+    text: str | None, image: Path | None, k: int, vector: str | None, collection: str | None, as_json: bool
+) -> None:
+    """Find images by TEXT, or by an example --image."""
+    from indexer.engine import SearchEngine
+
+    if bool(text) == bool(image):
+        raise click.UsageError("give either TEXT or --image")
+    with SearchEngine(settings_from_flags(), collection) as engine:
+        if image:
+            found = engine.search_image(image, k, vector=vector)
+        else:
+            found = engine.search_text(text or "", k, vector=vector)
+    rows = [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata} for r in found.results]
+    if as_json:
+        emit({"results": rows})
+        return
+    for row in rows:
+        click.echo(f"{row['score']:.4f}\t{row['uri']}")
+
+
+Labelled = list[list[tuple[str, float]]]
+
+
+@main.command()
+@click.argument(
+    "images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--labels", required=True, help='Comma-separated class names, e.g. "cat,dog,car".')
+@collection_option
+@model_options
+@json_option
+def classify(
+    images: tuple[Path, ...],
+    labels: str,
+    collection: str | None,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    """Score IMAGES against LABELS (zero-shot), with the collection's model unless --model/--pretrained
+    are given. A file that is not an image is reported on stderr and the others are still scored."""
+    from indexer.classify import parse_labels
+
+    label_list = parse_labels(labels)
+    if not label_list:
+        raise click.UsageError("--labels needs at least one non-empty label")
+    settings = settings_from_flags(model=model, pretrained=pretrained, device=device)
+    uris = [str(path.resolve()) for path in images]
+    explicit = model is not None or pretrained is not None
+    with _Classifier(settings, collection, explicit) as run:
+        scored, failures = _classify_each(run, uris, label_list)
+    rows = [
+        {"uri": uri, "labels": [{"label": lb, "score": s} for lb, s in scored[uri]]}
+        for uri in uris
+        if uri in scored
+    ]
+    if as_json:
+        emit(rows)
+    else:
+        for row in rows:
+            best = ", ".join(f"{x['label']} {x['score']:.3f}" for x in row["labels"][:5])
+            click.echo(f"{row['uri']}\t{best}")
+    for uri, reason in failures.items():
+        print_error(f"{uri}: {reason}")
+    if failures:
+        sys.exit(ERROR_KINDS[ErrorKind.BAD_INPUT].exit_code)
+
+
+def _classify_each(
+    run: Callable[[list[str], list[str]], Labelled], uris: list[str], labels: list[str]
+) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
+    """All at once; when some file is not an image, one by one, to say which and keep the others."""
+    try:
+        return dict(zip(uris, run(uris, labels), strict=True)), {}
+    except ImageDecodeError:
+        pass
+    scored, failures = {}, {}
+    for uri in uris:
+        try:
+            [scored[uri]] = run([uri], labels)
+        except ImageDecodeError as exc:
+            failures[uri] = exc.message
+    return scored, failures
+
+
+class _Classifier:
+    """A function (paths, labels) -> labels per image: the collection's engine, or the given model."""
+
+    def __init__(self, settings: Settings, collection: str | None, explicit: bool) -> None:
+        self.settings, self.collection, self.explicit = settings, collection, explicit
+        self.engine: Any = None
+
+    def __enter__(self) -> Callable[[list[str], list[str]], Labelled]:
+        from indexer.stores import collection_exists
+
+        name = self.collection or self.settings.collection
+        # A collection named on the command line must exist; the default one is used when it does.
+        if not self.explicit and (self.collection or collection_exists(self.settings, name)):
+            from indexer.engine import SearchEngine
+
+            self.engine = SearchEngine(self.settings, name)
+            return self.engine.classify
+        return self._with_model()
+
+    def _with_model(self) -> Callable[[list[str], list[str]], Labelled]:
+        from indexer.classify import classify_embeddings
+        from indexer.decode import decode_image
+        from indexer.models import load_model
+
+        s = self.settings
+        clip = load_model(s.model, s.pretrained, s.device)
+
+        def run(paths: list[str], labels: list[str]) -> Labelled:
+            pictures = [decode_image(p, s.max_image_pixels, draft_size=clip.draft_size) for p in paths]
+            return classify_embeddings(clip, clip.encode_images(pictures), labels)
+
+        return run
+
+    def __exit__(self, *exc: object) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+@main.command()
+@collection_option
+@json_option
+def status(collection: str | None, as_json: bool) -> None:
+    """Count, vectors (with their models) and failed files of a collection."""
+    from indexer.engine import SearchEngine
+
+    with SearchEngine(settings_from_flags(), collection) as engine:
+        report = engine.status()
+    if as_json:
+        emit(report)
+        return
+    click.echo(f"collection: {report['collection']}")
+    click.echo(f"count:      {report['count']}")
+    click.echo(f"model:      {describe_model(report.get('model'))}")
+    for v in report.get("vectors", []):
+        active = " (active)" if v.get("active") else ""
+        click.echo(
+            f"vector:     {v['name']}{active}: {describe_model(v.get('model'))}, {v.get('precision')}, "
+            f"{v.get('state')}, {v.get('count')} embedded"
+        )
+    click.echo(f"failed:     {len(report['failed'])}")
+    for entry in report["failed"]:
+        click.echo(f"  {entry['uri']}: {entry['reason']}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@collection_option
+@model_options
+@click.option(
+    "--watch",
+    "watch",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also index this folder into the collection, and keep it in line (repeatable).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between two full syncs of the --watch folders.",
+)
+def serve(
+    host: str,
+    port: int,
+    collection: str | None,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    watch: tuple[Path, ...],
+    interval: float,
+) -> None:
+    """Run the HTTP API; with --watch, it also indexes folders into the collection.
+
+    --model/--pretrained/--device: the model for a collection that --watch creates (an existing
+    collection keeps the model recorded with it)."""
+    import uvicorn
+
+    from search_api.app import create_app
+
+    settings = settings_from_flags(collection=collection, model=model, pretrained=pretrained, device=device)
+    if watch:  # someone else writing the collection: one line now rather than a failed startup later
+        from indexer.locking import collection_lock
+
+        with collection_lock(settings.home, settings.collection):
+            pass
+    app = create_app(settings, watch=watch, watch_interval=interval)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to listen on; 0.0.0.0 for every one."
+)
+@click.option("--port", type=int, default=8501, show_default=True)
+@click.option("--api-url", default=None, help="Where the API runs [default: CLIPSEARCH_API_URL].")
+def ui(host: str, port: int, api_url: str | None) -> None:
+    """Run the Streamlit UI (it talks to the API over HTTP). It stops when this command stops."""
+    import ui as ui_package
+
+    settings = settings_from_flags()
+    env = {**os.environ, "CLIPSEARCH_API_URL": api_url or settings.api.url}
+    app = Path(ui_package.__file__).with_name("app.py")
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    # In the app's folder: Streamlit reads the app's .streamlit/config.toml from there (older releases
+    # read only the working directory's), which hides the toolbar's developer options.
+    sys.exit(_run_child(command, env, cwd=app.parent))
+
+
+STOP_GRACE_SECONDS = 10.0
+
+
+def _run_child(command: Sequence[str], env: dict[str, str], cwd: Path) -> int:
+    """Run a child process as part of this one: SIGTERM, SIGINT and SIGHUP are passed on to it (and it
+    is killed if it has not stopped STOP_GRACE_SECONDS later), and it is killed when we die, even by
+    SIGKILL. Returns its exit status (128 + signal number for a signal)."""
+    parent = os.getpid()
+    child = subprocess.Popen(command, env=env, cwd=cwd, preexec_fn=lambda: _die_with(parent))
+    stop_asked: list[float] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stop_asked.append(time.monotonic())
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if stop_asked and time.monotonic() - stop_asked[0] > STOP_GRACE_SECONDS:
+                    child.kill()
+    finally:
+        if child.poll() is None:  # we are failing ourselves: never leave it behind
+            child.kill()
+            child.wait()
+    return 128 - code if code < 0 else code
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: its own process group (a terminal's Ctrl-C reaches it once, through
+    us), and SIGTERM from the kernel when the parent dies (Linux)."""
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+for _module in (vectors, backup):
+    if _module is not None:
+        main.add_commands(_module.COMMANDS)
+
+
+if __name__ == "__main__":
+    main()
