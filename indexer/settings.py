@@ -64,6 +64,42 @@ class ApiSettings(BaseModel):
     max_k: int = Field(1000, ge=1, description="Most results one query may ask for.")
 
 
+VlmMode = Literal["pointwise", "listwise"]
+
+
+class VlmSettings(BaseModel):
+    """The optional vision-language model that re-ranks and explains hits (docs/vlm.md)."""
+
+    url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible chat endpoint that takes images (e.g. "
+        "`http://localhost:8001/v1`); the VLM stage is off when empty.",
+    )
+    model: str | None = Field(
+        None, description="Model name sent to the VLM endpoint; empty: the first one its `/models` lists."
+    )
+    api_key: str | None = Field(None, description="Sent to the VLM endpoint as `Authorization: Bearer`.")
+    timeout_s: float = Field(
+        30.0, gt=0, description="Seconds one VLM request may wait to connect or for each read."
+    )
+    deadline_s: float = Field(
+        20.0, gt=0, description="Seconds a whole re-rank may take; hits not scored by then keep their place."
+    )
+    concurrency: int = Field(4, ge=1, description="Most requests in flight to the VLM at once, per process.")
+    top_n: int = Field(20, ge=1, description="Hits re-ranked when a request does not say.")
+    mode: VlmMode = Field(
+        "pointwise",
+        description="`pointwise` (each hit scored 0-10 in its own request) or `listwise` (all thumbnails "
+        "in one request; for models that take several images).",
+    )
+    thumbnail_px: int = Field(
+        512, ge=32, description="Longest side of the JPEG thumbnails sent to the VLM, in pixels."
+    )
+    cache_size: int = Field(
+        10_000, ge=0, description="Scores and explanations kept in memory (least recently used dropped)."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="_", env_nested_max_split=1, extra="ignore"
@@ -125,6 +161,7 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     faiss: FaissSettings = Field(default_factory=FaissSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    vlm: VlmSettings = Field(default_factory=VlmSettings)
 
     def collection_dir(self, name: str) -> Path:
         return self.home / "collections" / name
