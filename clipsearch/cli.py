@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from clipsearch import backup, vectors
 from clipsearch.common import (
     Group,
     collection_option,
@@ -31,20 +32,6 @@ from clipsearch.common import (
 )
 from indexer.errors import ERROR_KINDS, ErrorKind, ImageDecodeError
 from indexer.settings import Settings
-
-# Command modules that others own, each listing its commands in COMMANDS; registered at the end.
-try:
-    import clipsearch.vectors as vectors  # reembed, vectors, activate, drop-vector
-except ModuleNotFoundError as exc:  # not written yet
-    if exc.name != "clipsearch.vectors":
-        raise
-    vectors = None  # type: ignore[assignment]
-try:
-    import clipsearch.backup as backup  # snapshot, restore, copy
-except ModuleNotFoundError as exc:
-    if exc.name != "clipsearch.backup":
-        raise
-    backup = None  # type: ignore[assignment]
 
 
 @click.group(cls=Group)
@@ -403,9 +390,11 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-for _module in (vectors, backup):
-    if _module is not None:
-        main.add_commands(_module.COMMANDS)
+# Command modules beside this one, each listing its click commands in COMMANDS. To add one, import it
+# above and name it here (plain imports, so that the layering checks see the edges).
+COMMAND_MODULES = (vectors, backup)
+for _module in COMMAND_MODULES:
+    main.add_commands(_module.COMMANDS)
 
 
 if __name__ == "__main__":
