@@ -1,0 +1,275 @@
+"""`clipsearch label / export / eval`: zero-shot labelling of whole collections, exports, and measuring
+a model on labelled data (docs/curation.md).
+
+label and export work on the collection directly (an embedded collection held by a running server is
+refused with CollectionBusy: stop the server, or use the review routes it serves).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from clipsearch.common import collection_option, emit, json_option, settings_from_flags
+from indexer.errors import BadInput
+
+F = TypeVar("F", bound=Callable[..., Any])
+TOP_COUNTS = 20  # labels listed by the human-readable summary
+
+
+def filter_options(func: F) -> F:
+    """--where FIELD=VALUE (repeatable, all must hold; FIELD!=VALUE excludes) and --filter JSON."""
+    func = click.option(
+        "--filter", "filter_json", default=None,
+        help='A filter as JSON in the API\'s shape, e.g. \'{"must": [{"key": "label", "match": {"value": '
+             '"cat"}}]}\'.',
+    )(func)
+    return click.option(
+        "--where", "where", multiple=True,
+        help="FIELD=VALUE (or FIELD!=VALUE) on a declared field, e.g. 'label = cat'; repeatable, all "
+             "must hold.",
+    )(func)
+
+
+def query_filter(where: tuple[str, ...], filter_json: str | None) -> dict[str, Any] | None:
+    """The query filter (field names) of --where and --filter together; None for neither."""
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for clause in where:
+        negated = "!=" in clause
+        field, sep, value = clause.partition("!=" if negated else "=")
+        if not sep or not field.strip() or not value.strip():
+            raise BadInput(f"--where {clause!r}: expected FIELD=VALUE or FIELD!=VALUE")
+        condition = {"key": field.strip(), "match": {"value": value.strip().strip("'\"")}}
+        (must_not if negated else must).append(condition)
+    if filter_json:
+        try:
+            must.append(json.loads(filter_json))
+        except ValueError as exc:
+            raise BadInput(f"--filter is not valid JSON: {exc}") from exc
+    if not must and not must_not:
+        return None
+    return {"must": must, "must_not": must_not}
+
+
+# --- label ----------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--labels", default=None,
+              help='Comma-separated labels ("cat,dog,car"), or a built-in set: imagenet, cifar10.')
+@click.option("--labels-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A file with one label a line ('#' starts a comment).")
+@click.option("--templates", default=None,
+              help="Prompt templates: a file with one a line, {} where the label goes, or a built-in "
+                   "ensemble (imagenet, imagenet-full, cifar10) [default: 8 general photo templates].")
+@click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Labels kept per item, best first.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help='Items whose best score is under this are labelled "unsure".')
+@filter_options
+@click.option("--run", default="label", show_default=True,
+              help="Run name: the field the labels go to (also NAME_score, NAME_top, NAME_top_scores).")
+@click.option("--vector", default=None, help="Label from this named vector [default: the active one].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where the label prompts are encoded.")
+@collection_option
+@json_option
+def label(labels: str | None, labels_file: Path | None, templates: str | None, top_k: int, threshold: float,
+          where: tuple[str, ...], filter_json: str | None, run: str, vector: str | None, device: str | None,
+          collection: str | None, as_json: bool) -> None:
+    """Label every item of a collection zero-shot from its stored vector (no image is re-encoded).
+
+    The labels go into each item's metadata as indexed fields named after --run, so `--where label=cat`
+    and counts work on them; review them in the UI's Review page."""
+    from indexer.labels import label_collection, load_labels, load_templates
+
+    settings = settings_from_flags(device=device)
+    report = label_collection(
+        settings, collection, load_labels(labels, labels_file), query_filter=query_filter(where, filter_json),
+        templates=load_templates(templates), run=run, top_k=top_k, threshold=threshold, vector=vector,
+        progress=not as_json or sys.stderr.isatty(),
+    )
+    summary = report.summary()
+    if as_json:
+        emit(summary)
+        return
+    click.echo(f"{summary['labeled']} items labelled under {run!r} ({summary['unsure']} unsure) "
+               f"in {summary['seconds']:.1f}s")
+    for name, count in list(summary["counts"].items())[:TOP_COUNTS]:
+        click.echo(f"{count}\t{name}")
+    if len(summary["counts"]) > TOP_COUNTS:
+        click.echo(f"... and {len(summary['counts']) - TOP_COUNTS} more labels (see --json)")
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "coco", "imagefolder", "fiftyone"]),
+              required=True, help="csv, jsonl, coco: a file; imagefolder, fiftyone: a new folder.")
+@filter_options
+@click.option("--run", default=None,
+              help="The label run whose labels to export [default: 'label' when the collection has it].")
+@click.option("--query", default=None, help="Export the results of this text query instead of every item.")
+@click.option("-k", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="Results of --query to export.")
+@click.option("--copy", is_flag=True, help="imagefolder, fiftyone: copy the images rather than symlink them.")
+@collection_option
+@json_option
+def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None, run: str | None,
+           query: str | None, k: int, copy: bool, collection: str | None, as_json: bool) -> None:
+    """Export a collection, a label run, or a query's results to OUT (labels: a person's decision first)."""
+    from indexer.export import collect
+    from indexer.export import export as write_export
+    from indexer.labels import DEFAULT_RUN, label_runs
+
+    settings = settings_from_flags()
+    wanted = query_filter(where, filter_json)
+    with _opened(settings, collection, query is not None) as (store, engine):
+        if query is not None:
+            found = engine.search_text(query, k, filter=wanted).results
+            items = collect(store, hits=[(r.id, r.score) for r in found])
+        else:
+            items = collect(store, _store_filter(store, wanted))
+        if run is None and DEFAULT_RUN in label_runs(store):
+            run = DEFAULT_RUN
+        report = write_export(store, items, fmt, out, run=run, copy=copy).summary()
+    if as_json:
+        emit(report)
+        return
+    missing = f", {report['missing']} files missing" if report["missing"] else ""
+    click.echo(f"{report['items']} items ({report['labelled']} labelled) exported to {out} as {fmt}{missing}")
+
+
+def _store_filter(store: Any, wanted: dict[str, Any] | None) -> Any:
+    from indexer.filters import Filter
+
+    parsed = Filter.parse(wanted)
+    return parsed.resolve(store.schema) if parsed is not None and not parsed.is_empty() else None
+
+
+class _opened:
+    """The collection's store, and a search engine over it when a query needs the model."""
+
+    def __init__(self, settings: Any, collection: str | None, with_engine: bool) -> None:
+        self.settings, self.collection, self.with_engine = settings, collection, with_engine
+        self.engine: Any = None
+        self.store: Any = None
+
+    def __enter__(self) -> tuple[Any, Any]:
+        if self.with_engine:
+            from indexer.engine import SearchEngine
+
+            self.engine = SearchEngine(self.settings, self.collection)
+            return self.engine.store, self.engine
+        from indexer.stores import open_store
+
+        self.store = open_store(self.settings, self.collection or self.settings.collection)
+        return self.store, None
+
+    def __exit__(self, *exc: object) -> None:
+        (self.engine or self.store).close()
+
+
+# --- eval -----------------------------------------------------------------------------------------
+
+
+@click.command(name="eval")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "models", multiple=True,
+              help="An open_clip model to evaluate (repeatable, each with its --pretrained).")
+@click.option("--pretrained", "pretrained", multiple=True, help="The weights of each --model, in order.")
+@collection_option
+@click.option("--vector", "vectors", multiple=True,
+              help="With --collection: a stored vector to evaluate (repeatable) [default: the active one].")
+@click.option("--templates", default=None,
+              help="Prompt templates for the class names: a file, or imagenet, imagenet-full, cifar10.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write report.md, results.json and confusion-matrix PNGs to this folder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@json_option
+def evaluate(data: Path, models: tuple[str, ...], pretrained: tuple[str, ...], collection: str | None,
+             vectors: tuple[str, ...], templates: str | None, report_dir: Path | None, device: str | None,
+             as_json: bool) -> None:
+    """Measure models or stored vectors on labelled DATA (an ImageFolder tree, or a CSV of path,label):
+    zero-shot top-1/top-5, text-to-image recall@1/5/10 with class prompts, image-to-image recall@k and mAP.
+
+    Without --model: the vectors of --collection (the default collection), matched to DATA by path."""
+    from indexer.evaluate import eval_json, load_dataset, run_eval, write_report
+    from indexer.labels import load_templates
+
+    if len(pretrained) > len(models):
+        raise click.UsageError("each --pretrained goes with a --model")
+    started = time.perf_counter()
+    settings = settings_from_flags(device=device)
+    dataset = load_dataset(data)
+    chosen = load_templates(templates)
+    progress = not as_json or sys.stderr.isatty()
+    systems = [_model_system(settings, m, p, dataset, chosen, progress)
+               for m, p in zip(models, [*pretrained, *[None] * len(models)], strict=False)]
+    if collection or vectors or not models:
+        systems += _vector_systems(settings, collection, vectors, dataset, chosen)
+    evaluated = run_eval(dataset, systems)
+    if report_dir is not None:
+        title = f"Evaluation on {data}"
+        path = write_report(report_dir, dataset, evaluated, title)
+        click.echo(f"report: {path}", err=True)
+    if as_json:
+        emit(eval_json(evaluated))
+        return
+    seconds = time.perf_counter() - started
+    click.echo(f"{evaluated['images']} images, {len(dataset.classes)} classes, {seconds:.1f}s")
+    for system in evaluated["systems"]:
+        r = system["result"]
+        parts = [f"zero-shot top-1 {r['zero_shot']['top1']:.4f} top-5 {r['zero_shot']['top5']:.4f}"]
+        for group, title in (("text_to_image", "text-to-image"), ("image_to_image", "image-to-image")):
+            parts.append(title + " " + " ".join(f"{k} {v:.4f}" for k, v in r[group].items()))
+        click.echo(f"{system['name']}: " + " | ".join(parts))
+
+
+def _model_system(settings: Any, model: str, pretrained: str | None, dataset: Any, templates: list[str],
+                  progress: bool) -> Any:
+    from indexer.evaluate import Embedded, embed_images, prompt_name
+    from indexer.labels import prompt_embeddings
+    from indexer.models import load_model
+    from indexer.pipeline import batch_size_for, workers_for
+
+    clip = load_model(model, pretrained if pretrained is not None else settings.pretrained, settings.device)
+    batch, workers = batch_size_for(settings, clip.device), workers_for(settings, clip.device)
+    images = embed_images(clip, dataset.paths, settings.max_image_pixels, batch, workers, progress)
+    classes = prompt_embeddings(clip, [prompt_name(c) for c in dataset.classes], templates)
+    weights = clip.identity.weights.removeprefix("sha256:")[:12] or "random"
+    return Embedded(f"{clip.identity.architecture} ({weights})", images, classes)
+
+
+def _vector_systems(settings: Any, collection: str | None, vectors: tuple[str, ...], dataset: Any,
+                    templates: list[str]) -> list[Any]:
+    from indexer.evaluate import Embedded, prompt_name, stored_images
+    from indexer.labels import prompt_embeddings
+    from indexer.models import load_recorded_model
+    from indexer.stores import open_store
+
+    name = collection or settings.collection
+    store = open_store(settings, name)
+    try:
+        systems = []
+        for vector in vectors or (None,):
+            spec = store.schema.vector(vector)
+            clip = load_recorded_model(spec.model, settings.device)
+            classes = prompt_embeddings(clip, [prompt_name(c) for c in dataset.classes], templates)
+            stored = stored_images(store, dataset.paths, spec.name)
+            systems.append(Embedded(f"{name}:{spec.name}", stored, classes))
+        return systems
+    finally:
+        store.close()
+
+
+COMMANDS = [label, export, evaluate]

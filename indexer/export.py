@@ -1,0 +1,287 @@
+"""Exports of a collection, a label run or a query's results: CSV, JSON Lines, COCO, ImageFolder, FiftyOne.
+
+Every format carries the item's id, its file, and its label under a run when one is given: a person's
+decision first (`indexer.labels.effective_label`), the zero-shot label otherwise; "unsure" and rejected
+items have no label. CSV and JSON Lines also carry every metadata field (clusters, outlier scores and
+duplicate groups included, when those runs wrote them); COCO keeps them on each image.
+
+- csv, jsonl: one row per item, OUT is a file.
+- coco: images, categories (the run's labels) and one image-level annotation per labelled image with
+  its score (bbox = the whole image, so that tools wanting boxes load it), OUT is a file.
+- imagefolder: OUT/<label>/<file>, symlinks to the originals (copies with `copy=True`).
+- fiftyone: FiftyOne's FiftyOneImageClassificationDataset: OUT/data/<id>.<ext> and OUT/labels.json
+  {"classes": [...], "labels": {"<id>": {"label": <class index>, "confidence": <score>} | null}}.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from indexer.durable import write_atomic
+from indexer.errors import BadInput
+from indexer.filters import Filter, format_datetime
+from indexer.labels import UNSURE, effective_label, human_field, label_runs
+from indexer.stores.base import Record, VectorStore
+
+FORMATS = ("csv", "jsonl", "coco", "imagefolder", "fiftyone")
+HUMAN_SCORE = 1.0  # a person's decision is certain
+
+
+@dataclass
+class Item:
+    id: str
+    uri: str
+    path: str
+    metadata: dict[str, Any]
+    query_score: float | None = None  # the item's score for the query it came from
+
+
+@dataclass
+class Labelled:
+    name: str
+    score: float
+    source: str  # "human" or "zero-shot"
+
+
+@dataclass
+class ExportReport:
+    format: str
+    out: str
+    items: int = 0
+    labelled: int = 0
+    files: int = 0  # imagefolder, fiftyone: links or copies made
+    missing: list[str] = field(default_factory=list)  # files gone since indexing: left out of the tree
+
+    def summary(self) -> dict[str, Any]:
+        return {"format": self.format, "out": self.out, "items": self.items, "labelled": self.labelled,
+                "files": self.files, "missing": len(self.missing)}
+
+
+def _item(record: Record, score: float | None = None) -> Item:
+    payload = record.payload
+    return Item(record.id, str(payload.get("uri", "")), str(payload.get("path", "")),
+                dict(payload.get("metadata", {})), score)
+
+
+def collect(store: VectorStore, store_filter: Filter | None = None,
+            hits: Sequence[tuple[str, float]] | None = None) -> list[Item]:
+    """The items to export: a query's hits (id, score) in their order, or every item passing the
+    filter, by uri."""
+    if hits is not None:
+        scores = dict(hits)
+        return [_item(r, scores[r.id]) for r in store.retrieve([i for i, _ in hits])]
+    return sorted((_item(r) for r in store.scan(store_filter)), key=lambda item: (item.uri, item.id))
+
+
+def label_of(item: Item, run: str | None) -> Labelled | None:
+    """The item's label under `run`: a person's, else the zero-shot one; None when unsure or rejected."""
+    if run is None:
+        return None
+    name = effective_label(item.metadata, run)
+    if name is None or name == UNSURE:
+        return None
+    if item.metadata.get(human_field(run)):
+        return Labelled(name, HUMAN_SCORE, "human")
+    return Labelled(name, float(item.metadata.get(f"{run}_score") or 0.0), "zero-shot")
+
+
+def classes(store: VectorStore, run: str | None, items: Iterable[Item]) -> list[str]:
+    """The run's labels in their order, then labels people gave that the run did not have."""
+    if run is None:
+        return []
+    known = list(label_runs(store).get(run, {}).get("labels", []))
+    extra = {lb.name for item in items if (lb := label_of(item, run)) is not None} - set(known)
+    return known + sorted(extra)
+
+
+def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
+           copy: bool = False) -> ExportReport:
+    """Write `items` to `out` in format `fmt` (see the module's docstring)."""
+    if fmt not in FORMATS:
+        raise BadInput(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if run is not None and run not in label_runs(store):
+        known = ", ".join(sorted(label_runs(store))) or "none yet"
+        raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); check --run")
+    if fmt == "imagefolder" and run is None:
+        raise BadInput("an ImageFolder tree needs labels: give --run NAME of a `clipsearch label` run")
+    out = Path(out)
+    report = ExportReport(fmt, str(out), items=len(items))
+    report.labelled = sum(label_of(item, run) is not None for item in items)
+    if fmt in ("imagefolder", "fiftyone"):
+        _fresh_folder(out)
+        (_imagefolder if fmt == "imagefolder" else _fiftyone)(store, items, out, run, copy, report)
+        return report
+    writer = {"csv": _csv, "jsonl": _jsonl, "coco": _coco}[fmt]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, writer(store, items, run).encode("utf-8"))  # a reader never sees half a file
+    return report
+
+
+# --- rows ---------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list):
+        return "|".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return "" if value is None else value
+
+
+def _csv(store: VectorStore, items: Sequence[Item], run: str | None) -> str:
+    fields = sorted({name for item in items for name in item.metadata})
+    query = any(item.query_score is not None for item in items)
+    header = ["id", "uri", "path", *(["query_score"] if query else []),
+              *(["effective_label", "effective_score", "label_source"] if run else []), *fields]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for item in items:
+        labelled = label_of(item, run)
+        row: list[Any] = [item.id, item.uri, item.path, *([_cell(item.query_score)] if query else [])]
+        if run:
+            row += [labelled.name, labelled.score, labelled.source] if labelled else ["", "", ""]
+        writer.writerow(row + [_cell(item.metadata.get(name)) for name in fields])
+    return buffer.getvalue()
+
+
+def _jsonl(store: VectorStore, items: Sequence[Item], run: str | None) -> str:
+    lines = []
+    for item in items:
+        row: dict[str, Any] = {"id": item.id, "uri": item.uri, "path": item.path}
+        if item.query_score is not None:
+            row["query_score"] = item.query_score
+        if run:
+            labelled = label_of(item, run)
+            row["label"] = labelled.__dict__ if labelled else None
+        row["metadata"] = item.metadata
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
+# --- COCO -----------------------------------------------------------------------------------------
+
+
+def image_size(item: Item) -> tuple[int, int] | None:
+    """(width, height): as indexed, else read from the file's header; None when unreadable."""
+    width, height = item.metadata.get("width"), item.metadata.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        return width, height
+    try:
+        from PIL import Image
+
+        with Image.open(item.path) as image:
+            return image.size
+    except Exception:  # a file gone or unreadable since: the image keeps no size, its label no box
+        return None
+
+
+def _coco(store: VectorStore, items: Sequence[Item], run: str | None) -> str:
+    names = classes(store, run, items)
+    category = {name: number for number, name in enumerate(names, start=1)}
+    run_fields = set() if run is None else {run, f"{run}_score", f"{run}_top", f"{run}_top_scores",
+                                            human_field(run), f"{human_field(run)}_at"}
+    images, annotations = [], []
+    for number, item in enumerate(items, start=1):
+        size = image_size(item)
+        extra = {k: v for k, v in item.metadata.items() if k not in run_fields | {"width", "height"}}
+        image: dict[str, Any] = {"id": number, "file_name": item.path, "width": size[0] if size else 0,
+                                 "height": size[1] if size else 0, "clipsearch_id": item.id, "uri": item.uri}
+        if item.query_score is not None:
+            image["query_score"] = item.query_score
+        images.append({**image, **({"metadata": extra} if extra else {})})
+        labelled = label_of(item, run)
+        if labelled is None:
+            continue
+        annotation: dict[str, Any] = {"id": len(annotations) + 1, "image_id": number,
+                                      "category_id": category[labelled.name], "score": labelled.score,
+                                      "source": labelled.source, "iscrowd": 0}
+        if size:  # image-level: the box is the whole image
+            annotation.update(bbox=[0, 0, size[0], size[1]], area=size[0] * size[1])
+        annotations.append(annotation)
+    document = {
+        "info": {"description": f"clipsearch export of collection {store.name}"
+                 + (f", label run {run}" if run else ""), "version": "1.0",
+                 "date_created": format_datetime(datetime.now(timezone.utc))},
+        "licenses": [],
+        "images": images,
+        "categories": [{"id": category[name], "name": name, "supercategory": run or ""} for name in names],
+        "annotations": annotations,
+    }
+    return json.dumps(document, ensure_ascii=False)
+
+
+# --- folders of images -------------------------------------------------------------------------
+
+
+def _fresh_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"export folder {out} exists and is not empty: give another OUT, or remove it first")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+_UNSAFE = re.compile(r"[/\\\x00-\x1f]+")
+
+
+def folder_name(label: str) -> str:
+    """A label as one directory name: no separators or control characters, never hidden or '..'."""
+    name = _UNSAFE.sub("_", label).strip()
+    return ("_" + name) if not name or name.startswith(".") else name
+
+
+def _place(source: str, target: Path, copy: bool) -> None:
+    if copy:
+        shutil.copy2(source, target)
+    else:
+        os.symlink(os.path.abspath(source), target)
+
+
+def _imagefolder(store: VectorStore, items: Sequence[Item], out: Path, run: str | None, copy: bool,
+                 report: ExportReport) -> None:
+    taken: set[Path] = set()
+    for item in items:
+        labelled = label_of(item, run)
+        if labelled is None:
+            continue
+        if not os.path.isfile(item.path):
+            report.missing.append(item.uri)
+            continue
+        folder = out / folder_name(labelled.name)
+        folder.mkdir(exist_ok=True)
+        target = folder / Path(item.path).name
+        if target in taken:  # two files of one name under one label
+            target = folder / f"{target.stem}-{item.id[:8]}{target.suffix}"
+        taken.add(target)
+        _place(item.path, target, copy)
+        report.files += 1
+
+
+def _fiftyone(store: VectorStore, items: Sequence[Item], out: Path, run: str | None, copy: bool,
+              report: ExportReport) -> None:
+    names = classes(store, run, items)
+    index = {name: number for number, name in enumerate(names)}
+    data = out / "data"
+    data.mkdir()
+    labels: dict[str, Any] = {}
+    for item in items:
+        if not os.path.isfile(item.path):
+            report.missing.append(item.uri)
+            continue
+        _place(item.path, data / f"{item.id}{Path(item.path).suffix.lower()}", copy)
+        report.files += 1
+        labelled = label_of(item, run)
+        labels[item.id] = None if labelled is None else {
+            "label": index[labelled.name], "confidence": labelled.score,
+            "attributes": {"source": labelled.source}}
+    document = {"classes": names, "labels": labels}
+    write_atomic(out / "labels.json", json.dumps(document, ensure_ascii=False).encode("utf-8"))
