@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from indexer.errors import ImageDecodeError, ItemNotFound
-from indexer.settings import Settings, VlmSettings
+from indexer.settings import Settings
 from indexer.vlm import PROMPT_VERSION, Query, Vlm, VlmError
 from indexer.vlm.parse import parse_order, parse_score
 from indexer.vlm.prompts import SCORE_SYSTEM
@@ -77,7 +77,7 @@ def make_vlm() -> Iterator[Any]:
     made: list[Vlm] = []
 
     def make(url: str | None, **settings: Any) -> Vlm:
-        made.append(Vlm(VlmSettings(url=url, **settings)))
+        made.append(Vlm(Settings(vlm={"url": url, **settings})))
         return made[-1]
 
     yield make

@@ -148,7 +148,8 @@ def sequence(*replies: Reply) -> Responder:
 
 class FakeVlm:
     def __init__(self, responder: Responder | None = None, *, models: Iterable[str] = ("fake-vl",),
-                 api_key: str | None = None, refuse: Iterable[str] = ()):
+                 api_key: str | None = None, refuse: Iterable[str] = (), keep_requests: bool = True):
+        self.keep_requests = keep_requests  # False: a long benchmark does not hoard every image sent
         self.responder: Responder = responder or (lambda request: score(5, "middling"))
         self.models = list(models)
         self.api_key = api_key
@@ -165,6 +166,9 @@ class FakeVlm:
 
     def start(self) -> FakeVlm:
         sock = socket.socket()
+        # Accepted connections inherit it: without it an answer's headers and body meet Nagle and the
+        # client's delayed ACK, and every request takes 40 ms more (as a benchmark would show).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         self._sock = sock
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -207,7 +211,8 @@ class FakeVlm:
     async def _chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
         recorded = Recorded(request.url.path, dict(request.headers), body)
-        self.requests.append(recorded)
+        if self.keep_requests:
+            self.requests.append(recorded)
         if denied := self._denied(request):
             return denied
         refused = sorted(self.refuse & body.keys())
@@ -279,3 +284,32 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
 def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
     return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": body.get("model"), "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.vlm_server --delay-ms 200`: serve until killed, answering every chat after the
+    delay (a score of 5; listwise: the candidates last first), for scripts/bench_rerank.py; prints the URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--delay-ms", type=float, default=200.0)
+    args = parser.parse_args(argv)
+    delay = args.delay_ms / 1000
+
+    def respond(request: Recorded) -> Reply:
+        if "order" in request.body.get("response_format", {}).get("json_schema", {}).get("schema", {}).get(
+                "properties", {}):  # listwise: the candidates, last first
+            return order(reversed(range(1, len(request.image_urls()) + 1)), delay_s=delay)
+        return score(5, "scripted", delay_s=delay)
+
+    fake = FakeVlm(respond, keep_requests=False).start()
+    print(fake.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()

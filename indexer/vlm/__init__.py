@@ -1,7 +1,7 @@
 """The VLM stage: a vision-language model behind any OpenAI-compatible chat endpoint re-ranks the top
 hits of a search and explains why each matches (docs/vlm.md).
 
-    vlm = Vlm.from_settings(settings)            # off (CLIP order back) unless CLIPSEARCH_VLM_URL is set
+    vlm = Vlm(settings)                          # off (CLIP order back) unless CLIPSEARCH_VLM_URL is set
     outcome = vlm.rerank("red bike", results)    # never raises for the VLM's sake
     results = outcome.apply(results); outcome.summary(); outcome.verdict(id).vlm_score
     for piece in vlm.explain("red bike", results[0]): ...

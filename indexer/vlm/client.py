@@ -98,6 +98,11 @@ class VlmClient:
             raise VlmError(f"the VLM at {self.base} answered /models with something else than a model "
                            "list; check CLIPSEARCH_VLM_URL", "protocol") from exc
 
+    @property
+    def model_name(self) -> str | None:
+        """The model requests name: the configured one, else the one resolved; None before that."""
+        return self._model
+
     async def model(self) -> str:
         """CLIPSEARCH_VLM_MODEL, or the first model the endpoint lists (asked once)."""
         if self._model is None:

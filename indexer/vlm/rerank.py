@@ -248,7 +248,7 @@ def _failed(item: Item, error: str, in_top: bool, reason: str | None = None) -> 
 
 
 def _deadline_error(deadline_s: float) -> VlmError:
-    return VlmError(f"not re-ranked within the deadline ({deadline_s:.3g} s left); raise "
+    return VlmError(f"not judged within the re-rank's deadline ({deadline_s:.3g} s for the requests); raise "
                     "CLIPSEARCH_VLM_DEADLINE_S or CLIPSEARCH_VLM_CONCURRENCY, or lower CLIPSEARCH_VLM_TOP_N",
                     "deadline")
 

@@ -21,9 +21,8 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
-from indexer.decode import DEFAULT_MAX_PIXELS
 from indexer.errors import BadInput
-from indexer.settings import Settings, VlmSettings
+from indexer.settings import Settings
 from indexer.vlm import explain as explaining
 from indexer.vlm import rerank as reranking
 from indexer.vlm.cache import LruCache
@@ -43,27 +42,25 @@ _ANSWERED = frozenset({"http_429", "http_4xx", "unparseable", "unranked"})
 
 
 class Vlm:
-    def __init__(self, settings: VlmSettings, max_image_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, settings: Settings):
+        """The stage as `settings.vlm` says (off without a URL); thumbnails within the same
+        `max_image_pixels` as every decode."""
         self.settings = settings
         self.metrics = VlmMetrics()
-        self.enabled = bool(settings.url)
+        self.enabled = bool(settings.vlm.url)
         self._state: dict[str, Any] = {"status": "unknown", "error": None, "at": None}
         if not self.enabled:
             return
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="clipsearch-vlm", daemon=True)
         self._thread.start()
-        self.client = VlmClient(settings.url or "", settings.model, settings.api_key, settings.timeout_s,
-                                settings.concurrency, self.metrics)
+        self.client = VlmClient(settings.vlm.url or "", settings.vlm.model, settings.vlm.api_key,
+                                settings.vlm.timeout_s, settings.vlm.concurrency, self.metrics)
         self._stage = Stage(
-            self.client, LruCache(settings.cache_size), LruCache(_THUMBNAILS_KEPT), self.metrics,
+            self.client, LruCache(settings.vlm.cache_size), LruCache(_THUMBNAILS_KEPT), self.metrics,
             concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1), "clipsearch-vlm-thumb"),
-            settings.thumbnail_px, max_image_pixels,
+            settings.vlm.thumbnail_px, settings.max_image_pixels,
         )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Vlm:
-        return cls(settings.vlm, settings.max_image_pixels)
 
     # --- re-ranking ---------------------------------------------------------------------------
 
@@ -74,11 +71,11 @@ class Vlm:
         and optionally `uri`, `metadata`, `path`) re-ranked. `images`: each hit's image by id, as a
         mapping or a function called (in a worker thread) only for hits that need a thumbnail;
         default: the hit's `path`, else its `uri`, as a file."""
-        mode = mode or self.settings.mode
+        mode = mode or self.settings.vlm.mode
         if mode not in ("pointwise", "listwise"):
             raise BadInput(f"re-rank mode must be pointwise or listwise, not {mode!r}")
-        top_n = max(0, self.settings.top_n if top_n is None else top_n)
-        deadline = self.settings.deadline_s if deadline_s is None else deadline_s
+        top_n = max(0, self.settings.vlm.top_n if top_n is None else top_n)
+        deadline = self.settings.vlm.deadline_s if deadline_s is None else deadline_s
         items = [_item(hit, images) for hit in hits]
         started = time.monotonic()
         if not self.enabled:
@@ -111,7 +108,7 @@ class Vlm:
         if not self.enabled:
             raise _off()
         item = _item(hit, {_field(hit, "id"): image} if image is not None else None)
-        deadline = self.settings.timeout_s if deadline_s is None else deadline_s
+        deadline = self.settings.vlm.timeout_s if deadline_s is None else deadline_s
         return self._pieces(_query(query), item, deadline)
 
     def explain_text(self, query: str | Query, hit: Any, image: ImageSource | None = None, *,
@@ -124,7 +121,7 @@ class Vlm:
         items = [_item(hit, images) for hit in hits]
         if not self.enabled:
             return {item.id: None for item in items}
-        deadline = self.settings.deadline_s if deadline_s is None else deadline_s
+        deadline = self.settings.vlm.deadline_s if deadline_s is None else deadline_s
         try:
             return self._run(explaining.explain_all(self._stage, _query(query), items, deadline),
                              deadline + _GRACE_S)
@@ -168,8 +165,8 @@ class Vlm:
     def health(self) -> dict[str, Any]:
         """{"enabled", "url", "model", "status": off|unknown|up|down, "error", "checked_at"} from the
         last requests; no network (see probe)."""
-        url = base_url(self.settings.url) if self.settings.url else None
-        model = self.settings.model or (self.client._model if self.enabled else None)
+        url = base_url(self.settings.vlm.url) if self.settings.vlm.url else None
+        model = self.client.model_name if self.enabled else self.settings.vlm.model
         status = "off" if not self.enabled else self._state["status"]
         return {"enabled": self.enabled, "url": url, "model": model, "status": status,
                 "error": self._state["error"], "checked_at": self._state["at"]}
