@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from indexer.models import ClipModel
+from indexer.encoders import QueryEncoder
 
 # A small ensemble in the spirit of CLIP's ImageNet prompts: averaging several phrasings
 # makes a label's embedding less sensitive to any one wording.
@@ -26,7 +26,7 @@ def parse_labels(text: str) -> list[str]:
     return list(dict.fromkeys(label for label in labels if label))
 
 
-def label_embeddings(model: ClipModel, labels: list[str]) -> np.ndarray:
+def label_embeddings(model: QueryEncoder, labels: list[str]) -> np.ndarray:
     """One normalised embedding per label: the mean of its prompt embeddings, renormalised."""
     prompts = [template.format(label) for label in labels for template in PROMPT_TEMPLATES]
     per_prompt = model.encode_texts(prompts).reshape(len(labels), len(PROMPT_TEMPLATES), -1)
@@ -35,7 +35,7 @@ def label_embeddings(model: ClipModel, labels: list[str]) -> np.ndarray:
 
 
 def classify_embeddings(
-    model: ClipModel, image_embeddings: np.ndarray, labels: list[str]
+    model: QueryEncoder, image_embeddings: np.ndarray, labels: list[str]
 ) -> list[list[tuple[str, float]]]:
     """For each image, (label, probability) pairs best first; probabilities sum to 1."""
     if not labels:

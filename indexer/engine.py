@@ -22,7 +22,8 @@ from indexer.classify import classify_embeddings
 from indexer.decode import decode_image
 from indexer.errors import ItemNotFound
 from indexer.filters import Filter
-from indexer.models import ClipModel, ModelCache, query_threads, set_torch_threads
+from indexer.encoders import QueryEncoder
+from indexer.models import ModelCache
 from indexer.schema import CollectionSchema, VectorSpec
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
@@ -61,7 +62,7 @@ class TextEmbeddingCache:
         self._entries: OrderedDict[tuple[Any, str], np.ndarray] = OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, model: ClipModel, text: str) -> np.ndarray:
+    def get(self, model: QueryEncoder, text: str) -> np.ndarray:
         key = (model.identity.weights, model.identity.architecture, text)
         if key in self._entries:
             self._entries.move_to_end(key)
@@ -94,12 +95,11 @@ class SearchEngine:
         """`store`: an already open store of the collection (the server's watcher shares it)."""
         self.settings = settings
         self.collection = collection or settings.collection
-        self.models = models or ModelCache(settings.device)
+        self.models = models or ModelCache(settings.device, settings.home)
         self.store: VectorStore = store or open_store(settings, self.collection)
         self._schema_read = time.monotonic()
         self.text_cache = TextEmbeddingCache()
         try:
-            set_torch_threads(query_threads())  # process-wide: this process answers queries
             self.warm_up()
         except Exception:
             self.store.close()
@@ -123,13 +123,14 @@ class SearchEngine:
         old, self.store = self.store, fresh
         old.close()
 
-    def model_for(self, vector: str | None = None) -> tuple[VectorSpec, ClipModel]:
+    def model_for(self, vector: str | None = None) -> tuple[VectorSpec, QueryEncoder]:
+        """The vector's spec and its query encoder (ONNX when exported, else torch: ModelCache.query)."""
         spec = self.schema.vector(vector)
-        return spec, self.models.get(spec.model)
+        return spec, self.models.query(spec.model)
 
     def warm_up(self) -> None:
         """Load the active vector's model and run one throw-away query, so the first real one does not
-        pay the one-time costs of torch's first call and the store's first page-ins."""
+        pay the one-time costs of the encoder's first call and the store's first page-ins."""
         spec, model = self.model_for()
         self.store.search(model.encode_texts(["a photo"])[0], 1, using=spec.name)
 
@@ -156,7 +157,7 @@ class SearchEngine:
     def search_image(self, image: ImageInput, k: int = 10, **options: Any) -> SearchOutcome:
         """By an example image (bytes of an upload, or a file path), decoded as the index decoded files."""
 
-        def embed(model: ClipModel, clock: dict[str, float]) -> np.ndarray:
+        def embed(model: QueryEncoder, clock: dict[str, float]) -> np.ndarray:
             picture = self._timed(clock, "decode", self.decode, image, model)
             return self._timed(clock, "encode", model.encode_images, [picture])[0]
 
@@ -165,7 +166,7 @@ class SearchEngine:
     def search_similar(self, item_id: str, k: int = 10, **options: Any) -> SearchOutcome:
         """Neighbours of an indexed item, by its stored vector (no re-encoding)."""
 
-        def stored(model: ClipModel, clock: dict[str, float]) -> np.ndarray:
+        def stored(model: QueryEncoder, clock: dict[str, float]) -> np.ndarray:
             spec = self.schema.vector(options.get("vector"))
             canonical = parse_item_id(item_id)
             records = (
@@ -181,7 +182,7 @@ class SearchEngine:
 
     def _search(
         self,
-        embed: Callable[[ClipModel, dict[str, float]], np.ndarray],
+        embed: Callable[[QueryEncoder, dict[str, float]], np.ndarray],
         k: int,
         *,
         filter: Filter | dict[str, Any] | None = None,
@@ -202,7 +203,7 @@ class SearchEngine:
         parsed = Filter.parse(query_filter)
         return None if parsed is None or parsed.is_empty() else parsed.resolve(self.schema)
 
-    def decode(self, image: ImageInput, model: ClipModel | None = None) -> Any:
+    def decode(self, image: ImageInput, model: QueryEncoder | None = None) -> Any:
         """An image as the index run decoded its files for `model` (the active vector's by default)."""
         model = model or self.model_for()[1]
         source = image if isinstance(image, bytes) else str(image)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.encoders import QueryEncoder
 from indexer.errors import ModelLoadError, ModelMismatchError
 from indexer.schema import ModelIdentity
 
@@ -220,6 +221,13 @@ class ClipModel:
         pixels = np.stack([np.asarray(self.pixel_transform(image), dtype=np.uint8) for image in images])
         return self.encode_pixels(pixels)
 
+    def text_features(self, tokens: Any, model: Any = None) -> Any:
+        """Unnormalised text features over exactly `tokens` (no truncation), computed with `model`'s
+        modules: this model's by default; the ONNX export passes a copy with traceable attention."""
+        if self._text_pool is None:
+            raise ModelLoadError(f"{self.identity.describe()}: no causal text tower pooled at its end token")
+        return text_features(model if model is not None else self._model, tokens, self._text_pool)
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
@@ -262,19 +270,24 @@ def causal_text_pool(model: Any) -> str | None:
 
 def _encode_text_prefix(model: Any, tokens: Any, pool: str) -> Any:
     """CLIP.encode_text (unnormalised) over tokens[:, :L], L = the last EOT position + 1; see above."""
+    eos_id = getattr(model, "text_eos_id", None)
+    ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
+    return text_features(model, tokens[:, : int(ends.max()) + 1], pool)
+
+
+def text_features(model: Any, tokens: Any, pool: str) -> Any:
+    """CLIP.encode_text (unnormalised) over exactly the tokens given. Also what the ONNX export traces
+    (indexer.onnx_export), with the sequence length as a dynamic axis."""
     import torch
     from open_clip.transformer import text_global_pool
 
-    eos_id = getattr(model, "text_eos_id", None)
-    ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
-    length = int(ends.max()) + 1
-    tokens = tokens[:, :length]
+    length = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
-    x = text_global_pool(x, tokens, pool, eos_token_id=eos_id)
+    x = text_global_pool(x, tokens, pool, eos_token_id=getattr(model, "text_eos_id", None))
     projection = model.text_projection
     if projection is not None:
         x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
@@ -387,13 +400,20 @@ def _check_downloadable(architecture: str, tag: str) -> None:
 
 class ModelCache:
     """Loaded models shared by identity: collections (and vectors) built with the same model use one
-    copy. Thread-safe; a model is loaded once even when several threads ask for it at once."""
+    copy. Thread-safe; a model is loaded once even when several threads ask for it at once.
 
-    def __init__(self, device: str = "auto") -> None:
+    `get` gives the torch model (indexing, re-embedding); `query` gives what answers queries: the ONNX
+    export of the model under `home` (indexer.encoders; made from the torch model on first use when
+    missing), or the torch model when there is no `home`, the weights are random, the device is CUDA,
+    or the export cannot be made (one warning; the failure is remembered under `home`)."""
+
+    def __init__(self, device: str = "auto", home: Path | None = None) -> None:
         import threading
 
         self.device = device
+        self.home = Path(home) if home is not None else None
         self._models: dict[tuple[str, str, int, str], ClipModel] = {}
+        self._encoders: dict[tuple[str, str, int, str], QueryEncoder] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -409,12 +429,42 @@ class ModelCache:
         """The model recorded as `identity`, loading it on first use; a model offered for the same
         architecture and weights serves any precision (queries may differ from the index run)."""
         with self._lock:
-            found = self._models.get(self._key(identity)) or next(
-                (m for m in self._models.values() if m.identity.same_model(identity)), None
-            )
-            if found is None:
-                found = self._models[self._key(identity)] = load_recorded_model(identity, self.device)
-            return found
+            return self._torch(identity)
+
+    def _torch(self, identity: ModelIdentity) -> ClipModel:
+        found = self._models.get(self._key(identity)) or next(
+            (m for m in self._models.values() if m.identity.same_model(identity)), None
+        )
+        if found is None:
+            found = self._models[self._key(identity)] = load_recorded_model(identity, self.device)
+        return found
+
+    def query(self, identity: ModelIdentity) -> QueryEncoder:
+        """The encoder that answers queries on vectors recorded as `identity` (see the class)."""
+        with self._lock:
+            key = self._key(identity)
+            if key not in self._encoders:
+                self._encoders[key] = self._onnx(identity) or self._torch_for_queries(identity)
+            return self._encoders[key]
+
+    def _onnx(self, identity: ModelIdentity) -> QueryEncoder | None:
+        from indexer.encoders import OnnxEncoder, export_dir, exportable, read_meta
+
+        if self.home is None or self.device not in ("auto", "cpu") or not exportable(identity):
+            return None
+        directory = export_dir(self.home, identity)
+        if read_meta(directory) is None:
+            from indexer.onnx_export import ensure_export
+
+            if ensure_export(self._torch(identity), self.home) is None:
+                return None
+        fallback = (lambda: self.get(identity)) if identity.precision != "fp32" else None
+        return OnnxEncoder(directory, identity, query_threads(), image_fallback=fallback)
+
+    def _torch_for_queries(self, identity: ModelIdentity) -> ClipModel:
+        model = self._torch(identity)
+        set_torch_threads(query_threads())  # process-wide: this process answers queries
+        return model
 
     def loaded(self) -> list[ModelIdentity]:
         with self._lock:

@@ -78,7 +78,7 @@ class Engines:
         self.settings = settings
         self.url = url
         self.default = settings.collection
-        self.models = ModelCache(settings.device)
+        self.models = ModelCache(settings.device, settings.home)
         if model is not None:
             self.models.add(model)
         self._slots: dict[str, _Slot] = {}

@@ -359,7 +359,7 @@ def activate_vector(
 ) -> VectorsResponse:
     # Load (and warm) the vector's model before switching, so no query waits for it afterwards.
     spec = engines.call(collection, lambda engine: engine.schema.vector(name))
-    engines.models.get(spec.model)
+    engines.models.query(spec.model)
     engines.call(collection, lambda engine: activate(engine.store, name))
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
 
