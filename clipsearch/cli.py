@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import click
 
-from clipsearch import backup, vectors
+from clipsearch import backup, curate, dedupe, remote, vectors
 from clipsearch.common import (
     Group,
     collection_option,
@@ -116,17 +117,32 @@ def index(
 def search(
     text: str | None, image: Path | None, k: int, vector: str | None, collection: str | None, as_json: bool
 ) -> None:
-    """Find images by TEXT, or by an example --image."""
-    from indexer.engine import SearchEngine
-
+    """Find images by TEXT, or by an example --image. While `clipsearch serve` holds the collection,
+    the search goes through that server."""
     if bool(text) == bool(image):
         raise click.UsageError("give either TEXT or --image")
-    with SearchEngine(settings_from_flags(), collection) as engine:
+    settings = settings_from_flags()
+    name = collection or settings.collection
+
+    def local() -> list[dict[str, Any]]:
+        from indexer.engine import SearchEngine
+
+        with SearchEngine(settings, name) as engine:
+            if image:
+                found = engine.search_image(image, k, vector=vector)
+            else:
+                found = engine.search_text(text or "", k, vector=vector)
+        return [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata} for r in found.results]
+
+    def through(url: str) -> list[dict[str, Any]]:
         if image:
-            found = engine.search_image(image, k, vector=vector)
-        else:
-            found = engine.search_text(text or "", k, vector=vector)
-    rows = [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata} for r in found.results]
+            form = {"k": str(k), "collection": name, **({"vector": vector} if vector else {})}
+            files = {"file": (image.name, image.read_bytes())}
+            return remote.call(settings, url, "POST", "/v1/search/image", data=form, files=files)["results"]
+        body = {"text": text, "k": k, "collection": name, "vector": vector}
+        return remote.call(settings, url, "POST", "/v1/search", json=body)["results"]
+
+    rows = remote.local_or_through_server(settings, name, local, through)
     if as_json:
         emit({"results": rows})
         return
@@ -242,11 +258,24 @@ class _Classifier:
 @collection_option
 @json_option
 def status(collection: str | None, as_json: bool) -> None:
-    """Count, vectors (with their models) and failed files of a collection."""
-    from indexer.engine import SearchEngine
+    """Count, vectors (with their models) and failed files of a collection (through the server that
+    holds it, if one does)."""
+    settings = settings_from_flags()
+    name = collection or settings.collection
 
-    with SearchEngine(settings_from_flags(), collection) as engine:
-        report = engine.status()
+    def local() -> dict[str, Any]:
+        from indexer.engine import collection_status
+        from indexer.stores import open_store
+
+        store = open_store(settings, name)
+        try:
+            return collection_status(store)
+        finally:
+            store.close()
+
+    report = remote.local_or_through_server(
+        settings, name, local, lambda url: remote.call(settings, url, "GET", f"/v1/collections/{name}/status")
+    )
     if as_json:
         emit(report)
         return
@@ -279,9 +308,9 @@ def status(collection: str | None, as_json: bool) -> None:
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    help="Seconds between two full syncs of the --watch folders.",
+    default=None,
+    help="Seconds between two full rescans of the --watch folders (file events sync changes within "
+    "seconds; the rescan catches missed ones) [default: 300].",
 )
 def serve(
     host: str,
@@ -291,7 +320,7 @@ def serve(
     pretrained: str | None,
     device: str | None,
     watch: tuple[Path, ...],
-    interval: float,
+    interval: float | None,
 ) -> None:
     """Run the HTTP API; with --watch, it also indexes folders into the collection.
 
@@ -300,6 +329,7 @@ def serve(
     import uvicorn
 
     from search_api.app import create_app
+    from search_api.watch import DEFAULT_INTERVAL
 
     settings = settings_from_flags(collection=collection, model=model, pretrained=pretrained, device=device)
     if watch:  # someone else writing the collection: one line now rather than a failed startup later
@@ -307,8 +337,18 @@ def serve(
 
         with collection_lock(settings.home, settings.collection):
             pass
-    app = create_app(settings, watch=watch, watch_interval=interval)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # Bound here, so that --port 0 picks a free port and the URL left for the CLI is the real one.
+    sock = socket.create_server((host, port))
+    bound_port = sock.getsockname()[1]
+    local_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    url = (
+        f"http://{local_host}:{bound_port}"
+        if ":" not in local_host
+        else f"http://[{local_host}]:{bound_port}"
+    )
+    app = create_app(settings, watch=watch, watch_interval=interval or DEFAULT_INTERVAL, url=url)
+    click.echo(f"serving collection {settings.collection!r} at {url} (docs: {url}/docs)", err=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
 
 
 @main.command()
@@ -392,7 +432,7 @@ def _die_with(parent: int) -> None:
 
 # Command modules beside this one, each listing its click commands in COMMANDS. To add one, import it
 # above and name it here (plain imports, so that the layering checks see the edges).
-COMMAND_MODULES = (vectors, backup)
+COMMAND_MODULES = (vectors, backup, curate, dedupe)
 for _module in COMMAND_MODULES:
     main.add_commands(_module.COMMANDS)
 

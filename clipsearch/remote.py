@@ -4,14 +4,16 @@ directory, `indexer.locking.server_address`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
-from indexer.errors import Conflict, Unavailable, error_for_status
+from indexer.errors import CollectionBusy, CollectionLocked, Unavailable, error_for_status
 from indexer.locking import server_address
 from indexer.settings import Settings
 
+T = TypeVar("T")
 TIMEOUT_S = 60.0
 
 
@@ -38,8 +40,18 @@ def call(settings: Settings, url: str, method: str, path: str, **kwargs: Any) ->
     raise error_for_status(response.status_code, f"{detail} (from the server at {url})")
 
 
-def busy(collection: str) -> Conflict:
-    return Conflict(
-        f"collection {collection!r} is open in another process that left no server address; stop it "
-        f"and try again, or run `clipsearch serve` and use the API"
-    )
+def local_or_through_server(
+    settings: Settings, collection: str, local: Callable[[], T], through: Callable[[str], T]
+) -> T:
+    """Run `local`; when a live server holds the collection (before, or as `local` finds it busy),
+    `through(url)` instead."""
+    url = serving_url(settings, collection)
+    if url is not None:
+        return through(url)
+    try:
+        return local()
+    except (CollectionBusy, CollectionLocked):
+        url = serving_url(settings, collection)
+        if url is None:
+            raise
+        return through(url)

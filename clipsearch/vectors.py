@@ -8,33 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from clipsearch import remote
 from clipsearch.common import collection_option, describe_model, emit, json_option, settings_from_flags
-from indexer.errors import CollectionBusy, CollectionLocked, Unavailable
+from indexer.errors import Unavailable
 from indexer.settings import Settings
 
-T = TypeVar("T")
 POLL_S = 1.0
-
-
-def _local_or_remote(
-    settings: Settings, collection: str, local: Callable[[], T], remote_call: Callable[[str], T]
-) -> T:
-    """Run `local`; if a server holds the collection, `remote_call(url)` instead."""
-    url = remote.serving_url(settings, collection)
-    if url is not None:
-        return remote_call(url)
-    try:
-        return local()
-    except (CollectionBusy, CollectionLocked):
-        url = remote.serving_url(settings, collection)
-        if url is None:
-            raise
-        return remote_call(url)
 
 
 def _vectors_locally(settings: Settings, collection: str) -> list[dict[str, Any]]:
@@ -76,7 +59,7 @@ def vectors(collection: str | None, as_json: bool) -> None:
     """List a collection's vectors: model, state and how many items have each (* = active)."""
     settings = settings_from_flags()
     name = collection or settings.collection
-    found = _local_or_remote(
+    found = remote.local_or_through_server(
         settings,
         name,
         lambda: _vectors_locally(settings, name),
@@ -121,7 +104,7 @@ def reembed(
         target = vector_name or next(v["name"] for v in started if v.get("job"))
         return _follow(settings, url, name, target)
 
-    summary = _local_or_remote(settings, name, local, through)
+    summary = remote.local_or_through_server(settings, name, local, through)
     if as_json:
         emit(summary)
         return
@@ -163,7 +146,7 @@ def activate(name: str, collection: str | None) -> None:
 
     settings = settings_from_flags()
     target = collection or settings.collection
-    _local_or_remote(
+    remote.local_or_through_server(
         settings,
         target,
         lambda: _on_store(settings, target, lambda store: run_activate(store, name)),
@@ -181,7 +164,7 @@ def drop_vector(name: str, collection: str | None) -> None:
 
     settings = settings_from_flags()
     target = collection or settings.collection
-    _local_or_remote(
+    remote.local_or_through_server(
         settings,
         target,
         lambda: _on_store(settings, target, lambda store: run_drop(store, name)),
