@@ -166,10 +166,21 @@ class Settings(BaseSettings):
     def collection_dir(self, name: str) -> Path:
         return self.home / "collections" / name
 
+    def fetch_cache_dir(self) -> Path:
+        return self.fetch.cache_dir or self.home / "cache" / "fetch"
+
     def with_flags(self, **flags: Any) -> Settings:
         """A copy with the flags that were given (not None); nested ones as `section={"field": value}`."""
         given = {name: value for name, value in flags.items() if value is not None}
-        return self.model_copy(update=given) if given else self
+        if not given:
+            return self
+        merged = self.model_dump()
+        for name, value in given.items():
+            merged[name] = {**merged[name], **value} if isinstance(value, dict) else value
+        # Validated like any other source; the flags count as set (so they win over recorded choices).
+        updated = type(self).model_validate(merged)
+        object.__setattr__(updated, "__pydantic_fields_set__", self.model_fields_set | set(given))
+        return updated
 
 
 def settings_rows() -> list[tuple[str, str, str]]:
