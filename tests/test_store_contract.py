@@ -28,6 +28,7 @@ from indexer.errors import (
     ClipsearchError,
     CollectionBusy,
     CollectionNotFound,
+    SchemaError,
     StoreError,
     VectorNotFound,
 )
@@ -777,3 +778,33 @@ def test_an_embedded_collection_is_held_by_one_store_at_a_time(kind: str, tmp_pa
         factory.close_all()
     assert factory("photos", create=None).count() == 0
     factory.close_all()
+
+
+# --- search features of the catalog issue (in detail: test_store_hybrid.py, test_store_facets.py) ---
+
+
+def test_min_score_and_group_by_agree_with_brute_force(store_factory: StoreFactory) -> None:
+    store = store_factory(create=CollectionSchema.new(SMALL, fields={"brand": "keyword"}))
+    vectors = unit_vectors(40, seed=8)
+    records = make_records(vectors)
+    for n, record in enumerate(records):
+        record.payload["metadata"]["brand"] = f"b{n % 7}"
+    store.upsert(records)
+    query = unit_vectors(1, seed=9)[0]
+    ranked = brute_force(vectors, [r.id for r in records], query, 40)
+
+    assert_same_hits(store.search(query, 40, min_score=0.1), [e for e in ranked if e[1] >= 0.1])
+    firsts: dict[str, tuple[str, float]] = {}
+    for point, score in ranked:
+        firsts.setdefault(f"b{[r.id for r in records].index(point) % 7}", (point, score))
+    grouped = store.search(query, 5, group_by="brand")
+    assert [(h.group, h.id) for h in grouped] == [(g, p) for g, (p, _) in list(firsts.items())[:5]]
+    assert all(h.group is None for h in store.search(query, 3))
+
+
+def test_keyword_search_needs_declared_text_fields(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    store.upsert(make_records(unit_vectors(3)))
+    for mode in ("keyword", "hybrid"):
+        with pytest.raises(SchemaError):
+            store.search(unit_vectors(1)[0], 3, mode=mode, text="anything")

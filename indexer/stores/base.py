@@ -6,23 +6,39 @@ Ids are UUID strings: stable per source item (see `indexer.sources.item_id`).
 Vectors are named by the collection schema (`indexer.schema`): records carry a dict of them, and
 search, retrieve and scan name the ones they want (None: the schema's active vector). Filters are
 store filters (`indexer.filters.Filter`, keys are payload paths), pushed down by every backend.
+Fields named by `group_by` and `facet` are declared field names (the store finds their paths).
+
+Search modes (`search(mode=...)`): "vector" (cosine, optionally diversified by MMR), "keyword"
+(BM25 over the declared text fields, see indexer/keyword.py) and "hybrid" (both fused by
+reciprocal rank fusion); `recommend` ranks by "more like these, less like those". Every mode
+takes a filter, `min_score`, `offset` and `group_by`, and pages through one stable ranking:
+equal scores ordered by id.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from indexer.errors import StoreError
-from indexer.filters import Filter
-from indexer.schema import CollectionSchema
+from indexer.errors import BadInput, SchemaError, StoreError
+from indexer.filters import Filter, HasIdCondition, both, values_at
+from indexer.keyword import HYBRID_CANDIDATES, text_fields
+from indexer.schema import CollectionSchema, payload_path
 
 # Which vectors to return with a record: none, all, or these names.
 WithVectors = bool | Sequence[str]
+SearchMode = Literal["vector", "keyword", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = ("vector", "keyword", "hybrid")
+# A recommend example: the id of a stored point (its vector `using`), or a vector.
+Example = str | np.ndarray
+GroupValue = str | int
+# MMR re-ranks this many nearest candidates (more when a page reaches further).
+MMR_CANDIDATES = 100
 
 
 @dataclass
@@ -37,9 +53,12 @@ class Record:
 
 @dataclass
 class Hit:
+    """A search result. `group`: with `group_by`, the value of the group this hit is the best of."""
+
     id: str
     score: float
     payload: dict[str, Any]
+    group: GroupValue | None = None
 
 
 class VectorStore(Protocol):
@@ -75,15 +94,56 @@ class VectorStore(Protocol):
 
     def search(
         self,
-        vector: np.ndarray,
+        vector: np.ndarray | None,
         k: int,
         *,
         using: str | None = None,
         filter: Filter | None = None,
         offset: int = 0,
+        mode: SearchMode = "vector",
+        text: str | None = None,
+        min_score: float | None = None,
+        group_by: str | None = None,
+        diversity: float | None = None,
     ) -> list[Hit]:
-        """The k nearest points by cosine similarity on vector `using` (None: the active one) among
-        those that pass `filter`, best first, after skipping the `offset` best. Ties keep a stable order."""
+        """The k best points among those that pass `filter`, best first, after skipping the
+        `offset` best. Ties keep a stable order (by id), so pages never repeat or skip a point.
+
+        mode "vector": cosine similarity to `vector` on vector `using` (None: the active one).
+        mode "keyword": BM25 of `text` over the declared text fields (`vector` may be None); points
+            sharing no term with `text` are not found.
+        mode "hybrid": both rankings (each cut at max(HYBRID_CANDIDATES, offset + k)) fused by
+            reciprocal rank fusion, 1 / (60 + position) summed; the score is the fused score.
+        min_score: only hits scoring at least this (in the mode's own score).
+        group_by: a declared keyword or integer field: at most one hit per value of it (the best;
+            points without a value are left out), k groups; `Hit.group` holds the value.
+        diversity: (vector mode, no group_by) MMR over the max(MMR_CANDIDATES, offset + k)
+            nearest: each next hit maximises (1 - diversity) * similarity to the query
+            - diversity * max similarity to the hits before it; 0 is plain nearest order. Hits
+            keep their similarity to the query as score, in MMR order."""
+
+    def recommend(
+        self,
+        positive: Sequence[Example] = (),
+        negative: Sequence[Example] = (),
+        k: int = 10,
+        *,
+        using: str | None = None,
+        filter: Filter | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        """More like `positive`, less like `negative` (ids of stored points, or vectors), on vector
+        `using`: Qdrant's recommend query with the sum_scores strategy, score = sum of cosine
+        similarities to the positives minus the sum to the negatives. Points given by id are left
+        out of the results. Paging, min_score and group_by as in `search`."""
+
+    def facet(self, field: str, *, filter: Filter | None = None, limit: int = 10) -> list[tuple[str, int]]:
+        """Exact counts of the values of a declared keyword field among the points that pass
+        `filter`: (value, number of points holding it; a point with an array counts once per
+        distinct value), most frequent first, equal counts by value, at most `limit`. "Facets
+        under the current query" means under the filter that query uses."""
 
     def retrieve(self, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Record]:
         """Records for the ids that exist, in the order asked; missing ids are left out."""
@@ -155,3 +215,193 @@ class StoredInfo:
         if self.schema is None:
             return dict(self.info)
         return {**self.info, "schema": self.schema.to_dict()}
+
+
+# --- the search features every backend shares --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A checked search request; every backend refuses the same bad requests with the same errors."""
+
+    mode: SearchMode
+    k: int
+    offset: int
+    min_score: float | None
+    group_path: str | None  # payload path of the group_by field
+    lambda_: float | None  # MMR relevance weight, 1 - diversity; None: no MMR
+    text_fields: list[str]
+
+    @property
+    def want(self) -> int:
+        return self.offset + self.k
+
+    @property
+    def candidates(self) -> int:
+        """How far each ranking a hybrid search fuses reaches."""
+        return max(HYBRID_CANDIDATES, self.want)
+
+    @property
+    def mmr_candidates(self) -> int:
+        return max(MMR_CANDIDATES, self.want)
+
+
+def plan_search(
+    schema: CollectionSchema,
+    *,
+    k: int,
+    offset: int,
+    mode: str = "vector",
+    vector: np.ndarray | None = None,
+    text: str | None = None,
+    min_score: float | None = None,
+    group_by: str | None = None,
+    diversity: float | None = None,
+) -> SearchPlan:
+    if offset < 0:
+        raise BadInput(f"search offset must be 0 or more, not {offset}")
+    if mode not in SEARCH_MODES:
+        raise BadInput(f"unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}")
+    if mode in ("vector", "hybrid") and vector is None:
+        raise BadInput(f"{mode} search needs a query vector")
+    fields = text_fields(schema)
+    if mode in ("keyword", "hybrid"):
+        if text is None:
+            raise BadInput(f"{mode} search needs a query text")
+        if not fields:
+            raise SchemaError(
+                f"{mode} search needs declared text fields and this collection has none; search with "
+                f"mode vector, or index a catalog with --text-columns"
+            )
+    if min_score is not None and not math.isfinite(min_score):
+        raise BadInput(f"min_score must be a finite number, not {min_score}")
+    lambda_ = None
+    if diversity is not None:
+        if not 0.0 <= diversity <= 1.0:
+            raise BadInput(f"diversity must be between 0 and 1, not {diversity}")
+        if mode != "vector" or group_by is not None:
+            raise BadInput("diversity (MMR) applies to vector search without group_by")
+        lambda_ = 1.0 - diversity
+    group_path = None
+    if group_by is not None:
+        kind = schema.field_type(group_by)
+        if kind not in ("keyword", "integer"):
+            raise SchemaError(f"group_by needs a keyword or integer field; {group_by!r} is {kind}")
+        group_path = payload_path(group_by)
+    return SearchPlan(mode, k, offset, min_score, group_path, lambda_, fields)  # type: ignore[arg-type]
+
+
+def facet_path(schema: CollectionSchema, field_name: str, limit: int) -> str:
+    """The payload path of a facet field, refusing fields that are not declared keyword fields."""
+    kind = schema.field_type(field_name)
+    if kind != "keyword":
+        raise SchemaError(f"facets count keyword fields; {field_name!r} is {kind}")
+    if limit < 0:
+        raise BadInput(f"facet limit must be 0 or more, not {limit}")
+    return payload_path(field_name)
+
+
+def facet_order(counts: Mapping[str, int], limit: int) -> list[tuple[str, int]]:
+    """Most frequent first, equal counts by value (as Qdrant orders them). Values counted 0 are left
+    out: Edge still lists a value whose last point was deleted, with count 0."""
+    return sorted(((v, n) for v, n in counts.items() if n > 0), key=lambda item: (-item[1], item[0]))[:limit]
+
+
+def at_least(hits: list[Hit], min_score: float | None) -> list[Hit]:
+    return hits if min_score is None else [h for h in hits if h.score >= min_score]
+
+
+def ranked_page(fetch: Callable[[int], list[Hit]], k: int, offset: int) -> list[Hit]:
+    """Hits `offset` to `offset + k` of the ranking by score, equal scores ordered by id.
+
+    `fetch(limit)` gives the `limit` best hits (fewer when there are no more), in any order among
+    equal scores. An engine orders equal scores as its segments happen to, so each page could
+    pick different members of a tie group that straddles its edge (a page repeating or skipping a
+    point). Fetching until the group at the page's end is whole, then ordering ties by id, makes
+    every page a slice of one ranking. Ties are rare, except among duplicate images, where the
+    fetch doubles."""
+    if k <= 0:
+        return []
+    want = offset + k
+    limit = want + 1
+    while True:
+        hits = sorted(fetch(limit), key=lambda h: (-h.score, h.id))
+        if len(hits) < limit or hits[-1].score < hits[want - 1].score:
+            return hits[offset:want]
+        limit *= 2
+
+
+def group_values(payload: dict[str, Any], path: str) -> list[GroupValue]:
+    """The group values of a point: the distinct keyword or integer values at `path` (an array
+    puts the point in several groups, as in Qdrant)."""
+    found = [v for v in values_at(payload, path) if isinstance(v, (str, int)) and not isinstance(v, bool)]
+    return list(dict.fromkeys(found))
+
+
+def grouped_page(
+    fetch: Callable[[int], list[Hit]], path: str, k: int, offset: int, first_limit: int | None = None
+) -> list[Hit]:
+    """Groups `offset` to `offset + k` of a ranking: the best hit of each value of the field at
+    `path`, groups ordered by their best hit (score, then id), the value in `Hit.group`.
+
+    `fetch(limit)` gives the `limit` best hits of the ranking. It is asked for more (doubling)
+    until the hits reach strictly below the last wanted group's best score, so that no group
+    outside them could rank among the wanted ones, or until the ranking is exhausted."""
+    if k <= 0:
+        return []
+    want = offset + k
+    limit = first_limit or max(4 * want, 32)  # catalogs hold a few images per product
+    while True:
+        hits = sorted(fetch(limit), key=lambda h: (-h.score, h.id))
+        best: dict[GroupValue, Hit] = {}
+        for hit in hits:
+            for value in group_values(hit.payload, path):
+                if value not in best:
+                    best[value] = Hit(hit.id, hit.score, hit.payload, group=value)
+        groups = list(best.values())  # in ranking order: each group enters at its best hit
+        if len(hits) < limit or (len(groups) >= want and hits[-1].score < groups[want - 1].score):
+            return groups[offset:want]
+        limit *= 2
+
+
+def exclude_ids(store_filter: Filter | None, ids: Sequence[str]) -> Filter | None:
+    """`store_filter`, also keeping out the points with these ids."""
+    if not ids:
+        return store_filter
+    return both(store_filter, Filter(must_not=[HasIdCondition(has_id=list(ids))]))
+
+
+def recommend_examples(
+    store: VectorStore, positive: Sequence[Example], negative: Sequence[Example], using: str | None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Unit vectors of the positive and negative examples, and the ids among them (to leave out
+    of the results). Examples by id are read from the store: ItemNotFound-style BadInput when one
+    is missing or lacks the vector."""
+    spec = store.schema.vector(using)
+    if not positive and not negative:
+        raise BadInput("recommend needs at least one positive or negative example")
+    ids = [canonical_id(e) for e in [*positive, *negative] if isinstance(e, str)]
+    found = {r.id: r for r in store.retrieve(ids, with_vectors=[spec.name])} if ids else {}
+
+    def vectors(examples: Sequence[Example], what: str) -> list[np.ndarray]:
+        out = []
+        for example in examples:
+            if isinstance(example, str):
+                record = found.get(canonical_id(example))
+                if record is None or spec.name not in record.vectors:
+                    raise BadInput(f"{what} example {example} is not in collection {store.name!r} "
+                                   f"(or has no vector {spec.name!r})")
+                raw = record.vectors[spec.name]
+            else:
+                raw = checked_vector(store.name, spec.dim, example, f"{what} example")
+            norm = float(np.linalg.norm(raw))
+            if not norm > 0:
+                raise BadInput(f"a {what} example vector is zero")
+            out.append(np.asarray(raw, dtype=np.float32) / norm)
+        return out
+
+    pos, neg = vectors(positive, "positive"), vectors(negative, "negative")
+    direction = np.sum(pos, axis=0) - (np.sum(neg, axis=0) if neg else 0)
+    if not float(np.linalg.norm(direction)) > 1e-6:
+        raise BadInput("the positive and negative examples cancel out: nothing to rank by")
+    return pos, neg, list(dict.fromkeys(ids))

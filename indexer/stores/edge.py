@@ -30,6 +30,7 @@ import qdrant_edge as qe
 from indexer.durable import fsync_dir, write_atomic
 from indexer.errors import CollectionBusy, StoreError
 from indexer.filters import Filter
+from indexer.keyword import RRF_K, SPARSE_KEY, text_fields
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
 from indexer.stores.base import Hit, StoredInfo
@@ -38,7 +39,13 @@ from indexer.stores.qdrant_common import (
     HNSW_M,
     INT8_QUANTILE,
     SCROLL_PAGE,
+    Diverse,
+    Fused,
+    Nearest,
     QdrantFamilyStore,
+    QuerySpec,
+    Recommend,
+    Sparse,
     Vectors,
     edge_filter,
     edge_index_type,
@@ -84,6 +91,15 @@ def shard_vectors(path: Path, name: str) -> dict[str, int]:
         vectors = json.loads(config_file.read_text())["vectors"]
         return {key: int(params["size"]) for key, params in vectors.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreError(f"{_label(name)}: unreadable shard config {config_file}: {exc}") from exc
+
+
+def shard_sparse_vectors(path: Path, name: str) -> set[str]:
+    """The shard's sparse vectors, as its own config records them."""
+    config_file = path / "edge_config.json"
+    try:
+        return set(json.loads(config_file.read_text()).get("sparse_vectors") or {})
+    except (OSError, ValueError, AttributeError) as exc:
         raise StoreError(f"{_label(name)}: unreadable shard config {config_file}: {exc}") from exc
 
 
@@ -136,6 +152,8 @@ def create(settings: Settings, name: str, schema: CollectionSchema) -> EdgeStore
             try:
                 for field_name, kind in schema.fields.items():
                     shard.update(_field_index(payload_path(field_name), kind))
+                if text_fields(schema):
+                    shard.update(_sparse_vector())
             finally:
                 shard.close()
         _write_document(directory, StoredInfo(schema, {}, legacy=False).document())
@@ -227,6 +245,15 @@ def _field_index(path: str, kind: FieldType) -> qe.UpdateOperation:
     return qe.UpdateOperation.create_field_index(path, edge_index_type(kind))
 
 
+def _sparse_vector() -> qe.UpdateOperation:
+    # IDF: the engine weighs each term by its rarity among the points' documents (BM25's idf).
+    return qe.UpdateOperation.create_sparse_vector(SPARSE_KEY, qe.Modifier.Idf)
+
+
+def _engine_vector(vector: Any) -> Any:
+    return qe.SparseVector(*vector) if isinstance(vector, tuple) else vector
+
+
 def _keys(schema: CollectionSchema) -> dict[str, int]:
     return {spec.storage_key: spec.dim for spec in schema.vectors.values()}
 
@@ -302,7 +329,9 @@ class EdgeStore(QdrantFamilyStore):
         self._dirty = True
 
     def _put_points(self, points: Sequence[tuple[str, Vectors, dict[str, Any]]]) -> None:
-        self._update(qe.UpdateOperation.upsert_points([qe.Point(i, v, p) for i, v, p in points]))
+        self._update(qe.UpdateOperation.upsert_points(
+            [qe.Point(i, {k: _engine_vector(x) for k, x in v.items()}, p) for i, v, p in points]
+        ))
 
     def _put_vectors(self, key: str, vectors: Mapping[str, list[float]]) -> None:
         points = [qe.PointVectors(i, {key: v}) for i, v in vectors.items()]
@@ -318,15 +347,65 @@ class EdgeStore(QdrantFamilyStore):
     def _existing(self, ids: Sequence[str]) -> set[str]:
         return {str(p.id) for p in self.shard.retrieve(list(ids), False, False)}
 
-    def _nearest(self, query: list[float], key: str, limit: int, native: Any) -> list[Hit]:
+    def _query(self, query: QuerySpec, limit: int, native: Any, threshold: float | None) -> list[Hit]:
+        if isinstance(query, Fused):
+            prefetches = [
+                qe.Prefetch(query.candidates, query=self._nearest(part), filter=native,
+                            params=self._params(query.candidates, part.key), score_threshold=part.threshold)
+                for part in query.parts
+            ]
+            request = qe.QueryRequest(
+                limit=limit, prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K, weights=query.weights),
+                with_payload=True, score_threshold=threshold,
+            )
+        else:
+            request = qe.QueryRequest(
+                limit=limit, query=self._scoring(query), filter=native, with_payload=True,
+                score_threshold=threshold, params=self._params(limit, getattr(query, "key", "")),
+            )
+        return [to_hit(p) for p in self.shard.query(request)]
+
+    def _nearest(self, query: Nearest) -> Any:
+        return qe.Query.Nearest(_engine_vector(query.vector), using=using_name(query.key))
+
+    def _scoring(self, query: QuerySpec) -> Any:
+        if isinstance(query, Nearest):
+            return self._nearest(query)
+        if isinstance(query, Recommend):
+            examples = qe.RecommendQuery(query.positive, query.negative)
+            return qe.Query.RecommendSumScores(examples, using=using_name(query.key))
+        assert isinstance(query, Diverse)
+        return qe.Mmr(query.vector, query.lambda_, query.candidates, using=using_name(query.key))
+
+    def _params(self, limit: int, key: str) -> qe.SearchParams | None:
+        if key == SPARSE_KEY:
+            return None
         # Quantization params are ignored by segments without quantized vectors (plain ones, or "none").
-        params = qe.SearchParams(
+        return qe.SearchParams(
             hnsw_ef=max(self._settings.hnsw_ef, limit),
             quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self._settings.oversampling),
         )
-        nearest = qe.Query.Nearest(query, using=using_name(key))
-        request = qe.QueryRequest(limit=limit, query=nearest, filter=native, with_payload=True, params=params)
-        return [to_hit(p) for p in self.shard.query(request)]
+
+    def _facet(self, path: str, limit: int, native: Any) -> list[tuple[str, int]]:
+        response = self.shard.facet(qe.FacetRequest(path, limit=limit, exact=True, filter=native))
+        return [(hit.value, hit.count) for hit in response.hits]
+
+    def _has_sparse(self) -> bool:
+        return SPARSE_KEY in shard_sparse_vectors(self._dir / SHARD_DIR, self.name)
+
+    def _add_sparse(self) -> None:
+        self._update(_sparse_vector())
+
+    def _drop_sparse(self) -> None:
+        self._update(qe.UpdateOperation.delete_vector_name(SPARSE_KEY))
+
+    def _put_sparse(self, vectors: Mapping[str, Sparse | None]) -> None:
+        present = [qe.PointVectors(i, {SPARSE_KEY: qe.SparseVector(*v)}) for i, v in vectors.items() if v]
+        absent = [i for i, v in vectors.items() if v is None]
+        if present:
+            self._update(qe.UpdateOperation.update_vectors(present))
+        if absent:  # an empty document has no vector, so it neither matches nor counts for IDF
+            self._update(qe.UpdateOperation.delete_vectors(absent, [SPARSE_KEY]))
 
     def _fetch(self, ids: Sequence[str], keys: list[str]) -> list[Any]:
         return self.shard.retrieve(list(ids), True, keys or False)

@@ -20,6 +20,7 @@ from qdrant_client import QdrantClient, models
 import indexer.stores.qdrant_common as common
 from indexer.errors import CollectionBusy, StoreError
 from indexer.filters import Filter
+from indexer.keyword import RRF_K, SPARSE_KEY, text_fields
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
 from indexer.stores.base import Hit, StoredInfo
@@ -95,6 +96,19 @@ def _vector_params(settings: Settings, dim: int) -> models.VectorParams:
     return models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=on_disk)
 
 
+# BM25 sparse vectors (computed client-side by qdrant_edge.Bm25, as in the edge store); IDF: the
+# server weighs each term by its rarity among the documents.
+_SPARSE = models.SparseVectorParams(modifier=models.Modifier.IDF)
+
+
+def _rrf(query: common.Fused) -> models.RrfQuery:
+    return models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=query.weights))
+
+
+def _engine_vector(vector: Any) -> Any:
+    return models.SparseVector(indices=vector[0], values=vector[1]) if isinstance(vector, tuple) else vector
+
+
 def _collection_config(settings: Settings, schema: CollectionSchema) -> dict[str, Any]:
     quantization = None
     if settings.quantization == "int8":
@@ -105,6 +119,7 @@ def _collection_config(settings: Settings, schema: CollectionSchema) -> dict[str
         )
     config: dict[str, Any] = {
         "vectors_config": {s.storage_key: _vector_params(settings, s.dim) for s in schema.vectors.values()},
+        "sparse_vectors_config": {SPARSE_KEY: _SPARSE} if text_fields(schema) else None,
         "hnsw_config": models.HnswConfigDiff(m=common.HNSW_M, ef_construct=common.HNSW_EF_CONSTRUCT),
         "quantization_config": quantization,
         "on_disk_payload": True,
@@ -213,7 +228,10 @@ class QdrantStore(common.QdrantFamilyStore):
     # --- engine calls -----------------------------------------------------------------------
 
     def _put_points(self, points: Sequence[tuple[str, common.Vectors, dict[str, Any]]]) -> None:
-        structs = [models.PointStruct(id=i, vector=v, payload=p) for i, v, p in points]
+        structs = [
+            models.PointStruct(id=i, vector={k: _engine_vector(x) for k, x in v.items()}, payload=p)
+            for i, v, p in points
+        ]
         self.client.upsert(self.name, structs, wait=True)
 
     def _put_vectors(self, key: str, vectors: Mapping[str, list[float]]) -> None:
@@ -234,17 +252,93 @@ class QdrantStore(common.QdrantFamilyStore):
         found = self.client.retrieve(self.name, list(ids), with_payload=False, with_vectors=False)
         return {str(p.id) for p in found}
 
-    def _nearest(self, query: list[float], key: str, limit: int, native: Any) -> list[Hit]:
-        params = None
-        if not self._local:  # quantization params are ignored by collections without quantization
-            params = models.SearchParams(
-                hnsw_ef=max(self._ef, limit), exact=False, quantization=self._quantization
+    def _query(self, query: common.QuerySpec, limit: int, native: Any, threshold: float | None) -> list[Hit]:
+        if isinstance(query, common.Fused):
+            result = self.client.query_points(
+                self.name, prefetch=self._prefetches(query, native), query=_rrf(query),
+                limit=limit, score_threshold=threshold, with_payload=True,
             )
-        result = self.client.query_points(
-            self.name, query=query, using=common.using_name(key), limit=limit, query_filter=native,
-            search_params=params, with_payload=True,
-        )
+        else:
+            result = self.client.query_points(
+                self.name, query=self._scoring(query), using=common.using_name(query.key), limit=limit,
+                query_filter=native, search_params=self._params(limit, query.key), score_threshold=threshold,
+                with_payload=True,
+            )
         return [common.to_hit(p) for p in result.points]
+
+    native_groups = True
+
+    def _query_groups(
+        self, query: common.QuerySpec, path: str, limit: int, native: Any, threshold: float | None
+    ) -> list[Hit]:
+        common_args: dict[str, Any] = {"group_by": path, "limit": limit, "group_size": 1,
+                                       "score_threshold": threshold, "with_payload": True}
+        if isinstance(query, common.Fused):
+            result = self.client.query_points_groups(
+                self.name, prefetch=self._prefetches(query, native),
+                query=_rrf(query), **common_args,
+            )
+        else:
+            result = self.client.query_points_groups(
+                self.name, query=self._scoring(query), using=common.using_name(query.key),
+                query_filter=native, search_params=self._params(limit, query.key), **common_args,
+            )
+        hits = []
+        for group in result.groups:
+            best = common.to_hit(group.hits[0])
+            hits.append(Hit(best.id, best.score, best.payload, group=group.id))
+        return hits
+
+    def _prefetches(self, query: common.Fused, native: Any) -> list[models.Prefetch]:
+        return [
+            models.Prefetch(
+                query=_engine_vector(part.vector), using=common.using_name(part.key), limit=query.candidates,
+                filter=native, params=self._params(query.candidates, part.key),
+                score_threshold=part.threshold,
+            )
+            for part in query.parts
+        ]
+
+    def _scoring(self, query: common.QuerySpec) -> Any:
+        if isinstance(query, common.Nearest):
+            return _engine_vector(query.vector)
+        if isinstance(query, common.Recommend):
+            examples = models.RecommendInput(
+                positive=query.positive, negative=query.negative, strategy=models.RecommendStrategy.SUM_SCORES
+            )
+            return models.RecommendQuery(recommend=examples)
+        assert isinstance(query, common.Diverse)
+        mmr = models.Mmr(diversity=1.0 - query.lambda_, candidates_limit=query.candidates)
+        return models.NearestQuery(nearest=query.vector, mmr=mmr)
+
+    def _params(self, limit: int, key: str) -> models.SearchParams | None:
+        if self._local or key == SPARSE_KEY:  # quantization params are ignored by collections without it
+            return None
+        return models.SearchParams(hnsw_ef=max(self._ef, limit), exact=False, quantization=self._quantization)
+
+    def _facet(self, path: str, limit: int, native: Any) -> list[tuple[str, int]]:
+        response = self.client.facet(self.name, path, facet_filter=native, limit=limit, exact=True)
+        return [(hit.value, hit.count) for hit in response.hits]  # type: ignore[misc]
+
+    def _has_sparse(self) -> bool:
+        return SPARSE_KEY in (self.client.get_collection(self.name).config.params.sparse_vectors or {})
+
+    def _add_sparse(self) -> None:
+        config = models.SparseVectorNameConfig(sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF))
+        self.client.create_vector_name(self.name, SPARSE_KEY, config)
+
+    def _drop_sparse(self) -> None:
+        self.client.delete_vector_name(self.name, SPARSE_KEY)
+
+    def _put_sparse(self, vectors: Mapping[str, common.Sparse | None]) -> None:
+        present = [
+            models.PointVectors(id=i, vector={SPARSE_KEY: _engine_vector(v)}) for i, v in vectors.items() if v
+        ]
+        absent = [i for i, v in vectors.items() if v is None]
+        if present:
+            self.client.update_vectors(self.name, present, wait=True)
+        if absent:  # an empty document has no vector, so it neither matches nor counts for IDF
+            self.client.delete_vectors(self.name, [SPARSE_KEY], models.PointIdsList(points=absent), wait=True)
 
     def _fetch(self, ids: Sequence[str], keys: list[str]) -> list[Any]:
         return self.client.retrieve(self.name, list(ids), with_payload=True, with_vectors=keys or False)

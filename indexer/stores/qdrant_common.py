@@ -2,9 +2,11 @@
 result paging and record conversion, and the tuning both apply.
 
 `edge.py` (embedded Qdrant Edge) and `qdrant.py` (a Qdrant server via qdrant-client) subclass
-`QdrantFamilyStore` and supply only the engine calls (`_put_points`, `_nearest`, ...). Everything
+`QdrantFamilyStore` and supply only the engine calls (`_put_points`, `_query`, ...). Everything
 the protocol promises beyond those (schema names -> storage keys, checks, the version-1 migration
-at the first write, stable offset paging, schema changes) is written once, here.
+at the first write, stable offset paging, schema changes, the BM25 sparse vector kept in step
+with the payloads) is written once, here. Queries reach the engines as the small neutral specs
+below (`Nearest`, `Fused`, `Recommend`, `Diverse`), which each engine spells in its own objects.
 
 qdrant-client is imported only by its converter, so the default edge store never loads it.
 """
@@ -14,12 +16,13 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import qdrant_edge as qe
 
-from indexer.errors import BadInput, SchemaError, StoreError
+from indexer.errors import SchemaError, StoreError
 from indexer.filters import (
     FieldCondition,
     Filter,
@@ -30,14 +33,33 @@ from indexer.filters import (
     MatchExcept,
     MatchValue,
 )
+from indexer.keyword import (
+    KEYWORD_CUT,
+    RRF_WEIGHTS,
+    SPARSE_KEY,
+    document,
+    sparse_document,
+    sparse_query,
+    text_fields,
+)
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.stores.base import (
+    Example,
     Hit,
     Record,
+    SearchPlan,
     StoredInfo,
     WithVectors,
+    at_least,
     canonical_id,
     checked_vector,
+    exclude_ids,
+    facet_order,
+    facet_path,
+    grouped_page,
+    plan_search,
+    ranked_page,
+    recommend_examples,
     wanted_vectors,
 )
 
@@ -83,6 +105,52 @@ def to_hit(point: Any) -> Hit:
     return Hit(id=str(point.id), score=float(point.score), payload=point.payload or {})
 
 
+# --- queries, as both engines get them ----------------------------------------------------------
+
+Sparse = tuple[list[int], list[float]]  # (indices, values)
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """Nearest by the vector at storage key `key` (a dense list, or a sparse vector for SPARSE_KEY);
+    in a Fused query, cut at `threshold`."""
+
+    vector: list[float] | Sparse
+    key: str
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Weighted reciprocal rank fusion (k=RRF_K) of the rankings, each cut at `candidates` hits."""
+
+    parts: list[Nearest]
+    weights: list[float]
+    candidates: int
+
+
+@dataclass(frozen=True)
+class Recommend:
+    """Recommend query, sum_scores strategy, over unit example vectors."""
+
+    positive: list[list[float]]
+    negative: list[list[float]]
+    key: str
+
+
+@dataclass(frozen=True)
+class Diverse:
+    """MMR over the `candidates` nearest: lambda_ weighs relevance, 1 - lambda_ diversity."""
+
+    vector: list[float]
+    key: str
+    lambda_: float
+    candidates: int
+
+
+QuerySpec = Nearest | Fused | Recommend | Diverse
+
+
 def to_record(point: Any, names_by_key: Mapping[str, str]) -> Record:
     """A Record from an engine point, its vectors named by schema name. Engines return a bare list
     when the only vector asked for is the unnamed one (version-1 collections), a dict otherwise."""
@@ -93,22 +161,6 @@ def to_record(point: Any, names_by_key: Mapping[str, str]) -> Record:
         raw = {"": raw}
     vectors = {names_by_key[k]: np.asarray(v, dtype=np.float32) for k, v in raw.items() if k in names_by_key}
     return Record(id=str(point.id), vectors=vectors, payload=point.payload or {})
-
-
-def ranked_page(fetch: Callable[[int], list[Hit]], k: int, offset: int) -> list[Hit]:
-    """Hits `offset` to `offset + k` of the ranking by score, equal scores ordered by id.
-
-    Qdrant orders equal scores as its segments happen to, so each page could pick different
-    members of a tie group that straddles its edge (a page repeating or skipping a point). Fetching
-    until the group at the page's end is whole, then ordering ties by id, makes every page a slice
-    of one ranking. Ties are rare, except among duplicate images, where the fetch doubles."""
-    want = offset + k
-    limit = want + 1
-    while True:
-        hits = sorted(fetch(limit), key=lambda h: (-h.score, h.id))
-        if len(hits) < limit or hits[-1].score < hits[want - 1].score:
-            return hits[offset:want]
-        limit *= 2
 
 
 # --- filters ---------------------------------------------------------------------------------------
@@ -259,7 +311,7 @@ def client_index_type(kind: FieldType) -> Any:
 
 # --- the store logic both backends share --------------------------------------------------------------
 
-Vectors = dict[str, list[float]]  # storage key -> vector
+Vectors = dict[str, Any]  # storage key -> vector: a list of floats, or `Sparse` for SPARSE_KEY
 
 
 class QdrantFamilyStore(ABC):
@@ -267,11 +319,13 @@ class QdrantFamilyStore(ABC):
     which take storage keys and native filters and need not wrap errors."""
 
     write_batch = 256
+    native_groups = False  # whether `_query_groups` is there; otherwise grouped_page groups in Python
 
     def __init__(self, name: str, label: str, stored: StoredInfo) -> None:
         self.name = name
         self._label = label  # how error messages name the collection
         self._stored = stored
+        self._keyword_ready = False  # known to have the BM25 sparse vector, filled
 
     # --- engine calls -----------------------------------------------------------------------
 
@@ -286,7 +340,27 @@ class QdrantFamilyStore(ABC):
     @abstractmethod
     def _existing(self, ids: Sequence[str]) -> set[str]: ...
     @abstractmethod
-    def _nearest(self, query: list[float], key: str, limit: int, native: Any) -> list[Hit]: ...
+    def _query(self, query: QuerySpec, limit: int, native: Any, threshold: float | None) -> list[Hit]:
+        """The `limit` best hits of a query among the points that pass `native` scoring at least
+        `threshold`."""
+    @abstractmethod
+    def _facet(self, path: str, limit: int, native: Any) -> list[tuple[str, int]]: ...
+    @abstractmethod
+    def _has_sparse(self) -> bool: ...
+    @abstractmethod
+    def _add_sparse(self) -> None: ...
+    @abstractmethod
+    def _drop_sparse(self) -> None: ...
+    @abstractmethod
+    def _put_sparse(self, vectors: Mapping[str, Sparse | None]) -> None:
+        """Set (or, for None, remove) the BM25 sparse vector of existing points."""
+
+    def _query_groups(
+        self, query: QuerySpec, path: str, limit: int, native: Any, threshold: float | None
+    ) -> list[Hit]:
+        """The best hit of each of the `limit` best groups, natively (when `native_groups`)."""
+        raise NotImplementedError
+
     @abstractmethod
     def _fetch(self, ids: Sequence[str], keys: list[str]) -> list[Any]: ...
     @abstractmethod
@@ -338,13 +412,27 @@ class QdrantFamilyStore(ABC):
             self._save(StoredInfo(schema, self._stored.info, legacy=False))
             for key in old_keys - new_keys:
                 self._drop_vector(key)
+            if text_fields(schema) != text_fields(old):  # the documents changed: rebuild them
+                self._keyword_ready = False
+                if text_fields(schema):
+                    self._ensure_keyword(rebuild=True)
+                elif self._has_sparse():
+                    self._drop_sparse()
 
     def upsert(self, records: Sequence[Record]) -> None:
-        points = [(canonical_id(r.id), self._storage_vectors(r), r.payload) for r in records]
+        fields = text_fields(self.schema)
+        points = []
+        for r in records:
+            vectors = self._storage_vectors(r)
+            if fields and (sparse := sparse_document(document(r.payload, fields))) is not None:
+                vectors[SPARSE_KEY] = sparse
+            points.append((canonical_id(r.id), vectors, r.payload))
         if not points:
             return
         self._migrate()
         with self._errors("upsert"):
+            if fields:
+                self._ensure_keyword()
             for batch in batches(points, self.write_batch):
                 self._put_points(batch)
 
@@ -358,7 +446,18 @@ class QdrantFamilyStore(ABC):
 
     def set_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
         by_id = {canonical_id(i): dict(p) for i, p in payloads.items()}
-        self._put_existing("set payloads", by_id, self._put_payloads)
+        fields = text_fields(self.schema)
+        if not fields:
+            self._put_existing("set payloads", by_id, self._put_payloads)
+            return
+
+        def put(part: dict[str, Any]) -> None:
+            self._put_payloads(part)
+            self._put_sparse({i: sparse_document(document(p, fields)) for i, p in part.items()})
+
+        with self._errors("set payloads"):
+            self._ensure_keyword()
+        self._put_existing("set payloads", by_id, put)
 
     def delete(self, ids: Sequence[str]) -> None:
         keys = [canonical_id(i) for i in ids]
@@ -371,22 +470,79 @@ class QdrantFamilyStore(ABC):
 
     def search(
         self,
-        vector: np.ndarray,
+        vector: np.ndarray | None,
         k: int,
         *,
         using: str | None = None,
         filter: Filter | None = None,
         offset: int = 0,
+        mode: str = "vector",
+        text: str | None = None,
+        min_score: float | None = None,
+        group_by: str | None = None,
+        diversity: float | None = None,
     ) -> list[Hit]:
-        if offset < 0:
-            raise BadInput(f"search offset must be 0 or more, not {offset}")
+        plan = plan_search(self.schema, k=k, offset=offset, mode=mode, vector=vector, text=text,
+                           min_score=min_score, group_by=group_by, diversity=diversity)
         spec = self.schema.vector(using)
         if k <= 0:
             return []
-        query = checked_vector(self.name, spec.dim, vector, "query").tolist()
+        dense = None
+        if plan.mode != "keyword":
+            dense = checked_vector(self.name, spec.dim, vector, "query").tolist()
         native = self._native_filter(filter)
         with self._errors("search"):
-            return ranked_page(lambda limit: self._nearest(query, spec.storage_key, limit, native), k, offset)
+            sparse = None
+            if plan.mode != "vector":
+                self._ensure_keyword()
+                sparse = sparse_query(text or "")
+            query: QuerySpec
+            if plan.mode == "keyword":
+                if sparse is None:  # no terms (empty, or only stop words): nothing matches
+                    return []
+                query = Nearest(sparse, SPARSE_KEY)
+            elif plan.mode == "hybrid":
+                assert dense is not None
+                query = self._hybrid(Nearest(dense, spec.storage_key), sparse, native, plan)
+            elif plan.lambda_ is not None:
+                assert dense is not None
+                query = Diverse(dense, spec.storage_key, plan.lambda_, plan.mmr_candidates)
+            else:
+                assert dense is not None
+                query = Nearest(dense, spec.storage_key)
+            return self._page(query, plan, native)
+
+    def recommend(
+        self,
+        positive: Sequence[Example] = (),
+        negative: Sequence[Example] = (),
+        k: int = 10,
+        *,
+        using: str | None = None,
+        filter: Filter | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        spec = self.schema.vector(using)
+        pos, neg, ids = recommend_examples(self, positive, negative, using)
+        plan = plan_search(self.schema, k=k, offset=offset, vector=(pos or neg)[0],
+                           min_score=min_score, group_by=group_by)
+        if k <= 0:
+            return []
+        native = self._native_filter(exclude_ids(filter, ids))
+        query = Recommend([v.tolist() for v in pos], [v.tolist() for v in neg], spec.storage_key)
+        with self._errors("recommend"):
+            return self._page(query, plan, native)
+
+    def facet(self, field: str, *, filter: Filter | None = None, limit: int = 10) -> list[tuple[str, int]]:
+        path = facet_path(self.schema, field, limit)
+        if limit == 0:
+            return []
+        native = self._native_filter(filter)
+        with self._errors("facet"):
+            counts = self._facet(path, limit, native)
+        return facet_order(dict(counts), limit)
 
     def retrieve(self, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Record]:
         keys = [canonical_id(i) for i in ids]
@@ -438,6 +594,60 @@ class QdrantFamilyStore(ABC):
 
     def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         return store_errors(self._label, action)
+
+    def _page(self, query: QuerySpec, plan: SearchPlan, native: Any) -> list[Hit]:
+        """Hits offset..offset+k of a query: MMR order as the engine gives it; otherwise by score
+        (ties by id), per group with group_by."""
+        threshold = plan.min_score
+
+        def fetch(limit: int) -> list[Hit]:
+            return self._query(query, limit, native, threshold)
+
+        if isinstance(query, Diverse):  # MMR picks greedily: the first n of n + m are the same n
+            return at_least(fetch(plan.want), threshold)[plan.offset : plan.want]
+        if plan.group_path is None:
+            return ranked_page(fetch, plan.k, plan.offset)
+        path = plan.group_path
+        if not self.native_groups:
+            return grouped_page(fetch, path, plan.k, plan.offset)
+        # Native groups come best first, equal best scores in any order: complete the tie at the
+        # page's end as for hits.
+        return ranked_page(lambda n: self._query_groups(query, path, n, native, threshold) or [],
+                           plan.k, plan.offset)
+
+    def _hybrid(self, dense: Nearest, sparse: Sparse | None, native: Any, plan: SearchPlan) -> Fused:
+        """The vector ranking fused with the keyword hits scoring at least KEYWORD_CUT of the best."""
+        best = self._query(Nearest(sparse, SPARSE_KEY), 1, native, None) if sparse else []
+        if not best:  # no terms, or no point has any of them: the vector ranking alone
+            return Fused([dense], [RRF_WEIGHTS[0]], plan.candidates)
+        keyword = Nearest(sparse, SPARSE_KEY, threshold=KEYWORD_CUT * best[0].score)  # type: ignore[arg-type]
+        return Fused([dense, keyword], list(RRF_WEIGHTS), plan.candidates)
+
+    def _ensure_keyword(self, rebuild: bool = False) -> None:
+        """The BM25 sparse vector exists and holds every point's document (built from the
+        payloads when missing: a collection made before keyword search, or text fields changed)."""
+        if self._keyword_ready and not rebuild:
+            return
+        if self._has_sparse():
+            if not rebuild:
+                self._keyword_ready = True
+                return
+        else:
+            try:
+                self._add_sparse()
+            except Exception:
+                if not self._has_sparse():  # not made by another process meanwhile
+                    raise
+        fields = text_fields(self.schema)
+        offset: Any = None
+        while True:
+            page, offset = self._scroll(offset, None, [])
+            existing = {str(p.id): p.payload or {} for p in page}
+            for batch in batches(list(existing), self.write_batch):
+                self._put_sparse({i: sparse_document(document(existing[i], fields)) for i in batch})
+            if offset is None:
+                break
+        self._keyword_ready = True
 
     def _migrate(self, stored: StoredInfo | None = None) -> None:
         """Before a write: a version-1 collection gets its declared fields indexed and its info

@@ -13,6 +13,8 @@ Layout 2 (`points.sqlite`, WAL):
   `lon`; anything else (objects, NaN) a row that matches no value but is not empty.
 - `meta(key, value)`: `info`, the collection's info document (schema included, base.StoredInfo),
   and `layout`.
+- `keyword` (FTS5, rowid = iid), once text fields are declared: each point's keyword document
+  (`indexer.keyword.document`), points with an empty one left out; keyword search ranks by bm25().
 
 Layout 1 (the previous release, no `layout` row): `vectors(iid, vector)` keyed by point iid (the
 FAISS ids of `index.faiss`), no fields table. It is read as it is (vids are iids) until the first
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from indexer.filters import Filter, haversine_m, matches, parse_datetime, values_at
+from indexer.keyword import FTS_TOKENIZER, document, text_fields
 from indexer.schema import CollectionSchema, payload_path
 
 LAYOUT = 2
@@ -203,6 +206,33 @@ class Database:
             self.insert_fields([r for iid, text in page for r in field_rows(iid, json.loads(text), fields)])
             last = page[-1][0]
 
+    # --- keyword documents (FTS5) ----------------------------------------------------------
+
+    def has_keyword(self) -> bool:
+        found = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keyword'").fetchone()
+        return found is not None
+
+    def insert_keyword(self, docs: Sequence[tuple[int, dict[str, Any]]], fields: Sequence[str]) -> None:
+        """Documents of (iid, payload) pairs; the caller removed the iids' old ones."""
+        rows = [(iid, text) for iid, payload in docs if (text := document(payload, fields))]
+        self.conn.executemany("INSERT INTO keyword (rowid, doc) VALUES (?, ?)", rows)
+
+    def delete_keyword(self, iids: Sequence[int]) -> None:
+        self.select_in("DELETE FROM keyword WHERE rowid IN ({})", list(iids))
+
+    def rebuild_keyword(self, fields: Sequence[str]) -> None:
+        """The keyword table for these text fields, from every point's payload (none: no table)."""
+        self.conn.execute("DROP TABLE IF EXISTS keyword")
+        if not fields:
+            return
+        self.conn.execute(f"CREATE VIRTUAL TABLE keyword USING fts5(doc, tokenize='{FTS_TOKENIZER}')")
+        last = 0
+        while page := self.conn.execute(
+            "SELECT iid, payload FROM points WHERE iid > ? ORDER BY iid LIMIT ?", (last, PAGE)
+        ).fetchall():
+            self.insert_keyword([(iid, json.loads(text)) for iid, text in page], fields)
+            last = page[-1][0]
+
     # --- reading -------------------------------------------------------------------------
 
     def select_in(self, sql: str, values: Sequence[Any], *params: Any) -> list[tuple[Any, ...]]:
@@ -238,6 +268,8 @@ def create_database(conn: sqlite3.Connection, schema: CollectionSchema, document
         _create_tables(conn)
         for spec in schema.vectors.values():
             create_vector_table(conn, spec.storage_key)
+        if text_fields(schema):
+            conn.execute(f"CREATE VIRTUAL TABLE keyword USING fts5(doc, tokenize='{FTS_TOKENIZER}')")
         conn.execute("INSERT INTO meta (key, value) VALUES ('layout', ?)", (str(LAYOUT),))
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('info', ?)", (json.dumps(document, sort_keys=True),)

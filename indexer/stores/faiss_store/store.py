@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from indexer.durable import write_atomic
-from indexer.errors import BadInput, SchemaError, StoreError
+from indexer.errors import SchemaError, StoreError
 from indexer.filters import Filter
+from indexer.keyword import text_fields
 from indexer.schema import CollectionSchema, VectorSpec, payload_path
 from indexer.stores.base import (
-    Hit,
     Record,
     StoredInfo,
     WithVectors,
@@ -33,8 +33,9 @@ from indexer.stores.base import (
     wanted_vectors,
 )
 from indexer.stores.faiss_store.db import PAGE, Database, create_vector_table, field_rows, table_name
-from indexer.stores.faiss_store.index import FaissConfig, VectorIndex, exact_nearest, normalised
+from indexer.stores.faiss_store.index import FaissConfig, VectorIndex, normalised
 from indexer.stores.faiss_store.prefilter import Context, compile_filter
+from indexer.stores.faiss_store.search import SearchMixin
 
 STORE_DIR = "faiss"
 CONFIG_FILE = "config.json"  # {"format": 2}; its presence makes the collection
@@ -48,8 +49,9 @@ def index_file(key: str) -> str:
     return f"index-{key}.faiss" if key else "index.faiss"
 
 
-class FaissStore:
-    """A VectorStore over SQLite (the truth) and one FAISS index per vector; thread-safe (one lock)."""
+class FaissStore(SearchMixin):
+    """A VectorStore over SQLite (the truth) and one FAISS index per vector; thread-safe (one lock).
+    Searches are in search.py."""
 
     def __init__(
         self, name: str, path: Path, db: Database, lock_fd: int, config: FaissConfig, stored: StoredInfo
@@ -90,6 +92,8 @@ class FaissStore:
                     create_vector_table(db.conn, spec.storage_key)
                 db.backfill(new_fields)
                 db.select_in("DELETE FROM fields WHERE field IN ({})", gone_fields)
+                if text_fields(schema) != text_fields(old) or (text_fields(schema) and not db.has_keyword()):
+                    db.rebuild_keyword(text_fields(schema))  # the documents changed
                 db.set_document(stored.document())
             self._stored = stored
             for spec in dropped:
@@ -151,6 +155,9 @@ class FaissStore:
                         for row in field_rows(iids[key], r.payload, list(schema.fields))
                     ]
                 )
+                if text_fields(schema):
+                    self._ensure_keyword()
+                    db.insert_keyword([(iids[k], r.payload) for k, r in latest.items()], text_fields(schema))
                 added = {
                     name: self._insert_vectors(schema.vectors[name], [(iids[k], v) for k, v in items])
                     for name, items in by_vector.items()
@@ -193,6 +200,11 @@ class FaissStore:
                 db.insert_fields(
                     [row for k, iid in iids.items() for row in field_rows(iid, json.loads(texts[k]), fields)]
                 )
+                if text_fields(self.schema):
+                    self._ensure_keyword()
+                    db.delete_keyword(list(iids.values()))
+                    db.insert_keyword([(iid, json.loads(texts[k])) for k, iid in iids.items()],
+                                      text_fields(self.schema))
 
     def delete(self, ids: Sequence[str]) -> None:
         keys = [canonical_id(i) for i in ids]
@@ -205,52 +217,6 @@ class FaissStore:
             self._apply(gone, {})
 
     # --- reads ---------------------------------------------------------------------------
-
-    def search(
-        self,
-        vector: np.ndarray,
-        k: int,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-    ) -> list[Hit]:
-        if offset < 0:
-            raise BadInput(f"offset must be 0 or more, not {offset}")
-        spec = self.schema.vector(using)
-        query = normalised(checked_vector(self.name, spec.dim, vector, "query")[None, :])
-        if k <= 0:
-            return []
-        want = offset + k
-        with self._mutex, self._errors("search"):
-            index = self._indexes[spec.name]
-            if filter is None or filter.is_empty():
-                found = index.nearest(query, want)
-            else:
-                vids = self._filtered_vids(spec, filter)
-                if len(vids) <= max(self.config.exact_max, self.config.exact_fraction * index.live):
-                    found = exact_nearest(vids, index.source.vectors_for(vids), query, want)
-                else:
-                    found = index.nearest_among(query, want, vids)
-            source = self.db.vectors_from(spec.storage_key)
-            rows = {
-                vid: (uuid, payload)
-                for vid, uuid, payload in self.db.select_in(
-                    f"SELECT v.vid, p.uuid, p.payload FROM {source} v JOIN points p ON p.iid = v.iid"
-                    " WHERE v.vid IN ({})",
-                    [vid for vid, _ in found],
-                )
-            }
-        # Equal scores are ordered by id, so that pages (offset) never repeat or skip a point.
-        hits = sorted(
-            (
-                Hit(id=rows[vid][0], score=score, payload=json.loads(rows[vid][1]))
-                for vid, score in found
-                if vid in rows
-            ),
-            key=lambda h: (-h.score, h.id),
-        )
-        return hits[offset:want]
 
     def retrieve(self, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Record]:
         keys = [canonical_id(i) for i in ids]
@@ -410,7 +376,21 @@ class FaissStore:
         gone = {spec.name: self._delete_vectors(spec, iids) for spec in self.schema.vectors.values()}
         self.db.select_in("DELETE FROM points WHERE iid IN ({})", iids)
         self.db.select_in("DELETE FROM fields WHERE iid IN ({})", iids)
+        if self.db.has_keyword():
+            self.db.delete_keyword(iids)
         return gone
+
+    def _ensure_keyword(self) -> None:
+        """The keyword table of a collection that declared text fields before keyword search
+        existed is built at its first keyword search or write (inside the caller's transaction
+        for writes)."""
+        db = self.db
+        if not db.has_keyword() and text_fields(self.schema):
+            if db.conn.in_transaction:
+                db.rebuild_keyword(text_fields(self.schema))
+            else:
+                with db.transaction():
+                    db.rebuild_keyword(text_fields(self.schema))
 
     def _compiled(self, store_filter: Filter) -> tuple[str, list[Any]]:
         db = self.db

@@ -1,0 +1,269 @@
+"""The FAISS store's searches: vector, keyword (FTS5 bm25()), hybrid, recommend and MMR, plus facets.
+
+Each mode is a ranking function `limit -> best hits` (equal scores by id) that the shared paging
+helpers of base.py cut into pages or groups, so pages and groups work as in the Qdrant stores.
+What Qdrant computes natively is computed here to the same definition:
+- hybrid: weighted reciprocal rank fusion of the two rankings cut as in keyword.py (`keyword.fuse`);
+- recommend (sum_scores): sum of similarities to the positives minus to the negatives, which is
+  the inner product with (sum of positives - sum of negatives): one nearest search with that
+  direction, scores scaled back by its length;
+- MMR: Qdrant's greedy selection over the nearest candidates (`mmr_order`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from indexer.filters import Filter
+from indexer.keyword import KEYWORD_CUT, fts_match, fuse
+from indexer.schema import VectorSpec
+from indexer.stores.base import (
+    Example,
+    Hit,
+    SearchPlan,
+    at_least,
+    checked_vector,
+    exclude_ids,
+    facet_order,
+    facet_path,
+    grouped_page,
+    plan_search,
+    ranked_page,
+    recommend_examples,
+)
+from indexer.stores.faiss_store.db import STRING
+from indexer.stores.faiss_store.index import exact_nearest, normalised
+
+
+class SearchMixin:
+    """The read side of FaissStore beyond retrieve/scan/count; see store.py for the attributes."""
+
+    # provided by FaissStore
+    name: str
+    config: Any
+    _mutex: Any
+    _indexes: dict[str, Any]
+    schema: Any
+    db: Any
+    _errors: Callable[[str], Any]
+    _compiled: Callable[[Filter], tuple[str, list[Any]]]
+    _filtered_vids: Callable[[VectorSpec, Filter], np.ndarray]
+    _ensure_keyword: Callable[[], None]
+    retrieve: Callable[..., Any]
+
+    def search(
+        self,
+        vector: np.ndarray | None,
+        k: int,
+        *,
+        using: str | None = None,
+        filter: Filter | None = None,
+        offset: int = 0,
+        mode: str = "vector",
+        text: str | None = None,
+        min_score: float | None = None,
+        group_by: str | None = None,
+        diversity: float | None = None,
+    ) -> list[Hit]:
+        plan = plan_search(self.schema, k=k, offset=offset, mode=mode, vector=vector, text=text,
+                           min_score=min_score, group_by=group_by, diversity=diversity)
+        spec = self.schema.vector(using)
+        query = None
+        if plan.mode != "keyword":
+            query = normalised(checked_vector(self.name, spec.dim, vector, "query")[None, :])
+        if k <= 0:
+            return []
+        with self._mutex, self._errors("search"):
+            if plan.mode != "vector":
+                self._ensure_keyword()
+            match = fts_match(text or "")
+            if plan.mode == "keyword":
+                ranking = self._keyword_ranking(match, filter)
+            elif plan.mode == "hybrid":
+                assert query is not None
+                ranking = self._hybrid_ranking(spec, query, match, filter, plan.candidates)
+            elif plan.lambda_ is not None:
+                assert query is not None
+                return self._mmr(spec, query, filter, plan)
+            else:
+                assert query is not None
+                ranking = self._vector_ranking(spec, query, filter)
+            return self._page(ranking, plan)
+
+    def recommend(
+        self,
+        positive: Sequence[Example] = (),
+        negative: Sequence[Example] = (),
+        k: int = 10,
+        *,
+        using: str | None = None,
+        filter: Filter | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        spec = self.schema.vector(using)
+        pos, neg, ids = recommend_examples(self, positive, negative, using)  # type: ignore[arg-type]
+        plan = plan_search(self.schema, k=k, offset=offset, vector=(pos or neg)[0],
+                           min_score=min_score, group_by=group_by)
+        if k <= 0:
+            return []
+        direction = np.sum(pos, axis=0) - (np.sum(neg, axis=0) if neg else 0)
+        length = float(np.linalg.norm(direction))
+        with self._mutex, self._errors("recommend"):
+            ranking = self._vector_ranking(spec, (direction / length)[None, :].astype(np.float32),
+                                           exclude_ids(filter, ids), scale=length)
+            return self._page(ranking, plan)
+
+    def facet(self, field: str, *, filter: Filter | None = None, limit: int = 10) -> list[tuple[str, int]]:
+        facet_path(self.schema, field, limit)
+        if limit == 0:
+            return []
+        with self._mutex, self._errors("facet"):
+            params: list[Any] = [field]
+            where = ""
+            if filter is not None and not filter.is_empty():
+                sql, params_filter = self._compiled(filter)
+                where = f" AND iid IN ({sql})"
+                params += params_filter
+            try:
+                rows = self.db.conn.execute(
+                    f"SELECT text, COUNT(DISTINCT iid) AS n FROM fields WHERE field = ? AND kind = {STRING}"
+                    f"{where} GROUP BY text ORDER BY n DESC, text LIMIT ?",
+                    [*params, limit],
+                ).fetchall()
+            finally:
+                self.db.clear_pending()
+        return facet_order(dict(rows), limit)
+
+    # --- rankings: limit -> the best `limit` hits, equal scores by id ------------------------
+
+    def _page(self, ranking: Callable[[int], list[Hit]], plan: SearchPlan) -> list[Hit]:
+        def fetch(limit: int) -> list[Hit]:
+            return at_least(ranking(limit), plan.min_score)
+
+        if plan.group_path is not None:
+            return grouped_page(fetch, plan.group_path, plan.k, plan.offset)
+        return ranked_page(fetch, plan.k, plan.offset)
+
+    def _vector_ranking(
+        self, spec: VectorSpec, query: np.ndarray, store_filter: Filter | None, scale: float = 1.0
+    ) -> Callable[[int], list[Hit]]:
+        def ranking(limit: int) -> list[Hit]:
+            index = self._indexes[spec.name]
+            if store_filter is None or store_filter.is_empty():
+                found = index.nearest(query, limit)
+            else:
+                vids = self._filtered_vids(spec, store_filter)
+                if len(vids) <= max(self.config.exact_max, self.config.exact_fraction * index.live):
+                    found = exact_nearest(vids, index.source.vectors_for(vids), query, limit)
+                else:
+                    found = index.nearest_among(query, limit, vids)
+            source = self.db.vectors_from(spec.storage_key)
+            rows = {
+                vid: (uuid, payload)
+                for vid, uuid, payload in self.db.select_in(
+                    f"SELECT v.vid, p.uuid, p.payload FROM {source} v JOIN points p ON p.iid = v.iid"
+                    " WHERE v.vid IN ({})",
+                    [vid for vid, _ in found],
+                )
+            }
+            hits = [
+                Hit(rows[vid][0], score * scale, json.loads(rows[vid][1]))
+                for vid, score in found
+                if vid in rows
+            ]
+            return sorted(hits, key=lambda h: (-h.score, h.id))[:limit]
+
+        return ranking
+
+    def _keyword_ranking(self, match: str | None, store_filter: Filter | None) -> Callable[[int], list[Hit]]:
+        def ranking(limit: int) -> list[Hit]:
+            if match is None:  # no terms: nothing matches
+                return []
+            params: list[Any] = [match]
+            where = ""
+            if store_filter is not None and not store_filter.is_empty():
+                sql, filter_params = self._compiled(store_filter)
+                where = f" AND rowid IN ({sql})"
+                params += filter_params
+            try:
+                scored = self.db.conn.execute(
+                    f"SELECT rowid, -bm25(keyword) FROM keyword WHERE keyword MATCH ?{where}"
+                    " ORDER BY bm25(keyword) LIMIT ?",
+                    [*params, limit],
+                ).fetchall()
+            finally:
+                self.db.clear_pending()
+            rows = {
+                iid: (uuid, payload)
+                for iid, uuid, payload in self.db.select_in(
+                    "SELECT iid, uuid, payload FROM points WHERE iid IN ({})", [r[0] for r in scored]
+                )
+            }
+            hits = [Hit(rows[i][0], float(s), json.loads(rows[i][1])) for i, s in scored if i in rows]
+            return sorted(hits, key=lambda h: (-h.score, h.id))
+
+        return ranking
+
+    def _hybrid_ranking(
+        self, spec: VectorSpec, query: np.ndarray, match: str | None, store_filter: Filter | None,
+        candidates: int,
+    ) -> Callable[[int], list[Hit]]:
+        # Each ranking cut at `candidates` (the keyword one also at KEYWORD_CUT of its best score),
+        # then fused: the fused ranking does not depend on the page.
+        vector_hits = ranked_page(self._vector_ranking(spec, query, store_filter), candidates, 0)
+        keyword_hits = ranked_page(self._keyword_ranking(match, store_filter), candidates, 0) if match else []
+        if keyword_hits:
+            cut = KEYWORD_CUT * keyword_hits[0].score
+            keyword_hits = [h for h in keyword_hits if h.score >= cut]
+        payloads = {h.id: h.payload for h in [*vector_hits, *keyword_hits]}
+        scores = fuse([[h.id for h in vector_hits], [h.id for h in keyword_hits]])
+        fused = sorted((Hit(i, s, payloads[i]) for i, s in scores.items()), key=lambda h: (-h.score, h.id))
+        return lambda limit: fused[:limit]
+
+    def _mmr(
+        self, spec: VectorSpec, query: np.ndarray, store_filter: Filter | None, plan: SearchPlan
+    ) -> list[Hit]:
+        assert plan.lambda_ is not None
+        fetch = self._vector_ranking(spec, query, store_filter)
+        candidates = ranked_page(lambda n: at_least(fetch(n), plan.min_score), plan.mmr_candidates, 0)
+        if not candidates:
+            return []
+        records = {r.id: r for r in self.retrieve([h.id for h in candidates], with_vectors=[spec.name])}
+        vectors = np.stack([records[h.id].vectors[spec.name] for h in candidates])
+        order = mmr_order(np.array([h.score for h in candidates]), vectors, plan.lambda_, plan.want)
+        return [candidates[i] for i in order][plan.offset : plan.want]
+
+
+def mmr_order(relevance: np.ndarray, vectors: np.ndarray, lambda_: float, limit: int) -> list[int]:
+    """Qdrant's MMR selection over candidates given best first: the most relevant, then each time
+    the candidate maximising lambda_ * relevance - (1 - lambda_) * (max similarity to those chosen).
+    Ties resolve as in Qdrant: the pending list shrinks by swap-remove and the last maximum wins."""
+    similarity = vectors @ vectors.T
+    pending = list(range(len(relevance)))
+    chosen = [_swap_remove(pending, _last_argmax([relevance[i] for i in pending]))]
+    closest = similarity[chosen[0]].copy()  # each candidate's max similarity to the chosen ones
+    while len(chosen) < limit and pending:
+        scores = [lambda_ * relevance[i] - (1.0 - lambda_) * closest[i] for i in pending]
+        pick = _swap_remove(pending, _last_argmax(scores))
+        chosen.append(pick)
+        closest = np.maximum(closest, similarity[pick])
+    return chosen
+
+
+def _last_argmax(values: Sequence[float]) -> int:
+    best = 0
+    for position, value in enumerate(values):
+        if value >= values[best]:
+            best = position
+    return best
+
+
+def _swap_remove(items: list[int], position: int) -> int:
+    items[position], items[-1] = items[-1], items[position]
+    return items.pop()
