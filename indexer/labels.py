@@ -119,8 +119,8 @@ def prompt_embeddings(model: ClipModel, labels: Sequence[str], templates: Sequen
 
 def top_labels(vectors: np.ndarray, label_vectors: np.ndarray, logit_scale: float, k: int,
                chunk: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of `vectors`, the indices of its k best labels (best first) and their softmax scores
-    over all labels, computed `chunk` rows at a time in float32."""
+    """For each row of `vectors`, the indices of its k best labels (best first, ties to the earlier label)
+    and their softmax scores over all labels, computed `chunk` rows at a time in float32."""
     k = min(k, len(label_vectors))
     indices = np.empty((len(vectors), k), dtype=np.int64)
     scores = np.empty((len(vectors), k), dtype=np.float32)
@@ -130,8 +130,15 @@ def top_labels(vectors: np.ndarray, label_vectors: np.ndarray, logit_scale: floa
         logits -= logits.max(axis=1, keepdims=True)
         np.exp(logits, out=logits)
         logits /= logits.sum(axis=1, keepdims=True)
-        best = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else (
-            np.broadcast_to(np.arange(logits.shape[1]), logits.shape).copy())
+        if k < logits.shape[1]:
+            best = np.sort(np.argpartition(-logits, k - 1, axis=1)[:, :k], axis=1)
+            # Rows with a tie at the k-th place: argpartition picks any of the tied labels; a full
+            # stable sort picks the first ones, so that ties always go to the earlier label.
+            kth = np.take_along_axis(logits, best, axis=1).min(axis=1, keepdims=True)
+            tied = np.flatnonzero((logits >= kth).sum(axis=1) > k)
+            best[tied] = np.argsort(-logits[tied], axis=1, kind="stable")[:, :k]
+        else:
+            best = np.broadcast_to(np.arange(logits.shape[1]), logits.shape).copy()
         picked = np.take_along_axis(logits, best, axis=1)
         order = np.argsort(-picked, axis=1, kind="stable")
         indices[start : start + chunk] = np.take_along_axis(best, order, axis=1)
