@@ -1,0 +1,126 @@
+"""`clipsearch duplicates` and `clipsearch clusters`: curation reports over a collection's vectors
+(indexer.duplicates, indexer.clusters). Neither deletes or moves a file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from clipsearch.common import collection_option, emit, json_option, settings_from_flags
+from indexer.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
+
+
+@contextmanager
+def _writable(collection: str | None, command: str) -> Iterator[Any]:
+    """The collection's store under its write lock: both commands may store fields."""
+    from indexer.locking import collection_lock
+    from indexer.stores import open_store
+
+    settings = settings_from_flags(collection=collection)
+    with collection_lock(settings.home, settings.collection, holder=f"clipsearch {command}"):
+        store = open_store(settings, settings.collection)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@click.command()
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.01),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="CLIP cosine at or above which two images are near duplicates; above 1 turns this path off.",
+)
+@click.option(
+    "--hash-distance",
+    type=click.IntRange(-1, 32),
+    default=HASH_DISTANCE,
+    show_default=True,
+    help="Perceptual-hash bits (of 64) within which two images are the same picture; -1 turns it off.",
+)
+@click.option("--vector", default=None, help="Compare this named vector [default: the active one].")
+@collection_option
+@json_option
+def duplicates(
+    threshold: float, hash_distance: int, vector: str | None, collection: str | None, as_json: bool
+) -> None:
+    """Groups of exact (same bytes) and near duplicates, each with the image to keep: the largest,
+    then the oldest. Never deletes anything. Files indexed before hashes were taken are hashed now
+    (and their hashes stored)."""
+    from indexer.duplicates import find_duplicates
+
+    with _writable(collection, "duplicates") as store:
+        report = find_duplicates(
+            store,
+            threshold=threshold,
+            hash_distance=hash_distance,
+            vector=vector,
+            progress=not as_json or sys.stderr.isatty(),
+        )
+    if as_json:
+        emit(report)
+        return
+    for group in report["groups"]:
+        click.echo(f"{group['kind']}: keep {group['keep']}")
+        for uri, score in zip(group["others"], group["scores"], strict=True):
+            click.echo(f"    {score:.4f}  {uri}")
+    others = sum(len(g["others"]) for g in report["groups"])
+    click.echo(
+        f"{len(report['groups'])} groups, {others} duplicates among {report['items']} images "
+        f"in {report['seconds']:.1f}s",
+        err=True,
+    )
+
+
+@click.command()
+@click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Clusters.")
+@click.option("--central", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Most central images listed per cluster.")
+@click.option("--outliers", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Most isolated images listed.")
+@click.option("--neighbours", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Outlier score: 1 - mean cosine to this many nearest images.")
+@click.option("--store", "save", is_flag=True,
+              help="Write `cluster` and `outlier` into each image's metadata (filterable, exported).")
+@click.option("--seed", type=int, default=0, show_default=True, help="k-means seed.")
+@click.option("--vector", default=None, help="Cluster this named vector [default: the active one].")
+@collection_option
+@json_option
+def clusters(
+    k: int,
+    central: int,
+    outliers: int,
+    neighbours: int,
+    save: bool,
+    seed: int,
+    vector: str | None,
+    collection: str | None,
+    as_json: bool,
+) -> None:
+    """k-means clusters of the collection's images (FAISS, spherical), each with its size and most
+    central images, and the most isolated images (outliers) first."""
+    from indexer.clusters import cluster_collection
+
+    with _writable(collection, "clusters") as store:
+        report = cluster_collection(
+            store, k, vector=vector, central=central, outliers=outliers, neighbours_k=neighbours,
+            save=save, seed=seed, progress=not as_json or sys.stderr.isatty(),
+        )
+    if as_json:
+        emit(report)
+        return
+    for cluster in report["clusters"]:
+        central_uris = ", ".join(item["uri"] for item in cluster["central"])
+        click.echo(f"cluster {cluster['cluster']}: {cluster['size']} images; central: {central_uris}")
+    click.echo("outliers (most isolated first):")
+    for item in report["outliers"]:
+        click.echo(f"    {item['score']:.4f}  {item['uri']}")
+
+
+COMMANDS = [duplicates, clusters]
