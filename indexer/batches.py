@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from indexer.decode import decode_image
+from indexer.duplicates import image_hashes
 from indexer.errors import ImageDecodeError
 from indexer.models import PixelTransform
 from indexer.sources import SourceItem
@@ -29,6 +30,7 @@ class Decoded:
     reason: str | None = None
     width: int = 0
     height: int = 0
+    hashes: dict[str, str] | None = None  # sha256 and phash (indexer.duplicates); None on the GPU path
 
 
 # --- decoding, in worker processes ---------------------------------------------------------
@@ -69,7 +71,7 @@ def decode_item(
         image = decode_image(item.path, max_pixels=max_pixels, draft_size=draft_size)
         width, height = image.info.get("original_size", image.size)
         pixels = np.asarray(transform(image), dtype=np.uint8)
-        return Decoded(item, pixels, None, width, height)
+        return Decoded(item, pixels, None, width, height, hashes=image_hashes(item.path, image))
     except ImageDecodeError as exc:
         return Decoded(item, None, str(exc))
     except Exception as exc:  # a worker must report, not die: one bad file never stops a run

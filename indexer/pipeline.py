@@ -119,6 +119,7 @@ def _walk_sources(sources: Sequence[str | Path], problems: list[WalkProblem]) ->
 def _record(decoded: Decoded, vectors: dict[str, np.ndarray]) -> Record:
     item = decoded.item
     metadata = {"width": decoded.width, "height": decoded.height}
+    metadata.update(decoded.hashes or {})  # sha256, phash: indexer.duplicates
     payload = {"uri": item.uri, "path": item.path, "fingerprint": item.fingerprint, "metadata": metadata}
     return Record(id=item.id, vectors=vectors, payload=payload)
 

@@ -19,6 +19,7 @@ except ImportError:  # `streamlit run ui/app.py` from an uninstalled checkout pu
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ui.client import ApiClient, ApiError, ApiUnreachable, api_from_env
+from ui.curation import curation_page
 from ui.format import describe_model, plural
 from ui.pages import classify_page, failures_page, image_page, keep_widget_state, search_page
 from ui.views import RESULTS_KEY, close_detail, detail_dialog, get_client
@@ -28,10 +29,12 @@ PAGES = {
     "Search by image": image_page,
     "Classify": classify_page,
     "Failures": failures_page,
+    "Curation": curation_page,
 }
 SEARCH_PAGES = ("Search", "Search by image")
 ICONS = {"Search": ":material/search:", "Search by image": ":material/image_search:",
          "Classify": ":material/label:", "Failures": ":material/error:"}
+ICONS["Curation"] = ":material/content_copy:"
 
 # Grid thumbnails get no full-screen button (the detail view shows the original instead), and image
 # captions (file names) stay on one line, cut with an ellipsis rather than broken mid-word.
