@@ -20,9 +20,9 @@ import numpy as np
 
 from indexer.classify import classify_embeddings
 from indexer.decode import decode_image
+from indexer.encoders import QueryEncoder
 from indexer.errors import ItemNotFound
 from indexer.filters import Filter
-from indexer.encoders import QueryEncoder
 from indexer.models import ModelCache
 from indexer.schema import CollectionSchema, VectorSpec
 from indexer.settings import Settings

@@ -454,12 +454,19 @@ class ModelCache:
             return None
         directory = export_dir(self.home, identity)
         if read_meta(directory) is None:
-            from indexer.onnx_export import ensure_export
-
+            try:
+                from indexer.onnx_export import ensure_export
+            except ImportError as exc:  # a query-only install (no clipsearch[index]) cannot export
+                raise ModelLoadError(
+                    f"{identity.describe()} has no ONNX export in {directory}, and {exc.name} is missing "
+                    f"to make one: run `clipsearch index` with clipsearch[index] installed and the same "
+                    f"CLIPSEARCH_HOME (the index run exports it), or install clipsearch[index] here"
+                ) from exc
             if ensure_export(self._torch(identity), self.home) is None:
                 return None
         fallback = (lambda: self.get(identity)) if identity.precision != "fp32" else None
-        return OnnxEncoder(directory, identity, query_threads(), image_fallback=fallback)
+        image_threads = min(4, usable_cpus())
+        return OnnxEncoder(directory, identity, query_threads(), image_threads, image_fallback=fallback)
 
     def _torch_for_queries(self, identity: ModelIdentity) -> ClipModel:
         model = self._torch(identity)
