@@ -6,6 +6,7 @@ until shutdown; a missing collection is a 404 until it is indexed, never a faile
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import metadata
@@ -18,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 
 from indexer.models import ClipModel
 from indexer.settings import Settings
-from search_api import dedupe, routes
+from indexer.vlm import Vlm
+from search_api import routes
 from search_api.engines import Engines
 from search_api.errors import install_error_handlers
 from search_api.jobs import VectorJobs
@@ -61,7 +63,10 @@ def create_app(
         # The watcher first: it may create the collection that the default engine then opens. Opening
         # at start holds an embedded collection (a second `clipsearch index` is refused at once) and
         # loads the model now, not at the first query; /readyz says when that is done.
-        async with watching(engines, watch, watch_interval, model) as app.state.watcher:
+        async with (
+            vlm_stage(app, settings),
+            watching(engines, watch, watch_interval, model) as app.state.watcher,
+        ):
             metrics.watcher = app.state.watcher
             await run_in_threadpool(engines.open_default)
             try:
@@ -84,11 +89,12 @@ def create_app(
     app.state.engines = engines
     app.state.jobs = jobs
     app.state.metrics = metrics = Metrics(engines)
+    # An off stand-in until the lifespan starts the real one (it owns a thread and an event loop).
+    app.state.vlm = Vlm(settings.model_copy(update={"vlm": settings.vlm.model_copy(update={"url": None})}))
 
     install_error_handlers(app)
     app.include_router(routes.meta)
     app.include_router(routes.api)
-    app.include_router(dedupe.router)
     app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
 
     # add_middleware wraps: the last added is outermost. The body limit inside auth, so a request
@@ -108,6 +114,20 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     return app
+
+
+@asynccontextmanager
+async def vlm_stage(app: FastAPI, settings: Settings) -> AsyncIterator[Vlm]:
+    """The VLM stage while the app runs (off, a stand-in, before it starts): asked for its models in the
+    background at start, so /healthz says up or down soon without holding the start back."""
+    vlm = Vlm(settings)
+    app.state.vlm = app.state.metrics.vlm = vlm
+    if vlm.enabled:
+        threading.Thread(target=vlm.probe, name="clipsearch-vlm-probe", daemon=True).start()
+    try:
+        yield vlm
+    finally:
+        await run_in_threadpool(vlm.close)
 
 
 def _openapi(app: FastAPI, settings: Settings) -> Any:

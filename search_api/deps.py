@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from indexer.settings import Settings
+from indexer.vlm import Vlm
 from search_api.engines import Engines
 from search_api.jobs import VectorJobs
 from search_api.metrics import Metrics
@@ -28,7 +29,12 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_vlm(request: Request) -> Vlm:
+    return request.app.state.vlm
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EnginesDep = Annotated[Engines, Depends(get_engines)]
 JobsDep = Annotated[VectorJobs, Depends(get_jobs)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+VlmDep = Annotated[Vlm, Depends(get_vlm)]

@@ -1,5 +1,5 @@
 """Prometheus metrics: requests and latency by route, query stage timings, text-embedding cache use,
-and the syncs of `serve --watch` (set `Metrics.watcher`).
+the syncs of `serve --watch` (set `Metrics.watcher`) and the VLM stage (set `Metrics.vlm`).
 
 Each app gets its own registry, so several apps in one process (tests, embedding) don't collide.
 """
@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.vlm import Vlm
 from search_api.engines import Engines
 from search_api.watch import TRIGGERS, FolderWatcher
 
@@ -47,6 +48,8 @@ class Metrics:
         self.registry.register(_TextCacheCollector(engines))
         self.watcher: FolderWatcher | None = None  # the app's, while it runs with --watch
         self.registry.register(_WatchCollector(self))
+        self.vlm: Vlm | None = None  # the app's, while it runs
+        self.registry.register(_VlmCollector(self))
 
     def observe_stages(self, stages: dict[str, float]) -> None:
         for stage, seconds in stages.items():
@@ -120,6 +123,45 @@ class _WatchCollector:
             "Changed paths waiting for the next sync.",
             value=watcher.pending,
         )
+
+
+# (name, help, label) of the VLM stage's counters, from VlmMetrics.snapshot().
+_VLM_COUNTERS = (
+    ("requests", "Requests to the VLM endpoint, by operation: score, order, explain.", "op"),
+    ("errors", "VLM failures by kind: connect, timeout, deadline, http_429, http_4xx, http_5xx, protocol, "
+     "unparseable, image.", "kind"),
+    ("cache_hits", "VLM answers served from the cache, by what: score, order, explain.", "what"),
+    ("cache_misses", "VLM answers not in the cache, by what: score, order, explain.", "what"),
+    ("tokens", "Tokens the VLM endpoint reported using, by kind: prompt, completion.", "kind"),
+    ("reranks", "Re-ranks by outcome: ok, partial, failed.", "status"),
+)
+
+
+class _VlmCollector:
+    """The VLM stage's counters and latencies, read at scrape time (absent while the app is not running)."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        vlm = self._metrics.vlm
+        if vlm is None:
+            return
+        snapshot = vlm.metrics.snapshot()
+        yield GaugeMetricFamily("clipsearch_vlm_enabled", "1 when CLIPSEARCH_VLM_URL is set.",
+                                value=int(vlm.enabled))
+        for name, what, label in _VLM_COUNTERS:
+            family = CounterMetricFamily(f"clipsearch_vlm_{name}", what, labels=[label])
+            for value, count in sorted(snapshot[name].items()):
+                family.add_metric([value], count)
+            yield family
+        for name, what in (("request_seconds", "Latency of one VLM request (a stream: until its end)."),
+                           ("rerank_seconds", "Time a whole re-rank took.")):
+            histogram = snapshot[name]
+            yield HistogramMetricFamily(
+                f"clipsearch_vlm_{name.replace('_seconds', '_duration_seconds')}", what,
+                buckets=histogram["buckets"], sum_value=histogram["sum"],
+            )
 
 
 class MetricsMiddleware:

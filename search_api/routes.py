@@ -15,13 +15,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from indexer.engine import SearchOutcome
 from indexer.errors import Conflict
 from indexer.settings import Settings
 from indexer.vectors import activate, drop_vector
-from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep
+from indexer.vlm import Query as VlmQuery
+from search_api import vlm as stage
+from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
     ClassifyForm,
@@ -30,6 +32,8 @@ from search_api.schemas import (
     CollectionsResponse,
     CollectionStatus,
     ErrorResponse,
+    ExplainRequest,
+    ExplainResponse,
     HealthResponse,
     ImageSearchForm,
     ItemResponse,
@@ -38,10 +42,10 @@ from search_api.schemas import (
     ReadinessResponse,
     SearchRequest,
     SearchResponse,
-    SearchResult,
     SearchTimings,
     VectorInfo,
     VectorsResponse,
+    VlmStatus,
 )
 from search_api.uploads import read_upload
 
@@ -75,8 +79,8 @@ SWAGGER_ASSETS = {
     operation_id="healthz",
     summary="Liveness probe (no API key needed)",
 )
-async def healthz() -> HealthResponse:
-    return HealthResponse(status="ok")
+async def healthz(vlm: VlmDep) -> HealthResponse:
+    return HealthResponse(status="ok", vlm=vlm.health()["status"])  # no request to the VLM: never slow
 
 
 @meta.get(
@@ -139,17 +143,19 @@ def _k(request: Any, settings: Settings) -> int:
     return request.k
 
 
-def _response(outcome: SearchOutcome, started: float, metrics: MetricsDep) -> SearchResponse:
-    metrics.observe_stages(outcome.timings)
-    ms = {stage: round(seconds * 1000, 3) for stage, seconds in outcome.timings.items()}
+def _response(outcome: SearchOutcome, started: float, metrics: MetricsDep, answer: stage.VlmAnswer
+              ) -> SearchResponse:
+    timings = {**outcome.timings, **answer.timings}
+    metrics.observe_stages(timings)
+    ms = {name: round(seconds * 1000, 3) for name, seconds in timings.items()}
     return SearchResponse(
-        results=[
-            SearchResult(id=r.id, uri=r.uri, score=r.score, metadata=r.metadata) for r in outcome.results
-        ],
+        results=answer.results,
         took_ms=round((time.perf_counter() - started) * 1000, 3),
         timings=SearchTimings(
-            decode_ms=ms["decode"], encode_ms=ms["encode"], search_ms=ms["search"], fetch_ms=ms["fetch"]
+            decode_ms=ms["decode"], encode_ms=ms["encode"], search_ms=ms["search"], fetch_ms=ms["fetch"],
+            rerank_ms=ms.get("rerank", 0.0), explain_ms=ms.get("explain", 0.0),
         ),
+        rerank=answer.rerank,
     )
 
 
@@ -159,21 +165,29 @@ def _response(outcome: SearchOutcome, started: float, metrics: MetricsDep) -> Se
     tags=["search"],
     responses=_QUERY_ERRORS,
     operation_id="search",
-    summary="Search by text, or by an indexed image's id",
+    summary="Search by text, or by an indexed image's id; optionally re-ranked and explained by the VLM",
 )
 def search(
-    body: SearchRequest, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
+    body: SearchRequest, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep, vlm: VlmDep
 ) -> SearchResponse:
     started = time.perf_counter()
     k = _k(body, settings)
+    ask = stage.VlmAsk.of(body.rerank_options(), body.explain, settings)
+    window = ask.window(k, settings.api.max_k) if ask else k
     options = {"filter": body.filter, "vector": body.vector, "offset": body.offset}
+    images = stage.item_images(engines, body.collection)
     if body.text is not None:
         text = body.text
-        outcome = engines.call(body.collection, lambda engine: engine.search_text(text, k, **options))
+        outcome = engines.call(body.collection, lambda engine: engine.search_text(text, window, **options))
+        query = VlmQuery(text=text)
     else:
         image_id = body.image_id or ""
-        outcome = engines.call(body.collection, lambda engine: engine.search_similar(image_id, k, **options))
-    return _response(outcome, started, metrics)
+        outcome = engines.call(
+            body.collection, lambda engine: engine.search_similar(image_id, window, **options)
+        )
+        query = VlmQuery(image=images(image_id)) if ask else VlmQuery()
+    answer = stage.run(vlm, ask, query, outcome.results, images, k)
+    return _response(outcome, started, metrics, answer)
 
 
 @api.post(
@@ -185,14 +199,18 @@ def search(
     summary="Search by an uploaded example image",
 )
 def search_image(
-    form: ImageSearchUpload, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep
+    form: ImageSearchUpload, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep, vlm: VlmDep
 ) -> SearchResponse:
     started = time.perf_counter()
     k = _k(form, settings)
+    ask = stage.VlmAsk.of(form.rerank_options(), form.explain, settings)
+    window = ask.window(k, settings.api.max_k) if ask else k
     data = read_upload(form.file, settings.api.max_upload_bytes)
     options = {"filter": _form_filter(form.filter), "vector": form.vector, "offset": form.offset}
-    outcome = engines.call(form.collection, lambda engine: engine.search_image(data, k, **options))
-    return _response(outcome, started, metrics)
+    outcome = engines.call(form.collection, lambda engine: engine.search_image(data, window, **options))
+    images = stage.item_images(engines, form.collection)
+    answer = stage.run(vlm, ask, VlmQuery(image=data), outcome.results, images, k)
+    return _response(outcome, started, metrics, answer)
 
 
 def _form_filter(text: str | None) -> Any:
@@ -221,6 +239,75 @@ def classify(
     scored = engines.call(form.collection, lambda engine: engine.classify([data], labels))
     metrics.observe_stages({"encode": time.perf_counter() - started})
     return ClassifyResponse(labels=[LabelScore(label=label, score=score) for label, score in scored[0]])
+
+
+_EXPLAIN_ERRORS = _errors(400, 404, 409, 413, 422, 503)
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _explained(engines: EnginesDep, body: ExplainRequest) -> tuple[dict[str, Any], str | None]:
+    """The hit to explain and its image file; ItemNotFound (404) before anything is sent to the VLM."""
+    payload = engines.call(body.collection, lambda engine: engine.item(body.image_id))
+    hit = {"id": body.image_id, "uri": payload.get("uri", ""), "metadata": payload.get("metadata", {})}
+    path = payload.get("path")
+    return hit, path if isinstance(path, str) else None
+
+
+@api.post(
+    "/explain",
+    response_model=ExplainResponse,
+    tags=["vlm"],
+    responses=_EXPLAIN_ERRORS,
+    operation_id="explain",
+    summary="Why an indexed image matches a query, in one or two sentences from the VLM",
+    description="The VLM's failures (off, down, slow, refusing) are a 200 with `status: failed` and why.",
+)
+def explain(body: ExplainRequest, engines: EnginesDep, vlm: VlmDep) -> ExplainResponse:
+    hit, image = _explained(engines, body)
+    return stage.explain(vlm, body.query, hit, image)
+
+
+@api.post(
+    "/explain/stream",
+    response_class=EventStream,
+    tags=["vlm"],
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": 'Server-sent events: `data: {"text": "..."}` for each piece as the VLM writes it, '
+            'then `event: done` with `data: {"explanation", "ms"}`; or, at any point, `event: error` with '
+            '`data: {"error", "reason", "text"}` (the VLM failed; `text`: what came before).',
+        },
+        **_EXPLAIN_ERRORS,
+    },
+    operation_id="explain_stream",
+    summary="The same explanation, streamed as the VLM writes it (server-sent events)",
+)
+def explain_stream(body: ExplainRequest, engines: EnginesDep, vlm: VlmDep) -> EventStream:
+    hit, image = _explained(engines, body)
+    # no-cache and no proxy buffering: each piece must reach the client when it is written.
+    return EventStream(stage.explain_events(vlm, body.query, hit, image),
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@api.get(
+    "/vlm",
+    response_model=VlmStatus,
+    tags=["vlm"],
+    operation_id="vlm_status",
+    summary="The VLM stage: its endpoint, model, and whether it answers",
+)
+def vlm_status(
+    vlm: VlmDep,
+    probe: Annotated[
+        bool, Query(description="Ask the endpoint for its models now (at most 2 s) rather than report the "
+                    "last requests.")
+    ] = False,
+) -> VlmStatus:
+    return VlmStatus(**(vlm.probe() if probe else vlm.health()))
 
 
 # Formats the indexer accepts that Python's mimetypes may not know.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from indexer.classify import parse_labels
 from indexer.filters import Filter
@@ -15,6 +15,9 @@ from indexer.filters import Filter
 MAX_QUERY_CHARS = 1000
 # Each label costs one text-encoder pass per prompt template, so a request can't ask for thousands.
 MAX_LABELS = 256
+# Each re-ranked hit is a VLM request (pointwise) or an image in one prompt (listwise): seconds apiece.
+MAX_TOP_N = 100
+VlmState = Literal["off", "up", "down", "unknown"]
 
 
 class ErrorResponse(BaseModel):
@@ -26,9 +29,15 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    """The service is up (it says nothing about collections or models)."""
+    """The service is up (it says nothing about collections or models), and what it last saw of the
+    optional VLM stage, which never makes the service itself unhealthy."""
 
     status: str = Field("ok", description="Always `ok`.")
+    vlm: VlmState = Field(
+        "off",
+        description="The VLM stage (re-ranking, explanations): `off` (no CLIPSEARCH_VLM_URL), `up`, `down`, "
+        "or `unknown` (not asked yet). From the last requests to it; no request is made for this answer.",
+    )
 
 
 COLLECTION_FIELD = Field(
@@ -50,6 +59,38 @@ FILTER_DESCRIPTION = (
 )
 
 
+RerankMode = Literal["pointwise", "listwise"]
+TOP_N_DESCRIPTION = (
+    f"How many of the best hits the VLM re-ranks (and explains), 1-{MAX_TOP_N}; default: the server's "
+    "CLIPSEARCH_VLM_TOP_N (20). The search fetches max(k, top_n) hits, re-ranks the first top_n and "
+    "answers the first k."
+)
+MODE_DESCRIPTION = (
+    "`pointwise` (each hit scored 0-10 in its own request) or `listwise` (every thumbnail in one "
+    "request); default: the server's CLIPSEARCH_VLM_MODE."
+)
+RERANK_DESCRIPTION = (
+    "Re-rank the best hits with the server's vision-language model (docs/vlm.md): `true`, or "
+    '`{"top_n": 20, "mode": "pointwise"}`. Never fails the search: when the VLM is off, down, slow or '
+    "answers nonsense, the hits keep the search's order and `rerank.status` says so. With `offset`, the "
+    "page asked for is re-ranked (the window starts at the offset): with top_n <= k each page is a "
+    "re-ordering of the same page without re-ranking, so pages never overlap."
+)
+EXPLAIN_DESCRIPTION = (
+    "Ask the VLM why each of the first top_n answered hits matches (`explanation`; null where it could "
+    "not say). Costs one VLM request per hit not cached."
+)
+
+
+class RerankOptions(BaseModel):
+    """How to re-rank with the VLM."""
+
+    top_n: int | None = Field(None, ge=1, le=MAX_TOP_N, description=TOP_N_DESCRIPTION)
+    mode: RerankMode | None = Field(None, description=MODE_DESCRIPTION)
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class SearchOptions(BaseModel):
     """What every search takes besides its query."""
 
@@ -58,6 +99,14 @@ class SearchOptions(BaseModel):
     offset: int = Field(0, ge=0, le=100_000, description="Skip this many of the best results (paging).")
     filter: Filter | None = Field(None, description=FILTER_DESCRIPTION)
     vector: str | None = VECTOR_FIELD
+    rerank: StrictBool | RerankOptions = Field(False, description=RERANK_DESCRIPTION)
+    explain: StrictBool = Field(False, description=EXPLAIN_DESCRIPTION)
+
+    def rerank_options(self) -> RerankOptions | None:
+        """The re-rank asked for, or None."""
+        if isinstance(self.rerank, RerankOptions):
+            return self.rerank
+        return RerankOptions() if self.rerank else None
 
 
 class SearchRequest(SearchOptions):
@@ -110,6 +159,13 @@ class ImageSearchForm(BaseModel):
     offset: int = Field(0, ge=0, le=100_000, description="Skip this many of the best results (paging).")
     filter: str | None = Field(None, description="A filter as a JSON string; see /v1/search.")
     vector: str | None = VECTOR_FIELD
+    rerank: bool = Field(False, description="Re-rank the best hits with the VLM; see /v1/search.")
+    top_n: int | None = Field(None, ge=1, le=MAX_TOP_N, description=TOP_N_DESCRIPTION)
+    mode: RerankMode | None = Field(None, description=MODE_DESCRIPTION)
+    explain: bool = Field(False, description=EXPLAIN_DESCRIPTION)
+
+    def rerank_options(self) -> RerankOptions | None:
+        return RerankOptions(top_n=self.top_n, mode=self.mode) if self.rerank else None
 
 
 class ClassifyForm(BaseModel):
@@ -150,6 +206,23 @@ class ReadinessResponse(BaseModel):
     reason: str | None = Field(None, description="Why not, when not ready.")
 
 
+class HitRerank(BaseModel):
+    """One hit's part in a re-rank."""
+
+    status: Literal["ok", "failed", "skipped"] = Field(
+        description="`ok`: judged by the VLM; `failed`: not judged, kept its place (`error` says why); "
+        "`skipped`: past top_n, kept its order after the re-ranked hits."
+    )
+    error: str | None = Field(
+        None,
+        description="Why not judged: connect, timeout, deadline, http_429, http_4xx, http_5xx, protocol, "
+        "unparseable, unranked, image, off.",
+    )
+    rank: int | None = Field(None, description="Place in the VLM's order, from 1 (listwise).")
+    reason: str | None = Field(None, description="The VLM's short reason for its score (pointwise).")
+    cached: bool = Field(False, description="Answered from the server's cache of VLM answers.")
+
+
 class SearchResult(BaseModel):
     """One hit."""
 
@@ -159,6 +232,30 @@ class SearchResult(BaseModel):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="The item's metadata fields (width, height; catalog columns)."
     )
+    vlm_score: float | None = Field(
+        None,
+        description="The VLM's relevance score, 0-10 (pointwise re-rank); null when not asked or not judged.",
+    )
+    explanation: str | None = Field(
+        None,
+        description="Why the VLM thinks this hit matches (`explain`); null when not asked or not available.",
+    )
+    rerank: HitRerank | None = Field(
+        None, description="What the re-rank did with this hit; null when not asked."
+    )
+
+
+class RerankSummary(BaseModel):
+    """How the re-rank went. Whatever happened, the results are all there, in the best order known."""
+
+    status: Literal["ok", "partial", "failed"] = Field(
+        description="`ok`: every one of the top_n judged; `partial`: some kept their place; `failed`: none "
+        "judged (the search's own order)."
+    )
+    reason: str | None = Field(None, description="What went wrong, with the setting to check.")
+    ms: float = Field(description="Time the re-rank took.")
+    mode: RerankMode
+    top_n: int
 
 
 class SearchTimings(BaseModel):
@@ -168,6 +265,8 @@ class SearchTimings(BaseModel):
     encode_ms: float = Field(description="Embedding the query (text encoder, cache, or image encoder).")
     search_ms: float = Field(description="Nearest-neighbour search in the vector store.")
     fetch_ms: float = Field(description="Reading stored records (the query image's vector for image_id).")
+    rerank_ms: float = Field(0.0, description="Re-ranking with the VLM.")
+    explain_ms: float = Field(0.0, description="Explanations from the VLM.")
 
 
 class SearchResponse(BaseModel):
@@ -176,6 +275,7 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
     took_ms: float = Field(description="Time the server spent on the request, decoding an upload included.")
     timings: SearchTimings
+    rerank: RerankSummary | None = Field(None, description="How the re-rank went; null when not asked.")
 
 
 class LabelScore(BaseModel):
@@ -269,3 +369,41 @@ class CollectionsResponse(BaseModel):
     """Every collection in the configured store, by name."""
 
     collections: list[CollectionInfo]
+
+
+class ExplainRequest(BaseModel):
+    """Ask the VLM why an indexed image matches a query."""
+
+    query: str = Field(
+        min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S", description="The query text, as searched."
+    )
+    image_id: str = Field(description="Id of an indexed image (from a search result).")
+    collection: str | None = COLLECTION_FIELD
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"query": "a dog on a beach",
+                                                                              "image_id": "<id>"}]})
+
+
+class ExplainResponse(BaseModel):
+    """The explanation, or why there is none: the VLM's failures are answers, never server errors."""
+
+    explanation: str | None = Field(description="One or two sentences; null when the VLM could not say.")
+    status: Literal["ok", "failed"]
+    error: str | None = Field(
+        None,
+        description="Why not: off, connect, timeout, deadline, http_429, http_4xx, http_5xx, protocol, "
+        "image.",
+    )
+    reason: str | None = Field(None, description="What went wrong, with the setting to check.")
+    ms: float = Field(description="Time the VLM took.")
+
+
+class VlmStatus(BaseModel):
+    """The VLM stage as this server sees it."""
+
+    enabled: bool = Field(description="Whether CLIPSEARCH_VLM_URL is set.")
+    url: str | None = Field(None, description="The endpoint's base URL.")
+    model: str | None = Field(None, description="The model name sent (null: not known yet).")
+    status: VlmState = Field(description="`off`, `up`, `down`, or `unknown` (not asked yet).")
+    error: str | None = Field(None, description="The last failure, when down.")
+    checked_at: float | None = Field(None, description="Unix time of the last request that said so.")

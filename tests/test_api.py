@@ -98,21 +98,24 @@ def search(client: httpx.Client, **body: Any) -> dict[str, Any]:
 def test_healthz(client: httpx.Client) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "vlm": "off"}  # no CLIPSEARCH_VLM_URL
 
 
 def test_text_search_shape(client: httpx.Client, corpus: Corpus) -> None:
     body = search(client, text="a photo of a fish", k=7)
-    assert set(body) == {"results", "took_ms", "timings"}
+    assert set(body) == {"results", "took_ms", "timings", "rerank"}
+    assert body["rerank"] is None  # not asked (tests/test_vlm_api.py)
     results = body["results"]
     assert len(results) == 7
     for result in results:
-        assert set(result) == {"id", "uri", "score", "metadata"}
+        assert set(result) == {"id", "uri", "score", "metadata", "vlm_score", "explanation", "rerank"}
+        assert result["vlm_score"] is None and result["explanation"] is None and result["rerank"] is None
         assert result["uri"] in corpus.uris and Path(result["uri"]).is_file()
         assert result["metadata"]["width"] > 0 and result["metadata"]["height"] > 0
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
-    assert set(body["timings"]) == {"decode_ms", "encode_ms", "search_ms", "fetch_ms"}
+    stages = {"decode_ms", "encode_ms", "search_ms", "fetch_ms", "rerank_ms", "explain_ms"}
+    assert set(body["timings"]) == stages
     assert all(value >= 0 for value in body["timings"].values())
     assert body["took_ms"] >= body["timings"]["search_ms"] > 0
 
@@ -381,7 +384,7 @@ def test_missing_collection_is_404_not_500(
 ) -> None:
     settings = make_settings(tmp_path / "empty-home", tiny_checkpoint, collection="photos")
     with serve(create_app(settings, model=tiny_model)) as url, httpx.Client(base_url=url, timeout=30) as http:
-        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/healthz").json() == {"status": "ok", "vlm": "off"}
         expected = (
             "collection 'photos' not found: index it first (`clipsearch index SOURCE --collection photos`, "
             "or `clipsearch serve --watch FOLDER`)"

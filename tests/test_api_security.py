@@ -81,7 +81,7 @@ PROTECTED = [
 
 def test_healthz_needs_no_key(anonymous: httpx.Client) -> None:
     response = anonymous.get("/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.status_code == 200 and response.json() == {"status": "ok", "vlm": "off"}
 
 
 @pytest.mark.parametrize("method, path, kwargs", PROTECTED)

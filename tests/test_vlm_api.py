@@ -1,0 +1,452 @@
+"""Specification of the VLM stage in the HTTP API, through real servers on loopback: ours (uvicorn, over
+real photos indexed with the tiny model) and an OpenAI-compatible stand-in (tests/vlm_server.py) that
+recognises each photo it is shown and answers what the test scripted for it.
+
+- `rerank` on /v1/search and /v1/search/image: the first top_n hits in the order of the VLM's scores, the
+  rest in the search's order after them; max(k, top_n) fetched, k answered; offset pages re-ranked within.
+- Never worse than no VLM: off, dead, slow, 4xx/5xx/429, garbage -> 200, the search's order, a status.
+- `explain` in a search, POST /v1/explain and its server-sent events; /healthz and /v1/vlm; metrics;
+  the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from indexer.models import ClipModel
+from tests.helpers import Served, index_photos, make_settings, serve
+from tests.vlm_server import FakeVlm, Recorded, Reply, error, order, score
+
+PHOTOS = 12
+TOP_N = 5  # the server's CLIPSEARCH_VLM_TOP_N
+DEADLINE_S = 2.0
+QUERY = "a photo of a dog"
+
+
+# --- the stand-in VLM: it knows each photo by its look ------------------------------------------------
+
+
+def signature(image: Image.Image) -> np.ndarray:
+    """8x8 grey levels: enough to tell these photos apart, whatever JPEG and resizing did to them."""
+    small = ImageOps.exif_transpose(image).convert("L").resize((8, 8), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32).ravel()
+
+
+class Photos:
+    """Which indexed photo a thumbnail shows, by id."""
+
+    def __init__(self, paths_by_id: dict[str, Path]):
+        self.ids = list(paths_by_id)
+        self.signatures = np.stack([signature(Image.open(paths_by_id[i])) for i in self.ids])
+
+    def shown(self, image: Image.Image) -> str:
+        distances = np.abs(self.signatures - signature(image)).mean(axis=1)
+        best = int(distances.argmin())
+        assert distances[best] < 12, f"the VLM was shown no indexed photo (distance {distances[best]:.1f})"
+        return self.ids[best]
+
+    def candidate(self, request: Recorded) -> str:
+        """The hit a pointwise request is about: its last image (an image query's comes first)."""
+        return self.shown(request.images()[-1])
+
+
+def scores_by_id(photos: Photos, scores: dict[str, Any], default: Reply | None = None,
+                 explain: Callable[[str], Reply] | None = None) -> Callable[[Recorded], Reply]:
+    """Scores for the hits named (a Reply, or a number), `default` for the others; explanations
+    (streamed requests) from `explain`."""
+
+    def respond(request: Recorded) -> Reply:
+        shown = photos.candidate(request)
+        if request.body.get("stream"):
+            return explain(shown) if explain else Reply(f"Explaining {shown}.")
+        value = scores.get(shown, default or score(0, "not scripted"))
+        return value if isinstance(value, Reply) else score(value, f"reason for {shown}")
+
+    return respond
+
+
+# --- servers -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeVlm]:
+    with FakeVlm() as vlm:
+        yield vlm
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path, tiny_checkpoint: Path,
+        tiny_model: ClipModel, fake: FakeVlm) -> Iterator[tuple[Any, Served]]:
+    from search_api import create_app
+
+    root = tmp_path_factory.mktemp("vlm-api")
+    vlm = {"url": fake.url, "top_n": TOP_N, "deadline_s": DEADLINE_S, "timeout_s": 3.0, "concurrency": 4}
+    settings, photos, ids = index_photos(root, imagenet_dir, tiny_checkpoint, tiny_model, PHOTOS, vlm=vlm)
+    application = create_app(settings, model=tiny_model)
+    with serve(application) as url:
+        yield application, Served(url, settings, photos, ids)
+
+
+@pytest.fixture(scope="module")
+def served(app: tuple[Any, Served]) -> Served:
+    return app[1]
+
+
+@pytest.fixture(scope="module")
+def photos(served: Served) -> Photos:
+    paths = {}
+    for item_id in served.ids:
+        item = httpx.get(f"{served.url}/v1/collections/default/items/{item_id}", timeout=30).json()
+        paths[item_id] = Path(item["uri"])
+    return Photos(paths)
+
+
+@pytest.fixture
+def vlm(fake: FakeVlm, photos: Photos, app: tuple[Any, Served]) -> Iterator[FakeVlm]:
+    """The stand-in, fresh for each test: no requests recorded, every score 0 until scripted, and
+    nothing in the server's cache of its answers (each test scripts its own)."""
+    app[0].state.vlm.clear_cache()
+    fake.requests.clear()
+    fake.max_in_flight = 0
+    fake.responder = scores_by_id(photos, {})
+    yield fake
+
+
+@pytest.fixture(scope="module")
+def other_home(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path, tiny_checkpoint: Path,
+               tiny_model: ClipModel) -> Path:
+    """A second small collection, for servers with other VLM settings (one server at a time holds it)."""
+    root = tmp_path_factory.mktemp("vlm-other")
+    index_photos(root, imagenet_dir, tiny_checkpoint, tiny_model, 6)
+    return root / "home"
+
+
+def server_with(home: Path, checkpoint: Path, model: ClipModel, **vlm: Any) -> Any:
+    from search_api import create_app
+
+    return serve(create_app(make_settings(home, checkpoint, vlm=vlm), model=model))
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+def post(url: str, path: str, **kwargs: Any) -> httpx.Response:
+    response = httpx.post(f"{url}{path}", timeout=60, **kwargs)
+    assert response.status_code < 500, response.text  # never a 5xx, whatever the VLM did
+    return response
+
+
+def search(url: str, **body: Any) -> dict[str, Any]:
+    response = post(url, "/v1/search", json={"text": QUERY, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids(answer: dict[str, Any]) -> list[str]:
+    return [hit["id"] for hit in answer["results"]]
+
+
+def clip_order(url: str, k: int, offset: int = 0) -> list[str]:
+    return ids(search(url, k=k, offset=offset))
+
+
+# --- re-ranking ----------------------------------------------------------------------------------------
+
+
+def test_the_top_n_follow_the_vlm_scores_and_the_rest_keep_clip_order(served: Served, vlm: FakeVlm,
+                                                                       photos: Photos) -> None:
+    clip = clip_order(served.url, 8)
+    plain = search(served.url, k=8)
+    assert plain["rerank"] is None and all(h["vlm_score"] is None and h["rerank"] is None and
+                                           h["explanation"] is None for h in plain["results"])
+    assert vlm.chats() == []  # not asked, not sent
+
+    vlm.responder = scores_by_id(photos, {clip[i]: 2 * i for i in range(TOP_N)})  # the CLIP order reversed
+    answer = search(served.url, k=8, rerank=True)
+    assert ids(answer) == [*reversed(clip[:TOP_N]), *clip[TOP_N:]]
+    assert answer["rerank"]["status"] == "ok" and answer["rerank"]["reason"] is None
+    assert (answer["rerank"]["mode"], answer["rerank"]["top_n"]) == ("pointwise", TOP_N)
+    assert answer["timings"]["rerank_ms"] > 0
+    by_id = {hit["id"]: hit for hit in answer["results"]}
+    for place, item_id in enumerate(clip):
+        hit = by_id[item_id]
+        if place < TOP_N:
+            assert hit["vlm_score"] == 2 * place
+            assert hit["rerank"] == {"status": "ok", "error": None, "rank": None,
+                                     "reason": f"reason for {item_id}", "cached": False}
+        else:
+            assert hit["vlm_score"] is None and hit["rerank"]["status"] == "skipped"
+        assert hit["score"] == next(h["score"] for h in plain["results"] if h["id"] == item_id)  # CLIP's own
+        assert hit["explanation"] is None  # not asked
+    # One request per hit of the top N, each showing that hit alone; none for the others.
+    assert sorted(photos.candidate(r) for r in vlm.chats()) == sorted(clip[:TOP_N])
+    assert all(len(r.images()) == 1 and json.dumps(QUERY) in r.text() for r in vlm.chats())
+
+
+def test_top_n_beyond_k_fetches_more_and_answers_k(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    clip = clip_order(served.url, 7)
+    vlm.responder = scores_by_id(photos, {clip[6]: 10, clip[5]: 9}, default=score(1))
+    answer = search(served.url, k=3, rerank={"top_n": 7})
+    assert ids(answer) == [clip[6], clip[5], clip[0]]  # from below k; ties (1) by CLIP score
+    assert answer["rerank"]["top_n"] == 7 and len(vlm.chats()) == 7
+
+
+def test_offset_pages_are_reranked_within_themselves(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    clip = clip_order(served.url, 8)
+    assert clip_order(served.url, 4, offset=4) == clip[4:]
+    vlm.responder = scores_by_id(photos, {clip[4]: 1, clip[5]: 2, clip[6]: 3, clip[7]: 4})
+    page = search(served.url, k=4, offset=4, rerank={"top_n": 4})
+    assert ids(page) == [clip[7], clip[6], clip[5], clip[4]]  # the second page, re-ranked
+    assert sorted(photos.candidate(r) for r in vlm.chats()) == sorted(clip[4:])  # the first page never sent
+
+
+def test_listwise_mode_follows_the_models_order(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    clip = clip_order(served.url, 6)
+    vlm.responder = lambda request: order([2, 4, 1, 3])  # candidates numbered from 1 in CLIP order
+    answer = search(served.url, k=6, rerank={"top_n": 4, "mode": "listwise"})
+    assert ids(answer) == [clip[1], clip[3], clip[0], clip[2], clip[4], clip[5]]
+    [request] = vlm.chats()
+    assert [photos.shown(image) for image in request.images()] == clip[:4]
+    assert [hit["rerank"]["rank"] for hit in answer["results"][:4]] == [1, 2, 3, 4]
+    assert answer["rerank"]["mode"] == "listwise" and answer["results"][0]["vlm_score"] is None
+
+
+def test_image_search_reranks_with_form_fields(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    example = served.photos[3].read_bytes()
+    form = {"k": "4"}
+
+    def image_search(**fields: str) -> dict[str, Any]:
+        response = post(served.url, "/v1/search/image", data={**form, **fields},
+                        files={"file": ("query.jpg", example)})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    clip = ids(image_search())
+    vlm.responder = scores_by_id(photos, {clip[3]: 9, clip[2]: 8})
+    answer = image_search(rerank="true", top_n="4", mode="pointwise")
+    assert ids(answer) == [clip[3], clip[2], clip[0], clip[1]]
+    assert answer["rerank"]["status"] == "ok"
+    for request in vlm.chats():  # the example image first, then the candidate
+        first, _ = request.images()
+        assert photos.shown(first) == photos.shown(Image.open(served.photos[3]))
+
+
+def test_answers_are_cached(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    clip = clip_order(served.url, 4)
+    vlm.responder = scores_by_id(photos, {clip[3]: 7})
+    query = {"text": "a cached query", "k": 4, "rerank": {"top_n": 4}}
+    first = search(served.url, **query)
+    assert len(vlm.chats()) == 4 and not any(hit["rerank"]["cached"] for hit in first["results"])
+    again = search(served.url, **query)
+    assert len(vlm.chats()) == 4  # nothing sent again
+    assert ids(again) == ids(first) and all(hit["rerank"]["cached"] for hit in again["results"])
+
+
+# --- never worse than no VLM ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reply", "kind"), [
+    (error(500), "http_5xx"),
+    (error(429, "slow down"), "http_429"),
+    (error(400, "no images here"), "http_4xx"),
+    (Reply(body="<html>bad gateway</html>"), "protocol"),
+    (Reply("I would rather talk about the weather."), "unparseable"),
+    (Reply(hang=True), "deadline"),
+    (score(9, delay_s=DEADLINE_S + 3), "deadline"),
+])
+def test_a_failing_vlm_gives_clip_order_with_a_status(served: Served, vlm: FakeVlm, reply: Reply,
+                                                       kind: str) -> None:
+    clip = clip_order(served.url, 6)
+    vlm.responder = lambda request: reply
+    started = time.monotonic()
+    answer = search(served.url, k=6, rerank=True)
+    assert time.monotonic() - started < DEADLINE_S + 4  # the deadline holds, whatever the VLM does
+    assert ids(answer) == clip
+    assert answer["rerank"]["status"] == "failed" and answer["rerank"]["reason"]
+    assert [hit["rerank"]["status"] for hit in answer["results"]] == ["failed"] * TOP_N + ["skipped"]
+    assert {hit["rerank"]["error"] for hit in answer["results"][:TOP_N]} == {kind}
+    assert all(hit["vlm_score"] is None for hit in answer["results"])
+
+
+def test_some_failures_make_a_partial_rerank(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    clip = clip_order(served.url, 5)
+    scripted = {clip[0]: 1, clip[1]: error(503), clip[2]: 8, clip[3]: 5, clip[4]: 9}
+    vlm.responder = scores_by_id(photos, scripted)
+    answer = search(served.url, k=5, rerank=True)
+    # clip[1] keeps its place; the others are ordered among the places they held.
+    assert ids(answer) == [clip[4], clip[1], clip[2], clip[3], clip[0]]
+    assert answer["rerank"]["status"] == "partial" and "http_5xx" in answer["rerank"]["reason"]
+    assert answer["results"][1]["rerank"] == {"status": "failed", "error": "http_5xx", "rank": None,
+                                              "reason": None, "cached": False}
+
+
+def test_a_dead_endpoint(other_home: Path, tiny_checkpoint: Path, tiny_model: ClipModel) -> None:
+    with server_with(other_home, tiny_checkpoint, tiny_model, url=closed_port_url()) as url:
+        clip = clip_order(url, 6)
+        answer = search(url, k=6, rerank=True, explain=True)
+        assert ids(answer) == clip and answer["rerank"]["status"] == "failed"
+        assert {hit["rerank"]["error"] for hit in answer["results"][:TOP_N]} == {"connect"}
+        assert "CLIPSEARCH_VLM_URL" in answer["rerank"]["reason"]
+        assert all(hit["explanation"] is None for hit in answer["results"])
+        health = httpx.get(f"{url}/healthz", timeout=30)
+        assert health.status_code == 200 and health.json() == {"status": "ok", "vlm": "down"}
+        explained = post(url, "/v1/explain", json={"query": QUERY, "image_id": clip[0]})
+        assert explained.status_code == 200
+        assert explained.json()["status"] == "failed" and explained.json()["error"] == "connect"
+        assert explained.json()["explanation"] is None
+        events = stream_events(url, {"query": QUERY, "image_id": clip[0]})
+        assert [name for name, _ in events] == ["error"] and events[0][1]["error"] == "connect"
+
+
+def test_without_a_vlm(other_home: Path, tiny_checkpoint: Path, tiny_model: ClipModel) -> None:
+    with server_with(other_home, tiny_checkpoint, tiny_model) as url:
+        assert httpx.get(f"{url}/healthz", timeout=30).json() == {"status": "ok", "vlm": "off"}
+        status = httpx.get(f"{url}/v1/vlm", params={"probe": "true"}, timeout=30).json()
+        assert status["enabled"] is False and status["status"] == "off"
+        clip = clip_order(url, 6)
+        answer = search(url, k=6, rerank=True)
+        assert ids(answer) == clip and answer["rerank"]["status"] == "failed"
+        assert "CLIPSEARCH_VLM_URL" in answer["rerank"]["reason"]
+        assert answer["results"][0]["rerank"]["error"] == "off"
+        explained = post(url, "/v1/explain", json={"query": QUERY, "image_id": clip[0]}).json()
+        assert (explained["status"], explained["error"]) == ("failed", "off")
+
+
+def test_bad_rerank_options_are_422(served: Served, vlm: FakeVlm) -> None:
+    for rerank in ({"top_n": 0}, {"top_n": 101}, {"mode": "sideways"}, {"top": 3}, 1, "yes"):
+        response = post(served.url, "/v1/search", json={"text": QUERY, "rerank": rerank})
+        assert response.status_code == 422, (rerank, response.text)
+    assert vlm.chats() == []
+
+
+# --- explanations --------------------------------------------------------------------------------------
+
+
+def stream_events(url: str, body: dict[str, Any], arrivals: list[float] | None = None
+                  ) -> list[tuple[str, dict[str, Any]]]:
+    """The server-sent events of /v1/explain/stream, as (event name, data); arrival times if asked."""
+    events, name = [], "message"
+    with httpx.stream("POST", f"{url}/v1/explain/stream", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+                if arrivals is not None:
+                    arrivals.append(time.monotonic())
+                name = "message"
+    return events
+
+
+def test_explain(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    target = served.ids[2]
+    vlm.responder = scores_by_id(photos, {}, explain=lambda shown: Reply(f"It shows {shown}; no dog."))
+    response = post(served.url, "/v1/explain", json={"query": QUERY, "image_id": target})
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["explanation"] == f"It shows {target}; no dog." and answer["status"] == "ok"
+    [request] = vlm.chats()
+    assert photos.candidate(request) == target and json.dumps(QUERY) in request.text()
+
+    missing = post(served.url, "/v1/explain", json={"query": QUERY, "image_id": "no-such-id"})
+    assert missing.status_code in (400, 404)  # not the VLM's doing: an error of ours, said as such
+    assert len(vlm.chats()) == 1
+
+
+def test_explain_streams_pieces_as_they_come(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    pieces = ["It is ", "a dog ", "on grass, ", "not a beach."]
+    vlm.responder = lambda request: Reply(chunks=pieces, chunk_delay_s=0.3)
+    arrivals: list[float] = []
+    started = time.monotonic()
+    events = stream_events(served.url, {"query": "a dog on a beach", "image_id": served.ids[5]}, arrivals)
+    assert [name for name, _ in events] == ["message"] * 4 + ["done"]
+    assert [data["text"] for _, data in events[:4]] == pieces
+    assert events[-1][1]["explanation"] == "".join(pieces).strip()
+    assert arrivals[0] - started < 0.9 * (arrivals[-1] - started)  # the first piece came before the end
+    assert arrivals[-1] - arrivals[0] >= 0.6  # not all at once: as the VLM wrote them
+
+
+def test_a_stream_cut_short_ends_with_an_error_event(served: Served, vlm: FakeVlm) -> None:
+    vlm.responder = lambda request: Reply(chunks=["It is ", "a dog"], chunk_delay_s=4.0)  # > timeout_s
+    events = stream_events(served.url, {"query": "a dog", "image_id": served.ids[6]})
+    assert [name for name, _ in events] == ["message", "error"]
+    assert events[1][1]["error"] in ("timeout", "deadline") and events[1][1]["text"] == "It is "
+
+
+def test_a_failing_stream_is_an_error_event(served: Served, vlm: FakeVlm) -> None:
+    vlm.responder = lambda request: error(429, "slow down")
+    events = stream_events(served.url, {"query": "a dog", "image_id": served.ids[7]})
+    assert [(name, data["error"]) for name, data in events] == [("error", "http_429")]
+
+
+def test_search_with_explanations(served: Served, vlm: FakeVlm, photos: Photos) -> None:
+    clip = clip_order(served.url, 8)
+    vlm.responder = scores_by_id(photos, {clip[1]: 9}, explain=lambda shown: Reply(f"Because of {shown}."))
+    answer = search(served.url, k=8, rerank={"top_n": 3}, explain=True)
+    assert ids(answer)[:3] == [clip[1], clip[0], clip[2]]
+    explained = [hit["explanation"] for hit in answer["results"]]
+    assert explained[:3] == [f"Because of {i}." for i in ids(answer)[:3]]  # the top_n, after re-ranking
+    assert explained[3:] == [None] * 5
+    assert answer["timings"]["explain_ms"] > 0
+
+
+# --- health, status, metrics, schema -------------------------------------------------------------------
+
+
+def test_health_and_status_report_the_vlm(served: Served, vlm: FakeVlm) -> None:
+    health = httpx.get(f"{served.url}/healthz", timeout=30)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "vlm": "up"}
+    status = httpx.get(f"{served.url}/v1/vlm", params={"probe": "true"}, timeout=30).json()
+    assert status["enabled"] is True and status["status"] == "up"
+    assert status["url"] == vlm.url and status["model"] == "fake-vl"
+
+
+def test_metrics_count_vlm_requests_errors_cache_and_tokens(served: Served, vlm: FakeVlm) -> None:
+    vlm.responder = lambda request: score(4, "fine")
+    search(served.url, text="metrics one", k=3, rerank={"top_n": 3})
+    search(served.url, text="metrics one", k=3, rerank={"top_n": 3})  # from the cache
+    vlm.responder = lambda request: error(500)
+    search(served.url, text="metrics two", k=3, rerank={"top_n": 3})
+    text = httpx.get(f"{served.url}/metrics", timeout=30).text
+
+    def value(sample: str) -> float:
+        [line] = [line for line in text.splitlines() if line.startswith(sample + " ")]
+        return float(line.split()[-1])
+
+    assert value('clipsearch_vlm_requests_total{op="score"}') >= 6
+    assert value('clipsearch_vlm_errors_total{kind="http_5xx"}') >= 3
+    assert value('clipsearch_vlm_cache_hits_total{what="score"}') >= 3
+    assert value('clipsearch_vlm_tokens_total{kind="prompt"}') >= 300  # the stand-in reports 100 a request
+    assert value('clipsearch_vlm_reranks_total{status="failed"}') >= 1
+    assert value("clipsearch_vlm_request_duration_seconds_count") >= 6
+    assert value("clipsearch_vlm_rerank_duration_seconds_count") >= 3
+    assert value("clipsearch_vlm_enabled") == 1
+
+
+def test_openapi_documents_the_vlm(served: Served) -> None:
+    schema = httpx.get(f"{served.url}/openapi.json", timeout=30).json()
+    paths, components = schema["paths"], schema["components"]["schemas"]
+    assert {"rerank", "explain"} <= set(components["SearchRequest"]["properties"])
+    assert {"vlm_score", "explanation", "rerank"} <= set(components["SearchResult"]["properties"])
+    assert "rerank" in components["SearchResponse"]["properties"]
+    form = paths["/v1/search/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = components[form["$ref"].rsplit("/", 1)[-1]] if "$ref" in form else form
+    assert {"rerank", "top_n", "mode", "explain"} <= set(form["properties"])
+    assert "/v1/explain" in paths and "/v1/vlm" in paths
+    assert "text/event-stream" in paths["/v1/explain/stream"]["post"]["responses"]["200"]["content"]
+    assert components["HealthResponse"]["properties"]["vlm"]["enum"] == ["off", "up", "down", "unknown"]
