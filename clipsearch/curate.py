@@ -121,20 +121,34 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
 @click.option("--query", default=None, help="Export the results of this text query instead of every item.")
 @click.option("-k", type=click.IntRange(1, 100_000), default=100, show_default=True,
               help="Results of --query to export.")
+@click.option("--duplicates", is_flag=True,
+              help="Export the duplicate groups (as `clipsearch duplicates` finds them) instead: their "
+                   "members, with the group as the label.")
 @click.option("--copy", is_flag=True, help="imagefolder, fiftyone: copy the images rather than symlink them.")
 @collection_option
 @json_option
 def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None, run: str | None,
-           query: str | None, k: int, copy: bool, collection: str | None, as_json: bool) -> None:
-    """Export a collection, a label run, or a query's results to OUT (labels: a person's decision first)."""
-    from indexer.export import collect
+           query: str | None, k: int, duplicates: bool, copy: bool, collection: str | None,
+           as_json: bool) -> None:
+    """Export a collection, a label run, a duplicate report or a query's results to OUT (labels: a
+    person's decision first)."""
+    from indexer.export import DUPLICATES, collect, duplicate_items
     from indexer.export import export as write_export
     from indexer.labels import DEFAULT_RUN, label_runs
+
+    if duplicates and (query or where or filter_json or run):
+        raise click.UsageError("--duplicates exports the whole report: no --query, --where, --filter, --run")
 
     settings = settings_from_flags()
     wanted = query_filter(where, filter_json)
     with _opened(settings, collection, query is not None) as (store, engine):
-        if query is not None:
+        if duplicates:
+            from indexer.duplicates import find_duplicates
+
+            # Read-only: images hashed at index time (or by `clipsearch duplicates`) are compared by hash.
+            report = find_duplicates(store, compute_missing=False, progress=not as_json)
+            items, run = duplicate_items(store, report), DUPLICATES
+        elif query is not None:
             found = engine.search_text(query, k, filter=wanted).results
             items = collect(store, hits=[(r.id, r.score) for r in found])
         else:

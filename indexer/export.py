@@ -11,6 +11,8 @@ duplicate groups included, when those runs wrote them); COCO keeps them on each 
 - imagefolder: OUT/<label>/<file>, symlinks to the originals (copies with `copy=True`).
 - fiftyone: FiftyOne's FiftyOneImageClassificationDataset: OUT/data/<id>.<ext> and OUT/labels.json
   {"classes": [...], "labels": {"<id>": {"label": <class index>, "confidence": <score>} | null}}.
+- a duplicate report (`duplicate_items`, run=DUPLICATES): the members of each group, its number, kind,
+  keeper and cosine to the keeper as fields, the group ("group-0001") as the label.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from indexer.stores.base import Record, VectorStore
 
 FORMATS = ("csv", "jsonl", "coco", "imagefolder", "fiftyone")
 HUMAN_SCORE = 1.0  # a person's decision is certain
+# The `run` of a duplicate report's export: its groups are the labels. Not a valid run name, so no
+# label run can be mistaken for it.
+DUPLICATES = "@duplicates"
+DUPLICATE_FIELDS = ("duplicate_group", "duplicate_kind", "duplicate_keep", "duplicate_score")
 
 
 @dataclass
@@ -83,10 +89,29 @@ def collect(store: VectorStore, store_filter: Filter | None = None,
     return sorted((_item(r) for r in store.scan(store_filter)), key=lambda item: (item.uri, item.id))
 
 
+def duplicate_items(store: VectorStore, report: dict[str, Any]) -> list[Item]:
+    """The members of a duplicate report's groups (indexer.duplicates.find_duplicates), keeper first, each
+    with its group (1, 2, ...), kind, whether it is the keeper and its cosine to the keeper."""
+    items = []
+    for number, group in enumerate(report.get("groups", []), start=1):
+        scores = [1.0, *group.get("scores", [])]
+        for position, record in enumerate(store.retrieve(group.get("ids", []))):
+            item = _item(record)
+            item.metadata.update(duplicate_group=number, duplicate_kind=group.get("kind"),
+                                 duplicate_keep=position == 0, duplicate_score=scores[position])
+            items.append(item)
+    return items
+
+
 def label_of(item: Item, run: str | None) -> Labelled | None:
-    """The item's label under `run`: a person's, else the zero-shot one; None when unsure or rejected."""
+    """The item's label under `run`: a person's, else the zero-shot one; None when unsure or rejected.
+    Under DUPLICATES: its group, "group-0001"..."""
     if run is None:
         return None
+    if run == DUPLICATES:
+        group = item.metadata.get("duplicate_group")
+        return None if group is None else Labelled(f"group-{group:04d}", item.metadata["duplicate_score"],
+                                                   "keep" if item.metadata.get("duplicate_keep") else "copy")
     name = effective_label(item.metadata, run)
     if name is None or name == UNSURE:
         return None
@@ -99,7 +124,7 @@ def classes(store: VectorStore, run: str | None, items: Iterable[Item]) -> list[
     """The run's labels in their order, then labels people gave that the run did not have."""
     if run is None:
         return []
-    known = list(label_runs(store).get(run, {}).get("labels", []))
+    known = [] if run == DUPLICATES else list(label_runs(store).get(run, {}).get("labels", []))
     extra = {lb.name for item in items if (lb := label_of(item, run)) is not None} - set(known)
     return known + sorted(extra)
 
@@ -109,7 +134,7 @@ def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, ru
     """Write `items` to `out` in format `fmt` (see the module's docstring)."""
     if fmt not in FORMATS:
         raise BadInput(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if run is not None and run not in label_runs(store):
+    if run is not None and run != DUPLICATES and run not in label_runs(store):
         known = ", ".join(sorted(label_runs(store))) or "none yet"
         raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); check --run")
     if fmt == "imagefolder" and run is None:
@@ -189,8 +214,8 @@ def image_size(item: Item) -> tuple[int, int] | None:
 def _coco(store: VectorStore, items: Sequence[Item], run: str | None) -> str:
     names = classes(store, run, items)
     category = {name: number for number, name in enumerate(names, start=1)}
-    run_fields = set() if run is None else {run, f"{run}_score", f"{run}_top", f"{run}_top_scores",
-                                            human_field(run), f"{human_field(run)}_at"}
+    run_fields = set() if run in (None, DUPLICATES) else {
+        run, f"{run}_score", f"{run}_top", f"{run}_top_scores", human_field(run), f"{human_field(run)}_at"}
     images, annotations = [], []
     for number, item in enumerate(items, start=1):
         size = image_size(item)
@@ -211,7 +236,8 @@ def _coco(store: VectorStore, items: Sequence[Item], run: str | None) -> str:
         annotations.append(annotation)
     document = {
         "info": {"description": f"clipsearch export of collection {store.name}"
-                 + (f", label run {run}" if run else ""), "version": "1.0",
+                 + (f", label run {run}" if run and run != DUPLICATES else "")
+                 + (", duplicate groups" if run == DUPLICATES else ""), "version": "1.0",
                  "date_created": format_datetime(datetime.now(timezone.utc))},
         "licenses": [],
         "images": images,
