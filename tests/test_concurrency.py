@@ -69,7 +69,7 @@ def test_a_second_index_run_is_refused_at_once_naming_the_holder(
     first, folder = long_run
     second = run("index", str(folder), "--collection", "busy", check=False)
     assert first.poll() is None, "the refusal must not wait for the first run to end"
-    assert second.returncode == 1
+    assert second.returncode == 5  # conflict or busy (indexer.errors.ERROR_KINDS)
     message = second.stderr.strip()
     assert message.startswith("error: collection 'busy' is being written by another process")
     assert f"pid {first.pid}: clipsearch index" in message
@@ -81,7 +81,7 @@ def test_serve_watch_is_refused_as_well(long_run: tuple[subprocess.Popen, Path])
     command = ("serve", "--collection", "busy", "--watch", str(folder), "--port", str(free_port()))
     refused = run(*command, check=False, timeout=120)
     assert first.poll() is None
-    assert refused.returncode == 1
+    assert refused.returncode == 5  # conflict or busy
     assert f"error: collection 'busy' is being written by another process (pid {first.pid}" in refused.stderr
     assert "Traceback" not in refused.stderr
 
@@ -118,7 +118,7 @@ def test_index_refuses_a_collection_open_in_another_process(settings: Settings, 
         refused = run("index", str(tmp_path), "--collection", "held", check=False)
     finally:
         store.close()
-    assert refused.returncode == 1
+    assert refused.returncode == 5  # conflict or busy
     assert "collection 'held' is open in another process" in refused.stderr
     assert "clipsearch serve --watch FOLDER" in refused.stderr
     assert "Traceback" not in refused.stderr
