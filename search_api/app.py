@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from indexer.models import ClipModel
 from indexer.settings import Settings
 from indexer.vlm import Vlm
-from search_api import routes
+from search_api import curation, dedupe, routes
 from search_api.engines import Engines
 from search_api.errors import install_error_handlers
 from search_api.jobs import VectorJobs
@@ -95,6 +95,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(routes.meta)
     app.include_router(routes.api)
+    app.include_router(curation.router)
+    app.include_router(dedupe.router)
     app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
 
     # add_middleware wraps: the last added is outermost. The body limit inside auth, so a request

@@ -22,6 +22,7 @@ from ui.client import ApiClient, ApiError, ApiUnreachable, api_from_env
 from ui.curation import curation_page
 from ui.format import describe_model, plural
 from ui.pages import classify_page, failures_page, image_page, keep_widget_state, search_page
+from ui.review import review_page
 from ui.views import RESULTS_KEY, close_detail, detail_dialog, get_client
 
 PAGES = {
@@ -30,10 +31,11 @@ PAGES = {
     "Classify": classify_page,
     "Failures": failures_page,
     "Curation": curation_page,
+    "Review": review_page,
 }
 SEARCH_PAGES = ("Search", "Search by image")
 ICONS = {"Search": ":material/search:", "Search by image": ":material/image_search:",
-         "Classify": ":material/label:", "Failures": ":material/error:"}
+         "Classify": ":material/label:", "Failures": ":material/error:", "Review": ":material/fact_check:"}
 ICONS["Curation"] = ":material/content_copy:"
 
 # Grid thumbnails get no full-screen button (the detail view shows the original instead), and image
