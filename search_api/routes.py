@@ -10,15 +10,18 @@ import json
 import mimetypes
 import os
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import TypeAdapter
 
-from indexer.engine import SearchOutcome
+from indexer.engine import SearchEngine, SearchOutcome
 from indexer.errors import Conflict
+from indexer.query import Term, keyword_text
 from indexer.settings import Settings
 from indexer.vectors import activate, drop_vector
 from indexer.vlm import Query as VlmQuery
@@ -34,11 +37,13 @@ from search_api.schemas import (
     ErrorResponse,
     ExplainRequest,
     ExplainResponse,
+    FacetCount,
     HealthResponse,
     ImageSearchForm,
     ItemResponse,
     LabelScore,
     NewVectorRequest,
+    QueryTerm,
     ReadinessResponse,
     SearchRequest,
     SearchResponse,
@@ -156,7 +161,14 @@ def _response(outcome: SearchOutcome, started: float, metrics: MetricsDep, answe
             rerank_ms=ms.get("rerank", 0.0), explain_ms=ms.get("explain", 0.0),
         ),
         rerank=answer.rerank,
+        facets=_facets(outcome) if outcome.facets else None,
+        mode=outcome.mode,
     )
+
+
+def _facets(outcome: SearchOutcome) -> dict[str, list[FacetCount]]:
+    facets = outcome.facets.items()
+    return {field: [FacetCount(value=v, count=n) for v, n in counts] for field, counts in facets}
 
 
 @api.post(
@@ -174,9 +186,16 @@ def search(
     k = _k(body, settings)
     ask = stage.VlmAsk.of(body.rerank_options(), body.explain, settings)
     window = ask.window(k, settings.api.max_k) if ask else k
-    options = {"filter": body.filter, "vector": body.vector, "offset": body.offset}
+    options = body.search_options()
     images = stage.item_images(engines, body.collection)
-    if body.text is not None:
+    if body.positive is not None:
+        outcome = engines.call(body.collection, _recommend(body.positive, body.negative, window, options))
+        query = VlmQuery(image=images(body.positive[0])) if ask else VlmQuery()
+    elif body.query is not None:
+        terms = [Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in body.query]
+        outcome = engines.call(body.collection, lambda engine: engine.search_query(terms, window, **options))
+        query = _vlm_query(terms, images) if ask else VlmQuery()
+    elif body.text is not None:
         text = body.text
         outcome = engines.call(body.collection, lambda engine: engine.search_text(text, window, **options))
         query = VlmQuery(text=text)
@@ -206,11 +225,45 @@ def search_image(
     ask = stage.VlmAsk.of(form.rerank_options(), form.explain, settings)
     window = ask.window(k, settings.api.max_k) if ask else k
     data = read_upload(form.file, settings.api.max_upload_bytes)
-    options = {"filter": _form_filter(form.filter), "vector": form.vector, "offset": form.offset}
-    outcome = engines.call(form.collection, lambda engine: engine.search_image(data, window, **options))
+    terms = [Term(image=data, weight=form.weight), *_form_terms(form.query)]
+    options = {
+        "filter": _form_filter(form.filter), "vector": form.vector, "offset": form.offset,
+        "mode": form.search_mode, "text": form.text, "min_score": form.min_score, "group_by": form.group_by,
+        "diversity": form.diversity, "facets": form.facet_list(), "facet_limit": form.facet_limit,
+    }
+    outcome = engines.call(form.collection, lambda engine: engine.search_query(terms, window, **options))
     images = stage.item_images(engines, form.collection)
     answer = stage.run(vlm, ask, VlmQuery(image=data), outcome.results, images, k)
     return _response(outcome, started, metrics, answer)
+
+
+def _recommend(
+    positive: list[str], negative: list[str] | None, k: int, options: dict[str, Any]
+) -> Callable[[SearchEngine], SearchOutcome]:
+    kept = {name: value for name, value in options.items() if name not in ("mode", "diversity")}
+    return lambda engine: engine.recommend(list(positive), list(negative or []), k, **kept)
+
+
+def _vlm_query(terms: list[Term], images: Callable[[str], str | None]) -> VlmQuery:
+    """What the VLM is told the search was for: the words of positive weight, else the first item."""
+    words = keyword_text(terms)
+    if words:
+        return VlmQuery(text=words)
+    first = next(t.image_id for t in terms if t.image_id is not None and t.weight > 0)
+    return VlmQuery(image=images(first))
+
+
+def _form_terms(text: str | None) -> list[Term]:
+    """The `query` form field: a JSON list of terms, checked as /v1/search checks its `query`."""
+    if not text:
+        return []
+    try:
+        raw = json.loads(text)
+        parsed = TypeAdapter(list[QueryTerm]).validate_python(raw)
+    except ValueError as exc:  # JSON and validation errors alike
+        raise HTTPException(400, f"query is not a JSON list of terms ({{\"text\"|\"image_id\", "
+                                 f"\"weight\"}}): {' '.join(str(exc).split())[:300]}") from exc
+    return [Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in parsed]
 
 
 def _form_filter(text: str | None) -> Any:
@@ -276,12 +329,22 @@ def explain(body: ExplainRequest, engines: EnginesDep, vlm: VlmDep) -> ExplainRe
     tags=["vlm"],
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": {  # one event
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "event": {"type": "string", "enum": ["done", "error"],
+                              "description": "Absent for the pieces of text."},
+                    "data": {"type": "string", "description": "A JSON object."},
+                },
+            }}},
             "description": 'Server-sent events: `data: {"text": "..."}` for each piece as the VLM writes it, '
             'then `event: done` with `data: {"explanation", "ms"}`; or, at any point, `event: error` with '
             '`data: {"error", "reason", "text"}` (the VLM failed; `text`: what came before).',
         },
-        **_EXPLAIN_ERRORS,
+        # JSON, as everywhere: said outright, as the route's own media type is the event stream's.
+        **{code: {"description": "Error", "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}} for code in _EXPLAIN_ERRORS},
     },
     operation_id="explain_stream",
     summary="The same explanation, streamed as the VLM writes it (server-sent events)",
@@ -297,6 +360,7 @@ def explain_stream(body: ExplainRequest, engines: EnginesDep, vlm: VlmDep) -> Ev
     "/vlm",
     response_model=VlmStatus,
     tags=["vlm"],
+    responses=_errors(422),
     operation_id="vlm_status",
     summary="The VLM stage: its endpoint, model, and whether it answers",
 )

@@ -45,6 +45,7 @@ SEED = 20240601
 OPERATIONS = {  # every operation the API documents; the run fails if the schema has others or fewer
     "GET /healthz", "GET /metrics", "POST /v1/search", "POST /v1/search/image", "POST /v1/classify",
     "GET /v1/images/{id}", "GET /v1/collections",
+    "POST /v1/explain", "POST /v1/explain/stream", "GET /v1/vlm",
 }
 STANDARD_CHECKS = [
     "not_a_server_error",
@@ -109,12 +110,20 @@ def _use_real_data(schema: Any, served: Served) -> None:
             setattr(case, where, {**getattr(case, where), "file" if where == "body" else "id": value})
         return case
 
+    def replace_image_id(case: Any, value: str | None) -> Any:
+        if value is not None:
+            case.body = {**case.body, "image_id": value}
+        return case
+
     @schema.hook
     def flatmap_case(context: Any, case: Any) -> st.SearchStrategy:
         if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
             return st.just(case)
         if isinstance(case.body, dict) and "file" in case.body:  # generated as text or bytes
             return st.sampled_from([None, *photos]).map(lambda photo: replace(case, "body", photo))
+        if isinstance(case.body, dict) and "query" in case.body and "image_id" in case.body:
+            ids = st.sampled_from([None, *served.ids])  # /v1/explain: an indexed image, sometimes
+            return ids.map(lambda item: replace_image_id(case, item))
         if isinstance(case.path_parameters, dict) and "id" in case.path_parameters:
             ids = st.sampled_from([None, *served.ids])
             return ids.map(lambda item: replace(case, "path_parameters", item))
