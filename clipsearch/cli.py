@@ -67,6 +67,23 @@ def main(verbose: bool) -> None:
     help="int8: approximate CPU fast path (int8 image encoder, embeddings within cosine ~0.999 of fp32). "
     "A collection keeps the precision it was built with [default: fp32].",
 )
+@click.option("--id-column", default=None, help="Catalogs: the product id column [default: id].")
+@click.option(
+    "--image-column",
+    "image_columns",
+    multiple=True,
+    help="Catalogs: image column(s), repeatable or a comma list; cells hold paths relative to the "
+    "catalog, or http(s) URLs [default: image].",
+)
+@click.option("--text-columns", default=None, help="Catalogs: comma list of text columns (title,brand,...).")
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="NAME:TYPE",
+    help="Catalogs: a column's type instead of the inferred one (keyword, integer, float, bool, "
+    "datetime, geo, text); repeatable.",
+)
 @json_option
 def index(
     sources: tuple[Path, ...],
@@ -77,12 +94,18 @@ def index(
     batch_size: int | None,
     workers: int | None,
     precision: str | None,
+    id_column: str | None,
+    image_columns: tuple[str, ...],
+    text_columns: str | None,
+    fields: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Embed new and changed images under SOURCES; drop the ones that are gone.
+    """Embed new and changed images under SOURCES (folders, image files, or .csv/.jsonl/.parquet
+    product catalogs); drop the ones that are gone. See docs/catalogs.md.
 
     An existing collection keeps the model recorded with it unless --model/--pretrained are given."""
-    from indexer.pipeline import index_sources
+    from indexer.catalog import ColumnMapping
+    from indexer.catalog_pipeline import index_paths
 
     settings = settings_from_flags(
         model=model,
@@ -92,7 +115,9 @@ def index(
         workers=workers,
         precision=precision,
     )
-    report = index_sources(settings, list(sources), collection, progress=not as_json or sys.stderr.isatty())
+    mapping = ColumnMapping.from_flags(id_column, image_columns, text_columns, fields)
+    progress = not as_json or sys.stderr.isatty()
+    report = index_paths(settings, list(sources), mapping, collection, progress=progress)
     s = report.summary()
     if as_json:
         emit(s)

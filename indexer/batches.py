@@ -20,6 +20,7 @@ from indexer.decode import decode_image
 from indexer.duplicates import image_hashes
 from indexer.errors import ImageDecodeError
 from indexer.models import PixelTransform
+from indexer.photo_metadata import photo_metadata
 from indexer.sources import SourceItem
 
 
@@ -30,6 +31,7 @@ class Decoded:
     reason: str | None = None
     width: int = 0
     height: int = 0
+    photo: dict[str, Any] | None = None  # indexer.photo_metadata's fields; None when not read (GPU path)
     hashes: dict[str, str] | None = None  # sha256 and phash (indexer.duplicates); None on the GPU path
 
 
@@ -71,7 +73,8 @@ def decode_item(
         image = decode_image(item.path, max_pixels=max_pixels, draft_size=draft_size)
         width, height = image.info.get("original_size", image.size)
         pixels = np.asarray(transform(image), dtype=np.uint8)
-        return Decoded(item, pixels, None, width, height, hashes=image_hashes(item.path, image))
+        photo, hashes = photo_metadata(image, item.uri), image_hashes(item.path, image)
+        return Decoded(item, pixels, None, width, height, photo=photo, hashes=hashes)
     except ImageDecodeError as exc:
         return Decoded(item, None, str(exc))
     except Exception as exc:  # a worker must report, not die: one bad file never stops a run

@@ -118,7 +118,7 @@ def _walk_sources(sources: Sequence[str | Path], problems: list[WalkProblem]) ->
 
 def _record(decoded: Decoded, vectors: dict[str, np.ndarray]) -> Record:
     item = decoded.item
-    metadata = {"width": decoded.width, "height": decoded.height}
+    metadata = {"width": decoded.width, "height": decoded.height, **(decoded.photo or {})}
     metadata.update(decoded.hashes or {})  # sha256, phash: indexer.duplicates
     payload = {"uri": item.uri, "path": item.path, "fingerprint": item.fingerprint, "metadata": metadata}
     return Record(id=item.id, vectors=vectors, payload=payload)
@@ -269,6 +269,9 @@ def _bring_in_line(
 ) -> IndexReport:
     """Drop the stored items under `roots` that are not in `items`, embed the new and changed items."""
     report = IndexReport(collection=store.name)
+    missing = {name: kind for name, kind in IMAGE_FIELDS.items() if name not in store.schema.fields}
+    if missing:  # a collection made before these fields existed: declare (and index) them first
+        store.set_schema(store.schema.with_fields(missing))
     vanished = [id_ for id_, payload in stored.items() if id_ not in items and _under(payload["uri"], roots)]
     store.delete(vanished)
     report.removed = len(vanished)

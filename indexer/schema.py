@@ -35,8 +35,20 @@ VectorState = Literal["building", "ready"]
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 DEFAULT_VECTOR = "default"
 
-# Fields the folder indexer writes for every image.
-IMAGE_FIELDS: dict[str, FieldType] = {"width": "integer", "height": "integer"}
+# Fields of a version-1 collection (the spine wrote only these).
+V1_IMAGE_FIELDS: dict[str, FieldType] = {"width": "integer", "height": "integer"}
+# Fields the folder indexer writes for an image (indexer.photo_metadata; absent when the file lacks them).
+IMAGE_FIELDS: dict[str, FieldType] = {
+    **V1_IMAGE_FIELDS,
+    "taken": "datetime",  # EXIF date taken
+    "camera_make": "keyword",
+    "camera_model": "keyword",
+    "location": "geo",  # EXIF GPS
+    "folder": "keyword",  # the containing folder's name
+    "file_name": "keyword",
+    "sha256": "keyword",  # the file's bytes, and its perceptual hash (indexer.duplicates)
+    "phash": "keyword",
+}
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,7 @@ class CollectionSchema:
             )
         if "model" in info:  # version 1: one unnamed vector, width and height in metadata
             spec = VectorSpec(DEFAULT_VECTOR, ModelIdentity.from_dict(info["model"]), key="")
-            return cls(vectors={DEFAULT_VECTOR: spec}, active=DEFAULT_VECTOR, fields=dict(IMAGE_FIELDS))
+            return cls(vectors={DEFAULT_VECTOR: spec}, active=DEFAULT_VECTOR, fields=dict(V1_IMAGE_FIELDS))
         return None
 
     def to_dict(self) -> dict[str, Any]:

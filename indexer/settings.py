@@ -48,6 +48,40 @@ class FaissSettings(BaseModel):
     )
 
 
+class FetchSettings(BaseModel):
+    """Images by URL in catalogs (indexer.fetch): limits, retries, the on-disk cache, and which hosts."""
+
+    allow_private: bool = Field(
+        False,
+        description="Fetch from loopback and private-network hosts (intranet catalogs). Link-local "
+        "(169.254.0.0/16, the cloud metadata service), multicast and reserved addresses stay refused.",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to connect to an image host.")
+    read_timeout_s: float = Field(20.0, gt=0, description="Seconds one read of an image download may wait.")
+    deadline_s: float = Field(
+        120.0, gt=0, description="Seconds one download attempt may take in all (a host trickling bytes)."
+    )
+    concurrency: int = Field(16, ge=1, description="Image downloads in flight at once.")
+    max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Larger images are refused, counted while they stream."
+    )
+    retries: int = Field(
+        3, ge=0, description="Retries of a download after a 5xx, a 429, a timeout or a dropped connection."
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="Wait before the first retry, doubled for each next one (a 429's "
+        "Retry-After, up to 30 s, wins)."
+    )
+    max_redirects: int = Field(
+        5, ge=0, description="Redirects followed, each one checked like the first URL."
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Downloaded images, revalidated with ETag/Last-Modified on re-runs; empty: "
+        "`cache/fetch` under the home.",
+    )
+
+
 class ApiSettings(BaseModel):
     """The HTTP API: its key and limits, and where clients (the UI) find it."""
 
@@ -158,6 +192,7 @@ class Settings(BaseSettings):
         2.0, ge=1.0, description="With `int8`: candidates rescored with the originals, per result."
     )
 
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     faiss: FaissSettings = Field(default_factory=FaissSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -165,9 +200,6 @@ class Settings(BaseSettings):
 
     def collection_dir(self, name: str) -> Path:
         return self.home / "collections" / name
-
-    def fetch_cache_dir(self) -> Path:
-        return self.fetch.cache_dir or self.home / "cache" / "fetch"
 
     def with_flags(self, **flags: Any) -> Settings:
         """A copy with the flags that were given (not None); nested ones as `section={"field": value}`."""

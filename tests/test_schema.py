@@ -6,8 +6,8 @@ import pytest
 
 from indexer.errors import SchemaError, VectorNotFound
 from indexer.schema import (
-    IMAGE_FIELDS,
     SCHEMA_VERSION,
+    V1_IMAGE_FIELDS,
     CollectionSchema,
     ModelIdentity,
     VectorSpec,
@@ -195,7 +195,7 @@ def test_a_version_1_info_migrates_to_one_default_vector_stored_under_the_empty_
     assert list(migrated.vectors) == ["default"] and migrated.active == "default"
     spec = migrated.vector("default")
     assert spec.model == B32 and spec.storage_key == "" and spec.state == "ready"
-    assert migrated.fields == IMAGE_FIELDS == {"width": "integer", "height": "integer"}
+    assert migrated.fields == V1_IMAGE_FIELDS == {"width": "integer", "height": "integer"}
     assert migrated.to_dict()["vectors"][0]["key"] == ""
     assert CollectionSchema.from_info({"schema": migrated.to_dict()}) == migrated
 

@@ -1,0 +1,159 @@
+"""Photo metadata for folders (indexer.photo_metadata): EXIF date taken, camera, GPS, upright size,
+folder and file name, read from real photos and from JPEGs made here with known EXIF, then declared,
+indexed and filtered on in a collection."""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from indexer.batches import decode_item
+from indexer.decode import decode_image
+from indexer.filters import Filter
+from indexer.photo_metadata import photo_metadata
+from indexer.pipeline import index_sources
+from indexer.schema import IMAGE_FIELDS
+from indexer.sources import SourceItem
+from indexer.stores import open_store
+from tests.helpers import require_imagenet
+
+LISBON = (38.7223, -9.1393)  # 38°43'20.28"N 9°8'21.48"W
+SYDNEY = (-33.8688, 151.2093)
+
+
+def dms(value: float) -> tuple[Fraction, Fraction, Fraction]:
+    value = abs(value)
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = Fraction(round((value - degrees - minutes / 60) * 3600 * 100), 100)
+    return Fraction(degrees), Fraction(minutes), seconds
+
+
+def jpeg_with_exif(path: Path, size: tuple[int, int] = (60, 40), *, make: str | None = "Fujifilm",
+                   model: str | None = "X-T3", taken: str | None = "2019:06:01 12:30:00",
+                   offset: str | None = "+01:00", where: tuple[float, float] | None = LISBON,
+                   orientation: int = 1, gps_raw: dict[int, object] | None = None) -> Path:
+    """A real JPEG written by PIL with the EXIF a camera would write."""
+    exif = Image.Exif()
+    if make:
+        exif[0x010F] = make
+    if model:
+        exif[0x0110] = model
+    exif[0x0112] = orientation
+    details = exif.get_ifd(0x8769)
+    if taken:
+        details[0x9003] = taken
+    if offset:
+        details[0x9011] = offset
+    if where or gps_raw:
+        gps = exif.get_ifd(0x8825)
+        if where:
+            gps.update({1: "N" if where[0] >= 0 else "S", 2: dms(where[0]),
+                        3: "E" if where[1] >= 0 else "W", 4: dms(where[1])})
+        gps.update(gps_raw or {})
+    Image.new("RGB", size, (90, 140, 200)).save(path, "JPEG", exif=exif.tobytes())
+    return path
+
+
+def read(path: Path) -> dict:
+    return photo_metadata(decode_image(path), str(path))
+
+
+def test_real_photos_from_cameras() -> None:
+    folder = require_imagenet()
+    assert read(folder / "n01622779_great_grey_owl.JPEG") == {
+        "folder": "imagenet-samples", "file_name": "n01622779_great_grey_owl.JPEG",
+        "camera_make": "Canon", "camera_model": "Canon EOS 10D", "taken": "2005-01-30T13:40:31Z",
+    }
+    # NUL-padded strings from the camera: stripped
+    frog = read(folder / "n01644373_tree_frog.JPEG")
+    assert (frog["camera_model"], frog["taken"]) == ("Canon EOS DIGITAL REBEL XTi", "2008-04-08T18:13:05Z")
+    # no camera fields, only the date the editor wrote (DateTime, no DateTimeOriginal)
+    assert read(folder / "n01749939_green_mamba.JPEG") == {
+        "folder": "imagenet-samples", "file_name": "n01749939_green_mamba.JPEG",
+        "taken": "2008-02-27T17:59:27Z",
+    }
+    assert read(folder / "n01440764_tench.JPEG") == {"folder": "imagenet-samples",
+                                                      "file_name": "n01440764_tench.JPEG"}
+
+
+def test_gps_date_with_its_zone_and_camera(tmp_path: Path) -> None:
+    north = read(jpeg_with_exif(tmp_path / "lisbon.jpg"))
+    assert north["location"] == pytest.approx({"lat": LISBON[0], "lon": LISBON[1]}, abs=1e-5)
+    assert north["taken"] == "2019-06-01T12:30:00+01:00"
+    assert (north["camera_make"], north["camera_model"]) == ("Fujifilm", "X-T3")
+    south = read(jpeg_with_exif(tmp_path / "sydney.jpg", where=SYDNEY, offset=None))
+    assert south["location"] == pytest.approx({"lat": SYDNEY[0], "lon": SYDNEY[1]}, abs=1e-5)
+    assert south["taken"] == "2019-06-01T12:30:00Z", "no offset recorded: the clock time, as UTC"
+
+
+def test_orientation_gives_the_upright_size(tmp_path: Path) -> None:
+    item = SourceItem(str(tmp_path / "turned.jpg"), str(tmp_path / "turned.jpg"), "f")
+    jpeg_with_exif(Path(item.path), size=(60, 40), orientation=6)
+    decoded = decode_item(item, lambda image: image.resize((8, 8)), 10**8)
+    assert (decoded.width, decoded.height) == (40, 60)
+    assert decoded.photo["file_name"] == "turned.jpg" and decoded.photo["folder"] == tmp_path.name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "absent"),
+    [
+        ({"taken": "0000:00:00 00:00:00"}, "taken"),
+        ({"taken": "    :  :     :  :  "}, "taken"),
+        ({"where": (0.0, 0.0)}, "location"),  # what a camera without a fix writes
+        ({"where": None, "gps_raw": {1: "N", 2: (Fraction(95), Fraction(0), Fraction(0)), 3: "E",
+                                     4: (Fraction(1), Fraction(0), Fraction(0))}}, "location"),
+        ({"where": None, "gps_raw": {1: "N", 2: (Fraction(10),), 3: "E", 4: (Fraction(1),)}}, "location"),
+        ({"make": None, "model": None}, "camera_make"),
+    ],
+)
+def test_broken_or_missing_metadata_leaves_the_field_out(tmp_path: Path, kwargs: dict, absent: str) -> None:
+    fields = read(jpeg_with_exif(tmp_path / "odd.jpg", **kwargs))
+    assert absent not in fields and fields["file_name"] == "odd.jpg"
+
+
+def test_a_png_without_exif_and_garbage_exif(tmp_path: Path) -> None:
+    Image.new("RGB", (10, 10)).save(tmp_path / "plain.png")
+    assert read(tmp_path / "plain.png") == {"folder": tmp_path.name, "file_name": "plain.png"}
+    image = decode_image(jpeg_with_exif(tmp_path / "x.jpg"))
+    image.info["exif"] = b"Exif\0\0garbage that is no TIFF header"
+    assert photo_metadata(image, str(tmp_path / "x.jpg")) == {"folder": tmp_path.name, "file_name": "x.jpg"}
+
+
+@pytest.mark.parametrize("store", ["edge", "faiss"])
+def test_a_folder_collection_declares_indexes_and_filters_them(tmp_path, tiny_checkpoint, tiny_model,
+                                                               store) -> None:
+    from tests.helpers import make_settings
+
+    trip = tmp_path / "photos" / "Lisbon 2019"
+    trip.mkdir(parents=True)
+    jpeg_with_exif(trip / "tram.jpg")
+    jpeg_with_exif(trip / "later.jpg", taken="2021:08:15 09:00:00", offset="+00:00")
+    jpeg_with_exif(tmp_path / "photos" / "opera.jpg", where=SYDNEY, taken="2018:01:02 03:04:05", offset=None)
+    shutil.copy2(require_imagenet() / "n01622779_great_grey_owl.JPEG", tmp_path / "photos")
+    settings = make_settings(tmp_path / "home", tiny_checkpoint, store=store)
+    assert index_sources(settings, [tmp_path / "photos"], model=tiny_model, progress=False).embedded == 4
+
+    collection = open_store(settings, settings.collection)
+    try:
+        assert IMAGE_FIELDS.items() <= collection.schema.fields.items()
+
+        def count(condition: dict) -> int:
+            return collection.count(Filter.parse({"must": [condition]}).resolve(collection.schema))
+
+        lisbon = {"center": {"lat": 38.7, "lon": -9.1}, "radius": 10_000}
+        near_lisbon = {"key": "location", "geo_radius": lisbon}
+        assert count(near_lisbon) == 2
+        assert count({"key": "taken", "range": {"gte": "2019-01-01T00:00:00Z"}}) == 2
+        assert count({"key": "taken", "range": {"lt": "2010-01-01T00:00:00Z"}}) == 1  # the owl, 2005
+        assert count({"key": "camera_model", "match": {"value": "Canon EOS 10D"}}) == 1
+        assert count({"key": "folder", "match": {"value": "Lisbon 2019"}}) == 2
+        assert count({"key": "file_name", "match": {"value": "opera.jpg"}}) == 1
+        [owl] = [r for r in collection.scan() if r.payload["metadata"]["file_name"].endswith("owl.JPEG")]
+        assert owl.payload["metadata"]["taken"] == "2005-01-30T13:40:31Z"
+    finally:
+        collection.close()
