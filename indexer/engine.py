@@ -21,16 +21,19 @@ import numpy as np
 from indexer.classify import classify_embeddings
 from indexer.decode import decode_image
 from indexer.encoders import QueryEncoder
-from indexer.errors import ItemNotFound
+from indexer.errors import BadInput, ItemNotFound
 from indexer.filters import Filter
+from indexer.keyword import text_fields
 from indexer.models import ModelCache
+from indexer.query import Term, check_terms, embed_terms, keyword_text
 from indexer.schema import CollectionSchema, VectorSpec
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
-from indexer.stores.base import canonical_id
+from indexer.stores.base import Example, canonical_id
 
 ImageInput = bytes | str | Path
 STAGES = ("decode", "encode", "search", "fetch")
+FACET_LIMIT = 10  # values per facet when a query does not say
 # How often a server re-reads the schema of a collection that other processes may change (a Qdrant
 # server: `clipsearch activate` from another machine). Embedded stores are changed through this process.
 SCHEMA_REFRESH_S = 2.0
@@ -52,6 +55,9 @@ class Result:
 class SearchOutcome:
     results: list[Result]
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # seconds
+    # field -> (value, count) of the points that pass the query's filter, for the facets asked for
+    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    mode: str = "vector"  # the search mode used (the default depends on the collection and query)
 
 
 class TextEmbeddingCache:
@@ -149,54 +155,124 @@ class SearchEngine:
 
     # --- queries --------------------------------------------------------------------------
 
+    # Every search takes these options (keyword arguments):
+    #   filter: a query filter (field names; indexer.filters); vector: the named vector (default: active);
+    #   offset: skip the best `offset` (stable pages); mode: "vector" | "keyword" | "hybrid" (default:
+    #   hybrid when the collection declares text fields and the query has a text, else vector);
+    #   text: the words of a keyword or hybrid ranking (default: the query's texts of positive weight);
+    #   min_score, group_by, diversity: as in VectorStore.search; facets: keyword fields to count
+    #   under the filter (SearchOutcome.facets), facet_limit values each.
+
     def search_text(self, text: str, k: int = 10, **options: Any) -> SearchOutcome:
-        return self._search(
-            lambda model, clock: self._timed(clock, "encode", self.text_cache.get, model, text), k, **options
-        )
+        return self.search_query([Term(text=text)], k, **options)
 
     def search_image(self, image: ImageInput, k: int = 10, **options: Any) -> SearchOutcome:
         """By an example image (bytes of an upload, or a file path), decoded as the index decoded files."""
-
-        def embed(model: QueryEncoder, clock: dict[str, float]) -> np.ndarray:
-            picture = self._timed(clock, "decode", self.decode, image, model)
-            return self._timed(clock, "encode", model.encode_images, [picture])[0]
-
-        return self._search(embed, k, **options)
+        return self.search_query([Term(image=image)], k, **options)
 
     def search_similar(self, item_id: str, k: int = 10, **options: Any) -> SearchOutcome:
         """Neighbours of an indexed item, by its stored vector (no re-encoding)."""
+        return self.search_query([Term(image_id=item_id)], k, **options)
 
-        def stored(model: QueryEncoder, clock: dict[str, float]) -> np.ndarray:
-            spec = self.schema.vector(options.get("vector"))
-            canonical = parse_item_id(item_id)
-            records = (
-                self._timed(clock, "fetch", self.store.retrieve, [canonical], [spec.name])
-                if canonical
-                else []
-            )
-            if not records or spec.name not in records[0].vectors:
-                raise ItemNotFound(item_id)
-            return records[0].vectors[spec.name]
-
-        return self._search(stored, k, **options)
-
-    def _search(
+    def search_query(
         self,
-        embed: Callable[[QueryEncoder, dict[str, float]], np.ndarray],
-        k: int,
+        terms: list[Term],
+        k: int = 10,
         *,
         filter: Filter | dict[str, Any] | None = None,
         vector: str | None = None,
         offset: int = 0,
+        mode: str | None = None,
+        text: str | None = None,
+        min_score: float | None = None,
+        group_by: str | None = None,
+        diversity: float | None = None,
+        facets: list[str] | tuple[str, ...] = (),
+        facet_limit: int = FACET_LIMIT,
     ) -> SearchOutcome:
+        """By a weighted sum of terms (indexer.query): texts, indexed items, images."""
         clock = dict.fromkeys(STAGES, 0.0)
-        spec, model = self.model_for(vector)
+        check_terms(terms)
+        spec = self.schema.vector(vector)
         store_filter = self.store_filter(filter)
-        query = embed(model, clock)
+        words = text if text is not None else keyword_text(terms)
+        mode = mode or self.default_mode(words)
+        if mode == "keyword":
+            if any(t.text is None for t in terms):
+                raise BadInput("keyword search ranks by words only: query by text, or use another mode")
+            query = None
+        else:
+            query = embed_terms(terms, lambda term: self._embed(term, spec, clock))
         hits = self._timed(
-            clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter, offset=offset
+            clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter, offset=offset,
+            mode=mode, text=words if mode != "vector" else None, min_score=min_score, group_by=group_by,
+            diversity=diversity,
         )
-        return SearchOutcome([Result.from_hit(hit) for hit in hits], clock)
+        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, mode)
+
+    def recommend(
+        self,
+        positive: list[Example],
+        negative: list[Example] | tuple[()] = (),
+        k: int = 10,
+        *,
+        filter: Filter | dict[str, Any] | None = None,
+        vector: str | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        group_by: str | None = None,
+        facets: list[str] | tuple[str, ...] = (),
+        facet_limit: int = FACET_LIMIT,
+    ) -> SearchOutcome:
+        """More like `positive`, less like `negative` (ids of indexed items, or vectors): the store's
+        recommend query (sum of similarities to the positives minus to the negatives); the examples
+        given by id are left out of the results."""
+        clock = dict.fromkeys(STAGES, 0.0)
+        spec = self.schema.vector(vector)
+        store_filter = self.store_filter(filter)
+        pos, neg = [self._example(e) for e in positive], [self._example(e) for e in negative]
+        hits = self._timed(
+            clock, "search", self.store.recommend, pos, neg, k, using=spec.name, filter=store_filter,
+            offset=offset, min_score=min_score, group_by=group_by,
+        )
+        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, "recommend")
+
+    def default_mode(self, words: str | None) -> str:
+        """hybrid when the collection has declared text fields and the query has words, else vector."""
+        return "hybrid" if words and text_fields(self.schema) else "vector"
+
+    def _example(self, example: Example) -> Example:
+        if isinstance(example, str):
+            canonical = parse_item_id(example)
+            if canonical is None:
+                raise ItemNotFound(example)
+            return canonical
+        return example
+
+    def _embed(self, term: Term, spec: VectorSpec, clock: dict[str, float]) -> np.ndarray:
+        """One term's embedding on vector `spec`: encoded, or an indexed item's stored vector."""
+        if term.image_id is not None:
+            canonical = parse_item_id(term.image_id)
+            records = []
+            if canonical:
+                records = self._timed(clock, "fetch", self.store.retrieve, [canonical], [spec.name])
+            if not records or spec.name not in records[0].vectors:
+                raise ItemNotFound(term.image_id)
+            return records[0].vectors[spec.name]
+        model = self.models.query(spec.model)
+        if term.text is not None:
+            return self._timed(clock, "encode", self.text_cache.get, model, term.text)
+        assert term.image is not None
+        picture = self._timed(clock, "decode", self.decode, term.image, model)
+        return self._timed(clock, "encode", model.encode_images, [picture])[0]
+
+    def _facets(
+        self, fields: list[str] | tuple[str, ...], store_filter: Filter | None, limit: int
+    ) -> dict[str, list[tuple[str, int]]]:
+        wanted = dict.fromkeys(fields)
+        return {name: self.store.facet(name, filter=store_filter, limit=limit) for name in wanted}
 
     def store_filter(self, query_filter: Filter | dict[str, Any] | None) -> Filter | None:
         """A query filter (field names) checked against the schema and turned into a store filter."""

@@ -62,7 +62,10 @@ def describe_validation(exc: RequestValidationError) -> str:
             reason = (error.get("ctx") or {}).get("error", "")
             parts.append(f"the body is not valid JSON: {reason} (at character {error['loc'][-1]})")
             continue
-        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        loc = tuple(error.get("loc", ()))
+        if loc[:1] in (("body",), ("query",), ("path",), ("header",)):  # the source; a field may be "query"
+            loc = loc[1:]
+        where = ".".join(str(p) for p in loc)
         if kind == "missing":  # an empty form field arrives as missing: say both
             message = "required, and must not be empty"
         else:

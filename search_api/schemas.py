@@ -82,6 +82,29 @@ EXPLAIN_DESCRIPTION = (
 )
 
 
+SearchMode = Literal["vector", "keyword", "hybrid"]
+MAX_QUERY_TERMS = 32
+MAX_EXAMPLES = 64
+MAX_FACETS = 16
+SEARCH_MODE_DESCRIPTION = (
+    "`vector` (CLIP similarity), `keyword` (BM25 over the collection's text fields, e.g. catalog titles) or "
+    "`hybrid` (both, fused by reciprocal rank fusion: an exact SKU or model number comes first). Default: "
+    "`hybrid` when the collection declares text fields and the query has a text, else `vector`."
+)
+MIN_SCORE_DESCRIPTION = "Only hits scoring at least this, in the mode's own score (cosine for vector)."
+GROUP_BY_DESCRIPTION = (
+    "A declared keyword or integer field (e.g. `product_id`): at most one hit per value, the best; k groups."
+)
+DIVERSITY_DESCRIPTION = (
+    "MMR diversity, 0-1 (vector mode, no group_by): 0 is plain nearest order, higher trades similarity to "
+    "the query for difference from the hits above."
+)
+FACETS_DESCRIPTION = (
+    "Declared keyword fields to count among the points that pass `filter` (the whole filtered collection, "
+    "not just this page): `facets` in the answer."
+)
+
+
 class RerankOptions(BaseModel):
     """How to re-rank with the VLM."""
 
@@ -101,6 +124,20 @@ class SearchOptions(BaseModel):
     vector: str | None = VECTOR_FIELD
     rerank: StrictBool | RerankOptions = Field(False, description=RERANK_DESCRIPTION)
     explain: StrictBool = Field(False, description=EXPLAIN_DESCRIPTION)
+    mode: SearchMode | None = Field(None, description=SEARCH_MODE_DESCRIPTION)
+    min_score: float | None = Field(None, allow_inf_nan=False, description=MIN_SCORE_DESCRIPTION)
+    group_by: str | None = Field(None, min_length=1, max_length=64, description=GROUP_BY_DESCRIPTION)
+    diversity: float | None = Field(None, ge=0.0, le=1.0, description=DIVERSITY_DESCRIPTION)
+    facets: list[str] = Field(default_factory=list, max_length=MAX_FACETS, description=FACETS_DESCRIPTION)
+    facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
+
+    def search_options(self) -> dict[str, Any]:
+        """The engine's options for this request (indexer.engine.SearchEngine.search_query)."""
+        return {
+            "filter": self.filter, "vector": self.vector, "offset": self.offset, "mode": self.mode,
+            "min_score": self.min_score, "group_by": self.group_by, "diversity": self.diversity,
+            "facets": self.facets, "facet_limit": self.facet_limit,
+        }
 
     def rerank_options(self) -> RerankOptions | None:
         """The re-rank asked for, or None."""
@@ -109,8 +146,42 @@ class SearchOptions(BaseModel):
         return RerankOptions() if self.rerank else None
 
 
+WEIGHT_FIELD = Field(
+    1.0, allow_inf_nan=False, json_schema_extra={"not": {"const": 0}},
+    description="How much the term counts; negative: away from it. Not 0.",
+)
+
+
+class QueryTerm(BaseModel):
+    """One term of a query algebra: a text or an indexed item, with a weight. The query vector is the
+    normalised sum of weight * unit embedding of each term."""
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S",
+                             description="A description of what to find (or, weight < 0, to avoid).")
+    image_id: str | None = Field(None, min_length=1, description="Id of an indexed item.")
+    weight: float = WEIGHT_FIELD
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["image_id"]}],
+                           "examples": [{"text": "long sleeves", "weight": -0.5}]},
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> QueryTerm:  # also said in the schema (oneOf above)
+        if (self.text is None) == (self.image_id is None):
+            raise ValueError("a query term is exactly one of text and image_id")
+        if self.weight == 0:
+            raise ValueError("a query term's weight must not be 0")
+        return self
+
+
+_QUERY_KINDS = ("text", "image_id", "query", "positive")
+
+
 class SearchRequest(SearchOptions):
-    """A text query, or the id of an indexed image to find similar ones: exactly one of the two."""
+    """What to search by: exactly one of `text`, `image_id`, `query` (a weighted sum of texts and
+    indexed items) and `positive` (more like these indexed items; with `negative`, less like those)."""
 
     text: str | None = Field(
         None, max_length=MAX_QUERY_CHARS, description="Natural-language description of the images wanted."
@@ -118,17 +189,40 @@ class SearchRequest(SearchOptions):
     image_id: str | None = Field(
         None, description="Id of an indexed image (from an earlier result): find images like it."
     )
+    query: list[QueryTerm] | None = Field(
+        None, min_length=1, max_length=MAX_QUERY_TERMS,
+        description='Query algebra: [{"text": "red dress"}, {"image_id": "<id>", "weight": 0.5}, '
+        '{"text": "long sleeves", "weight": -1}], at least one term of positive weight. In keyword and '
+        "hybrid mode the words are the texts of positive weight.",
+    )
+    positive: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_EXAMPLES,
+        description="Ids of indexed items: find more like these (the recommend query: the sum of "
+        "similarities to these minus the sum to `negative`); they are left out of the results. Vector "
+        "mode only.",
+    )
+    negative: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_EXAMPLES,
+        description="With `positive`: ids of indexed items to find less like.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"text": "a dog on a beach", "k": 10}],
+            "examples": [
+                {"text": "a dog on a beach", "k": 10},
+                {"text": "red dress", "filter": {"must": [{"key": "price", "range": {"lt": 50}}]},
+                 "group_by": "product_id", "facets": ["brand"]},
+            ],
             # What the validator below enforces, said in the schema so clients (and fuzzers) know it.
             "oneOf": [
                 {"required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}},
                 {"required": ["image_id"]},
+                {"required": ["query"]},
+                {"required": ["positive"],
+                 "properties": {"mode": {"enum": ["vector", None]}, "diversity": {"type": "null"}}},
             ],
-            "not": {"required": ["text", "image_id"]},
+            "dependentRequired": {"negative": ["positive"]},
         },
     )
 
@@ -138,8 +232,14 @@ class SearchRequest(SearchOptions):
             self.text = self.text.strip()
             if not self.text:
                 raise ValueError("text must not be empty")
-        if (self.text is None) == (self.image_id is None):
-            raise ValueError("give exactly one of text and image_id")
+        given = [name for name in _QUERY_KINDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, image_id, query and positive")
+        if self.negative is not None and self.positive is None:
+            raise ValueError("negative goes with positive (more like these, less like those)")
+        if self.positive is not None and (self.mode not in (None, "vector") or self.diversity is not None):
+            raise ValueError("positive/negative (recommend) ranks by vector: no mode other than vector, "
+                             "no diversity")
         return self
 
 
@@ -163,9 +263,31 @@ class ImageSearchForm(BaseModel):
     top_n: int | None = Field(None, ge=1, le=MAX_TOP_N, description=TOP_N_DESCRIPTION)
     mode: RerankMode | None = Field(None, description=MODE_DESCRIPTION)
     explain: bool = Field(False, description=EXPLAIN_DESCRIPTION)
+    # The search options of /v1/search; `mode` above is the re-rank's, so the search mode is search_mode.
+    search_mode: SearchMode | None = Field(
+        None, description="The search mode (`mode` in /v1/search): vector, or keyword/hybrid with `text`. "
+        "Default: hybrid when `text` is given and the collection declares text fields, else vector."
+    )
+    text: str | None = Field(
+        None, max_length=MAX_QUERY_CHARS, pattern=r"\S",
+        description="Words for the keyword ranking of a hybrid search (the image is the vector query).",
+    )
+    query: str | None = Field(
+        None, description='More query terms as a JSON list, as `query` in /v1/search (e.g. [{"text": '
+        '"red", "weight": 0.5}]), summed with the image (weight `weight`).',
+    )
+    weight: float = Field(1.0, allow_inf_nan=False, description="The uploaded image's weight in `query`.")
+    min_score: float | None = Field(None, allow_inf_nan=False, description=MIN_SCORE_DESCRIPTION)
+    group_by: str | None = Field(None, min_length=1, max_length=64, description=GROUP_BY_DESCRIPTION)
+    diversity: float | None = Field(None, ge=0.0, le=1.0, description=DIVERSITY_DESCRIPTION)
+    facets: str | None = Field(None, description="Comma-separated keyword fields to count; see /v1/search.")
+    facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
 
     def rerank_options(self) -> RerankOptions | None:
         return RerankOptions(top_n=self.top_n, mode=self.mode) if self.rerank else None
+
+    def facet_list(self) -> list[str]:
+        return [name.strip() for name in (self.facets or "").split(",") if name.strip()][:MAX_FACETS]
 
 
 class ClassifyForm(BaseModel):
@@ -269,10 +391,24 @@ class SearchTimings(BaseModel):
     explain_ms: float = Field(0.0, description="Explanations from the VLM.")
 
 
+class FacetCount(BaseModel):
+    """A value of a faceted field and how many points that pass the filter hold it."""
+
+    value: str
+    count: int
+
+
 class SearchResponse(BaseModel):
     """Results, best first."""
 
     results: list[SearchResult]
+    facets: dict[str, list[FacetCount]] | None = Field(
+        None, description="For each field asked in `facets`: its most frequent values among the points that "
+        "pass the filter, most frequent first (equal counts by value); null when none were asked."
+    )
+    mode: str | None = Field(
+        None, description="How the results were ranked: vector, keyword, hybrid or recommend."
+    )
     took_ms: float = Field(description="Time the server spent on the request, decoding an upload included.")
     timings: SearchTimings
     rerank: RerankSummary | None = Field(None, description="How the re-rank went; null when not asked.")
