@@ -31,6 +31,7 @@ from clipsearch.common import (
     print_error,
     settings_from_flags,
 )
+from clipsearch.rerank import VlmFlags, apply_locally, print_results, vlm_options
 from indexer.errors import ERROR_KINDS, ErrorKind, ImageDecodeError
 from indexer.settings import Settings
 
@@ -138,41 +139,55 @@ def index(
 @click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Number of results.")
 @click.option("--vector", default=None, help="Search this named vector [default: the active one].")
 @collection_option
+@vlm_options
 @json_option
 def search(
-    text: str | None, image: Path | None, k: int, vector: str | None, collection: str | None, as_json: bool
+    text: str | None, image: Path | None, k: int, vector: str | None, collection: str | None, as_json: bool,
+    rerank: bool, top_n: int | None, mode: str | None, explain: bool,
 ) -> None:
     """Find images by TEXT, or by an example --image. While `clipsearch serve` holds the collection,
-    the search goes through that server."""
+    the search goes through that server (and its VLM, for --rerank and --explain)."""
     if bool(text) == bool(image):
         raise click.UsageError("give either TEXT or --image")
     settings = settings_from_flags()
     name = collection or settings.collection
+    flags = VlmFlags(rerank, top_n, mode, explain)
 
-    def local() -> list[dict[str, Any]]:
+    def local() -> dict[str, Any]:
         from indexer.engine import SearchEngine
+        from indexer.vlm import Query
 
+        window = flags.window(k, settings)
         with SearchEngine(settings, name) as engine:
             if image:
-                found = engine.search_image(image, k, vector=vector)
+                found = engine.search_image(image, window, vector=vector)
             else:
-                found = engine.search_text(text or "", k, vector=vector)
-        return [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata} for r in found.results]
+                found = engine.search_text(text or "", window, vector=vector)
+            # The files, read now: the VLM stage runs after the engine lets the collection go.
+            paths = {r.id: engine.item(r.id).get("path") for r in found.results} if flags.asked else {}
+        if flags.asked:
+            query = Query(image=image) if image else Query(text=text or "")
+            return apply_locally(settings, flags, query, found.results, paths, k)
+        return {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata}
+                            for r in found.results]}
 
-    def through(url: str) -> list[dict[str, Any]]:
+    def through(url: str) -> dict[str, Any]:
         if image:
             form = {"k": str(k), "collection": name, **({"vector": vector} if vector else {})}
+            form.update(flags.form_fields() if flags.asked else {})
             files = {"file": (image.name, image.read_bytes())}
-            return remote.call(settings, url, "POST", "/v1/search/image", data=form, files=files)["results"]
-        body = {"text": text, "k": k, "collection": name, "vector": vector}
-        return remote.call(settings, url, "POST", "/v1/search", json=body)["results"]
+            answer = remote.call(settings, url, "POST", "/v1/search/image", data=form, files=files)
+        else:
+            body = {"text": text, "k": k, "collection": name, "vector": vector}
+            body.update(flags.json_fields() if flags.asked else {})
+            answer = remote.call(settings, url, "POST", "/v1/search", json=body)
+        return {"results": answer["results"], **({"rerank": answer.get("rerank")} if flags.asked else {})}
 
-    rows = remote.local_or_through_server(settings, name, local, through)
+    answer = remote.local_or_through_server(settings, name, local, through)
     if as_json:
-        emit({"results": rows})
+        emit(answer)
         return
-    for row in rows:
-        click.echo(f"{row['score']:.4f}\t{row['uri']}")
+    print_results(answer, flags)
 
 
 Labelled = list[list[tuple[str, float]]]

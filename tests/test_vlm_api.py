@@ -14,65 +14,23 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 from indexer.models import ClipModel
 from tests.helpers import Served, index_photos, make_settings, serve
-from tests.vlm_server import FakeVlm, Recorded, Reply, error, order, score
+from tests.vlm_photos import Photos, scores_by_id
+from tests.vlm_server import FakeVlm, Reply, error, order, score
 
 PHOTOS = 12
 TOP_N = 5  # the server's CLIPSEARCH_VLM_TOP_N
 DEADLINE_S = 2.0
 QUERY = "a photo of a dog"
-
-
-# --- the stand-in VLM: it knows each photo by its look ------------------------------------------------
-
-
-def signature(image: Image.Image) -> np.ndarray:
-    """8x8 grey levels: enough to tell these photos apart, whatever JPEG and resizing did to them."""
-    small = ImageOps.exif_transpose(image).convert("L").resize((8, 8), Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.float32).ravel()
-
-
-class Photos:
-    """Which indexed photo a thumbnail shows, by id."""
-
-    def __init__(self, paths_by_id: dict[str, Path]):
-        self.ids = list(paths_by_id)
-        self.signatures = np.stack([signature(Image.open(paths_by_id[i])) for i in self.ids])
-
-    def shown(self, image: Image.Image) -> str:
-        distances = np.abs(self.signatures - signature(image)).mean(axis=1)
-        best = int(distances.argmin())
-        assert distances[best] < 12, f"the VLM was shown no indexed photo (distance {distances[best]:.1f})"
-        return self.ids[best]
-
-    def candidate(self, request: Recorded) -> str:
-        """The hit a pointwise request is about: its last image (an image query's comes first)."""
-        return self.shown(request.images()[-1])
-
-
-def scores_by_id(photos: Photos, scores: dict[str, Any], default: Reply | None = None,
-                 explain: Callable[[str], Reply] | None = None) -> Callable[[Recorded], Reply]:
-    """Scores for the hits named (a Reply, or a number), `default` for the others; explanations
-    (streamed requests) from `explain`."""
-
-    def respond(request: Recorded) -> Reply:
-        shown = photos.candidate(request)
-        if request.body.get("stream"):
-            return explain(shown) if explain else Reply(f"Explaining {shown}.")
-        value = scores.get(shown, default or score(0, "not scripted"))
-        return value if isinstance(value, Reply) else score(value, f"reason for {shown}")
-
-    return respond
 
 
 # --- servers -------------------------------------------------------------------------------------------
