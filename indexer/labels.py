@@ -43,6 +43,7 @@ REJECTED = "rejected"
 BUILTIN_LABELS = ("imagenet", "cifar10")
 BUILTIN_TEMPLATES = ("imagenet", "imagenet-full", "cifar10")
 INFO_KEY = "label_runs"  # collection info: each run's labels, templates and settings
+MAX_HUMAN_LABELS = 100_000  # distinct labels people may give, as far as counts go
 BATCH = 4096  # items scored and written at a time: ~16 MB of scores with 1000 labels
 STAGES = ("prompts", "read", "score", "write")
 Action = Literal["accept", "change", "reject", "clear"]
@@ -281,7 +282,8 @@ def label_store(
             report.unsure += int((~sure).sum())
             payloads = {}
             # Python lists, not numpy scalars: a million items pay for every per-item conversion.
-            rows = zip(have, best.tolist(), np.round(scores.astype(np.float64), 6).tolist(), sure.tolist(), strict=True)
+            rounded = np.round(scores.astype(np.float64), 6).tolist()
+            rows = zip(have, best.tolist(), rounded, sure.tolist(), strict=True)
             for record, row, row_scores, certain in rows:
                 top = [labels[i] for i in row]
                 metadata = {**record.payload.get("metadata", {}), run: top[0] if certain else UNSURE,
@@ -324,18 +326,17 @@ def _empty(field_name: str) -> IsEmptyCondition:
 
 def label_counts(store: VectorStore, run: str = DEFAULT_RUN) -> dict[str, Any]:
     """Counts of a run's items: `counts` by effective label (a person's decision first; "unsure" and
-    "rejected" included), `zero_shot` by the run's own label, and how many were `reviewed`."""
-    require_run(store, run)
-    effective: Counter[str] = Counter()
-    zero_shot: Counter[str] = Counter()
-    reviewed = 0
-    for record in store.scan(run_filter(run)):
-        metadata = record.payload.get("metadata", {})
-        zero_shot[str(metadata.get(run))] += 1
-        reviewed += bool(metadata.get(human_field(run)))
-        effective[effective_label(metadata, run) or REJECTED] += 1
-    return {"run": run, "counts": dict(effective.most_common()), "zero_shot": dict(zero_shot.most_common()),
-            "reviewed": reviewed, "total": sum(zero_shot.values())}
+    "rejected" included), `zero_shot` by the run's own label, and how many were `reviewed`; exact
+    facet counts from the store, no scan."""
+    recorded = require_run(store, run)
+    many = len(recorded.get("labels", [])) + 2  # every label, and "unsure"
+    human = human_field(run)
+    zero_shot = dict(store.facet(run, limit=many))
+    decided = dict(store.facet(human, filter=run_filter(run), limit=MAX_HUMAN_LABELS))
+    effective = Counter(dict(store.facet(run, filter=run_filter(run, pending=True), limit=many)))
+    effective.update(decided)
+    return {"run": run, "counts": dict(sorted(effective.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "zero_shot": zero_shot, "reviewed": sum(decided.values()), "total": sum(zero_shot.values())}
 
 
 def item_view(record: Record, run: str) -> dict[str, Any]:
