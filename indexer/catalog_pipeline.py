@@ -54,6 +54,7 @@ _IMAGE_DERIVED = tuple(V1_IMAGE_FIELDS)  # what the decoder, not the catalog, sa
 class CatalogReport(IndexReport):
     updated: int = 0  # points whose metadata alone changed: payload replaced, nothing embedded
     downloaded: int = 0  # images fetched over the network (the rest came from the revalidated cache)
+    fetch_seconds: float = 0.0  # spent fetching and revalidating images by URL
 
 
 def point_id(catalog: Path, product_id: str, image: str) -> str:
@@ -187,7 +188,9 @@ def _plan(catalog: Catalog, fetcher: Fetcher, problems: dict[int, list[str]],
     """Every image of every good row as a point to be: local files stat'ed, URLs fetched (or
     revalidated) all at once; an image that fails is a problem of its row, the row's others stay."""
     urls = [image for row in catalog.rows for image in row.images if _is_url(image)]
+    started = time.perf_counter()
     fetched = fetcher.fetch_all(urls)
+    report.fetch_seconds = round(time.perf_counter() - started, 3)
     report.downloaded = sum(1 for f in fetched.values() if f.downloaded)
     points = []
     for row in catalog.rows:

@@ -49,6 +49,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 class FetchServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # socketserver's default of 5 drops concurrent SYNs (retried after 1 s)
 
     def __init__(self, root: Path, latency: float = 0.0, slow_s: float = 5.0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
