@@ -9,6 +9,7 @@ repeat and refine the same queries. Not thread-safe: the API serialises calls (s
 from __future__ import annotations
 
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -88,6 +89,16 @@ def parse_item_id(value: str) -> str | None:
         return canonical_id(value)
     except Exception:
         return None
+
+
+# Point ids of items written by their client's id (the write API): uuid5 in this namespace.
+_CLIENT_NAMESPACE = uuid.UUID("5d1c0a7e-8f4b-4c55-9a3e-2b6f1e0c9d42")
+
+
+def client_point_id(item_id: str) -> str:
+    """The point id of a client's item id: the id itself when it is a UUID (an id from results), else
+    uuid5 of it, so that every server maps a SKU to the same point."""
+    return parse_item_id(item_id) or str(uuid.uuid5(_CLIENT_NAMESPACE, item_id))
 
 
 class SearchEngine:
@@ -232,6 +243,11 @@ class SearchEngine:
         spec = self.schema.vector(vector)
         store_filter = self.store_filter(filter)
         pos, neg = [self._example(e) for e in positive], [self._example(e) for e in negative]
+        asked = [e for e in [*pos, *neg] if isinstance(e, str)]
+        found = {r.id for r in self._timed(clock, "fetch", self.store.retrieve, asked)} if asked else set()
+        missing = [e for e in [*positive, *negative] if isinstance(e, str) and self._example(e) not in found]
+        if missing:
+            raise ItemNotFound(missing[0])
         hits = self._timed(
             clock, "search", self.store.recommend, pos, neg, k, using=spec.name, filter=store_filter,
             offset=offset, min_score=min_score, group_by=group_by,
@@ -244,20 +260,13 @@ class SearchEngine:
         return "hybrid" if words and text_fields(self.schema) else "vector"
 
     def _example(self, example: Example) -> Example:
-        if isinstance(example, str):
-            canonical = parse_item_id(example)
-            if canonical is None:
-                raise ItemNotFound(example)
-            return canonical
-        return example
+        return client_point_id(example) if isinstance(example, str) else example
 
     def _embed(self, term: Term, spec: VectorSpec, clock: dict[str, float]) -> np.ndarray:
         """One term's embedding on vector `spec`: encoded, or an indexed item's stored vector."""
         if term.image_id is not None:
-            canonical = parse_item_id(term.image_id)
-            records = []
-            if canonical:
-                records = self._timed(clock, "fetch", self.store.retrieve, [canonical], [spec.name])
+            point = client_point_id(term.image_id)
+            records = self._timed(clock, "fetch", self.store.retrieve, [point], [spec.name])
             if not records or spec.name not in records[0].vectors:
                 raise ItemNotFound(term.image_id)
             return records[0].vectors[spec.name]
@@ -286,9 +295,9 @@ class SearchEngine:
         return decode_image(source, max_pixels=self.settings.max_image_pixels, draft_size=model.draft_size)
 
     def item(self, item_id: str) -> dict[str, Any]:
-        """Payload of an indexed item; ItemNotFound for anything else, path-like strings included."""
-        canonical = parse_item_id(item_id)
-        records = self.store.retrieve([canonical]) if canonical else []
+        """Payload of an indexed item, by its id or the client id it was written with (the write API);
+        ItemNotFound for anything else, path-like strings included."""
+        records = self.store.retrieve([client_point_id(item_id)])
         if not records:
             raise ItemNotFound(item_id)
         return records[0].payload

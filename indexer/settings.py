@@ -8,10 +8,10 @@ table is generated from the fields' own descriptions (`markdown_table`; a test k
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 StoreKind = Literal["edge", "qdrant", "faiss"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -96,6 +96,18 @@ class ApiSettings(BaseModel):
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger uploads get 413.")
     max_k: int = Field(1000, ge=1, description="Most results one query may ask for.")
+    read_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys that may only read (search, classify, explain, GET): any write "
+        "(items, vectors, label reviews) gets 403. `key` may do everything. docs/search.md.",
+    )
+
+    @field_validator("read_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment variable: a,b,c
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
 
 VlmMode = Literal["pointwise", "listwise"]

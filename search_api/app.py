@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from indexer.models import ClipModel
 from indexer.settings import Settings
 from indexer.vlm import Vlm
-from search_api import curation, dedupe, routes
+from search_api import curation, dedupe, items, routes
 from search_api.engines import Engines
 from search_api.errors import install_error_handlers
 from search_api.jobs import VectorJobs
@@ -97,6 +97,7 @@ def create_app(
     app.include_router(routes.api)
     app.include_router(curation.router)
     app.include_router(dedupe.router)
+    app.include_router(items.router)
     app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
 
     # add_middleware wraps: the last added is outermost. The body limit inside auth, so a request
@@ -105,8 +106,8 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware, max_body=body_limit(settings), max_upload=settings.api.max_upload_bytes
     )
-    if settings.api.key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api.key)
+    if settings.api.key or settings.api.read_keys:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api.key, read_keys=settings.api.read_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.api.cors_origins:
         app.add_middleware(
@@ -138,7 +139,8 @@ def _openapi(app: FastAPI, settings: Settings) -> Any:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original()
-            app.openapi_schema = document_security(schema) if settings.api.key else schema
+            keyed = settings.api.key or settings.api.read_keys
+            app.openapi_schema = document_security(schema) if keyed else schema
         return app.openapi_schema
 
     return openapi
