@@ -32,7 +32,8 @@ from clipsearch.common import (
     settings_from_flags,
 )
 from clipsearch.rerank import VlmFlags, apply_locally, print_results, vlm_options
-from indexer.errors import ERROR_KINDS, ErrorKind, ImageDecodeError
+from clipsearch.search_options import SearchAsk, facets_json, print_facets, search_options
+from indexer.errors import ERROR_KINDS, ErrorKind, ImageDecodeError, InvalidFilter
 from indexer.settings import Settings
 
 
@@ -132,62 +133,74 @@ def index(
 
 
 @main.command()
-@click.argument("text", required=False)
+@click.argument("query", nargs=-1)
 @click.option(
     "--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Find images like this."
 )
 @click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Number of results.")
 @click.option("--vector", default=None, help="Search this named vector [default: the active one].")
+@search_options
 @collection_option
 @vlm_options
 @json_option
 def search(
-    text: str | None, image: Path | None, k: int, vector: str | None, collection: str | None, as_json: bool,
-    rerank: bool, top_n: int | None, mode: str | None, explain: bool,
+    query: tuple[str, ...], image: Path | None, k: int, vector: str | None, collection: str | None,
+    as_json: bool, rerank: bool, top_n: int | None, mode: str | None, explain: bool, **search_flags: Any,
 ) -> None:
-    """Find images by TEXT, or by an example --image. While `clipsearch serve` holds the collection,
-    the search goes through that server (and its VLM, for --rerank and --explain)."""
-    if bool(text) == bool(image):
-        raise click.UsageError("give either TEXT or --image")
+    """Find images by QUERY, or by an example --image. While `clipsearch serve` holds the collection,
+    the search goes through that server (and its VLM, for --rerank and --explain).
+
+    \b
+    QUERY is text, or a weighted sum of terms split by standalone + and - (docs/search.md):
+      clipsearch search red dress
+      clipsearch search "red dress" + image:ID - "long sleeves" + 0.5:shoe.jpg
+    image:ID is an indexed item, a path to an image file is that image, W: weighs a term.
+    \b
+    Filters: --where 'category = shoes' --where 'price < 50' --where 'brand in (acme, zenith)'
+    --near 38.72,-9.14,5; pages: --offset 10 -k 10; one hit per product: --group-by product_id."""
+    ask = SearchAsk.from_flags(query, image, search_flags)
     settings = settings_from_flags()
     name = collection or settings.collection
     flags = VlmFlags(rerank, top_n, mode, explain)
 
     def local() -> dict[str, Any]:
         from indexer.engine import SearchEngine
-        from indexer.vlm import Query
 
         window = flags.window(k, settings)
         with SearchEngine(settings, name) as engine:
-            if image:
-                found = engine.search_image(image, window, vector=vector)
-            else:
-                found = engine.search_text(text or "", window, vector=vector)
+            found = ask.run(engine, window, vector)
             # The files, read now: the VLM stage runs after the engine lets the collection go.
             paths = {r.id: engine.item(r.id).get("path") for r in found.results} if flags.asked else {}
+            query = ask.vlm_query(lambda item: engine.item(item).get("path")) if flags.asked else None
+        facets = facets_json(found.facets)
         if flags.asked:
-            query = Query(image=image) if image else Query(text=text or "")
-            return apply_locally(settings, flags, query, found.results, paths, k)
+            return {**apply_locally(settings, flags, query, found.results, paths, k), "facets": facets}
         return {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata}
-                            for r in found.results]}
+                            for r in found.results], "facets": facets}
 
     def through(url: str) -> dict[str, Any]:
-        if image:
-            form = {"k": str(k), "collection": name, **({"vector": vector} if vector else {})}
-            form.update(flags.form_fields() if flags.asked else {})
-            files = {"file": (image.name, image.read_bytes())}
-            answer = remote.call(settings, url, "POST", "/v1/search/image", data=form, files=files)
-        else:
-            body = {"text": text, "k": k, "collection": name, "vector": vector}
-            body.update(flags.json_fields() if flags.asked else {})
-            answer = remote.call(settings, url, "POST", "/v1/search", json=body)
-        return {"results": answer["results"], **({"rerank": answer.get("rerank")} if flags.asked else {})}
+        def fields() -> dict[str, str]:
+            return remote.call(settings, url, "GET", f"/v1/collections/{name}/status")["fields"]
 
-    answer = remote.local_or_through_server(settings, name, local, through)
+        path, request = ask.request(fields, k, name, vector)
+        if flags.asked and "files" in request:
+            request["data"].update(flags.form_fields())
+        elif flags.asked:
+            request["json"].update(flags.json_fields())
+        answer = remote.call(settings, url, "POST", path, **request)
+        return {"results": answer["results"], "facets": answer.get("facets"),
+                **({"rerank": answer.get("rerank")} if flags.asked else {})}
+
+    try:
+        answer = remote.local_or_through_server(settings, name, local, through)
+    except InvalidFilter as exc:  # kept on several lines: its caret points at the bad token
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(ERROR_KINDS[ErrorKind.BAD_INPUT].exit_code)
     if as_json:
         emit(answer)
         return
     print_results(answer, flags)
+    print_facets(answer.get("facets"))
 
 
 Labelled = list[list[tuple[str, float]]]
