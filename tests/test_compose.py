@@ -5,6 +5,7 @@ Validation needs only the docker client (`docker compose` or `docker-compose`), 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,3 +83,27 @@ def test_servers_in_containers_listen_beyond_loopback() -> None:
     assert len(servers) == 4
     for command in servers:
         assert command[command.index("--host") + 1] == "0.0.0.0", command
+
+
+def test_vlm_profile_serves_a_vision_model_on_a_gpu_wired_to_the_api() -> None:
+    services = resolved_config("vlm")["services"]
+    vlm = services["vlm"]
+    assert vlm["profiles"] == ["vlm"]  # the default deployment needs no GPU
+    assert vlm["image"].startswith("vllm/vllm-openai:")
+    command = vlm["command"]
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    model = flag("--model")
+    assert "VL" in model  # a vision-language model: it must see the thumbnails
+    assert int(flag("--max-model-len")) >= 4096
+    assert json.loads(flag("--limit-mm-per-prompt"))["image"] >= 21  # listwise: top_n (20) + the query
+    [gpu] = vlm["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    [port] = vlm["ports"]
+    for api in ("api", "api-cluster"):
+        env = services.get(api, resolved_config("vlm", "cluster")["services"][api])["environment"]
+        assert env["CLIPSEARCH_VLM_URL"] == f"http://vlm:{port['target']}/v1"
+        assert env["CLIPSEARCH_VLM_MODEL"] == model  # the name vLLM serves it under
+        assert int(env["CLIPSEARCH_VLM_CONCURRENCY"]) <= int(flag("--max-num-seqs"))

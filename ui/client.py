@@ -6,7 +6,9 @@ Every failure becomes an `ApiError` carrying a message fit to show a person (the
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +36,8 @@ class Hit:
     uri: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    vlm_score: float | None = None  # the VLM's 0-10, when re-ranked and judged
+    rerank: dict[str, Any] | None = None  # {"status", "error", "rank", "reason", "cached"}, when re-ranked
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Original:
 class SearchResponse:
     results: list[Hit]
     took_ms: float | None = None
+    rerank: dict[str, Any] | None = None  # {"status": ok|partial|failed, "reason", "ms", ...}, when asked
 
 
 def _detail(response: httpx.Response) -> str:
@@ -117,11 +122,11 @@ class ApiClient:
     @staticmethod
     def _search_response(body: dict[str, Any]) -> SearchResponse:
         try:
-            hits = [Hit(str(r["id"]), str(r.get("uri", "")), float(r["score"]), r.get("metadata") or {})
-                    for r in body["results"]]
+            hits = [Hit(str(r["id"]), str(r.get("uri", "")), float(r["score"]), r.get("metadata") or {},
+                        r.get("vlm_score"), r.get("rerank")) for r in body["results"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(f"unexpected search answer: {exc!r}") from exc
-        return SearchResponse(hits, body.get("took_ms"))
+        return SearchResponse(hits, body.get("took_ms"), body.get("rerank"))
 
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/healthz")
@@ -138,13 +143,47 @@ class ApiClient:
         body = self._json("GET", f"/v1/collections/{_segment(collection)}/items/{_segment(item_id)}")
         return Item(str(body.get("id", item_id)), str(body.get("uri") or ""), body.get("metadata") or {})
 
-    def search_text(self, text: str, k: int = 10, collection: str | None = None) -> SearchResponse:
-        body = _with_collection({"text": text, "k": k}, collection)
+    def search_text(self, text: str, k: int = 10, collection: str | None = None,
+                    rerank: bool = False) -> SearchResponse:
+        body = _with_collection({"text": text, "k": k, **({"rerank": True} if rerank else {})}, collection)
         return self._search_response(self._json("POST", "/v1/search", json=body))
 
-    def search_similar(self, image_id: str, k: int = 10, collection: str | None = None) -> SearchResponse:
-        body = _with_collection({"image_id": image_id, "k": k}, collection)
+    def search_similar(self, image_id: str, k: int = 10, collection: str | None = None,
+                       rerank: bool = False) -> SearchResponse:
+        body = _with_collection({"image_id": image_id, "k": k, **({"rerank": True} if rerank else {})},
+                                collection)
         return self._search_response(self._json("POST", "/v1/search", json=body))
+
+    def vlm_status(self, probe: bool = False) -> dict[str, Any]:
+        """{"enabled", "url", "model", "status": off|up|down|unknown, "error", "checked_at"}."""
+        return self._json("GET", "/v1/vlm", params={"probe": "true"} if probe else None)
+
+    def explain_stream(self, query: str, image_id: str, collection: str | None = None) -> Iterator[str]:
+        """Why the image matches the query, in pieces as the VLM writes them; ApiError when the API or
+        the VLM fails (possibly after some pieces)."""
+        body = _with_collection({"query": query, "image_id": image_id}, collection)
+        try:
+            with self._http.stream("POST", "/v1/explain/stream", json=body) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError(_detail(response), response.status_code)
+                event = "message"
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line.removeprefix("event:").strip()
+                    elif line.startswith("data:"):
+                        data = json.loads(line.removeprefix("data:"))
+                        if event == "error":
+                            raise ApiError(str(data.get("reason") or data.get("error") or "the VLM failed"))
+                        if event == "message":
+                            yield str(data.get("text", ""))
+                        event = "message"
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ApiUnreachable(f"cannot reach the API at {self.base_url} ({exc})") from exc
+        except httpx.HTTPError as exc:
+            raise ApiError(f"the explanation stream broke off ({exc})") from exc
+        except ValueError as exc:
+            raise ApiError(f"unexpected explanation event: {exc}") from exc
 
     def search_image(
         self, data: bytes, filename: str = "query.jpg", k: int = 10, collection: str | None = None

@@ -19,8 +19,9 @@ IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 SCORE_COLUMN = st.column_config.ProgressColumn(min_value=0, max_value=1, format="%.3f")
 # Values of the pages' widgets, set here rather than as `value=`: see keep_widget_state.
 WIDGET_DEFAULTS: dict[str, object] = {
-    "query": "", "k": 12, "k_image": 12, "labels": "cat, dog, bird, car, food",
+    "query": "", "k": 12, "k_image": 12, "labels": "cat, dog, bird, car, food", "rerank": False,
 }
+VLM_DOCS = "docs/vlm.md"
 
 
 def keep_widget_state() -> None:
@@ -40,18 +41,43 @@ def search_page(api: ApiClient, collection: str) -> None:
         "Describe the images you want", key="query", placeholder="a dog on a beach", on_change=clear_similar
     )
     k = st.slider("Results", 1, MAX_K, key="k")
+    rerank = rerank_switch(api)
     target = st.session_state.get("similar_to")
     if target:
         st.markdown(f"Images similar to **{target['name']}**")
         st.button("Back to text search", on_click=clear_similar)
-        response = call(api.search_similar, target["id"], k, collection)
+        response = call(api.search_similar, target["id"], k, collection, rerank)
+        explain = None  # explanations answer a text query
     elif text.strip():
-        response = call(api.search_text, text.strip(), k, collection)
+        response = call(api.search_text, text.strip(), k, collection, rerank)
+        explain = text.strip() if rerank else None
     else:
         st.info("Type a description and press Enter.")
         return
     if response is not None:
-        results_grid(api, collection, response, "search")
+        results_grid(api, collection, response, "search", explain=explain)
+
+
+def rerank_switch(api: ApiClient) -> bool:
+    """The "re-rank with the VLM" switch, off and greyed out while the API has no VLM, with a note
+    when it is off or down."""
+    try:
+        state = str(api.health().get("vlm") or "off")
+    except ApiError:  # an API that can't say (an older one): as if it had no VLM
+        state = "off"
+    if state == "off":
+        st.session_state["rerank"] = False
+    on = st.toggle("Re-rank with the VLM", key="rerank", disabled=state == "off",
+                   help="A vision-language model looks at the best hits, re-orders them and says why each "
+                   "matches.")
+    if state == "off":
+        # Markdown, not a caption: the page's first caption is the result count.
+        st.markdown(f":gray[:material/info: The VLM is off: start the API with `CLIPSEARCH_VLM_URL` set to "
+                    f"an OpenAI-compatible vision model to re-rank and explain hits ({VLM_DOCS}).]")
+    elif state == "down" and on:
+        st.warning("The VLM is down: results come in CLIP order until it answers again (see the Failures "
+                   "page).", icon=":material/cloud_off:")
+    return on
 
 
 def image_page(api: ApiClient, collection: str) -> None:
@@ -145,8 +171,29 @@ def failures_page(api: ApiClient, collection: str) -> None:
     st.subheader("Vectors")
     if not vectors:
         st.info("The API reported no vectors for this collection.")
+    else:
+        rows = [(str(v.get("name") or "(default)"), describe_model(v.get("model")), str(v.get("state", "")),
+                 v.get("count"), bool(v.get("active"))) for v in vectors]
+        st.dataframe(pd.DataFrame(rows, columns=["name", "model", "state", "count", "active"]),
+                     hide_index=True, key="vectors", width="stretch")
+    vlm_section(api)
+
+
+def vlm_section(api: ApiClient) -> None:
+    """The VLM stage as the API sees it, asked now."""
+    st.subheader("VLM")
+    vlm = call(api.vlm_status, True, what="VLM status")
+    if vlm is None:
         return
-    rows = [(str(v.get("name") or "(default)"), describe_model(v.get("model")), str(v.get("state", "")),
-             v.get("count"), bool(v.get("active"))) for v in vectors]
-    st.dataframe(pd.DataFrame(rows, columns=["name", "model", "state", "count", "active"]),
-                 hide_index=True, key="vectors", width="stretch")
+    where = f"`{vlm.get('model') or 'its first model'}` at `{vlm.get('url')}`"
+    status = vlm.get("status")
+    if status == "off":
+        st.info(f"The VLM is off: set `CLIPSEARCH_VLM_URL` on the API server to an OpenAI-compatible vision "
+                f"model to re-rank and explain hits ({VLM_DOCS}). Searches work without it.")
+    elif status == "up":
+        st.success(f"The VLM is up: {where}.")
+    elif status == "down":
+        st.error(f"The VLM is down: {where}: {vlm.get('error') or 'no answer'}. Searches still work, in CLIP "
+                 "order; check that the server runs and `CLIPSEARCH_VLM_URL`.")
+    else:
+        st.info(f"The VLM ({where}) has not been asked yet.")

@@ -8,7 +8,7 @@ download) by the detail view, so nothing is ever a 320 px picture blown up to fu
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -22,6 +22,8 @@ T = TypeVar("T")
 COLUMNS = 4
 THUMB_PX = 320
 RESULTS_KEY = "results"  # the grid's container key: the page's CSS hides its full-screen buttons
+EXPLAINED = "explanations"  # session state: (collection, query, id) -> text, so reruns don't ask again
+MAX_EXPLAINED = 12  # the first hits only: each explanation is seconds of a real VLM's time
 
 
 def call(func: Callable[..., T], *args: Any, what: str = "") -> T | None:
@@ -95,18 +97,61 @@ def find_similar(image_id: str, name: str) -> None:
     st.session_state["page"] = "Search"
 
 
-def results_grid(api: ApiClient, collection: str, response: SearchResponse, key: str) -> None:
+def results_grid(api: ApiClient, collection: str, response: SearchResponse, key: str,
+                 explain: str | None = None) -> None:
+    """The hits as cards; with `explain` (the query), the VLM's explanation of each streams in under its
+    thumbnail once every card is drawn."""
     took = f" in {response.took_ms:.0f} ms" if response.took_ms is not None else ""
     st.caption(f"{plural(len(response.results), 'result')}{took}")
+    rerank_note(response.rerank)
     if not response.results:
         st.info("No results.")
         return
     hits = response.results
+    slots = []
     with st.container(key=f"{RESULTS_KEY}-{key}"):
         for row in range(0, len(hits), COLUMNS):  # one st.columns per row keeps rows aligned
             for column, hit in zip(st.columns(COLUMNS), hits[row : row + COLUMNS], strict=False):
                 with column:
                     result_card(api, collection, hit, key)
+                    if explain and len(slots) < MAX_EXPLAINED:
+                        slots.append((hit, st.container(key=f"{key}-explain-{hit.id}").empty()))
+    for hit, slot in slots:
+        explain_into(slot, api, collection, explain or "", hit.id)
+
+
+def rerank_note(rerank: dict[str, Any] | None) -> None:
+    """How the VLM's re-rank went, when one was asked for and did not fully work."""
+    if not rerank or rerank.get("status") == "ok":
+        return
+    failed = rerank.get("status") == "failed"
+    kept = "kept their CLIP order" if failed else "it could not judge kept their place"
+    st.warning(f"The VLM re-rank {rerank.get('status')}: {rerank.get('reason')}. The hits {kept}.",
+               icon=":material/warning:")
+
+
+def explain_into(slot: Any, api: ApiClient, collection: str, query: str, image_id: str) -> None:
+    """The hit's explanation in `slot`: streamed as the VLM writes it, or as kept from an earlier run."""
+    known = st.session_state.setdefault(EXPLAINED, {})
+    key = (collection, query, image_id)
+    if key in known:
+        slot.caption(known[key])
+        return
+    pieces: list[str] = []
+
+    def stream() -> Iterator[str]:
+        for piece in api.explain_stream(query, image_id, collection):
+            pieces.append(piece)
+            yield piece
+
+    try:
+        slot.write_stream(stream())
+    except ApiError as exc:
+        slot.caption(f"no explanation: {exc.detail}")
+        return
+    text = " ".join("".join(pieces).split())
+    known[key] = text
+    slot.caption(text)  # the same words, set small like the other captions
 
 
 def result_card(api: ApiClient, collection: str, hit: Hit, key: str) -> None:
@@ -117,7 +162,8 @@ def result_card(api: ApiClient, collection: str, hit: Hit, key: str) -> None:
         data = None
         st.warning(f"no preview: {exc.detail}")
     preview(data, name)
-    st.markdown(f"score **{hit.score:.3f}**")
+    vlm = f" · VLM **{hit.vlm_score:g}**/10" if hit.vlm_score is not None else ""
+    st.markdown(f"score **{hit.score:.3f}**{vlm}", help=(hit.rerank or {}).get("reason"))
     details, similar = st.columns(2)
     details.button("Details", key=f"{key}-details-{hit.id}", on_click=open_detail, args=(hit,),
                    width="stretch")
