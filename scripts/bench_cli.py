@@ -311,8 +311,8 @@ def render(run: dict[str, Any]) -> str:
         "time at the client; stage medians from each response's `timings`.",
         "- Threads (indexer.models.ModelCache.query): the text tower on `query_threads()` (half the CPUs), "
         "the image tower on up to 4; onnxruntime's threads sleep rather than spin when idle.",
-        f"- The first query after the server started took {e['http']['first_query_s']:.1f} s (opens the "
-        "collection, loads the text tower; the export existed).",
+        f"- The first query after /healthz answered took {e['http']['first_query_s']:.1f} s (the server "
+        "opens the default collection and loads the text tower at start; the export existed).",
     ]
     return "\n".join(lines) + "\n"
 
