@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from indexer.engine import Result
 from indexer.settings import Settings
-from indexer.vlm import Query, Vlm
+
+if TYPE_CHECKING:  # imported when used: `clipsearch --help` and plain searches stay light
+    from indexer.engine import Result
+    from indexer.vlm import Query
 
 MAX_TOP_N = 100  # as the API allows
 
@@ -71,6 +73,7 @@ def vlm_options(command: Any) -> Any:
 def apply_locally(settings: Settings, flags: VlmFlags, query: Query, results: Sequence[Result],
                   paths: dict[str, str | None], k: int) -> dict[str, Any]:
     """{"results", "rerank"} as the API answers them, with a VLM stage of this process."""
+    from indexer.vlm import Vlm
     from search_api.schemas import RerankOptions
     from search_api.vlm import VlmAsk, run
 
