@@ -64,9 +64,10 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "int8"]),
+    type=click.Choice(["fp32", "int8", "bf16"]),
     default=None,
-    help="int8: approximate CPU fast path (int8 image encoder, embeddings within cosine ~0.999 of fp32). "
+    help="int8: approximate CPU fast path (int8 image encoder, embeddings within cosine ~0.999 of fp32); "
+    "bf16: bfloat16 image encoder (cosine ~0.9999; CPUs with AVX512-BF16/AMX). "
     "A collection keeps the precision it was built with [default: fp32].",
 )
 @click.option("--id-column", default=None, help="Catalogs: the product id column [default: id].")
@@ -86,6 +87,16 @@ def main(verbose: bool) -> None:
     help="Catalogs: a column's type instead of the inferred one (keyword, integer, float, bool, "
     "datetime, geo, text); repeatable.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Decode and encode on Ray (clipsearch[ray]): alone, a Ray on this machine; or the cluster at "
+    "ADDRESS (auto, ray://head:10001). Give it after SOURCES. Folders and image files. docs/scaling.md.",
+)
 @json_option
 def index(
     sources: tuple[Path, ...],
@@ -100,6 +111,7 @@ def index(
     image_columns: tuple[str, ...],
     text_columns: str | None,
     fields: tuple[str, ...],
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Embed new and changed images under SOURCES (folders, image files, or .csv/.jsonl/.parquet
@@ -119,7 +131,15 @@ def index(
     )
     mapping = ColumnMapping.from_flags(id_column, image_columns, text_columns, fields)
     progress = not as_json or sys.stderr.isatty()
-    report = index_paths(settings, list(sources), mapping, collection, progress=progress)
+    if ray_address is not None:
+        from indexer.catalog import is_catalog
+        from indexer.ray_index import index_on_ray
+
+        if any(is_catalog(source) for source in sources):
+            raise click.UsageError("--ray indexes folders and image files: index catalogs without --ray")
+        report = index_on_ray(settings, list(sources), collection, address=ray_address, progress=progress)
+    else:
+        report = index_paths(settings, list(sources), mapping, collection, progress=progress)
     s = report.summary()
     if as_json:
         emit(s)

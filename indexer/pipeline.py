@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,15 +217,17 @@ def sync_store(
     models: dict[str, ClipModel],
     roots: Sequence[str | Path],
     progress: bool,
+    embedder: Embedder | None = None,
 ) -> IndexReport:
     """The ingest on an already open store with the model of each vector loaded: what `index_sources`
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
-    holds the collection lock and has checked the models (`collection_models`)."""
+    holds the collection lock and has checked the models (`collection_models`). `embedder`: where
+    decoding and encoding run (default `embed_here`; indexer.ray_index runs them on Ray)."""
     roots = [os.path.abspath(root) for root in roots]
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
     stored = {record.id: record.payload for record in store.scan()}
-    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress)
+    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress, embedder)
 
 
 def sync_paths(
@@ -266,6 +268,7 @@ def _bring_in_line(
     stored: dict[str, dict[str, Any]],
     problems: list[WalkProblem],
     progress: bool,
+    embedder: Embedder | None = None,
 ) -> IndexReport:
     """Drop the stored items under `roots` that are not in `items`, embed the new and changed items."""
     report = IndexReport(collection=store.name)
@@ -289,14 +292,13 @@ def _bring_in_line(
         failed[problem.uri] = {"reason": problem.reason}
 
     primary = models[store.schema.active]
-    batch_size, workers = batch_size_for(settings, primary.device), workers_for(settings, primary.device)
     bar = tqdm(
         total=len(to_embed), unit="img", desc=f"indexing {store.name}", disable=not progress, smoothing=0.1
     )
     # One writer thread: the store write of batch n overlaps the encoding of batch n+1.
     with ThreadPoolExecutor(max_workers=1) as writer:
         last_write: Future[None] | None = None
-        for batch in _batches(settings, primary, to_embed, batch_size, workers):
+        for batch, vectors in (embedder or embed_here)(settings, models, primary, to_embed):
             good = [d for d in batch if d.pixels is not None]
             bad = [d for d in batch if d.pixels is None]
             for d in bad:
@@ -306,7 +308,6 @@ def _bring_in_line(
             ]  # a file that went bad loses its old vector
             records = []
             if good:
-                vectors = embed_all(settings, models, primary, good)
                 records = [
                     _record(d, {name: v[i] for name, v in vectors.items()}) for i, d in enumerate(good)
                 ]
@@ -326,6 +327,22 @@ def _bring_in_line(
     store.write_info({**info, "failed": failed})
     store.flush()
     return report
+
+
+Embedded = Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]
+# (settings, models by vector name, the active vector's model, items) -> batches of decoded items, each
+# with its good items' (pixels not None, in order) vectors by name: where decoding and encoding run.
+Embedder = Callable[[Settings, dict[str, ClipModel], ClipModel, Sequence[SourceItem]], Embedded]
+
+
+def embed_here(
+    settings: Settings, models: dict[str, ClipModel], primary: ClipModel, items: Sequence[SourceItem]
+) -> Embedded:
+    """The local Embedder: decode in this process's workers (or on the GPU), encode with `models`."""
+    batch_size, workers = batch_size_for(settings, primary.device), workers_for(settings, primary.device)
+    for batch in _batches(settings, primary, items, batch_size, workers):
+        good = [d for d in batch if d.pixels is not None]
+        yield batch, (embed_all(settings, models, primary, good) if good else {})
 
 
 def _same_input(model: ClipModel, other: ClipModel) -> bool:

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 StoreKind = Literal["edge", "qdrant", "faiss"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 QuantizationKind = Literal["none", "int8"]
-PrecisionName = Literal["fp32", "int8"]
+PrecisionName = Literal["fp32", "int8", "bf16"]
 ENV_PREFIX = "CLIPSEARCH_"
 
 
@@ -179,8 +179,9 @@ class Settings(BaseSettings):
     )
     precision: PrecisionName = Field(
         "fp32",
-        description="Image encoder: `fp32` (exact; fp16 autocast on CUDA) or `int8`, the approximate CPU "
-        "fast path (embeddings within cosine ~0.999). A collection keeps the precision it was built with.",
+        description="Image encoder: `fp32` (exact; fp16 autocast on CUDA), `int8`, the approximate CPU "
+        "fast path (embeddings within cosine ~0.999), or `bf16` (bfloat16 autocast, cosine ~0.9999; for "
+        "CPUs with AVX512-BF16/AMX). A collection keeps the precision it was built with.",
     )
     gpu_decode: bool = Field(
         True, description="On CUDA, decode baseline JPEGs on the GPU (nvJPEG); other files on CPU."
