@@ -103,7 +103,8 @@ def test_healthz(client: httpx.Client) -> None:
 
 def test_text_search_shape(client: httpx.Client, corpus: Corpus) -> None:
     body = search(client, text="a photo of a fish", k=7)
-    assert set(body) == {"results", "took_ms", "timings", "rerank"}
+    assert set(body) == {"results", "took_ms", "timings", "rerank", "facets", "mode"}
+    assert body["facets"] is None and body["mode"] == "vector"  # no facets asked; a folder has no text
     assert body["rerank"] is None  # not asked (tests/test_vlm_api.py)
     results = body["results"]
     assert len(results) == 7
