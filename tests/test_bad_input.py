@@ -85,7 +85,6 @@ def test_exactly_the_good_files_are_indexed_under_their_exact_names(
 def test_a_good_file_among_bad_ones_finds_itself_first(
     indexed: dict[str, Any], corpus: Corpus, settings: Settings, tiny_model: Any
 ) -> None:
-    from indexer.decode import decode_image
     from indexer.engine import SearchEngine
 
     newline = next(uri for uri in corpus.odd_names if "\n" in uri)
@@ -97,9 +96,9 @@ def test_a_good_file_among_bad_ones_finds_itself_first(
     # The same for every good file, in-process (a link and its target are the same picture: either
     # may come first, and the other second).
     twins = {str(corpus.root / "link-to-cmyk.jpg"), str(corpus.root / "cmyk.jpg")}
-    with SearchEngine(settings, COLLECTION[1], model=tiny_model) as engine:
+    with SearchEngine(settings, COLLECTION[1]) as engine:
         for uri in corpus.good:
-            hits = [hit.uri for hit in engine.search_image(decode_image(uri), 2)]
+            hits = [hit.uri for hit in engine.search_image(uri, 2).results]  # decoded as the index did
             if uri in twins:
                 assert set(hits) == twins, hits
             else:
