@@ -87,6 +87,9 @@ def index_catalog(
                 report = sync_catalog(settings, store, models, catalog, fetcher, progress)
         finally:
             store.close()
+        from indexer.onnx_export import export_for_queries  # imports torch: only where indexing runs
+
+        export_for_queries(settings.home, models.values())  # the queries that follow need no torch
     report.seconds = time.perf_counter() - started
     return report
 

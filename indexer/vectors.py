@@ -138,9 +138,13 @@ def reembed(
         try:
             name = vector or default_vector_name(clip)
             add_vector(store, clip, name)
-            return fill_vector(settings, store, clip, name, progress)
+            report = fill_vector(settings, store, clip, name, progress)
         finally:
             store.close()
+        from indexer.onnx_export import export_for_queries  # imports torch: only where indexing runs
+
+        export_for_queries(settings.home, [clip])  # queries on the new vector need no torch
+        return report
 
 
 def activate(store: VectorStore, name: str) -> None:
