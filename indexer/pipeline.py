@@ -207,6 +207,9 @@ def index_sources(
             report = sync_store(settings, store, models, roots, progress)
         finally:
             store.close()
+        from indexer.onnx_export import export_for_queries  # imports torch: only where indexing runs
+
+        export_for_queries(settings.home, models.values())  # the queries that follow need no torch
     report.seconds = time.perf_counter() - started
     return report
 
