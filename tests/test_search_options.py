@@ -267,3 +267,25 @@ def test_the_openapi_document_describes_filters_and_the_query_kinds(served: Serv
     assert [alt["required"] for alt in request["oneOf"]] == [["text"], ["image_id"], ["query"], ["positive"]]
     assert request["dependentRequired"] == {"negative": ["positive"]}
     assert "QueryTerm" in schemas and "FacetCount" in schemas
+
+
+def test_the_documented_filter_schema_validates_what_the_server_accepts(served: Served) -> None:
+    from jsonschema import Draft202012Validator
+
+    document = served.client.get("/openapi.json").json()
+    root = {"$ref": "#/components/schemas/Filter", "components": document["components"]}
+    validator = Draft202012Validator(root)
+    accepted = [f for f in FILTERS.values() if f is not None] + [
+        {"should": [{"has_id": [served.shop.ids[0]]},
+                    {"must": [{"key": "stock", "match": {"except": [1, 2]}}]}]},
+        {"must_not": [{"has_vector": "default"}, {"key": "brand", "match": {"any": ["acme"]}}]},
+    ]
+    for query_filter in accepted:
+        assert served.client.post("/v1/search", json={"text": "x", "filter": query_filter}).status_code == 200
+        assert not list(validator.iter_errors(query_filter)), query_filter
+    north = {"center": {"lat": 91, "lon": 0}, "radius": 1}
+    for refused in ({"must": "x"}, {"bogus": []}, {"must": [{"key": "brand", "match": {"value": [1]}}]},
+                    {"must": [{"key": "location", "geo_radius": north}]}):
+        answer = served.client.post("/v1/search", json={"text": "x", "filter": refused})
+        assert answer.status_code in (400, 422)
+        assert list(validator.iter_errors(refused)), refused
