@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from indexer.decode import IMAGE_EXTENSIONS
-from indexer.errors import BadInput
+from indexer.errors import BadInput, Unavailable
 
 KS = (1, 5, 10)
 CHUNK = 1024  # query rows ranked at a time: 1024 x N floats
@@ -281,8 +281,11 @@ def write_report(directory: Path, dataset: Dataset, evaluated: dict[str, Any], t
 
 def confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
     """Rows normalised to the share of each true class; class names on the axes up to 40 classes."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise Unavailable("the --report charts need matplotlib: pip install 'clipsearch[curation]', or leave "
+                          "out --report") from None
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
