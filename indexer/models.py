@@ -176,6 +176,8 @@ class ClipModel:
         self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.logit_scale = float(model.logit_scale.exp().item())
+        # The same fp32 image tower on onnxruntime, set by the indexer for long runs (indexer.onnx_images).
+        self.onnx_images: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def dim(self) -> int:
@@ -209,9 +211,12 @@ class ClipModel:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def encode_pixels(self, pixels: np.ndarray | Any) -> np.ndarray:
+    def encode_pixels(self, pixels: np.ndarray | Any, torch_only: bool = False) -> np.ndarray:
         """Embed a uint8 batch shaped (N, H, W, 3) as produced by `pixel_transform`."""
         import torch
+
+        if self.onnx_images is not None and not torch_only and isinstance(pixels, np.ndarray):
+            return self.onnx_images(pixels)
 
         batch = torch.as_tensor(pixels)
         if self.device.startswith("cuda") and batch.device.type == "cpu":  # GPU-decoded batches are there
