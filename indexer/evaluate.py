@@ -245,6 +245,7 @@ def write_report(directory: Path, dataset: Dataset, evaluated: dict[str, Any], t
     per system; returns the report's path."""
     import json
 
+    _matplotlib()  # before writing anything
     directory.mkdir(parents=True, exist_ok=True)
     systems = evaluated["systems"]
     (directory / "results.json").write_text(json.dumps(
@@ -279,13 +280,18 @@ def write_report(directory: Path, dataset: Dataset, evaluated: dict[str, Any], t
     return path
 
 
-def confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
-    """Rows normalised to the share of each true class; class names on the axes up to 40 classes."""
+def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
         raise Unavailable("the --report charts need matplotlib: pip install 'clipsearch[curation]', or leave "
                           "out --report") from None
+    return matplotlib
+
+
+def confusion_png(confusion: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
+    """Rows normalised to the share of each true class; class names on the axes up to 40 classes."""
+    matplotlib = _matplotlib()
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
