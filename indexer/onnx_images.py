@@ -1,5 +1,6 @@
 """fp32 indexing on onnxruntime: the image tower of the query export (indexer.onnx_export), run by the
-indexer on the CPU for long runs (indexer.pipeline.embed_here), with the same embeddings as torch's."""
+indexer on the CPU for long runs (indexer.pipeline.embed_here), with the same embeddings as torch's.
+Such a run makes the export before it encodes (the end of the run would make it anyway)."""
 
 from __future__ import annotations
 
@@ -27,20 +28,17 @@ def onnx_image_encoder(
 
     Measured in docs/benchmarks.md: onnxruntime's kernels run ViT-B-32's image tower at 1.4-2x the rate of
     eager torch on this CPU, with the same fp32 arithmetic (cosine >= 0.9999999). The tower is the query
-    export's (`indexer.onnx_export`): taken from `home` when a query export of this model is already there,
-    otherwise traced now, in memory only. Either way it is checked on `probe` (a few model-ready images)
-    against the torch encoder first; any failure or disagreement keeps torch, with one warning."""
+    export's (`indexer.onnx_export.ensure_export` under `home`, which the index run leaves for torch-free
+    queries anyway: made here, before the encoding rather than after it, it serves both), or without a
+    home or an exportable model (random weights), the same tower traced in memory. Either way it is
+    checked on `probe` (a few model-ready images) against the torch encoder first; any failure or
+    disagreement keeps torch, with one warning."""
     try:
         import onnxruntime as ort
 
-        from indexer.encoders import export_dir, read_meta
         from indexer.models import usable_cpus
 
-        meta = read_meta(export_dir(home, clip.identity)) if home is not None else None
-        if meta is not None and meta.get("image"):
-            model: Any = str(export_dir(home, clip.identity) / "image.onnx")
-        else:
-            model = _traced_image_tower(clip)
+        model = _image_tower(clip, home)
         options = ort.SessionOptions()
         options.intra_op_num_threads = usable_cpus()
         options.inter_op_num_threads = 1
@@ -59,6 +57,19 @@ def onnx_image_encoder(
     except Exception as exc:  # the torch encoder stays: slower, never wrong
         log.warning("indexing with torch's image encoder: its onnxruntime copy failed (%s)", exc)
         return None
+
+
+def _image_tower(clip: Any, home: Path | None) -> str | bytes:
+    """The path of the query export's image tower under `home` (exported now when missing), else the
+    tower traced in memory (ONNX bytes)."""
+    if home is not None:
+        from indexer.encoders import read_meta
+        from indexer.onnx_export import ensure_export
+
+        directory = ensure_export(clip, home)
+        if directory is not None and (read_meta(directory) or {}).get("image"):
+            return str(directory / "image.onnx")
+    return _traced_image_tower(clip)
 
 
 def _traced_image_tower(clip: Any) -> bytes:
