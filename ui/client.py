@@ -60,6 +60,8 @@ class SearchResponse:
     results: list[Hit]
     took_ms: float | None = None
     rerank: dict[str, Any] | None = None  # {"status": ok|partial|failed, "reason", "ms", ...}, when asked
+    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # field -> (value, count)
+    mode: str | None = None  # how the hits were ranked: vector, keyword, hybrid or recommend
 
 
 def _detail(response: httpx.Response) -> str:
@@ -124,9 +126,11 @@ class ApiClient:
         try:
             hits = [Hit(str(r["id"]), str(r.get("uri", "")), float(r["score"]), r.get("metadata") or {},
                         r.get("vlm_score"), r.get("rerank")) for r in body["results"]]
+            facets = {str(name): [(str(c["value"]), int(c["count"])) for c in counts]
+                      for name, counts in (body.get("facets") or {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(f"unexpected search answer: {exc!r}") from exc
-        return SearchResponse(hits, body.get("took_ms"), body.get("rerank"))
+        return SearchResponse(hits, body.get("took_ms"), body.get("rerank"), facets, body.get("mode"))
 
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/healthz")
@@ -153,6 +157,12 @@ class ApiClient:
         body = _with_collection({"image_id": image_id, "k": k, **({"rerank": True} if rerank else {})},
                                 collection)
         return self._search_response(self._json("POST", "/v1/search", json=body))
+
+    def search(self, body: dict[str, Any], collection: str | None = None) -> SearchResponse:
+        """POST /v1/search with any of its fields: one of text, image_id, query and positive (with
+        negative), and k, offset, filter, mode, group_by, facets, rerank..."""
+        answer = self._json("POST", "/v1/search", json=_with_collection(body, collection))
+        return self._search_response(answer)
 
     def vlm_status(self, probe: bool = False) -> dict[str, Any]:
         """{"enabled", "url", "model", "status": off|up|down|unknown, "error", "checked_at"}."""

@@ -10,7 +10,9 @@ from collections import Counter
 import pandas as pd
 import streamlit as st
 
+from ui.cards import clear_likes, likes, likes_bar, page_offset, pager, product_card_for
 from ui.client import ApiClient, ApiError, ApiUnreachable
+from ui.filters import FACET_LIMIT, Catalog, build_filter, choices_for, ranking_choice, read_catalog, sidebar
 from ui.format import describe_model, file_name, plural
 from ui.views import call, get_client, preview, results_grid, to_thumbnail
 
@@ -20,7 +22,9 @@ SCORE_COLUMN = st.column_config.ProgressColumn(min_value=0, max_value=1, format=
 # Values of the pages' widgets, set here rather than as `value=`: see keep_widget_state.
 WIDGET_DEFAULTS: dict[str, object] = {
     "query": "", "k": 12, "k_image": 12, "labels": "cat, dog, bird, car, food", "rerank": False,
+    "search_mode": "hybrid", "per_product": True,
 }
+SEARCH_REQUEST = "search_request"  # session state: the last body sent to /v1/search by the search page
 VLM_DOCS = "docs/vlm.md"
 
 
@@ -34,6 +38,7 @@ def keep_widget_state() -> None:
 
 def clear_similar() -> None:
     st.session_state.pop("similar_to", None)
+    clear_likes()  # a new query starts without the last one's examples
 
 
 def search_page(api: ApiClient, collection: str) -> None:
@@ -42,20 +47,67 @@ def search_page(api: ApiClient, collection: str) -> None:
     )
     k = st.slider("Results", 1, MAX_K, key="k")
     rerank = rerank_switch(api)
-    target = st.session_state.get("similar_to")
-    if target:
-        st.markdown(f"Images similar to **{target['name']}**")
-        st.button("Back to text search", on_click=clear_similar)
-        response = call(api.search_similar, target["id"], k, collection, rerank)
-        explain = None  # explanations answer a text query
-    elif text.strip():
-        response = call(api.search_text, text.strip(), k, collection, rerank)
-        explain = text.strip() if rerank else None
-    else:
+    catalog = read_catalog(api, collection)
+    mode = ranking_choice(catalog)
+    per_product = bool(catalog.group_field) and st.toggle(
+        "One card per product", key="per_product", help="A product's other images are left out.")
+    likes_bar(collection)
+    query = search_query(collection, text.strip(), mode)
+    if query is None:
         st.info("Type a description and press Enter.")
         return
+    target = st.session_state.get("similar_to")
+    if target and "positive" not in query:  # more-like examples, when given, replace the image
+        st.markdown(f"Images similar to **{target['name']}**")
+        st.button("Back to text search", on_click=clear_similar)
+    explain = text.strip() if rerank and "text" in query else None  # explanations answer a text query
+    search = {**query, "k": k, **search_options(collection, catalog, per_product)}
+    search.update({"rerank": True} if rerank else {})
+    body = {**search, "offset": page_offset({**search, "collection": collection}, k)}
+    st.session_state[SEARCH_REQUEST] = body
+    response = call(api.search, body, collection)
+    with st.sidebar:
+        sidebar(api, collection, catalog, body, response)
     if response is not None:
-        results_grid(api, collection, response, "search", explain=explain)
+        card = product_card_for(catalog.texts)
+        results_grid(api, collection, response, "search", explain=explain, card=card)
+        pager(len(response.results), k)
+
+
+def search_query(collection: str, text: str, mode: str) -> dict[str, object] | None:
+    """What to search by: more like the liked items and less like the disliked (positive/negative),
+    else the image shown as similar, else the words; disliked items alone are subtracted from the
+    query (query algebra), since `negative` goes with `positive`. None: nothing to search by yet."""
+    chosen = likes(collection)
+    positive, negative = list(chosen["positive"]), list(chosen["negative"])
+    if positive:
+        return {"positive": positive, **({"negative": negative} if negative else {})}
+    target = st.session_state.get("similar_to")
+    if target:
+        term: dict[str, object] = {"image_id": target["id"]}
+    elif text:
+        term = {"text": text}
+    else:
+        return None
+    ranked = {"mode": mode} if "text" in term else {}  # keyword and hybrid rank words
+    if not negative:
+        return {**term, **ranked}
+    if ranked.get("mode") == "keyword":  # words alone can't be less like a picture: add image similarity
+        ranked["mode"] = "hybrid"
+    return {"query": [term, *({"image_id": i, "weight": -1.0} for i in negative)], **ranked}
+
+
+def search_options(collection: str, catalog: Catalog, per_product: bool) -> dict[str, object]:
+    """The filter of the sidebar's choices, one hit per product, and the facets to count."""
+    options: dict[str, object] = {}
+    chosen = build_filter(choices_for(collection), catalog)
+    if chosen:
+        options["filter"] = chosen
+    if per_product and catalog.group_field:
+        options["group_by"] = catalog.group_field
+    if catalog.facets:
+        options.update(facets=catalog.facets, facet_limit=FACET_LIMIT)
+    return options
 
 
 def rerank_switch(api: ApiClient) -> bool:

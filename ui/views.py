@@ -98,9 +98,11 @@ def find_similar(image_id: str, name: str) -> None:
 
 
 def results_grid(api: ApiClient, collection: str, response: SearchResponse, key: str,
-                 explain: str | None = None) -> None:
-    """The hits as cards; with `explain` (the query), the VLM's explanation of each streams in under its
-    thumbnail once every card is drawn."""
+                 explain: str | None = None, card: Callable[[ApiClient, str, Hit, str], None] | None = None
+                 ) -> None:
+    """The hits as cards (`card` draws one; result_card by default); with `explain` (the query), the
+    VLM's explanation of each streams in under its thumbnail once every card is drawn."""
+    card = card or result_card
     took = f" in {response.took_ms:.0f} ms" if response.took_ms is not None else ""
     st.caption(f"{plural(len(response.results), 'result')}{took}")
     rerank_note(response.rerank)
@@ -113,7 +115,7 @@ def results_grid(api: ApiClient, collection: str, response: SearchResponse, key:
         for row in range(0, len(hits), COLUMNS):  # one st.columns per row keeps rows aligned
             for column, hit in zip(st.columns(COLUMNS), hits[row : row + COLUMNS], strict=False):
                 with column:
-                    result_card(api, collection, hit, key)
+                    card(api, collection, hit, key)
                     if explain and len(slots) < MAX_EXPLAINED:
                         slots.append((hit, st.container(key=f"{key}-explain-{hit.id}").empty()))
     for hit, slot in slots:

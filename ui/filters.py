@@ -1,0 +1,321 @@
+"""The search page's filter sidebar and the Qdrant filter JSON it builds (the `filter` of POST /v1/search):
+facet checkboxes with counts for keyword fields, range sliders for integer, float and date fields, and
+yes/no for flags; also the ranking choice (hybrid, vector, keyword) for collections with text fields.
+
+The choices live in session state per collection, not only in the widgets (Streamlit forgets a widget
+on a page that does not draw it), so the filter is known before the search runs and the sidebar, drawn
+after it, shows the counts of that answer. A field with values ticked has its counts taken under the
+other fields' choices, not its own, so that ticking one brand still shows what the others hold.
+
+The API gives no field's lowest and highest value: the sliders' bounds come from a sample of up to
+SAMPLE_K items (the whole collection when it is that small). A slider end left at its bound leaves
+that side open, so items past the sample's bounds are never cut off by a handle nobody moved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+import streamlit as st
+
+from ui.client import ApiClient, ApiError, SearchResponse
+from ui.views import get_client
+
+RANGE_KINDS = ("integer", "float", "datetime")
+SAMPLE_K = (1000, 100)  # the sample's size; the smaller one where the server's max_k is smaller
+SAMPLE_TEXT = "a photo"  # any query will do: the sample is for the fields' values, not its order
+MAX_FACET_VALUES = 40  # a keyword field with more distinct values in the sample is an id, not a facet
+MAX_FACETS = 16  # the API's limit per request
+FACET_LIMIT = 10  # values listed per facet, most frequent first
+STATE = "catalog_filters"  # session state: collection -> Choices
+MODES = {"hybrid": "Hybrid (words + image)", "vector": "Image similarity", "keyword": "Keywords"}
+FLAG_OPTIONS = ("any", "yes", "no")
+GROUP_FIELD = "product_id"  # what ties a product's images together (catalog ingest declares it)
+
+Bounds = tuple[Any, Any]  # (lowest, highest): ints, floats or dates
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a collection's declared fields offer the search page."""
+
+    kinds: dict[str, str] = field(default_factory=dict)  # every declared field -> its type
+    facets: list[str] = field(default_factory=list)  # keyword fields worth counting
+    bounds: dict[str, Bounds] = field(default_factory=dict)  # range fields with two or more values
+    flags: list[str] = field(default_factory=list)  # bool fields
+    texts: list[str] = field(default_factory=list)  # text fields: words for keyword and hybrid ranking
+    sample: int = 0  # how many items the bounds and facets were chosen from
+    count: int = 0  # items in the collection
+
+    @property
+    def group_field(self) -> str | None:
+        """The field to show one card per product by, where the collection has it."""
+        return GROUP_FIELD if self.kinds.get(GROUP_FIELD) in ("keyword", "integer") else None
+
+
+@dataclass
+class Choices:
+    """What the user picked for one collection."""
+
+    values: dict[str, list[str]] = field(default_factory=dict)  # keyword field -> values ticked
+    ranges: dict[str, Bounds] = field(default_factory=dict)  # range field -> slider values, when moved
+    flags: dict[str, bool] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.ranges or self.flags)
+
+
+# --- the filter JSON (no Streamlit) ---------------------------------------------------------------------
+
+
+def _day_start(day: date) -> str:
+    return datetime.combine(day, time(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def range_condition(name: str, kind: str, chosen: Bounds, bounds: Bounds) -> dict[str, Any] | None:
+    """The range condition of a slider: each end away from its bound closes that side (a date end takes
+    its whole day); None when neither end moved."""
+    low, high = chosen
+    limits: dict[str, Any] = {}
+    if kind == "datetime":
+        if low > bounds[0]:
+            limits["gte"] = _day_start(low)
+        if high < bounds[1]:
+            limits["lt"] = _day_start(high + timedelta(days=1))
+    else:
+        if low > bounds[0]:
+            limits["gte"] = low
+        if high < bounds[1]:
+            limits["lte"] = high
+    return {"key": name, "range": limits} if limits else None
+
+
+def build_filter(choices: Choices, catalog: Catalog, skip: str | None = None) -> dict[str, Any] | None:
+    """The choices as a filter in Qdrant's JSON shape (every condition must hold), leaving out field
+    `skip`; None when nothing is chosen."""
+    must: list[dict[str, Any]] = []
+    for name, values in sorted(choices.values.items()):
+        if name != skip and values:
+            must.append({"key": name, "match": {"any": list(values)}})
+    for name, chosen in sorted(choices.ranges.items()):
+        if name != skip and name in catalog.bounds:
+            condition = range_condition(name, catalog.kinds[name], chosen, catalog.bounds[name])
+            must += [condition] if condition else []
+    for name, wanted in sorted(choices.flags.items()):
+        if name != skip:
+            must.append({"key": name, "match": {"value": wanted}})
+    return {"must": must} if must else None
+
+
+def _as_values(value: Any) -> list[Any]:
+    return [v for v in (value if isinstance(value, list) else [value]) if v is not None]
+
+
+def _as_date(value: Any) -> date | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(timezone.utc).date()
+    except ValueError:
+        return None
+
+
+def _float_bounds(low: float, high: float) -> Bounds:
+    """Round numbers around the values, on the slider's step, so its labels read well."""
+    step = slider_step(low, high)
+    return round(math.floor(low / step) * step, 6), round(math.ceil(high / step) * step, 6)
+
+
+def slider_step(low: float, high: float) -> float:
+    """About a hundredth of the span, as a power of ten (0.01, 0.1, 1, 10...)."""
+    span = high - low
+    return 10.0 ** math.floor(math.log10(span / 100)) if span > 0 else 1.0
+
+
+def profile(kinds: dict[str, str], metadata: list[dict[str, Any]], count: int) -> Catalog:
+    """What the declared fields offer, judged from a sample of items' metadata."""
+    seen: dict[str, list[Any]] = {name: [] for name in kinds}
+    for item in metadata:
+        for name, value in item.items():
+            if name in seen:
+                seen[name] += _as_values(value)
+    facets, bounds = [], {}
+    for name, kind in kinds.items():
+        values = seen[name]
+        distinct = len({str(v) for v in values})
+        if kind == "keyword":  # a facet's values repeat; an id's (a SKU, a file name) hardly ever do
+            if 0 < distinct <= MAX_FACET_VALUES and 2 * distinct <= len(values) and name != GROUP_FIELD:
+                facets.append(name)
+        elif kind == "datetime":
+            days = [d for d in map(_as_date, values) if d is not None]
+            if days and min(days) < max(days):
+                bounds[name] = (min(days), max(days))
+        elif kind in ("integer", "float"):
+            numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+            if numbers and min(numbers) < max(numbers):
+                low, high = min(numbers), max(numbers)
+                bounds[name] = (int(low), int(high)) if kind == "integer" else _float_bounds(low, high)
+    return Catalog(
+        kinds=dict(kinds), facets=facets[:MAX_FACETS], bounds=bounds,
+        flags=[name for name, kind in kinds.items() if kind == "bool"],
+        texts=[name for name, kind in kinds.items() if kind == "text"], sample=len(metadata), count=count,
+    )
+
+
+# --- reading the collection ------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=120, max_entries=50, show_spinner=False)
+def _sample(base_url: str, api_key: str | None, collection: str, count: int) -> list[dict[str, Any]]:
+    """The metadata of up to SAMPLE_K items (all of a small collection); kept per collection size, so a
+    re-index shows its new values. API errors propagate (and are not kept)."""
+    api = get_client(base_url, api_key)
+    for k in SAMPLE_K:
+        body = {"text": SAMPLE_TEXT, "mode": "vector", "k": max(1, min(k, count))}
+        try:
+            return [hit.metadata for hit in api.search(body, collection).results]
+        except ApiError as exc:
+            if exc.status != 422:  # 422: k above the server's max_k; try the smaller sample
+                raise
+    return []
+
+
+def read_catalog(api: ApiClient, collection: str) -> Catalog:
+    """The collection's declared fields (GET .../status) and what a sample of its items holds; an
+    empty Catalog (no sidebar) when either can't be read."""
+    try:
+        status = api.status(collection)
+        kinds = {str(k): str(v) for k, v in (status.get("fields") or {}).items()}
+        count = int(status.get("count") or 0)
+        filterable = any(kind in (*RANGE_KINDS, "keyword") for kind in kinds.values())
+        sample = _sample(api.base_url, api.api_key, collection, count) if filterable and count else []
+    except ApiError:
+        return Catalog()
+    return profile(kinds, sample, count)
+
+
+def choices_for(collection: str) -> Choices:
+    return st.session_state.setdefault(STATE, {}).setdefault(collection, Choices())
+
+
+def clear_choices(collection: str) -> None:
+    st.session_state.setdefault(STATE, {}).pop(collection, None)
+
+
+# --- widgets ---------------------------------------------------------------------------------------------
+
+
+def facet_key(collection: str, name: str, value: str) -> str:
+    return f"facet|{collection}|{name}|{value}"
+
+
+def range_key(collection: str, name: str) -> str:
+    return f"range|{collection}|{name}"
+
+
+def flag_key(collection: str, name: str) -> str:
+    return f"flag|{collection}|{name}"
+
+
+def _tick(collection: str, name: str, value: str, key: str) -> None:
+    values = choices_for(collection).values.setdefault(name, [])
+    if st.session_state[key] and value not in values:
+        values.append(value)
+    elif not st.session_state[key] and value in values:
+        values.remove(value)
+    if not values:
+        choices_for(collection).values.pop(name)
+
+
+def _slide(collection: str, name: str, key: str, bounds: Bounds) -> None:
+    chosen = tuple(st.session_state[key])
+    ranges = choices_for(collection).ranges
+    if chosen == tuple(bounds):
+        ranges.pop(name, None)
+    else:
+        ranges[name] = chosen
+
+
+def _flag(collection: str, name: str, key: str) -> None:
+    flags, picked = choices_for(collection).flags, st.session_state[key]
+    if picked in (None, "any"):
+        flags.pop(name, None)
+    else:
+        flags[name] = picked == "yes"
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def ranking_choice(catalog: Catalog) -> str:
+    """The ranking of a text query: hybrid, vector or keyword where the collection has text fields to
+    rank words by (hybrid by default, as the API's own default), vector otherwise."""
+    if not catalog.texts:
+        return "vector"
+    if st.session_state.get("search_mode") not in MODES:
+        st.session_state["search_mode"] = "hybrid"
+    words = ", ".join(catalog.texts)
+    return str(st.radio("Ranking", list(MODES), key="search_mode", format_func=MODES.__getitem__,
+                        horizontal=True, help=f"Keywords rank by the words of {words}; hybrid fuses them "
+                        "with image similarity (an exact SKU or model number comes first)."))
+
+
+def facet_counts(api: ApiClient, collection: str, catalog: Catalog, body: dict[str, Any],
+                 response: SearchResponse) -> dict[str, list[tuple[str, int]]]:
+    """Each facet's counts: the answer's, except for a field with values ticked, counted again (one
+    k=1 request) under the other fields' choices only."""
+    counts = dict(response.facets)
+    choices = choices_for(collection)
+    for name in catalog.facets:
+        if choices.values.get(name):
+            again = {key: value for key, value in body.items() if key not in ("rerank", "explain", "filter")}
+            others = build_filter(choices, catalog, skip=name)
+            again.update(k=1, offset=0, facets=[name], **({"filter": others} if others else {}))
+            try:
+                counts[name] = api.search(again, collection).facets.get(name, [])
+            except ApiError:
+                pass  # the answer's own counts are still right for the ticked values
+    return counts
+
+
+def sidebar(api: ApiClient, collection: str, catalog: Catalog, body: dict[str, Any],
+            response: SearchResponse | None) -> None:
+    """The filter widgets, with the counts of `response` (the search made with `body`)."""
+    if not (catalog.facets or catalog.bounds or catalog.flags):
+        return
+    choices = choices_for(collection)
+    st.subheader("Filters")
+    if choices:
+        st.button("Clear filters", key="filters-clear", on_click=clear_choices, args=(collection,),
+                  icon=":material/filter_alt_off:")
+    counts = facet_counts(api, collection, catalog, body, response) if response else {}
+    for name in catalog.facets:
+        chosen = choices.values.get(name, [])
+        listed = counts.get(name, [])
+        shown = listed + [(value, 0) for value in chosen if value not in dict(listed)]
+        with st.expander(_label(name), expanded=True):
+            for value, count in shown:
+                key = facet_key(collection, name, value)
+                st.session_state[key] = value in chosen
+                st.checkbox(f"{value} ({count})", key=key, on_change=_tick,
+                            args=(collection, name, value, key))
+    for name, bounds in catalog.bounds.items():
+        key = range_key(collection, name)
+        low, high = choices.ranges.get(name, bounds)
+        st.session_state[key] = (max(low, bounds[0]), min(high, bounds[1]))  # bounds move with the sample
+        kind = catalog.kinds[name]
+        step = slider_step(*bounds) if kind == "float" else None
+        st.slider(_label(name), min_value=bounds[0], max_value=bounds[1], key=key, step=step,
+                  format="%.2f" if kind == "float" and step and step < 1 else None,
+                  on_change=_slide, args=(collection, name, key, bounds))
+    for name in catalog.flags:
+        key = flag_key(collection, name)
+        wanted = choices.flags.get(name)
+        st.session_state[key] = "any" if wanted is None else "yes" if wanted else "no"
+        st.radio(_label(name), FLAG_OPTIONS, key=key, horizontal=True, on_change=_flag,
+                 args=(collection, name, key))
+    if catalog.sample < catalog.count:
+        st.caption(f"Slider ranges and facet fields from a sample of {catalog.sample} of {catalog.count} "
+                   "items; a slider left at its end leaves that side open.")
