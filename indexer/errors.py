@@ -125,6 +125,12 @@ class ModelLoadError(Unavailable):
     """The model or its weights could not be loaded; the message says how to fix it."""
 
 
+class UnknownModel(ModelLoadError, BadInput):
+    """The model or weights named do not exist (a typo, a missing file): the request's fault."""
+
+    kind = ErrorKind.BAD_INPUT
+
+
 class ModelMismatchError(ClipsearchError):
     """A collection was opened with a model other than the one it was built with."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from indexer.encoders import QueryEncoder
-from indexer.errors import ModelLoadError, ModelMismatchError
+from indexer.errors import ModelLoadError, ModelMismatchError, UnknownModel
 from indexer.schema import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -116,15 +116,15 @@ def _architecture_name(model: str) -> tuple[str, str]:
     path = Path(model).expanduser()
     if model.endswith(".json") or path.is_file():
         if not path.is_file():
-            raise ModelLoadError(f"model config file not found: {model}")
+            raise UnknownModel(f"model config file not found: {model}")
         open_clip.add_model_config(path.resolve())
         if path.stem not in open_clip.list_models():
-            raise ModelLoadError(
+            raise UnknownModel(
                 f"{model} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"
             )
         return path.stem, str(path.resolve())
     if model not in open_clip.list_models():
-        raise ModelLoadError(
+        raise UnknownModel(
             f"unknown model {model!r}: give an open_clip architecture name (e.g. ViT-B-32) "
             f"or the path of a model-config JSON"
         )
@@ -159,9 +159,9 @@ def _weights(
     if pretrained in open_clip.list_pretrained_tags_by_model(architecture):
         return pretrained, pretrained, pretrained
     if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
-        raise ModelLoadError(f"checkpoint file not found: {pretrained}")
+        raise UnknownModel(f"checkpoint file not found: {pretrained}")
     tags = ", ".join(open_clip.list_pretrained_tags_by_model(architecture)) or "none"
-    raise ModelLoadError(
+    raise UnknownModel(
         f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {architecture} (tags: {tags})"
     )
 

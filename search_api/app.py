@@ -138,9 +138,43 @@ def _openapi(app: FastAPI, settings: Settings) -> Any:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = original()
+            schema = document_errors(original())
             keyed = settings.api.key or settings.api.read_keys
             app.openapi_schema = document_security(schema) if keyed else schema
         return app.openapi_schema
 
     return openapi
+
+
+# What any /v1 operation may answer besides its own codes: a bad collection name or filter (400), an
+# unknown collection or item (404), a busy collection (409), a request that fails validation (422) or a
+# store that is unavailable (503). All in the one error shape, which FastAPI's own 422 schema is not.
+COMMON_ERRORS = ("400", "404", "409", "422", "503")
+_ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every error response documented as {"detail": "..."} (what the handlers send), and the common
+    ones on every /v1 operation, so the schema says what the server answers."""
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for code in COMMON_ERRORS if path.startswith("/v1/") else ("422",) if "422" in responses else ():
+                described = responses.get(code, {}).get("description") or "Error"
+                responses[code] = {
+                    "description": described,
+                    "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+                }
+    components = schema.get("components", {}).get("schemas", {})
+    components.setdefault(
+        "ErrorResponse",
+        {
+            "properties": {"detail": {"type": "string", "title": "Detail"}},
+            "required": ["detail"],
+            "type": "object",
+            "title": "ErrorResponse",
+        },
+    )
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema

@@ -7,6 +7,7 @@ codes: an error means the same thing whichever way it reaches a user.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,7 +37,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClipsearchError, clipsearch_error)  # type: ignore[arg-type]
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names one route's methods; a path may have several routes
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
 
@@ -72,3 +76,16 @@ def describe_validation(exc: RequestValidationError) -> str:
             message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or "invalid request"
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the API documents for this request's path (a path may have several routes, and
+    Starlette's 405 names only the first one's); HEAD wherever GET is."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
