@@ -23,6 +23,14 @@ draft factor (how far DCT-scaled decoding may go and still agree with a full dec
 It writes the section "## Ingest benchmark (bench_index)" of docs/benchmarks.md (replacing only
 that section) and keeps raw results in WORKDIR/results.json.
 
+With --commands, it instead times whole processes side by side, start-up included (what a user waits
+for): the naive loop as a script of its own against `clipsearch index` at fp32, int8 and bf16, each into
+a fresh CLIPSEARCH_HOME, over --rounds alternating rounds on --images photos (600 by default); then the
+encoder alone (eager torch, the onnxruntime tower the indexer uses, bf16 autocast) against this CPU's
+matrix-multiply peak. It writes the section "## Ingest as whole commands (bench_index --commands)".
+
+    .venv/bin/python scripts/bench_index.py --commands --rounds 3
+
     .venv/bin/python scripts/bench_index.py [--images N] [--out docs/benchmarks.md] [--sweep N]
     .venv/bin/python scripts/bench_index.py --images 8 --large 2 --rounds 1 --out /tmp/b.md  # smoke
 
@@ -60,7 +68,8 @@ TARGETS = {"fp32_ratio": 1.3, "fp32_cosine": 0.999, "int8_ratio": 2.0, "int8_cos
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=200, help="photos to index (at most 1000)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="photos to index (at most 1000) [200; with --commands 600]")
     parser.add_argument("--out", type=Path, default=bench.DOC,
                         help=f"the doc whose section is rewritten [{bench.DOC}]")
     parser.add_argument("--model", default="ViT-B-32")
@@ -76,7 +85,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="[default: a temporary folder]")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
     parser.add_argument("--from-results", type=Path, help="re-render a run's results.json, measure nothing")
+    parser.add_argument("--commands", action="store_true",
+                        help="whole commands: naive script vs `clipsearch index` fp32/int8/bf16 (see above)")
     args = parser.parse_args()
+    if args.commands:
+        from scripts.bench_index_commands import main as commands_main
+
+        commands_main(args)
+        return
+    args.images = args.images or 200
     if args.from_results:
         section = render(json.loads(args.from_results.read_text()))
         if args.no_write:
