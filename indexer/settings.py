@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     precision: PrecisionName = Field(
         "fp32",
         description="Image encoder: `fp32` (exact; fp16 autocast on CUDA), `int8`, the approximate CPU "
-        "fast path (embeddings within cosine ~0.999), or `bf16` (bfloat16 autocast, cosine ~0.9999; for "
+        "fast path (embeddings within cosine ~0.999), or `bf16` (a bfloat16 image tower, cosine ~0.9999; for "
         "CPUs with AVX512-BF16/AMX). A collection keeps the precision it was built with.",
     )
     gpu_decode: bool = Field(
