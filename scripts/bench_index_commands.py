@@ -9,7 +9,7 @@ collection's vectors with the naive loop's, per photo.
 
 Then the encoder alone on one batch of decoded photos, against this CPU's matrix-multiply peak (the
 best of several large torch matmuls, fp32 and bf16): eager torch (what the naive loop runs), the
-onnxruntime tower that `clipsearch index` runs for fp32 (indexer.onnx_images) and bf16 autocast, with
+onnxruntime tower that `clipsearch index` runs for fp32 (indexer.onnx_images) and the bf16 tower, with
 the GFLOP per image counted by torch's FlopCounterMode, so the share of the peak each reaches is shown.
 """
 
@@ -180,7 +180,7 @@ def encoder_vs_peak(model_name: str, checkpoint: Path, files: list[Path], rounds
         _ImageTower(model)(torch.from_numpy(pixels[:1]))
     gflop = counter.get_total_flops() / 1e9
     encoders = {"torch eager fp32": lambda: model.encode_pixels(pixels, torch_only=True),
-                "bf16 autocast": lambda: bf16.encode_pixels(pixels)}
+                "bf16 image tower (--precision bf16)": lambda: bf16.encode_pixels(pixels)}
     if onnx is not None:
         encoders["onnxruntime fp32 (clipsearch index)"] = lambda: onnx(pixels)
     for encode in encoders.values():
