@@ -104,6 +104,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _FORM_SCHEMA = {
     "type": "object",
     "required": ["file"],
+    "additionalProperties": False,
     "properties": {
         "file": {"type": "string", "format": "binary", "description": "The image file."},
         "metadata": {"type": "string", "description": "Metadata as a JSON object."},
@@ -135,6 +136,9 @@ async def put_item(
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: no file
         form = await request.form()
+        unknown = sorted(set(form.keys()) - set(_FORM_SCHEMA["properties"]))  # type: ignore[arg-type]
+        if unknown:
+            raise HTTPException(422, f"unknown form fields: {', '.join(unknown)} (file, metadata, text)")
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "file: required, an image file (multipart field `file`)")

@@ -134,9 +134,15 @@ class SearchOptions(BaseModel):
     def search_options(self) -> dict[str, Any]:
         """The engine's options for this request (indexer.engine.SearchEngine.search_query)."""
         return {
-            "filter": self.filter, "vector": self.vector, "offset": self.offset, "mode": self.mode,
-            "min_score": self.min_score, "group_by": self.group_by, "diversity": self.diversity,
-            "facets": self.facets, "facet_limit": self.facet_limit,
+            "filter": self.filter,
+            "vector": self.vector,
+            "offset": self.offset,
+            "mode": self.mode,
+            "min_score": self.min_score,
+            "group_by": self.group_by,
+            "diversity": self.diversity,
+            "facets": self.facets,
+            "facet_limit": self.facet_limit,
         }
 
     def rerank_options(self) -> RerankOptions | None:
@@ -147,7 +153,9 @@ class SearchOptions(BaseModel):
 
 
 WEIGHT_FIELD = Field(
-    1.0, allow_inf_nan=False, json_schema_extra={"not": {"const": 0}},
+    1.0,
+    allow_inf_nan=False,
+    json_schema_extra={"not": {"const": 0}},
     description="How much the term counts; negative: away from it. Not 0.",
 )
 
@@ -156,15 +164,25 @@ class QueryTerm(BaseModel):
     """One term of a query algebra: a text or an indexed item, with a weight. The query vector is the
     normalised sum of weight * unit embedding of each term."""
 
-    text: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S",
-                             description="A description of what to find (or, weight < 0, to avoid).")
+    text: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        pattern=r"\S",
+        description="A description of what to find (or, weight < 0, to avoid).",
+    )
     image_id: str | None = Field(None, min_length=1, description="Id of an indexed item.")
     weight: float = WEIGHT_FIELD
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["image_id"]}],
-                           "examples": [{"text": "long sleeves", "weight": -0.5}]},
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["image_id"], "properties": {"image_id": {"type": "string"}}},
+            ],
+            "examples": [{"text": "long sleeves", "weight": -0.5}],
+        },
     )
 
     @model_validator(mode="after")
@@ -190,19 +208,25 @@ class SearchRequest(SearchOptions):
         None, description="Id of an indexed image (from an earlier result): find images like it."
     )
     query: list[QueryTerm] | None = Field(
-        None, min_length=1, max_length=MAX_QUERY_TERMS,
+        None,
+        min_length=1,
+        max_length=MAX_QUERY_TERMS,
         description='Query algebra: [{"text": "red dress"}, {"image_id": "<id>", "weight": 0.5}, '
         '{"text": "long sleeves", "weight": -1}], at least one term of positive weight. In keyword and '
         "hybrid mode the words are the texts of positive weight.",
     )
     positive: list[str] | None = Field(
-        None, min_length=1, max_length=MAX_EXAMPLES,
+        None,
+        min_length=1,
+        max_length=MAX_EXAMPLES,
         description="Ids of indexed items: find more like these (the recommend query: the sum of "
         "similarities to these minus the sum to `negative`); they are left out of the results. Vector "
         "mode only.",
     )
     negative: list[str] | None = Field(
-        None, min_length=1, max_length=MAX_EXAMPLES,
+        None,
+        min_length=1,
+        max_length=MAX_EXAMPLES,
         description="With `positive`: ids of indexed items to find less like.",
     )
 
@@ -211,18 +235,30 @@ class SearchRequest(SearchOptions):
         json_schema_extra={
             "examples": [
                 {"text": "a dog on a beach", "k": 10},
-                {"text": "red dress", "filter": {"must": [{"key": "price", "range": {"lt": 50}}]},
-                 "group_by": "product_id", "facets": ["brand"]},
+                {
+                    "text": "red dress",
+                    "filter": {"must": [{"key": "price", "range": {"lt": 50}}]},
+                    "group_by": "product_id",
+                    "facets": ["brand"],
+                },
             ],
             # What the validator below enforces, said in the schema so clients (and fuzzers) know it.
             "oneOf": [
                 {"required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}},
-                {"required": ["image_id"]},
-                {"required": ["query"]},
-                {"required": ["positive"],
-                 "properties": {"mode": {"enum": ["vector", None]}, "diversity": {"type": "null"}}},
+                {"required": ["image_id"], "properties": {"image_id": {"type": "string"}}},
+                {"required": ["query"], "properties": {"query": {"type": "array"}}},
+                {
+                    "required": ["positive"],
+                    "properties": {
+                        "positive": {"type": "array"},
+                        "mode": {"enum": ["vector", None]},
+                        "diversity": {"type": "null"},
+                    },
+                },
             ],
-            "dependentRequired": {"negative": ["positive"]},
+            # negative only with a positive list (a null negative is no negative)
+            "if": {"required": ["negative"], "properties": {"negative": {"type": "array"}}},
+            "then": {"required": ["positive"], "properties": {"positive": {"type": "array"}}},
         },
     )
 
@@ -238,8 +274,9 @@ class SearchRequest(SearchOptions):
         if self.negative is not None and self.positive is None:
             raise ValueError("negative goes with positive (more like these, less like those)")
         if self.positive is not None and (self.mode not in (None, "vector") or self.diversity is not None):
-            raise ValueError("positive/negative (recommend) ranks by vector: no mode other than vector, "
-                             "no diversity")
+            raise ValueError(
+                "positive/negative (recommend) ranks by vector: no mode other than vector, no diversity"
+            )
         return self
 
 
@@ -249,6 +286,8 @@ IMAGE_FILE_SCHEMA = {"type": "string", "format": "binary", "minLength": 1}
 class ImageSearchForm(BaseModel):
     """Multipart form: an example image, and how many results (the other options as in /v1/search;
     `filter` as a JSON string)."""
+
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, as in JSON
 
     file: UploadFile = Field(
         description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...), not empty.",
@@ -265,15 +304,19 @@ class ImageSearchForm(BaseModel):
     explain: bool = Field(False, description=EXPLAIN_DESCRIPTION)
     # The search options of /v1/search; `mode` above is the re-rank's, so the search mode is search_mode.
     search_mode: SearchMode | None = Field(
-        None, description="The search mode (`mode` in /v1/search): vector, or keyword/hybrid with `text`. "
-        "Default: hybrid when `text` is given and the collection declares text fields, else vector."
+        None,
+        description="The search mode (`mode` in /v1/search): vector, or keyword/hybrid with `text`. "
+        "Default: hybrid when `text` is given and the collection declares text fields, else vector.",
     )
     text: str | None = Field(
-        None, max_length=MAX_QUERY_CHARS, pattern=r"\S",
+        None,
+        max_length=MAX_QUERY_CHARS,
+        pattern=r"\S",
         description="Words for the keyword ranking of a hybrid search (the image is the vector query).",
     )
     query: str | None = Field(
-        None, description='More query terms as a JSON list, as `query` in /v1/search (e.g. [{"text": '
+        None,
+        description='More query terms as a JSON list, as `query` in /v1/search (e.g. [{"text": '
         '"red", "weight": 0.5}]), summed with the image (weight `weight`).',
     )
     weight: float = Field(1.0, allow_inf_nan=False, description="The uploaded image's weight in `query`.")
@@ -292,6 +335,8 @@ class ImageSearchForm(BaseModel):
 
 class ClassifyForm(BaseModel):
     """Multipart form: an image, and the class names to score it against."""
+
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake to report, as in JSON
 
     file: UploadFile = Field(
         description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...), not empty.",
@@ -403,8 +448,9 @@ class SearchResponse(BaseModel):
 
     results: list[SearchResult]
     facets: dict[str, list[FacetCount]] | None = Field(
-        None, description="For each field asked in `facets`: its most frequent values among the points that "
-        "pass the filter, most frequent first (equal counts by value); null when none were asked."
+        None,
+        description="For each field asked in `facets`: its most frequent values among the points that "
+        "pass the filter, most frequent first (equal counts by value); null when none were asked.",
     )
     mode: str | None = Field(
         None, description="How the results were ranked: vector, keyword, hybrid or recommend."
@@ -516,8 +562,9 @@ class ExplainRequest(BaseModel):
     image_id: str = Field(description="Id of an indexed image (from a search result).")
     collection: str | None = COLLECTION_FIELD
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"query": "a dog on a beach",
-                                                                              "image_id": "<id>"}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"query": "a dog on a beach", "image_id": "<id>"}]}
+    )
 
 
 class ExplainResponse(BaseModel):

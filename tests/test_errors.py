@@ -91,6 +91,7 @@ def cli_cases(settings: Settings, other_checkpoint: Path) -> Cases:
         ErrorKind.BAD_INPUT: [
             ("a setting with a bad value", bad_variable, ["status"]),
             ("a file that is no image", nothing, ["classify", bad, "--labels", "cat,dog"]),
+            ("no checkpoint", nothing, ["index", photos, "-c", "new", "--pretrained", str(root / "gone.pt")]),
         ],
         ErrorKind.NOT_FOUND: [
             ("no such collection", nothing, ["status", "--collection", "nosuch"]),
@@ -100,8 +101,9 @@ def cli_cases(settings: Settings, other_checkpoint: Path) -> Cases:
         ErrorKind.MODEL_MISMATCH: [
             ("another model", nothing, ["index", photos, "-c", "built", "--pretrained", other])
         ],
-        ErrorKind.UNAVAILABLE: [
-            ("no checkpoint", nothing, ["index", photos, "-c", "new", "--pretrained", str(root / "gone.pt")])
+        ErrorKind.UNAVAILABLE: [  # a real tag whose weights are not downloaded, with no hub (HF_HUB_OFFLINE)
+            ("weights not downloaded", nothing,
+             ["index", photos, "-c", "new", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"])
         ],
     }
 
@@ -220,7 +222,8 @@ def cli_flags() -> dict[str, set[str]]:
 
     def walk(command: click.Command) -> None:
         names = flags.setdefault(command.name or "", set())
-        for param in command.params:
+        context = click.Context(command, info_name=command.name)
+        for param in command.get_params(context):  # click's own --help included
             if isinstance(param, click.Option):
                 names.update(o for o in [*param.opts, *param.secondary_opts] if o.startswith("--"))
         if isinstance(command, click.Group):

@@ -31,7 +31,7 @@ _CONNECT_TIMEOUT_S = 5.0
 class VlmError(Unavailable):
     """The VLM could not give an answer; `cause` says what kind of failure it was."""
 
-    def __init__(self, message: str, cause: str):
+    def __init__(self, message: str, cause: str = "protocol"):
         super().__init__(message)
         self.cause = cause
 
