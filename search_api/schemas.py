@@ -195,6 +195,13 @@ class QueryTerm(BaseModel):
 
 
 _QUERY_KINDS = ("text", "image_id", "query", "positive")
+_GIVEN = {"not": {"type": "null"}}
+# No two kinds of query together (a null one is not given): with oneOf below, exactly one.
+_AT_MOST_ONE_KIND = [
+    {"not": {"required": [a, b], "properties": {a: _GIVEN, b: _GIVEN}}}
+    for i, a in enumerate(_QUERY_KINDS)
+    for b in _QUERY_KINDS[i + 1 :]
+]
 
 
 class SearchRequest(SearchOptions):
@@ -243,6 +250,7 @@ class SearchRequest(SearchOptions):
                 },
             ],
             # What the validator below enforces, said in the schema so clients (and fuzzers) know it.
+            "allOf": _AT_MOST_ONE_KIND,
             "oneOf": [
                 {"required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}},
                 {"required": ["image_id"], "properties": {"image_id": {"type": "string"}}},

@@ -32,6 +32,7 @@ import hypothesis.strategies as st
 import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.engine import events, from_schema
 from schemathesis.generation import GenerationMode
 
@@ -138,17 +139,21 @@ def _use_real_data(schema: Any, served: Served) -> None:
     def replace(case: Any, where: str, value: Any) -> Any:
         if value is not None:
             setattr(case, where, {**getattr(case, where), "file" if where == "body" else "id": value})
+            case.meta.mark_dirty(ParameterLocation.BODY if where == "body" else ParameterLocation.PATH)
         return case
 
     def replace_image_id(case: Any, value: str | None) -> Any:
         if value is not None:
             case.body = {**case.body, "image_id": value}
+            case.meta.mark_dirty(ParameterLocation.BODY)
         return case
 
     @schema.hook
     def flatmap_case(context: Any, case: Any) -> st.SearchStrategy:
-        if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE:
-            return st.just(case)
+        if case.meta is None or case.meta.generation.mode != GenerationMode.POSITIVE or any(
+            component.mode.is_negative for component in case.meta.components.values()
+        ):
+            return st.just(case)  # only valid cases get real data: an invalid one must stay invalid
         if isinstance(case.body, dict) and "file" in case.body:  # generated as text or bytes
             return st.sampled_from([None, *photos]).map(lambda photo: replace(case, "body", photo))
         if isinstance(case.body, dict) and "query" in case.body and "image_id" in case.body:
@@ -168,6 +173,7 @@ def _use_real_data(schema: Any, served: Served) -> None:
     def replace_path(case: Any, name: str, value: str | None) -> Any:
         if value is not None:
             case.path_parameters = {**case.path_parameters, name: value}
+            case.meta.mark_dirty(ParameterLocation.PATH)
         return case
 
 
