@@ -220,5 +220,8 @@ def index_on_ray(
             report = sync_store(settings, store, models, roots, progress, embedder=ray_embedder(ray))
         finally:
             store.close()
+        from indexer.onnx_export import export_for_queries  # as a local run does: torch-free queries after
+
+        export_for_queries(settings.home, models.values())
     report.seconds = time.perf_counter() - started
     return report
