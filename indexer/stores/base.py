@@ -405,3 +405,40 @@ def recommend_examples(
     if not float(np.linalg.norm(direction)) > 1e-6:
         raise BadInput("the positive and negative examples cancel out: nothing to rank by")
     return pos, neg, list(dict.fromkeys(ids))
+
+
+class PlannedSearch:
+    """The protocol's `search`, written once for every backend: the request is checked and planned
+    (`plan_search`), the query vector checked against the vector's size, and the backend runs the
+    plan (`_run_search`, given the checked vector, or None in keyword mode)."""
+
+    name: str
+    schema: CollectionSchema
+
+    def search(
+        self,
+        vector: np.ndarray | None,
+        k: int,
+        *,
+        using: str | None = None,
+        filter: Filter | None = None,
+        offset: int = 0,
+        mode: str = "vector",
+        text: str | None = None,
+        min_score: float | None = None,
+        group_by: str | None = None,
+        diversity: float | None = None,
+    ) -> list[Hit]:
+        plan = plan_search(self.schema, k=k, offset=offset, mode=mode, vector=vector, text=text,
+                           min_score=min_score, group_by=group_by, diversity=diversity)
+        spec = self.schema.vector(using)
+        query = None if plan.mode == "keyword" else checked_vector(self.name, spec.dim, vector, "query")
+        if k <= 0:
+            return []
+        return self._run_search(plan, spec, query, text or "", filter)
+
+    def _run_search(
+        self, plan: SearchPlan, spec: Any, query: np.ndarray | None, text: str, filter: Filter | None
+    ) -> list[Hit]:
+        raise NotImplementedError
+

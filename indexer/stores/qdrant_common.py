@@ -46,6 +46,7 @@ from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.stores.base import (
     Example,
     Hit,
+    PlannedSearch,
     Record,
     SearchPlan,
     StoredInfo,
@@ -314,7 +315,7 @@ def client_index_type(kind: FieldType) -> Any:
 Vectors = dict[str, Any]  # storage key -> vector: a list of floats, or `Sparse` for SPARSE_KEY
 
 
-class QdrantFamilyStore(ABC):
+class QdrantFamilyStore(PlannedSearch, ABC):
     """The VectorStore protocol over a Qdrant engine; subclasses implement the `_` engine calls,
     which take storage keys and native filters and need not wrap errors."""
 
@@ -468,34 +469,16 @@ class QdrantFamilyStore(ABC):
             for batch in batches(keys, self.write_batch):
                 self._delete_points(batch)
 
-    def search(
-        self,
-        vector: np.ndarray | None,
-        k: int,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        mode: str = "vector",
-        text: str | None = None,
-        min_score: float | None = None,
-        group_by: str | None = None,
-        diversity: float | None = None,
+    def _run_search(
+        self, plan: SearchPlan, spec: Any, vector: np.ndarray | None, text: str, filter: Filter | None
     ) -> list[Hit]:
-        plan = plan_search(self.schema, k=k, offset=offset, mode=mode, vector=vector, text=text,
-                           min_score=min_score, group_by=group_by, diversity=diversity)
-        spec = self.schema.vector(using)
-        if k <= 0:
-            return []
-        dense = None
-        if plan.mode != "keyword":
-            dense = checked_vector(self.name, spec.dim, vector, "query").tolist()
+        dense = None if vector is None else vector.tolist()
         native = self._native_filter(filter)
         with self._errors("search"):
             sparse = None
             if plan.mode != "vector":
                 self._ensure_keyword()
-                sparse = sparse_query(text or "")
+                sparse = sparse_query(text)
             query: QuerySpec
             if plan.mode == "keyword":
                 if sparse is None:  # no terms (empty, or only stop words): nothing matches

@@ -24,9 +24,9 @@ from indexer.schema import VectorSpec
 from indexer.stores.base import (
     Example,
     Hit,
+    PlannedSearch,
     SearchPlan,
     at_least,
-    checked_vector,
     exclude_ids,
     facet_order,
     facet_path,
@@ -39,7 +39,7 @@ from indexer.stores.faiss_store.db import STRING
 from indexer.stores.faiss_store.index import exact_nearest, normalised
 
 
-class SearchMixin:
+class SearchMixin(PlannedSearch):
     """The read side of FaissStore beyond retrieve/scan/count; see store.py for the attributes."""
 
     # provided by FaissStore
@@ -55,32 +55,14 @@ class SearchMixin:
     _ensure_keyword: Callable[[], None]
     retrieve: Callable[..., Any]
 
-    def search(
-        self,
-        vector: np.ndarray | None,
-        k: int,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        mode: str = "vector",
-        text: str | None = None,
-        min_score: float | None = None,
-        group_by: str | None = None,
-        diversity: float | None = None,
+    def _run_search(
+        self, plan: SearchPlan, spec: Any, vector: np.ndarray | None, text: str, filter: Filter | None
     ) -> list[Hit]:
-        plan = plan_search(self.schema, k=k, offset=offset, mode=mode, vector=vector, text=text,
-                           min_score=min_score, group_by=group_by, diversity=diversity)
-        spec = self.schema.vector(using)
-        query = None
-        if plan.mode != "keyword":
-            query = normalised(checked_vector(self.name, spec.dim, vector, "query")[None, :])
-        if k <= 0:
-            return []
+        query = None if vector is None else normalised(vector[None, :])
         with self._mutex, self._errors("search"):
             if plan.mode != "vector":
                 self._ensure_keyword()
-            match = fts_match(text or "")
+            match = fts_match(text)
             if plan.mode == "keyword":
                 ranking = self._keyword_ranking(match, filter)
             elif plan.mode == "hybrid":
