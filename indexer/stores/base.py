@@ -442,3 +442,28 @@ class PlannedSearch:
     ) -> list[Hit]:
         raise NotImplementedError
 
+    def recommend(
+        self,
+        positive: Sequence[Example] = (),
+        negative: Sequence[Example] = (),
+        k: int = 10,
+        *,
+        using: str | None = None,
+        filter: Filter | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        spec = self.schema.vector(using)
+        pos, neg, ids = recommend_examples(self, positive, negative, using)  # type: ignore[arg-type]
+        plan = plan_search(self.schema, k=k, offset=offset, vector=(pos or neg)[0],
+                           min_score=min_score, group_by=group_by)
+        if k <= 0:
+            return []
+        return self._run_recommend(plan, spec, pos, neg, exclude_ids(filter, ids))
+
+    def _run_recommend(
+        self, plan: SearchPlan, spec: Any, pos: list[np.ndarray], neg: list[np.ndarray], filter: Filter | None
+    ) -> list[Hit]:
+        raise NotImplementedError
+

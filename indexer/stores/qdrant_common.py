@@ -44,7 +44,6 @@ from indexer.keyword import (
 )
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.stores.base import (
-    Example,
     Hit,
     PlannedSearch,
     Record,
@@ -54,13 +53,10 @@ from indexer.stores.base import (
     at_least,
     canonical_id,
     checked_vector,
-    exclude_ids,
     facet_order,
     facet_path,
     grouped_page,
-    plan_search,
     ranked_page,
-    recommend_examples,
     wanted_vectors,
 )
 
@@ -495,25 +491,10 @@ class QdrantFamilyStore(PlannedSearch, ABC):
                 query = Nearest(dense, spec.storage_key)
             return self._page(query, plan, native)
 
-    def recommend(
-        self,
-        positive: Sequence[Example] = (),
-        negative: Sequence[Example] = (),
-        k: int = 10,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        min_score: float | None = None,
-        group_by: str | None = None,
+    def _run_recommend(
+        self, plan: SearchPlan, spec: Any, pos: list[np.ndarray], neg: list[np.ndarray], filter: Filter | None
     ) -> list[Hit]:
-        spec = self.schema.vector(using)
-        pos, neg, ids = recommend_examples(self, positive, negative, using)
-        plan = plan_search(self.schema, k=k, offset=offset, vector=(pos or neg)[0],
-                           min_score=min_score, group_by=group_by)
-        if k <= 0:
-            return []
-        native = self._native_filter(exclude_ids(filter, ids))
+        native = self._native_filter(filter)
         query = Recommend([v.tolist() for v in pos], [v.tolist() for v in neg], spec.storage_key)
         with self._errors("recommend"):
             return self._page(query, plan, native)

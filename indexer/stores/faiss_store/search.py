@@ -22,18 +22,14 @@ from indexer.filters import Filter
 from indexer.keyword import KEYWORD_CUT, fts_match, fuse
 from indexer.schema import VectorSpec
 from indexer.stores.base import (
-    Example,
     Hit,
     PlannedSearch,
     SearchPlan,
     at_least,
-    exclude_ids,
     facet_order,
     facet_path,
     grouped_page,
-    plan_search,
     ranked_page,
-    recommend_examples,
 )
 from indexer.stores.faiss_store.db import STRING
 from indexer.stores.faiss_store.index import exact_nearest, normalised
@@ -76,29 +72,14 @@ class SearchMixin(PlannedSearch):
                 ranking = self._vector_ranking(spec, query, filter)
             return self._page(ranking, plan)
 
-    def recommend(
-        self,
-        positive: Sequence[Example] = (),
-        negative: Sequence[Example] = (),
-        k: int = 10,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        min_score: float | None = None,
-        group_by: str | None = None,
+    def _run_recommend(
+        self, plan: SearchPlan, spec: Any, pos: list[np.ndarray], neg: list[np.ndarray], filter: Filter | None
     ) -> list[Hit]:
-        spec = self.schema.vector(using)
-        pos, neg, ids = recommend_examples(self, positive, negative, using)  # type: ignore[arg-type]
-        plan = plan_search(self.schema, k=k, offset=offset, vector=(pos or neg)[0],
-                           min_score=min_score, group_by=group_by)
-        if k <= 0:
-            return []
         direction = np.sum(pos, axis=0) - (np.sum(neg, axis=0) if neg else 0)
         length = float(np.linalg.norm(direction))
         with self._mutex, self._errors("recommend"):
             ranking = self._vector_ranking(spec, (direction / length)[None, :].astype(np.float32),
-                                           exclude_ids(filter, ids), scale=length)
+                                           filter, scale=length)
             return self._page(ranking, plan)
 
     def facet(self, field: str, *, filter: Filter | None = None, limit: int = 10) -> list[tuple[str, int]]:
