@@ -209,24 +209,14 @@ def main() -> None:
     parser.add_argument("--http-queries", type=int, default=200, help="uncached text queries per size")
     parser.add_argument("--image-queries", type=int, default=60, help="image uploads per size")
     parser.add_argument("--queries", type=int, default=500, help="held-out queries for recall@10")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="data, collections and the checkpoint (default: CLIPSEARCH_HOME/bench-cli)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="ViT-B-32 checkpoint (default: WORKDIR/vit-b-32-random.pt, made if missing)")
+    bench.add_workdir_options(parser, "bench-cli")
     parser.add_argument("--reuse", action="store_true", help="reuse collections built by an earlier run")
     parser.add_argument("--out", type=Path, default=bench.DOC)
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the doc from WORKDIR/results.json")
     args = parser.parse_args()
-    if args.workdir is None:
-        from indexer.settings import Settings
-
-        args.workdir = Settings().home / "bench-cli"
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint is None:
-        args.checkpoint = bench.random_checkpoint("ViT-B-32", args.workdir / "vit-b-32-random.pt")[1]
-    results_file = args.workdir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    args.workdir, args.checkpoint = bench.workdir_and_checkpoint(args.workdir, "bench-cli", args.checkpoint)
+    results_file, results = bench.earlier_results(args.workdir)
     if not args.render_only:
         run = {"machine": bench.machine(), "started": time.strftime("%Y-%m-%d %H:%M"),
                "command": bench.command_line("bench_cli.py"), "entries": []}

@@ -210,13 +210,7 @@ def main() -> None:
     run["draft"] = draft_study(fp32)
     run["load_after"] = bench.loadavg()
 
-    (workdir / "results.json").write_text(json.dumps(run, indent=2, default=float))
-    section = render(run)
-    if args.no_write:
-        print(section)
-    else:
-        bench.write_section(args.out, SECTION, section)
-        print(f"wrote {args.out}; raw results in {workdir / 'results.json'}", file=sys.stderr)
+    bench.publish(run, workdir / "results.json", args.out, SECTION, render(run), args.no_write)
 
 
 # --- the pipelines ---------------------------------------------------------------------------

@@ -15,7 +15,6 @@ the GFLOP per image counted by torch's FlopCounterMode, so the share of the peak
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
@@ -124,13 +123,7 @@ def main(args: Any) -> None:
     log("commands done; the encoder against the matmul peak")
     run["encoder"] = encoder_vs_peak(args.model, checkpoint, sorted(folder.iterdir())[:64], args.rounds)
     run["load_after"] = bench.loadavg()
-    (workdir / "results-commands.json").write_text(json.dumps(run, indent=2, default=float))
-    section = render(run)
-    if args.no_write:
-        print(section)
-    else:
-        bench.write_section(args.out, SECTION, section)
-        log(f"wrote {args.out}; raw results in {workdir / 'results-commands.json'}")
+    bench.publish(run, workdir / "results-commands.json", args.out, SECTION, render(run), args.no_write)
 
 
 def cosines(home: Path, reference: dict[str, np.ndarray], collection: str = "default") -> dict[str, Any]:

@@ -383,10 +383,7 @@ def main() -> None:
                         choices=["edge", "faiss", "qdrant"])
     parser.add_argument("--queries", type=int, default=500, help="held-out queries for recall@10")
     parser.add_argument("--http-queries", type=int, default=300, help="HTTP requests per measurement")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="data, collections and the checkpoint (default: CLIPSEARCH_HOME/bench-query)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="ViT-B-32 checkpoint (default: WORKDIR/vit-b-32-random.pt, made if missing)")
+    bench.add_workdir_options(parser, "bench-query")
     parser.add_argument("--build-timeout", type=float, default=40, help="minutes per build before giving up")
     parser.add_argument("--qdrant-local-max", type=int, default=100_000)
     parser.add_argument("--qdrant-url", default=None, help="benchmark a Qdrant server instead of local mode")
@@ -398,17 +395,8 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the doc section from WORKDIR/results.json's last run; measure nothing")
     args = parser.parse_args()
-    if args.workdir is None:
-        from indexer.settings import Settings
-
-        args.workdir = Settings().home / "bench-query"
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    # ViT-B-32 with fixed random weights: the same compute as trained ones, no model hub needed.
-    if args.checkpoint is None:
-        args.checkpoint = bench.random_checkpoint("ViT-B-32", args.workdir / "vit-b-32-random.pt")[1]
-
-    results_file = args.workdir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    args.workdir, args.checkpoint = bench.workdir_and_checkpoint(args.workdir, "bench-query", args.checkpoint)
+    results_file, results = bench.earlier_results(args.workdir)
     if args.render_only:
         bench.write_section(args.out, SECTION, render(results["last_run"], args))
         return

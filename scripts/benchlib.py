@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -335,3 +336,44 @@ def metric(text: str, name: str) -> float | None:
     """A Prometheus sample's value from /metrics text (the first one, whatever its labels)."""
     match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else None
+
+
+# --- a run's start and end, shared by the scripts ----------------------------------------------------
+
+
+def add_workdir_options(parser: Any, name: str) -> None:
+    """--workdir and --checkpoint, as every script that builds collections takes them."""
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help=f"data, collections and the checkpoint (default: CLIPSEARCH_HOME/{name})")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="ViT-B-32 checkpoint (default: WORKDIR/vit-b-32-random.pt, made if missing)")
+
+
+def workdir_and_checkpoint(workdir: Path | None, name: str, checkpoint: Path | None) -> tuple[Path, Path]:
+    """The run's folder (default: CLIPSEARCH_HOME/<name>, made) and a ViT-B-32 checkpoint with fixed
+    random weights there unless one is given: the same compute as trained ones, no model hub needed."""
+    if workdir is None:
+        from indexer.settings import Settings
+
+        workdir = Settings().home / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        checkpoint = random_checkpoint("ViT-B-32", workdir / "vit-b-32-random.pt")[1]
+    return workdir, checkpoint
+
+
+def earlier_results(workdir: Path) -> tuple[Path, dict]:
+    """WORKDIR/results.json and what an earlier run left in it ({} when none)."""
+    results_file = workdir / "results.json"
+    return results_file, json.loads(results_file.read_text()) if results_file.exists() else {}
+
+
+def publish(run: dict, results: Path, doc: Path, heading: str, section: str, print_only: bool) -> None:
+    """Keep the raw results, then write the rendered section into the doc (or print it)."""
+    results.write_text(json.dumps(run, indent=2, default=float))
+    if print_only:
+        print(section)
+        return
+    write_section(doc, heading, section)
+    print(f"wrote {doc}; raw results in {results}", file=sys.stderr)
+
