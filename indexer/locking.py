@@ -78,7 +78,7 @@ def server_address(directory: Path) -> str | None:
         url, pid = str(data["url"]), int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return url if _alive(pid) else None
+    return url if process_alive(pid) else None
 
 
 def _pid_in(path: Path) -> int | None:
@@ -88,7 +88,8 @@ def _pid_in(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or someone else's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -31,6 +31,7 @@ from indexer.durable import fsync_dir, write_atomic
 from indexer.errors import CollectionBusy, StoreError
 from indexer.filters import Filter
 from indexer.keyword import RRF_K, SPARSE_KEY, text_fields
+from indexer.locking import process_alive
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
 from indexer.stores.base import Hit, StoredInfo
@@ -227,18 +228,8 @@ def _remove_abandoned_creations(final: Path) -> None:
     """Delete the temporary shards of creations whose process died (killed mid-create)."""
     for leftover in final.parent.glob(f"{SHARD_DIR}.creating-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _field_index(path: str, kind: FieldType) -> qe.UpdateOperation:
