@@ -265,7 +265,7 @@ def test_the_openapi_document_describes_filters_and_the_query_kinds(served: Serv
     assert "Filter" in schemas and "FieldCondition" in schemas
     request = schemas["SearchRequest"]
     assert [alt["required"] for alt in request["oneOf"]] == [["text"], ["image_id"], ["query"], ["positive"]]
-    assert request["dependentRequired"] == {"negative": ["positive"]}
+    assert (request["if"]["required"], request["then"]["required"]) == (["negative"], ["positive"])
     assert "QueryTerm" in schemas and "FacetCount" in schemas
 
 
