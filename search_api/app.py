@@ -138,7 +138,7 @@ def _openapi(app: FastAPI, settings: Settings) -> Any:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = document_errors(original())
+            schema = document_max_k(document_errors(original()), settings.api.max_k)
             keyed = settings.api.key or settings.api.read_keys
             app.openapi_schema = document_security(schema) if keyed else schema
         return app.openapi_schema
@@ -178,3 +178,13 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     return schema
+
+
+def document_max_k(schema: dict[str, Any], max_k: int) -> dict[str, Any]:
+    """`k` is bounded by a setting (CLIPSEARCH_API_MAX_K): say this server's bound in its schema."""
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        k = component.get("properties", {}).get("k")
+        if k is not None and k.get("type") == "integer":
+            k["maximum"] = max_k
+    return schema
+

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from indexer.classify import parse_labels
 from indexer.filters import Filter
@@ -307,11 +308,14 @@ class ImageSearchForm(BaseModel):
     filter: str | None = Field(None, description="A filter as a JSON string; see /v1/search.")
     vector: str | None = VECTOR_FIELD
     rerank: bool = Field(False, description="Re-rank the best hits with the VLM; see /v1/search.")
-    top_n: int | None = Field(None, ge=1, le=MAX_TOP_N, description=TOP_N_DESCRIPTION)
-    mode: RerankMode | None = Field(None, description=MODE_DESCRIPTION)
+    # Form fields cannot be null (multipart sends text): optional ones are left out, not documented null.
+    top_n: Annotated[int, Field(ge=1, le=MAX_TOP_N)] | SkipJsonSchema[None] = Field(
+        None, description=TOP_N_DESCRIPTION
+    )
+    mode: RerankMode | SkipJsonSchema[None] = Field(None, description=MODE_DESCRIPTION)
     explain: bool = Field(False, description=EXPLAIN_DESCRIPTION)
     # The search options of /v1/search; `mode` above is the re-rank's, so the search mode is search_mode.
-    search_mode: SearchMode | None = Field(
+    search_mode: SearchMode | SkipJsonSchema[None] = Field(
         None,
         description="The search mode (`mode` in /v1/search): vector, or keyword/hybrid with `text`. "
         "Default: hybrid when `text` is given and the collection declares text fields, else vector.",
@@ -328,9 +332,13 @@ class ImageSearchForm(BaseModel):
         '"red", "weight": 0.5}]), summed with the image (weight `weight`).',
     )
     weight: float = Field(1.0, allow_inf_nan=False, description="The uploaded image's weight in `query`.")
-    min_score: float | None = Field(None, allow_inf_nan=False, description=MIN_SCORE_DESCRIPTION)
+    min_score: Annotated[float, Field(allow_inf_nan=False)] | SkipJsonSchema[None] = Field(
+        None, description=MIN_SCORE_DESCRIPTION
+    )
     group_by: str | None = Field(None, min_length=1, max_length=64, description=GROUP_BY_DESCRIPTION)
-    diversity: float | None = Field(None, ge=0.0, le=1.0, description=DIVERSITY_DESCRIPTION)
+    diversity: Annotated[float, Field(ge=0.0, le=1.0)] | SkipJsonSchema[None] = Field(
+        None, description=DIVERSITY_DESCRIPTION
+    )
     facets: str | None = Field(None, description="Comma-separated keyword fields to count; see /v1/search.")
     facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
 
