@@ -30,7 +30,8 @@ class Job:
     report: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        progress = {k: v for k, v in self.report.items() if k in ("embedded", "failed", "remaining", "seconds")}
+        wanted = ("embedded", "failed", "remaining", "seconds")
+        progress = {k: v for k, v in self.report.items() if k in wanted}
         return {**progress, "state": self.state, "error": self.error}
 
 
