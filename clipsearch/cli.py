@@ -421,7 +421,10 @@ def serve(
     )
     app = create_app(settings, watch=watch, watch_interval=interval or DEFAULT_INTERVAL, url=url)
     click.echo(f"serving collection {settings.collection!r} at {url} (docs: {url}/docs)", err=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal: a normal stop
+        pass
 
 
 @main.command()

@@ -50,8 +50,20 @@ class MatchExcept(_Strict):
     except_: list[Scalar] = Field(alias="except")
 
 
+_GIVEN: dict[str, Any] = {"not": {"type": "null"}}
+
+
+def _some_of(names: tuple[str, ...], exactly_one: bool) -> dict[str, Any]:
+    """JSON schema saying that some (or exactly one) of these properties is given, not null: what the
+    validators below enforce, in the schema the API publishes."""
+    branches = [{"required": [n], "properties": {n: _GIVEN}} for n in names]
+    return {"oneOf" if exactly_one else "anyOf": branches}
+
+
 class Range(_Strict):
     """Bounds on a number or a datetime (RFC 3339 string); at least one."""
+
+    model_config = ConfigDict(json_schema_extra=_some_of(("gt", "gte", "lt", "lte"), exactly_one=False))
 
     gt: float | str | None = None
     gte: float | str | None = None
@@ -121,6 +133,8 @@ Match = Annotated[
 
 class FieldCondition(_Strict):
     """A condition on one field: exactly one of match, range, geo_radius."""
+
+    model_config = ConfigDict(json_schema_extra=_some_of(("match", "range", "geo_radius"), exactly_one=True))
 
     key: str
     match: Match | None = None
