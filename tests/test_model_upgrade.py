@@ -283,4 +283,7 @@ def test_an_engine_on_a_shared_qdrant_collection_follows_activation_by_another_p
         found = engine.search_similar(some_id, 3)
         assert engine.schema.active == "wide"
         assert found.results[0].id == some_id and found.results[0].score == pytest.approx(1.0, abs=1e-4)
-        assert found.results == engine.search_similar(some_id, 3, vector="wide").results
+        named = engine.search_similar(some_id, 3, vector="wide").results
+        # (qdrant-client local mode renormalises stored vectors as it searches: last bits of scores move)
+        assert [r.id for r in found.results] == [r.id for r in named]
+        assert [r.score for r in found.results] == pytest.approx([r.score for r in named], abs=1e-5)
