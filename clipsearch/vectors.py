@@ -137,6 +137,19 @@ def _follow(settings: Settings, url: str, collection: str, vector: str) -> dict[
         time.sleep(POLL_S)
 
 
+def _change(collection: str | None, change: Callable[[Any], None], method: str, route: str) -> str:
+    """Apply a schema change to the collection, or through the server that holds it; the collection."""
+    settings = settings_from_flags()
+    target = collection or settings.collection
+    remote.local_or_through_server(
+        settings,
+        target,
+        lambda: _on_store(settings, target, change),
+        lambda url: remote.call(settings, url, method, f"/v1/collections/{target}/vectors/{route}"),
+    )
+    return target
+
+
 @click.command()
 @click.argument("name")
 @collection_option
@@ -144,14 +157,7 @@ def activate(name: str, collection: str | None) -> None:
     """Make vector NAME the one queries use (at once; a running server follows without a restart)."""
     from indexer.vectors import activate as run_activate
 
-    settings = settings_from_flags()
-    target = collection or settings.collection
-    remote.local_or_through_server(
-        settings,
-        target,
-        lambda: _on_store(settings, target, lambda store: run_activate(store, name)),
-        lambda url: remote.call(settings, url, "POST", f"/v1/collections/{target}/vectors/{name}/activate"),
-    )
+    target = _change(collection, lambda store: run_activate(store, name), "POST", f"{name}/activate")
     click.echo(f"{target}: queries now use vector {name!r}")
 
 
@@ -162,14 +168,7 @@ def drop_vector(name: str, collection: str | None) -> None:
     """Remove vector NAME and its storage (not the active one)."""
     from indexer.vectors import drop_vector as run_drop
 
-    settings = settings_from_flags()
-    target = collection or settings.collection
-    remote.local_or_through_server(
-        settings,
-        target,
-        lambda: _on_store(settings, target, lambda store: run_drop(store, name)),
-        lambda url: remote.call(settings, url, "DELETE", f"/v1/collections/{target}/vectors/{name}"),
-    )
+    target = _change(collection, lambda store: run_drop(store, name), "DELETE", name)
     click.echo(f"{target}: vector {name!r} dropped")
 
 
