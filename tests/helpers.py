@@ -276,3 +276,51 @@ def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, keep_mask: np.nd
     rows = np.arange(len(scores)) if keep_mask is None else np.flatnonzero(keep_mask)
     order = rows[np.argsort(-scores[rows], kind="stable")][offset : offset + k]
     return [(int(row), float(scores[row])) for row in order]
+
+
+# --- the UI in a real browser --------------------------------------------------------------------------
+
+UI_APP = TESTS.parent / "ui" / "app.py"
+
+
+@contextmanager
+def streamlit_ui(api_url: str, log_dir: Path) -> Iterator[str]:
+    """`streamlit run app.py` in a subprocess, from ui/ as `clipsearch ui` runs it, pointed at the API;
+    yields its URL once healthy, and stops it after."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "CLIPSEARCH_API_URL": api_url}
+    env.pop("CLIPSEARCH_API_KEY", None)
+    log = log_dir / "streamlit.log"
+    command = [sys.executable, "-m", "streamlit", "run", UI_APP.name, "--server.headless", "true",
+               "--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=UI_APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

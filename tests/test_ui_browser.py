@@ -9,18 +9,13 @@ Set CLIPSEARCH_UI_SCREENSHOTS=/some/folder to keep the screenshots it takes (sea
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import make_settings, photo_copies, serve
+from tests.helpers import make_settings, photo_copies, serve, streamlit_ui
 
 TESTS = Path(__file__).parent
 APP = TESTS.parent / "ui" / "app.py"
@@ -64,42 +59,10 @@ def api_url(photos: Path, broken: Path, tiny_checkpoint: Path, tiny_model) -> It
         yield url
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run app.py` in a subprocess, from ui/ as `clipsearch ui` runs it, pointed at the API."""
-    port = free_port()
-    env = {**os.environ, "CLIPSEARCH_API_URL": api_url}
-    env.pop("CLIPSEARCH_API_KEY", None)
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", APP.name, "--server.headless", "true",
-               "--server.port", str(port), "--browser.gatherUsageStats", "false"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with streamlit_ui(api_url, tmp_path_factory.mktemp("streamlit")) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")

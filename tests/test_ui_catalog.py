@@ -11,9 +11,6 @@ with what the API answers to the request the page sent (kept in session state as
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.catalogs import product_rows, write_catalog
-from tests.helpers import make_settings, photo_copies, serve
+from tests.helpers import make_settings, photo_copies, serve, streamlit_ui
 
 TESTS = Path(__file__).parent
 APP = TESTS.parent / "ui" / "app.py"
@@ -228,38 +225,8 @@ def test_more_and_less_like_this(api_url: str, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.fixture(scope="module")
 def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run app.py` from ui/, as `clipsearch ui` runs it, pointed at the API."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "CLIPSEARCH_API_URL": api_url}
-    env.pop("CLIPSEARCH_API_KEY", None)
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", APP.name, "--server.headless", "true",
-               "--server.port", str(port), "--browser.gatherUsageStats", "false"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with streamlit_ui(api_url, tmp_path_factory.mktemp("streamlit")) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_product_cards_in_chromium(ui_url: str, catalog, tmp_path: Path) -> None:

@@ -6,11 +6,7 @@ against real API servers on loopback whose VLM is the OpenAI-compatible stand-in
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from indexer.models import ClipModel
-from tests.helpers import index_photos, make_settings, serve
+from tests.helpers import index_photos, make_settings, serve, streamlit_ui
 from tests.vlm_photos import Photos, indexed_photos, scores_by_id
 from tests.vlm_server import FakeVlm, Reply
 
@@ -183,42 +179,10 @@ def test_a_dead_vlm_is_a_warning_and_clip_order(other_home: Path, tiny_checkpoin
 # --- a real browser ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run app.py` in a subprocess, from ui/ as `clipsearch ui` runs it."""
-    port = free_port()
-    env = {**os.environ, "CLIPSEARCH_API_URL": api_url}
-    env.pop("CLIPSEARCH_API_KEY", None)
-    log = tmp_path_factory.mktemp("streamlit-vlm") / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", APP.name, "--server.headless", "true",
-               "--server.port", str(port), "--browser.gatherUsageStats", "false"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with streamlit_ui(api_url, tmp_path_factory.mktemp("streamlit-vlm")) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_explanations_appear_in_the_browser(ui_url: str, api_url: str, fake: FakeVlm, tmp_path: Path) -> None:
