@@ -11,6 +11,7 @@ counted in the metrics; its message says which setting to check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -164,12 +165,14 @@ class VlmClient:
                             if self._refuses(response.status_code, text, body):
                                 continue
                             raise self._status_error(response.status_code, text)
-                        async for line in response.aiter_lines():
-                            payload = line.removeprefix("data:").strip() if line.startswith("data:") else ""
-                            if payload == "[DONE]":
-                                break
-                            for piece in self._stream_chunk(payload):
-                                yield piece
+                        # closed here, not by the garbage collector on a loop that may be gone by then
+                        async with contextlib.aclosing(response.aiter_lines()) as lines:
+                            async for line in lines:
+                                payload = _event_data(line)
+                                if payload == "[DONE]":
+                                    break
+                                for piece in self._stream_chunk(payload):
+                                    yield piece
                         return
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc) from exc
@@ -266,3 +269,8 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def _event_data(line: str) -> str:
+    """The data of one server-sent event line; "" for comments, blank lines and other fields."""
+    return line.removeprefix("data:").strip() if line.startswith("data:") else ""

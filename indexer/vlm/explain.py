@@ -5,6 +5,7 @@ the VLM as it writes them (`stream: true`) and cached like scores once complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from indexer.errors import ImageDecodeError
@@ -20,8 +21,9 @@ async def explain(stage: Stage, query: Query, item: Item) -> AsyncIterator[str]:
     ImageDecodeError (the hit's image)."""
     model = await stage.client.model()
     prepared = await stage.prepare(query)
-    async for piece in _explain(stage, model, prepared, item):
-        yield piece
+    async with contextlib.aclosing(_explain(stage, model, prepared, item)) as pieces:
+        async for piece in pieces:
+            yield piece
 
 
 async def _explain(stage: Stage, model: str, query: PreparedQuery, item: Item) -> AsyncIterator[str]:
@@ -32,10 +34,12 @@ async def _explain(stage: Stage, model: str, query: PreparedQuery, item: Item) -
         return
     candidate = await stage.candidate(item)
     pieces: list[str] = []
-    async for piece in stage.client.stream(explain_messages(query.text, query.image_url, candidate),
-                                           op="explain", max_tokens=_EXPLAIN_TOKENS):
-        pieces.append(piece)
-        yield piece
+    streamed = stage.client.stream(explain_messages(query.text, query.image_url, candidate),
+                                   op="explain", max_tokens=_EXPLAIN_TOKENS)
+    async with contextlib.aclosing(streamed):
+        async for piece in streamed:
+            pieces.append(piece)
+            yield piece
     text = "".join(pieces).strip()
     if text:  # only whole explanations are kept: a stream cut short is not cached
         stage.answers.put(key, text)
@@ -55,7 +59,8 @@ async def explain_all(
 
     async def whole(item: Item) -> str | None:
         try:
-            return "".join([piece async for piece in _explain(stage, model, prepared, item)]).strip() or None
+            async with contextlib.aclosing(_explain(stage, model, prepared, item)) as pieces:
+                return "".join([piece async for piece in pieces]).strip() or None
         except (VlmError, ImageDecodeError):
             return None
 

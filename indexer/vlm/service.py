@@ -134,8 +134,9 @@ class Vlm:
 
         async def pump() -> None:
             try:
-                async for piece in explaining.explain(self._stage, query, item):
-                    pieces.put(("piece", piece))
+                async with contextlib.aclosing(explaining.explain(self._stage, query, item)) as explained:
+                    async for piece in explained:
+                        pieces.put(("piece", piece))
                 pieces.put(("end", None))
             except asyncio.CancelledError:
                 pieces.put(("error", VlmError(f"the explanation took longer than {deadline:g} s; raise "
@@ -198,6 +199,8 @@ class Vlm:
             return
         with contextlib.suppress(Exception):  # closing: nothing left to save
             self._run(self.client.aclose(), 5)
+            # generators left unfinished are closed now, while their loop still runs
+            self._run(self._loop.shutdown_asyncgens(), 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
