@@ -187,7 +187,7 @@ def search(
         from indexer.engine import SearchEngine
 
         window = flags.window(k, settings)
-        with SearchEngine(settings, name) as engine:
+        with SearchEngine(settings, name, warm=False) as engine:
             found = ask.run(engine, window, vector)
             # The files, read now: the VLM stage runs after the engine lets the collection go.
             paths = {r.id: engine.item(r.id).get("path") for r in found.results} if flags.asked else {}

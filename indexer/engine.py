@@ -108,16 +108,22 @@ class SearchEngine:
         collection: str | None = None,
         models: ModelCache | None = None,
         store: VectorStore | None = None,
+        warm: bool = True,
     ):
-        """`store`: an already open store of the collection (the server's watcher shares it)."""
+        """`store`: an already open store of the collection (the server's watcher shares it).
+        `warm`: run `warm_up` now (a server, for its first query). Without it (a one-shot CLI search) the
+        store opens in the background while the query encoder loads, and no throw-away query runs."""
         self.settings = settings
         self.collection = collection or settings.collection
         self.models = models or ModelCache(settings.device, settings.home)
-        self.store: VectorStore = store or open_store(settings, self.collection)
+        self.store: VectorStore = store or open_store(settings, self.collection, background=not warm)
         self._schema_read = time.monotonic()
         self.text_cache = TextEmbeddingCache()
         try:
-            self.warm_up()
+            if warm:
+                self.warm_up()
+            else:
+                self.model_for()
         except Exception:
             self.store.close()
             raise

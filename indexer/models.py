@@ -569,8 +569,7 @@ class ModelCache:
             if ensure_export(self._torch(identity), self.home) is None:
                 return None
         fallback = (lambda: self.get(identity)) if identity.precision != "fp32" else None
-        image_threads = min(4, usable_cpus())
-        return OnnxEncoder(directory, identity, query_threads(), image_threads, image_fallback=fallback)
+        return OnnxEncoder(directory, identity, min(4, usable_cpus()), image_fallback=fallback)
 
     def _torch_for_queries(self, identity: ModelIdentity) -> ClipModel:
         model = self._torch(identity)

@@ -293,14 +293,16 @@ def render(run: dict[str, Any]) -> str:
         f"- CLI: {e['cli']['rounds']} rounds of `clipsearch search TEXT -k 10 --json` (distinct texts) with "
         "CLIPSEARCH_HOME, CLIPSEARCH_STORE=edge and CLIPSEARCH_COLLECTION set, each a new process timed from "
         "start to exit (interpreter start, imports, opening the collection, loading the text tower, one "
-        "warm-up query, the query, closing); the page cache is warm. `python -c pass` alone took "
+        "query, closing); the page cache holds the model files, while the shard's are read again by each "
+        "process (qdrant-edge drops them from the cache as it closes, see indexer/stores/edge.py). "
+        "`python -c pass` alone took "
         f"{e['cli']['python_startup_s']:.2f} s. Imports listed by one more run under `python -X importtime`.",
         "- HTTP: one httpx client, requests one after another. Text: distinct texts of 10-12 tokens, each a "
         "text-cache miss; image: `POST /v1/search/image` with distinct real photos (ImageNet samples, median "
         f"{e['http']['image']['kib_p50']:.0f} KiB), after three uploads that load the image tower. Wall "
         "time at the client; stage medians from each response's `timings`.",
-        "- Threads (indexer.models.ModelCache.query): the text tower on `query_threads()` (half the CPUs), "
-        "the image tower on up to 4; onnxruntime's threads sleep rather than spin when idle.",
+        "- Threads (indexer.models.ModelCache.query): both towers on every usable CPU, up to 4; "
+        "onnxruntime's threads sleep rather than spin when idle (indexer.encoders.OnnxEncoder).",
         f"- The first query after /healthz answered took {e['http']['first_query_s']:.1f} s (the server "
         "opens the default collection and loads the text tower at start; the export existed).",
     ]

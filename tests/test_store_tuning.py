@@ -110,3 +110,48 @@ def test_quantization_none_creates_a_full_precision_collection(tmp_path: Path) -
     open_store(settings, "photos", create=SCHEMA).close()
     config = json.loads((edge.shard_path(settings, "photos") / "edge_config.json").read_text())
     assert config.get("quantization_config") is None
+
+
+def test_a_store_opened_in_the_background_answers_as_one_opened_at_once(quantized_store) -> None:
+    store, vectors, shard = quantized_store
+    settings = store._settings
+    queries = clustered(5, seed=4)
+    expected = [[(h.id, h.score) for h in store.search(q, k=10)] for q in queries]
+    schema = store.schema
+    store.close()
+    background = open_store(settings, "photos", background=True)
+    try:
+        assert background.schema == schema
+        assert [[(h.id, h.score) for h in background.search(q, k=10)] for q in queries] == expected
+    finally:
+        background.close()
+
+
+def test_a_busy_collection_opened_in_the_background_fails_at_first_use(quantized_store) -> None:
+    from indexer.errors import CollectionBusy
+
+    store, _, _ = quantized_store  # holds the shard
+    background = open_store(store._settings, "photos", background=True)
+    with pytest.raises(CollectionBusy):
+        background.count()
+    with pytest.raises(CollectionBusy):  # every call, not only the first
+        background.search(clustered(1, seed=5)[0], k=1)
+    background.close()  # nothing was opened: nothing to release, and no error
+    assert store.count() == 4000  # the holder is untouched
+
+
+def test_opening_reads_ahead_the_index_files_and_leaves_payloads_and_originals_cold(
+    quantized_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from indexer.stores import edge
+
+    store, _, shard = quantized_store
+    store.close()
+    read: list[Path] = []
+    monkeypatch.setattr(edge, "_read_range", lambda file, start, length: read.append(file))
+    edge._warm_page_cache(shard)
+    names = {(file.parent.name, file.name) for file in read}
+    assert ("vector_storage-default", "quantized.data") in names  # the int8 vectors searches walk
+    assert any(parent.startswith("vector_index") for parent, _ in names)  # the HNSW graph
+    assert ("vector_storage-default", "matrix.dat") not in names  # originals: read a few at a time
+    assert not any("payload_storage" in file.parts for file in read)

@@ -5,7 +5,7 @@ needs neither qdrant-client nor faiss):
 
     exists(settings, name) -> bool
     create(settings, name, schema) -> VectorStore
-    load(settings, name) -> VectorStore
+    load(settings, name, background=False) -> VectorStore   # background: see open_store
     list_collections(settings) -> list[str]
     drop(settings, name) -> None                   # missing collections are ignored
 
@@ -35,12 +35,16 @@ BACKENDS: dict[str, str] = {
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-def open_store(settings: Settings, collection: str, create: CollectionSchema | None = None) -> VectorStore:
-    """Open a collection; with `create`, make it with that schema when it does not exist."""
+def open_store(settings: Settings, collection: str, create: CollectionSchema | None = None,
+               background: bool = False) -> VectorStore:
+    """Open a collection; with `create`, make it with that schema when it does not exist.
+    `background`: a backend whose opening reads much (edge) may return at once with its schema and
+    finish opening in a thread; the first call that needs the data waits, and raises what opening
+    raised. Others open at once."""
     backend = _backend(settings)
     check_collection_name(collection)
     if backend.exists(settings, collection):
-        return backend.load(settings, collection)
+        return backend.load(settings, collection, background=background)
     if create is None:
         raise CollectionNotFound(
             f"collection {collection!r} does not exist in the {settings.store} store; "

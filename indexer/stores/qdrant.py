@@ -162,7 +162,8 @@ def create(settings: Settings, name: str, schema: CollectionSchema) -> QdrantSto
         raise
 
 
-def load(settings: Settings, name: str) -> QdrantStore:
+def load(settings: Settings, name: str, background: bool = False) -> QdrantStore:
+    """`background` is ignored: opening reads only the collection's info from the server."""
     client = _acquire(settings)
     try:
         return _open(settings, name, client)

@@ -87,7 +87,9 @@ def create(
     return load(settings, name, config)
 
 
-def load(settings: Settings, name: str, config: FaissConfig | None = None) -> FaissStore:
+def load(settings: Settings, name: str, config: FaissConfig | None = None, background: bool = False
+         ) -> FaissStore:
+    """`background` is ignored: the store opens at once."""
     path = store_path(settings, name)
     if not exists(settings, name):
         raise CollectionNotFound(
