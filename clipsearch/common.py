@@ -6,6 +6,7 @@ so that no two of them import each other.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -54,7 +55,12 @@ def print_error(message: str) -> None:
 
 class Group(click.Group):
     """The command group: errors a user can act on become one line and their kind's exit code;
-    anything else is a bug and keeps its traceback."""
+    anything else is a bug and keeps its traceback. Commands may live in modules imported only when
+    one of them is run or listed (`add_lazy_commands`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, str] = {}
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -62,9 +68,18 @@ class Group(click.Group):
         except ClipsearchError as exc:
             fail(exc)
 
-    def add_commands(self, commands: list[click.Command]) -> None:
-        for command in commands:
-            self.add_command(command)
+    def add_lazy_commands(self, module: str, names: list[str]) -> None:
+        """The commands `names`, found in `module`'s COMMANDS when first needed."""
+        self.lazy.update(dict.fromkeys(names, module))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            for command in importlib.import_module(self.lazy[name]).COMMANDS:
+                self.add_command(command)
+        return super().get_command(ctx, name)
 
 
 def collection_option(func: F) -> F:

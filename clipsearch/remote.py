@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx
-
 from indexer.errors import CollectionBusy, CollectionLocked, Unavailable, error_for_status
 from indexer.locking import server_address
 from indexer.settings import Settings
@@ -26,6 +24,8 @@ def serving_url(settings: Settings, collection: str) -> str | None:
 
 def call(settings: Settings, url: str, method: str, path: str, **kwargs: Any) -> Any:
     """One request to the server; its errors become ours, of the kind its status says."""
+    import httpx  # here: a tenth of a second that a search without a server does not need
+
     headers = {"X-API-Key": settings.api.key} if settings.api.key else {}
     try:
         response = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=TIMEOUT_S, **kwargs)

@@ -7,17 +7,21 @@ table is generated from the fields' own descriptions (`markdown_table`; a test k
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 StoreKind = Literal["edge", "qdrant", "faiss"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 QuantizationKind = Literal["none", "int8"]
 PrecisionName = Literal["fp32", "int8", "bf16"]
 ENV_PREFIX = "CLIPSEARCH_"
+# Names DESIGN.md gives settings that live in a section: read too, below the section's own name.
+ENV_ALIASES: dict[str, tuple[str, str]] = {"CLIPSEARCH_READ_KEYS": ("api", "read_keys")}
 
 
 def _default_home() -> Path:
@@ -146,10 +150,32 @@ class VlmSettings(BaseModel):
     )
 
 
+class _EnvAliases(PydanticBaseSettingsSource):
+    """The variables of ENV_ALIASES, as their sections' fields."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the aliases whole
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for variable, (section, name) in ENV_ALIASES.items():
+            if variable in os.environ:
+                found.setdefault(section, {})[name] = os.environ[variable]
+        return found
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="_", env_nested_max_split=1, extra="ignore"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _EnvAliases(settings_cls), dotenv_settings, file_secret_settings
 
     home: Path = Field(
         default_factory=_default_home, description="Data directory: embedded stores, locks, exported models."
@@ -239,6 +265,10 @@ def settings_rows() -> list[tuple[str, str, str]]:
                 rows.append((variable, _default(sub_info), sub_info.description or ""))
         else:
             rows.append((f"{ENV_PREFIX}{name}".upper(), _default(info), info.description or ""))
+    for variable, (section, name) in ENV_ALIASES.items():
+        canonical = f"{ENV_PREFIX}{section}_{name}".upper()
+        rows.append((variable, "", f"The same as `{canonical}` (its name in DESIGN.md); `{canonical}` wins "
+                     "when both are set."))
     return rows
 
 

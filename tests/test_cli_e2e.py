@@ -158,6 +158,31 @@ def test_search_names_its_vector(indexed: Path) -> None:
     assert "no-such-vector" in unknown.stderr
 
 
+def test_command_modules_are_declared_with_the_commands_they_hold() -> None:
+    """`clipsearch.cli.COMMAND_MODULES` names the commands of modules imported only when run; each
+    module's COMMANDS are exactly those, so none goes missing from `clipsearch --help`."""
+    import importlib
+
+    from clipsearch.cli import COMMAND_MODULES
+
+    for module, names in COMMAND_MODULES.items():
+        assert sorted(c.name for c in importlib.import_module(module).COMMANDS) == sorted(names), module
+
+
+def test_a_search_loads_no_command_module_it_does_not_use(indexed: Path) -> None:
+    from clipsearch.cli import COMMAND_MODULES
+
+    probe = "import sys, runpy; sys.argv = ['clipsearch', 'search', 'a red car', '--json']\n" \
+            "try:\n    runpy.run_module('clipsearch.cli', run_name='__main__')\n" \
+            "except SystemExit:\n    pass\n" \
+            "print('MODULES', sorted(m for m in sys.modules if m.startswith('clipsearch.')), file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert len(json.loads(done.stdout)["results"]) > 0, done.stderr
+    loaded = done.stderr.rsplit("MODULES", 1)[1]
+    assert not [module for module in COMMAND_MODULES if f"'{module}'" in loaded]
+
+
 def test_classify_scores_labels_best_first(indexed: Path) -> None:
     photos = photos_in(indexed)[:2]
     rows = run_json("classify", *map(str, photos), "--labels", "cat, dog,car,,dog")

@@ -226,8 +226,10 @@ def cli_flags() -> dict[str, set[str]]:
         for param in command.get_params(context):  # click's own --help included
             if isinstance(param, click.Option):
                 names.update(o for o in [*param.opts, *param.secondary_opts] if o.startswith("--"))
-        if isinstance(command, click.Group):
-            for sub in command.commands.values():
+        if isinstance(command, click.Group):  # as --help lists them: lazily loaded ones included
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None, f"{name} is listed but cannot be loaded"
                 walk(sub)
 
     walk(main)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from indexer.settings import ENV_PREFIX, Settings, markdown_table, settings_rows
+from indexer.settings import ENV_ALIASES, ENV_PREFIX, Settings, markdown_table, settings_rows
 from tests.clirun import REPO
 
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
@@ -59,7 +59,7 @@ def test_readme_names_each_setting_once_and_nothing_else() -> None:
     variables = [variable for variable, _, _ in settings_rows()]
     assert len(variables) == len(set(variables))
     assert sorted(rows) == sorted(variables)
-    assert set(variables) == set(setting_paths().values())
+    assert set(variables) == set(setting_paths().values()) | set(ENV_ALIASES)
 
 
 def test_settings_table_script_agrees() -> None:
@@ -94,6 +94,16 @@ def test_nested_sections_read_their_variables(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("CLIPSEARCH_FAISS_INDEX", "nonsense")
     with pytest.raises(ValueError, match="index"):
         Settings()
+
+
+def test_the_design_documents_names_for_section_settings_are_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CLIPSEARCH_API_KEY", "admin")
+    monkeypatch.setenv("CLIPSEARCH_READ_KEYS", "reader-1, reader-2")  # DESIGN.md's name
+    assert (Settings().api.key, Settings().api.read_keys) == ("admin", ["reader-1", "reader-2"])
+    monkeypatch.setenv("CLIPSEARCH_API_READ_KEYS", "reader-3")  # the section's own name wins
+    assert Settings().api.read_keys == ["reader-3"]
 
 
 @pytest.mark.parametrize("variable,default", [(v, d) for v, d, _ in settings_rows() if d])
