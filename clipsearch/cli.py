@@ -411,7 +411,7 @@ def serve(
         with collection_lock(settings.home, settings.collection):
             pass
     # Bound here, so that --port 0 picks a free port and the URL left for the CLI is the real one.
-    sock = socket.create_server((host, port))
+    sock = listening_socket(host, port)
     bound_port = sock.getsockname()[1]
     local_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     url = (
@@ -425,6 +425,15 @@ def serve(
         uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal: a normal stop
         pass
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, its connections without Nagle's algorithm: asyncio turns it off only on
+    sockets made with proto=IPPROTO_TCP, which create_server's are not, and with it on, delayed ACKs
+    held each response ~40 ms. Accepted connections inherit the option."""
+    sock = socket.create_server((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 @main.command()

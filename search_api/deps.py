@@ -1,4 +1,7 @@
-"""Dependencies the routes ask for; all of them live on the app, made once by `create_app`."""
+"""Dependencies the routes ask for; all of them live on the app, made once by `create_app`.
+
+`async def` although they never wait: FastAPI runs a plain `def` dependency in its thread pool, a
+hop per dependency per request (a search asks for four) for reading an attribute."""
 
 from __future__ import annotations
 
@@ -13,23 +16,23 @@ from search_api.jobs import VectorJobs
 from search_api.metrics import Metrics
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engines(request: Request) -> Engines:
+async def get_engines(request: Request) -> Engines:
     return request.app.state.engines
 
 
-def get_jobs(request: Request) -> VectorJobs:
+async def get_jobs(request: Request) -> VectorJobs:
     return request.app.state.jobs
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_vlm(request: Request) -> Vlm:
+async def get_vlm(request: Request) -> Vlm:
     return request.app.state.vlm
 
 

@@ -183,6 +183,20 @@ def test_a_search_loads_no_command_module_it_does_not_use(indexed: Path) -> None
     assert not [module for module in COMMAND_MODULES if f"'{module}'" in loaded]
 
 
+def test_served_connections_send_each_response_at_once() -> None:
+    """Nagle's algorithm off on every connection `clipsearch serve` accepts (with it on, delayed ACKs
+    held each response ~40 ms)."""
+    import socket
+
+    from clipsearch.cli import listening_socket
+
+    with listening_socket("127.0.0.1", 0) as server:
+        with socket.create_connection(server.getsockname()[:2]):
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_classify_scores_labels_best_first(indexed: Path) -> None:
     photos = photos_in(indexed)[:2]
     rows = run_json("classify", *map(str, photos), "--labels", "cat, dog,car,,dog")

@@ -96,7 +96,7 @@ def test_nested_sections_read_their_variables(monkeypatch: pytest.MonkeyPatch, t
         Settings()
 
 
-def test_the_design_documents_names_for_section_settings_are_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_design_document_names_for_section_settings_are_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("CLIPSEARCH_API_KEY", "admin")
