@@ -8,7 +8,7 @@ and measures, each part in fresh processes:
 - `clipsearch search "..."` as a whole process, fresh each round, until it exits with its results
   (distinct texts; the page cache is warm, as on a machine that serves), and once under
   `python -X importtime` to list what it imported: torch and open_clip must not be among them;
-- the API server (`create_app` under uvicorn, bench_query's serve step, under -X importtime): uncached
+- the API server (`clipsearch serve`, as a user starts it, under -X importtime): uncached
   text queries and image queries by upload (distinct real photos), p50/p95 at the client.
 It writes the section "## Query path without torch (bench_cli)" of docs/benchmarks.md.
 
@@ -129,12 +129,12 @@ def _python_startup() -> float:
 def measure_http(spec: dict[str, Any], requests: int, images: int, log_path: Path) -> dict[str, Any]:
     import httpx
 
-    def serve(port: int) -> list[str]:
-        return [sys.executable, "-X", "importtime", str(Path(bq.__file__).resolve()), "_serve",
-                json.dumps({**spec, "port": port})]
+    def serve(port: int) -> list[str]:  # the server a user starts, under -X importtime
+        argv = bench.cli("serve", "--host", "127.0.0.1", "--port", str(port))
+        return [argv[0], "-X", "importtime", *argv[1:]]
 
     photos = sorted(bench.IMAGES.glob("*.JPEG"))
-    with bench.serving(serve, bench.subprocess_env(), log_path) as server:
+    with bench.serving(serve, cli_env(spec), log_path) as server:
         with httpx.Client(base_url=server.url, timeout=300) as client:
             started = time.perf_counter()
             first = bq._post(client, "warm-up: the first query opens the collection and loads the model")
@@ -297,8 +297,9 @@ def render(run: dict[str, Any]) -> str:
         "process (qdrant-edge drops them from the cache as it closes, see indexer/stores/edge.py). "
         "`python -c pass` alone took "
         f"{e['cli']['python_startup_s']:.2f} s. Imports listed by one more run under `python -X importtime`.",
-        "- HTTP: one httpx client, requests one after another. Text: distinct texts of 10-12 tokens, each a "
-        "text-cache miss; image: `POST /v1/search/image` with distinct real photos (ImageNet samples, median "
+        "- HTTP: `clipsearch serve`, one httpx client, requests one after another. Text: distinct texts of "
+        "10-12 tokens, each a text-cache miss; image: `POST /v1/search/image` with distinct real photos "
+        "(ImageNet samples, median "
         f"{e['http']['image']['kib_p50']:.0f} KiB), after three uploads that load the image tower. Wall "
         "time at the client; stage medians from each response's `timings`.",
         "- Threads (indexer.models.ModelCache.query): both towers on every usable CPU, up to 4; "

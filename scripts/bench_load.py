@@ -365,9 +365,12 @@ exception (a timeout at 60 s included) or any wrong answer. req/s counts request
 over the whole run; latencies are measured by the client, from sending to the checked answer, so they
 include the time a request waits its turn: the server runs one model or store call at a time
 (search_api/engines.py), so with 50 clients most of a latency is queueing. Queued calls are admitted
-in arrival order (`FifoLock`): with a plain `threading.Lock`, a ViT-B-32 run like the one below had a
-median of 14 s but a maximum of 57 s, a request overtaken again and again by later ones, near the 60 s
-client timeout (in arrival order: 26 and 27 s at most in two runs).
+in arrival order (`FifoLock`): with a plain `threading.Lock`, a ViT-B-32 run (2026-11-22, torch on the
+query path) had a median of 14 s but a maximum of 57 s, a request overtaken again and again by later
+ones, near the 60 s client timeout (in arrival order: 26 and 27 s at most in two runs). The runs of
+2026-11-22 gave 79 (tiny) and 2.8 (ViT-B-32) req/s at a load average of 5-9; the runs below came after
+the ONNX query path and after `clipsearch serve` stopped holding each response ~40 ms (Nagle's
+algorithm), on a quieter machine: not a side-by-side ratio.
 The random-weight models have the compute of trained ones; the tiny one shows the HTTP, decoding and
 queueing overhead."""
 
