@@ -95,11 +95,8 @@ def main() -> None:
         return
     args.images = args.images or 200
     if args.from_results:
-        section = render(json.loads(args.from_results.read_text()))
-        if args.no_write:
-            print(section)
-        else:
-            bench.write_section(args.out, SECTION, section)
+        run = json.loads(args.from_results.read_text())
+        bench.show_section(args.out, SECTION, render(run), args.no_write)
         return
     if not bench.IMAGES.is_dir():
         sys.exit(f"no images at {bench.IMAGES} (see ../shared/data/README.md)")

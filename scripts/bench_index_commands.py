@@ -55,11 +55,8 @@ print(len(files))
 
 def main(args: Any) -> None:
     if args.from_results:  # re-render a run's results-commands.json, measure nothing
-        section = render(json.loads(args.from_results.read_text()))
-        if args.no_write:
-            print(section)
-        else:
-            bench.write_section(args.out, SECTION, section)
+        run = json.loads(args.from_results.read_text())
+        bench.show_section(args.out, SECTION, render(run), args.no_write)
         return
     images = args.images or 600
     log = bench.logger("bench_index --commands")

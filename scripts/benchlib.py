@@ -371,9 +371,15 @@ def earlier_results(workdir: Path) -> tuple[Path, dict]:
 def publish(run: dict, results: Path, doc: Path, heading: str, section: str, print_only: bool) -> None:
     """Keep the raw results, then write the rendered section into the doc (or print it)."""
     results.write_text(json.dumps(run, indent=2, default=float))
+    show_section(doc, heading, section, print_only)
+    if not print_only:
+        print(f"wrote {doc}; raw results in {results}", file=sys.stderr)
+
+
+def show_section(doc: Path, heading: str, section: str, print_only: bool) -> None:
+    """Write the rendered section into the doc, or only print it."""
     if print_only:
         print(section)
-        return
-    write_section(doc, heading, section)
-    print(f"wrote {doc}; raw results in {results}", file=sys.stderr)
+    else:
+        write_section(doc, heading, section)
 

@@ -18,19 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from indexer import filters
 from indexer.errors import InvalidFilter
-from indexer.filters import (
-    EARTH_RADIUS_M,
-    Condition,
-    FieldCondition,
-    Filter,
-    HasIdCondition,
-    HasVectorCondition,
-    IsEmptyCondition,
-    MatchAny,
-    MatchExcept,
-    MatchValue,
-)
 from indexer.stores.faiss_store.db import BOOL, GEO, GEO_ODD, NUMBER, STRING, Database, epoch_us
 
 ALL = "SELECT iid FROM points"
@@ -46,7 +35,7 @@ class Context:
     vectors: dict[str, str]  # schema vector name -> FROM source with columns vid, iid, vector
 
 
-def compile_filter(store_filter: Filter, context: Context) -> tuple[str, list[Any]]:
+def compile_filter(store_filter: filters.Filter, context: Context) -> tuple[str, list[Any]]:
     """(sql, params) selecting the iids that pass. Conditions left to Python are registered with
     the database: call `context.db.clear_pending()` once the query has run."""
     params: list[Any] = []
@@ -56,12 +45,12 @@ def compile_filter(store_filter: Filter, context: Context) -> tuple[str, list[An
     return sql, params
 
 
-def _compound(flt: Filter) -> bool:
+def _compound(flt: filters.Filter) -> bool:
     """Whether `_filter` makes a compound SELECT (whose rows are distinct) of this filter."""
     return len(flt.must) + bool(flt.should) != 1 or bool(flt.must_not)
 
 
-def _filter(flt: Filter, ctx: Context, params: list[Any]) -> str:
+def _filter(flt: filters.Filter, ctx: Context, params: list[Any]) -> str:
     for part in (flt.must, flt.should, flt.must_not):
         if len(part) > MAX_CONDITIONS:
             raise InvalidFilter(f"a filter list has {len(part)} conditions; at most {MAX_CONDITIONS}")
@@ -77,22 +66,22 @@ def _filter(flt: Filter, ctx: Context, params: list[Any]) -> str:
     return sql
 
 
-def _condition(condition: Condition, ctx: Context, params: list[Any]) -> str:
+def _condition(condition: filters.Condition, ctx: Context, params: list[Any]) -> str:
     """A simple SELECT of iids (a compound one wrapped), so that it can join a compound."""
-    if isinstance(condition, Filter):
+    if isinstance(condition, filters.Filter):
         return f"SELECT iid FROM ({_filter(condition, ctx, params)})"
-    if isinstance(condition, HasIdCondition):
+    if isinstance(condition, filters.HasIdCondition):
         params.append(json.dumps(condition.has_id))
         return "SELECT iid FROM points WHERE uuid IN (SELECT value FROM json_each(?))"
-    if isinstance(condition, HasVectorCondition):
+    if isinstance(condition, filters.HasVectorCondition):
         source = ctx.vectors.get(condition.has_vector)
         return NONE if source is None else f"SELECT iid FROM {source}"
-    key = condition.is_empty.key if isinstance(condition, IsEmptyCondition) else condition.key
+    key = condition.is_empty.key if isinstance(condition, filters.IsEmptyCondition) else condition.key
     name = ctx.fields.get(key)
     if name is None:
-        params.append(ctx.db.python_match(Filter(must=[condition])))
+        params.append(ctx.db.python_match(filters.Filter(must=[condition])))
         return "SELECT iid FROM points WHERE clip_match(?, payload)"
-    if isinstance(condition, IsEmptyCondition):
+    if isinstance(condition, filters.IsEmptyCondition):
         params.append(name)
         return f"SELECT iid FROM ({ALL} EXCEPT {_ROWS})"
     if condition.match is not None:
@@ -102,16 +91,18 @@ def _condition(condition: Condition, ctx: Context, params: list[Any]) -> str:
     return _geo(condition, name, params)
 
 
-def _match(match: MatchValue | MatchAny | MatchExcept, name: str, params: list[Any]) -> str:
+def _match(
+    match: filters.MatchValue | filters.MatchAny | filters.MatchExcept, name: str, params: list[Any]
+) -> str:
     wanted = (
         [match.value]
-        if isinstance(match, MatchValue)
+        if isinstance(match, filters.MatchValue)
         else match.any
-        if isinstance(match, MatchAny)
+        if isinstance(match, filters.MatchAny)
         else match.except_
     )
     groups = _groups(wanted)
-    if isinstance(match, MatchExcept):  # some value equal to none of them
+    if isinstance(match, filters.MatchExcept):  # some value equal to none of them
         equal = " OR ".join(f"(kind = {kind} AND {column} IN (SELECT value FROM json_each(?)))"
                             for kind, column, _ in groups)  # fmt: skip
         params += [name, *(json.dumps(values) for _, _, values in groups)]
@@ -143,7 +134,7 @@ def _sql_int(value: int) -> int | float:
 _OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
-def _range(condition: FieldCondition, name: str, params: list[Any]) -> str:
+def _range(condition: filters.FieldCondition, name: str, params: list[Any]) -> str:
     """Numbers against bounds read as floats, datetime strings against bounds read as datetimes;
     a bound that cannot be read that way keeps every value of that kind out, as in the reference."""
     assert condition.range is not None
@@ -172,12 +163,12 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _geo(condition: FieldCondition, name: str, params: list[Any]) -> str:
+def _geo(condition: filters.FieldCondition, name: str, params: list[Any]) -> str:
     """A bounding box on the (field, kind, num) index, then the exact distance."""
     assert condition.geo_radius is not None
     lat, lon = condition.geo_radius.center.lat, condition.geo_radius.center.lon
     radius = condition.geo_radius.radius
-    angle = radius / EARTH_RADIUS_M  # radians of arc
+    angle = radius / filters.EARTH_RADIUS_M  # radians of arc
     margin = 1e-6  # degrees (~0.1 m), so rounding never cuts the box short of the exact test
     dlat = math.degrees(angle) + margin
     box = " AND num BETWEEN ? AND ?"

@@ -87,17 +87,12 @@ class SearchMixin(PlannedSearch):
         if limit == 0:
             return []
         with self._mutex, self._errors("facet"):
-            params: list[Any] = [field]
-            where = ""
-            if filter is not None and not filter.is_empty():
-                sql, params_filter = self._compiled(filter)
-                where = f" AND iid IN ({sql})"
-                params += params_filter
+            where, params = self._within(filter, "iid")
             try:
                 rows = self.db.conn.execute(
                     f"SELECT text, COUNT(DISTINCT iid) AS n FROM fields WHERE field = ? AND kind = {STRING}"
                     f"{where} GROUP BY text ORDER BY n DESC, text LIMIT ?",
-                    [*params, limit],
+                    [field, *params, limit],
                 ).fetchall()
             finally:
                 self.db.clear_pending()
@@ -144,21 +139,23 @@ class SearchMixin(PlannedSearch):
 
         return ranking
 
+    def _within(self, store_filter: Filter | None, column: str) -> tuple[str, list[Any]]:
+        """` AND <column> IN (<the filter's SELECT of iids>)` and its parameters; nothing without one."""
+        if store_filter is None or store_filter.is_empty():
+            return "", []
+        sql, params = self._compiled(store_filter)
+        return f" AND {column} IN ({sql})", params
+
     def _keyword_ranking(self, match: str | None, store_filter: Filter | None) -> Callable[[int], list[Hit]]:
         def ranking(limit: int) -> list[Hit]:
             if match is None:  # no terms: nothing matches
                 return []
-            params: list[Any] = [match]
-            where = ""
-            if store_filter is not None and not store_filter.is_empty():
-                sql, filter_params = self._compiled(store_filter)
-                where = f" AND rowid IN ({sql})"
-                params += filter_params
+            where, params = self._within(store_filter, "rowid")
             try:
                 scored = self.db.conn.execute(
                     f"SELECT rowid, -bm25(keyword) FROM keyword WHERE keyword MATCH ?{where}"
                     " ORDER BY bm25(keyword) LIMIT ?",
-                    [*params, limit],
+                    [match, *params, limit],
                 ).fetchall()
             finally:
                 self.db.clear_pending()
