@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from ui.client import ApiClient, ApiError
+from ui.client import ApiClient
 from ui.format import file_name, plural
-from ui.views import call, get_client, preview, thumbnail
+from ui.views import call, get_client, indexed_preview
 
 COLUMNS = 5
 
@@ -30,12 +30,7 @@ def _fetch(api: ApiClient, collection: str, kind: str, **params: Any) -> Any:
 
 
 def _card(api: ApiClient, collection: str, image_id: str, uri: str, caption: str) -> None:
-    try:
-        data = thumbnail(api.base_url, api.api_key, collection, image_id)
-    except ApiError as exc:
-        data = None
-        st.caption(f"no preview: {exc.detail}")
-    preview(data, file_name(uri) or image_id)
+    indexed_preview(api, collection, image_id, file_name(uri) or image_id)
     st.caption(caption)
 
 

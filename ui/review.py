@@ -13,7 +13,7 @@ import streamlit as st
 
 from ui.client import ApiClient, ApiError
 from ui.format import file_name, plural
-from ui.views import COLUMNS, call, preview, thumbnail
+from ui.views import COLUMNS, call, indexed_preview
 
 UNSURE = "unsure"
 PAGE_SIZE = 24
@@ -154,12 +154,7 @@ def selection_bar(api: ApiClient, collection: str, run: str, items: list[dict[st
 
 def card(api: ApiClient, collection: str, run: str, item: dict[str, Any], labels: list[str]) -> None:
     item_id = item["id"]
-    try:
-        data = thumbnail(api.base_url, api.api_key, collection, item_id)
-    except ApiError as exc:
-        data = None
-        st.warning(f"no preview: {exc.detail}")
-    preview(data, file_name(str(item.get("uri", ""))))
+    indexed_preview(api, collection, item_id, file_name(str(item.get("uri", ""))))
     guess = ", ".join(f"{top['label']} {top['score']:.2f}" for top in item.get("top", [])[:3])
     st.caption(guess or str(item.get("label")))
     if item.get("human_label"):

@@ -79,6 +79,16 @@ def preview(data: bytes | None, caption: str, width: int | str = "stretch") -> N
         st.image(data, caption=caption, width=width)
 
 
+def indexed_preview(api: ApiClient, collection: str, image_id: str, caption: str) -> None:
+    """An indexed image's thumbnail under `caption`; an API error is a warning in its place."""
+    try:
+        data = thumbnail(api.base_url, api.api_key, collection, image_id)
+    except ApiError as exc:
+        data = None
+        st.warning(f"no preview: {exc.detail}")
+    preview(data, caption)
+
+
 # --- the result grid -----------------------------------------------------------------------------------
 
 
@@ -158,12 +168,7 @@ def explain_into(slot: Any, api: ApiClient, collection: str, query: str, image_i
 
 def result_card(api: ApiClient, collection: str, hit: Hit, key: str) -> None:
     name = display_name(hit.uri, hit.metadata)
-    try:
-        data = thumbnail(api.base_url, api.api_key, collection, hit.id)
-    except ApiError as exc:
-        data = None
-        st.warning(f"no preview: {exc.detail}")
-    preview(data, name)
+    indexed_preview(api, collection, hit.id, name)
     vlm = f" · VLM **{hit.vlm_score:g}**/10" if hit.vlm_score is not None else ""
     st.markdown(f"score **{hit.score:.3f}**{vlm}", help=(hit.rerank or {}).get("reason"))
     details, similar = st.columns(2)
