@@ -67,13 +67,6 @@ def lock_holder(settings: Settings, collection: str) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def port_is_free(port: int) -> bool:
     """Whether a new server could listen on `port` (SO_REUSEADDR, as servers bind)."""
     with socket.socket() as s:

@@ -278,9 +278,22 @@ def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, keep_mask: np.nd
     return [(int(row), float(scores[row])) for row in order]
 
 
-# --- the UI in a real browser --------------------------------------------------------------------------
+# --- the UI ---------------------------------------------------------------------------------------------
 
 UI_APP = TESTS.parent / "ui" / "app.py"
+
+
+def app_test(api_url: str, monkeypatch: pytest.MonkeyPatch, **state: Any) -> Any:
+    """The UI under Streamlit's AppTest, pointed at the API at `api_url` (no key), run once with
+    `state` in its session state; returns the AppTest."""
+    from streamlit.testing.v1 import AppTest  # here: importing Streamlit costs every other test module
+
+    monkeypatch.setenv("CLIPSEARCH_API_URL", api_url)
+    monkeypatch.delenv("CLIPSEARCH_API_KEY", raising=False)
+    at = AppTest.from_file(str(UI_APP), default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
 
 
 @contextmanager

@@ -10,7 +10,6 @@ background thread for the whole module; each test points the UI at it through CL
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,21 +19,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import photo_copies
+from tests.helpers import app_test, free_port, photo_copies
 from ui.client import ApiClient, ApiError, ApiUnreachable
 from ui.format import display_name, file_name, plural
 
-TESTS = Path(__file__).parent
-APP = TESTS.parent / "ui" / "app.py"
 PHOTOS = 40
 TITLE = "Harbour at dusk"
 NOT_AN_IMAGE = b"this is not an image"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +87,7 @@ def api_url(photos: Path, broken: Path, single: Path, tiny_checkpoint: Path, tin
 
 
 def start(url: str, monkeypatch: pytest.MonkeyPatch, **state: Any) -> AppTest:
-    monkeypatch.setenv("CLIPSEARCH_API_URL", url)
-    monkeypatch.delenv("CLIPSEARCH_API_KEY", raising=False)
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
+    return app_test(url, monkeypatch, **state)
 
 
 @pytest.fixture

@@ -21,10 +21,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.catalogs import product_rows, write_catalog
-from tests.helpers import make_settings, photo_copies, serve, streamlit_ui
+from tests.helpers import app_test, make_settings, photo_copies, serve, streamlit_ui
 
-TESTS = Path(__file__).parent
-APP = TESTS.parent / "ui" / "app.py"
 PRODUCTS = 36
 COLLECTION = "shop"
 QUERY = "a photo of an animal"
@@ -61,12 +59,7 @@ def api_url(catalog: tuple[Path, list[dict[str, Any]]], tiny_checkpoint: Path, t
 
 
 def start(url: str, monkeypatch: pytest.MonkeyPatch, **state: Any) -> AppTest:
-    monkeypatch.setenv("CLIPSEARCH_API_URL", url)
-    monkeypatch.delenv("CLIPSEARCH_API_KEY", raising=False)
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
+    at = app_test(url, monkeypatch, **state)
     assert not at.exception and not at.error, (at.exception, at.error)
     return at
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from tests.vlm_server import (
     Recorded,
     Reply,
     by_color,
+    closed_port_url,
     colors_shown,
     error,
     mean_color,
@@ -64,12 +64,6 @@ def hits_of(colors: list[tuple[int, int, int]]) -> tuple[list[Hit], dict[str, by
 
 def near(seen: tuple[int, ...], color: tuple[int, int, int], tolerance: int = 12) -> bool:
     return max(abs(a - b) for a, b in zip(seen, color, strict=True)) <= tolerance
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ recognises each photo it is shown and answers what the test scripted for it.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image
 from indexer.models import ClipModel
 from tests.helpers import Served, index_photos, make_settings, serve
 from tests.vlm_photos import Photos, scores_by_id
-from tests.vlm_server import FakeVlm, Reply, error, order, score
+from tests.vlm_server import FakeVlm, Reply, closed_port_url, error, order, score
 
 PHOTOS = 12
 TOP_N = 5  # the server's CLIPSEARCH_VLM_TOP_N
@@ -93,12 +92,6 @@ def server_with(home: Path, checkpoint: Path, model: ClipModel, **vlm: Any) -> A
     from search_api import create_app
 
     return serve(create_app(make_settings(home, checkpoint, vlm=vlm), model=model))
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 def post(url: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,9 @@ from indexer.settings import Settings
 from tests.clirun import CLI, REPO, cli_home, run, run_json, wait_for
 from tests.helpers import index_photos
 from tests.vlm_photos import Photos, indexed_photos, scores_by_id
-from tests.vlm_server import FakeVlm, Reply, error
+from tests.vlm_server import FakeVlm, Reply, closed_port_url, error
 
 QUERY = "a photo of a dog"
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 @pytest.fixture(scope="module")

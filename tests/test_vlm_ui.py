@@ -6,7 +6,6 @@ against real API servers on loopback whose VLM is the OpenAI-compatible stand-in
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from indexer.models import ClipModel
-from tests.helpers import index_photos, make_settings, serve, streamlit_ui
+from tests.helpers import app_test, index_photos, make_settings, serve, streamlit_ui
 from tests.vlm_photos import Photos, indexed_photos, scores_by_id
-from tests.vlm_server import FakeVlm, Reply
+from tests.vlm_server import FakeVlm, Reply, closed_port_url
 
-APP = Path(__file__).parent.parent / "ui" / "app.py"
 QUERY = "a photo of a dog"
 K = 8
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 def explanation(item_id: str) -> str:
@@ -80,12 +72,7 @@ def server_with(home: Path, checkpoint: Path, model: ClipModel, **vlm: Any) -> A
 
 
 def start(url: str, monkeypatch: pytest.MonkeyPatch, errors: bool = False, **state: Any) -> AppTest:
-    monkeypatch.setenv("CLIPSEARCH_API_URL", url)
-    monkeypatch.delenv("CLIPSEARCH_API_KEY", raising=False)
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
+    at = app_test(url, monkeypatch, **state)
     assert not at.exception and (errors or not at.error), (at.exception, at.error)
     return at
 

@@ -33,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.helpers import free_port
+
 DATA_URL_PREFIX = "data:image/jpeg;base64,"
 RGB = tuple[int, int, int]
 
@@ -313,3 +315,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def closed_port_url() -> str:
+    """An OpenAI-compatible base URL on a loopback port nothing listens on: a VLM that is down."""
+    return f"http://127.0.0.1:{free_port()}/v1"
