@@ -35,7 +35,6 @@ from tests.clirun import (
     REPO,
     children_of,
     cli_home,
-    free_port,
     is_alive,
     port_is_free,
     run,
@@ -44,7 +43,7 @@ from tests.clirun import (
     wait_for,
 )
 from tests.corpus import noise
-from tests.helpers import TINY_CONFIG, copy_photos
+from tests.helpers import TINY_CONFIG, copy_photos, free_port
 
 
 def exit_code(kind: ErrorKind) -> int:

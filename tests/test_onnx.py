@@ -36,8 +36,8 @@ from indexer.encoders import BpeTokenizer, OnnxEncoder, QueryEncoder, ResizeCrop
 from indexer.models import ClipModel, ModelCache, load_model
 from indexer.onnx_export import ensure_export, failure_path
 from indexer.settings import Settings
-from tests.clirun import CLI, REPO, cli_home, free_port, run_json, wait_for
-from tests.helpers import TINY_CONFIG, copy_photos
+from tests.clirun import CLI, REPO, cli_home, run_json, wait_for
+from tests.helpers import TINY_CONFIG, copy_photos, free_port
 
 TEXTS = [
     "a photo of a dog",

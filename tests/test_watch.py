@@ -42,8 +42,8 @@ from indexer.models import ClipModel
 from indexer.sources import item_id
 from search_api import create_app
 from search_api.watch import FolderWatcher
-from tests.clirun import CLI, REPO, cli_home, free_port, run, wait_for
-from tests.helpers import copy_photos, make_settings, serve
+from tests.clirun import CLI, REPO, cli_home, run, wait_for
+from tests.helpers import copy_photos, free_port, make_settings, serve
 
 SOON = 15  # seconds: "within seconds", with room for a loaded machine
 SYNC_LINE = re.compile(
