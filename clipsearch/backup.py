@@ -1,4 +1,4 @@
-"""`clipsearch snapshot`, `restore` and `copy`: backups and moves between backends (indexer.transfer)."""
+"""`clipsearch snapshot`, `restore` and `copy`: backups and moves between backends (stores.transfer)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
-from indexer import transfer
-from indexer.transfer import TransferReport
+from indexer.stores import transfer
+from indexer.stores.transfer import TransferReport
 
 STORES = ["edge", "qdrant", "faiss"]
 

@@ -118,8 +118,8 @@ def index(
     product catalogs); drop the ones that are gone. See docs/catalogs.md.
 
     An existing collection keeps the model recorded with it unless --model/--pretrained are given."""
-    from indexer.catalog import ColumnMapping
-    from indexer.catalog_pipeline import index_paths
+    from indexer.ingest.catalog import ColumnMapping
+    from indexer.ingest.catalog_run import index_paths
 
     settings = settings_from_flags(
         model=model,
@@ -132,8 +132,8 @@ def index(
     mapping = ColumnMapping.from_flags(id_column, image_columns, text_columns, fields)
     progress = not as_json or sys.stderr.isatty()
     if ray_address is not None:
-        from indexer.catalog import is_catalog
-        from indexer.ray_index import index_on_ray
+        from indexer.ingest.catalog import is_catalog
+        from indexer.ingest.ray_run import index_on_ray
 
         if any(is_catalog(source) for source in sources):
             raise click.UsageError("--ray indexes folders and image files: index catalogs without --ray")
@@ -184,7 +184,7 @@ def search(
     flags = VlmFlags(rerank, top_n, mode, explain)
 
     def local() -> dict[str, Any]:
-        from indexer.engine import SearchEngine
+        from indexer.search.engine import SearchEngine
 
         window = flags.window(k, settings)
         with SearchEngine(settings, name, warm=False) as engine:
@@ -245,7 +245,7 @@ def classify(
 ) -> None:
     """Score IMAGES against LABELS (zero-shot), with the collection's model unless --model/--pretrained
     are given. A file that is not an image is reported on stderr and the others are still scored."""
-    from indexer.classify import parse_labels
+    from indexer.models.zero_shot import parse_labels
 
     label_list = parse_labels(labels)
     if not label_list:
@@ -302,16 +302,16 @@ class _Classifier:
         name = self.collection or self.settings.collection
         # A collection named on the command line must exist; the default one is used when it does.
         if not self.explicit and (self.collection or collection_exists(self.settings, name)):
-            from indexer.engine import SearchEngine
+            from indexer.search.engine import SearchEngine
 
             self.engine = SearchEngine(self.settings, name)
             return self.engine.classify
         return self._with_model()
 
     def _with_model(self) -> Callable[[list[str], list[str]], Labelled]:
-        from indexer.classify import classify_embeddings
-        from indexer.decode import decode_image
-        from indexer.models import load_model
+        from indexer.ingest.decode import decode_image
+        from indexer.models.loading import load_model
+        from indexer.models.zero_shot import classify_embeddings
 
         s = self.settings
         clip = load_model(s.model, s.pretrained, s.device)
@@ -337,7 +337,7 @@ def status(collection: str | None, as_json: bool) -> None:
     name = collection or settings.collection
 
     def local() -> dict[str, Any]:
-        from indexer.engine import collection_status
+        from indexer.search.engine import collection_status
         from indexer.stores import open_store
 
         store = open_store(settings, name)

@@ -88,7 +88,7 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
 
     The labels go into each item's metadata as indexed fields named after --run, so `--where label=cat`
     and counts work on them; review them in the UI's Review page."""
-    from indexer.labels import label_collection, load_labels, load_templates
+    from indexer.curation.labels import label_collection, load_labels, load_templates
 
     settings = settings_from_flags(device=device)
     report = label_collection(
@@ -132,9 +132,9 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
            as_json: bool) -> None:
     """Export a collection, a label run, a duplicate report or a query's results to OUT (labels: a
     person's decision first)."""
-    from indexer.export import DUPLICATES, collect, duplicate_items
-    from indexer.export import export as write_export
-    from indexer.labels import DEFAULT_RUN, label_runs
+    from indexer.curation.export import DUPLICATES, collect, duplicate_items
+    from indexer.curation.export import export as write_export
+    from indexer.curation.labels import DEFAULT_RUN, label_runs
 
     if duplicates and (query or where or filter_json or run):
         raise click.UsageError("--duplicates exports the whole report: no --query, --where, --filter, --run")
@@ -143,7 +143,7 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
     wanted = query_filter(where, filter_json)
     with _opened(settings, collection, query is not None) as (store, engine):
         if duplicates:
-            from indexer.duplicates import find_duplicates
+            from indexer.curation.duplicates import find_duplicates
 
             # Read-only: images hashed at index time (or by `clipsearch duplicates`) are compared by hash.
             report = find_duplicates(store, compute_missing=False, progress=not as_json)
@@ -164,7 +164,7 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
 
 
 def _store_filter(store: Any, wanted: dict[str, Any] | None) -> Any:
-    from indexer.filters import Filter
+    from indexer.stores.filters import Filter
 
     parsed = Filter.parse(wanted)
     return parsed.resolve(store.schema) if parsed is not None and not parsed.is_empty() else None
@@ -180,7 +180,7 @@ class _opened:
 
     def __enter__(self) -> tuple[Any, Any]:
         if self.with_engine:
-            from indexer.engine import SearchEngine
+            from indexer.search.engine import SearchEngine
 
             self.engine = SearchEngine(self.settings, self.collection)
             return self.engine.store, self.engine
@@ -217,8 +217,8 @@ def evaluate(data: Path, models: tuple[str, ...], pretrained: tuple[str, ...], c
     zero-shot top-1/top-5, text-to-image recall@1/5/10 with class prompts, image-to-image recall@k and mAP.
 
     Without --model: the vectors of --collection (the default collection), matched to DATA by path."""
-    from indexer.evaluate import eval_json, load_dataset, run_eval, write_report
-    from indexer.labels import load_templates
+    from indexer.curation.evaluate import eval_json, load_dataset, run_eval, write_report
+    from indexer.curation.labels import load_templates
 
     if len(pretrained) > len(models):
         raise click.UsageError("each --pretrained goes with a --model")
@@ -251,10 +251,10 @@ def evaluate(data: Path, models: tuple[str, ...], pretrained: tuple[str, ...], c
 
 def _model_system(settings: Any, model: str, pretrained: str | None, dataset: Any, templates: list[str],
                   progress: bool) -> Any:
-    from indexer.evaluate import Embedded, embed_images, prompt_name
-    from indexer.labels import prompt_embeddings
-    from indexer.models import load_model
-    from indexer.pipeline import batch_size_for, workers_for
+    from indexer.curation.evaluate import Embedded, embed_images, prompt_name
+    from indexer.curation.labels import prompt_embeddings
+    from indexer.ingest.pipeline import batch_size_for, workers_for
+    from indexer.models.loading import load_model
 
     clip = load_model(model, pretrained if pretrained is not None else settings.pretrained, settings.device)
     batch, workers = batch_size_for(settings, clip.device), workers_for(settings, clip.device)
@@ -266,9 +266,9 @@ def _model_system(settings: Any, model: str, pretrained: str | None, dataset: An
 
 def _vector_systems(settings: Any, collection: str | None, vectors: tuple[str, ...], dataset: Any,
                     templates: list[str]) -> list[Any]:
-    from indexer.evaluate import Embedded, prompt_name, stored_images
-    from indexer.labels import prompt_embeddings
-    from indexer.models import load_recorded_model
+    from indexer.curation.evaluate import Embedded, prompt_name, stored_images
+    from indexer.curation.labels import prompt_embeddings
+    from indexer.models.loading import load_recorded_model
     from indexer.stores import open_store
 
     name = collection or settings.collection

@@ -1,5 +1,5 @@
 """`clipsearch duplicates` and `clipsearch clusters`: curation reports over a collection's vectors
-(indexer.duplicates, indexer.clusters). Neither deletes or moves a file."""
+(indexer.curation.duplicates, indexer.curation.clusters). Neither deletes or moves a file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
-from indexer.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
+from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 
 
 @contextmanager
@@ -53,7 +53,7 @@ def duplicates(
     """Groups of exact (same bytes) and near duplicates, each with the image to keep: the largest,
     then the oldest. Never deletes anything. Files indexed before hashes were taken are hashed now
     (and their hashes stored)."""
-    from indexer.duplicates import find_duplicates
+    from indexer.curation.duplicates import find_duplicates
 
     with _writable(collection, "duplicates") as store:
         report = find_duplicates(
@@ -105,7 +105,7 @@ def clusters(
 ) -> None:
     """k-means clusters of the collection's images (FAISS, spherical), each with its size and most
     central images, and the most isolated images (outliers) first."""
-    from indexer.clusters import cluster_collection
+    from indexer.curation.clusters import cluster_collection
 
     with _writable(collection, "clusters") as store:
         report = cluster_collection(

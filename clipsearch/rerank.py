@@ -15,7 +15,7 @@ import click
 from indexer.settings import Settings
 
 if TYPE_CHECKING:  # imported when used: `clipsearch --help` and plain searches stay light
-    from indexer.engine import Result
+    from indexer.search.engine import Result
     from indexer.vlm import Query
 
 MAX_TOP_N = 100  # as the API allows

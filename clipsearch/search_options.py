@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from indexer.errors import BadInput
-from indexer.filters import Filter
-from indexer.query import Term, keyword_text, parse_terms
-from indexer.where import where_filter
+from indexer.search.query import Term, keyword_text, parse_terms
+from indexer.search.where import where_filter
+from indexer.stores.filters import Filter
 
 WHERE_HELP = (
     "Filter on metadata fields, repeatable (ANDed): 'category = shoes', 'brand != acme', 'price < 50' "

@@ -21,7 +21,7 @@ POLL_S = 1.0
 
 
 def _vectors_locally(settings: Settings, collection: str) -> list[dict[str, Any]]:
-    from indexer.engine import collection_status
+    from indexer.search.engine import collection_status
     from indexer.stores import open_store
 
     store = open_store(settings, collection)
@@ -90,7 +90,7 @@ def reembed(
 ) -> None:
     """Embed every item of a collection with another model into a new named vector (or finish one a
     killed run left), while searches keep using the active vector; then `clipsearch activate NAME`."""
-    from indexer.vectors import reembed as run_reembed
+    from indexer.ingest.reembed import reembed as run_reembed
 
     settings = settings_from_flags(device=device)
     name = collection or settings.collection
@@ -155,7 +155,7 @@ def _change(collection: str | None, change: Callable[[Any], None], method: str, 
 @collection_option
 def activate(name: str, collection: str | None) -> None:
     """Make vector NAME the one queries use (at once; a running server follows without a restart)."""
-    from indexer.vectors import activate as run_activate
+    from indexer.ingest.reembed import activate as run_activate
 
     target = _change(collection, lambda store: run_activate(store, name), "POST", f"{name}/activate")
     click.echo(f"{target}: queries now use vector {name!r}")
@@ -166,7 +166,7 @@ def activate(name: str, collection: str | None) -> None:
 @collection_option
 def drop_vector(name: str, collection: str | None) -> None:
     """Remove vector NAME and its storage (not the active one)."""
-    from indexer.vectors import drop_vector as run_drop
+    from indexer.ingest.reembed import drop_vector as run_drop
 
     target = _change(collection, lambda store: run_drop(store, name), "DELETE", name)
     click.echo(f"{target}: vector {name!r} dropped")

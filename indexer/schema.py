@@ -37,7 +37,7 @@ DEFAULT_VECTOR = "default"
 
 # Fields of a version-1 collection (the spine wrote only these).
 V1_IMAGE_FIELDS: dict[str, FieldType] = {"width": "integer", "height": "integer"}
-# Fields the folder indexer writes for an image (indexer.photo_metadata; absent when the file lacks them).
+# Fields the folder indexer writes for an image (ingest.photo_metadata; absent when the file lacks them).
 IMAGE_FIELDS: dict[str, FieldType] = {
     **V1_IMAGE_FIELDS,
     "taken": "datetime",  # EXIF date taken
@@ -46,7 +46,7 @@ IMAGE_FIELDS: dict[str, FieldType] = {
     "location": "geo",  # EXIF GPS
     "folder": "keyword",  # the containing folder's name
     "file_name": "keyword",
-    "sha256": "keyword",  # the file's bytes, and its perceptual hash (indexer.duplicates)
+    "sha256": "keyword",  # the file's bytes, and its perceptual hash (indexer.curation.duplicates)
     "phash": "keyword",
 }
 

@@ -53,7 +53,7 @@ class FaissSettings(BaseModel):
 
 
 class FetchSettings(BaseModel):
-    """Images by URL in catalogs (indexer.fetch): limits, retries, the on-disk cache, and which hosts."""
+    """Images by URL in catalogs (ingest.fetch): limits, retries, the on-disk cache, and which hosts."""
 
     allow_private: bool = Field(
         False,

@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=bench.DOC)
     args = parser.parse_args()
 
-    from indexer.catalog import ColumnMapping
-    from indexer.catalog_pipeline import index_catalog
-    from indexer.models import load_model
+    from indexer.ingest.catalog import ColumnMapping
+    from indexer.ingest.catalog_run import index_catalog
+    from indexer.models.loading import load_model
     from tests.catalogs import make_catalog
     from tests.fetch_server import fetch_server
     from tests.helpers import make_settings

@@ -3,7 +3,7 @@
 For each size it uses bench_query's synthetic collection (edge store; built once, reused by --reuse)
 and measures, each part in fresh processes:
 - recall@10 of the store against exact search (bench_query's measure step);
-- the ONNX export of ViT-B-32 (`indexer.onnx_export.ensure_export`, timed) and how far its embeddings
+- the ONNX export of ViT-B-32 (`indexer.models.onnx_export.ensure_export`, timed) and how far its embeddings
   are from open_clip's (torch) on real photos decoded as queries are, and on query texts (cosine);
 - `clipsearch search "..."` as a whole process, fresh each round, until it exits with its results
   (distinct texts; the page cache is warm, as on a machine that serves), and once under
@@ -42,7 +42,7 @@ log = bench.logger("bench_cli")
 
 
 def _identity(spec: dict[str, Any]) -> Any:
-    from indexer.models import file_sha256
+    from indexer.models.loading import file_sha256
     from indexer.schema import ModelIdentity
 
     checkpoint = str(Path(spec["checkpoint"]).resolve())
@@ -51,10 +51,10 @@ def _identity(spec: dict[str, Any]) -> Any:
 
 def step_export(spec: dict[str, Any]) -> dict[str, Any]:
     """Export (or find) the ONNX towers, then compare them with open_clip on real photos and texts."""
-    from indexer.decode import decode_image
-    from indexer.encoders import OnnxEncoder, export_dir, read_meta
-    from indexer.models import load_model
-    from indexer.onnx_export import ensure_export
+    from indexer.ingest.decode import decode_image
+    from indexer.models.encoders import OnnxEncoder, export_dir, read_meta
+    from indexer.models.loading import load_model
+    from indexer.models.onnx_export import ensure_export
 
     identity = _identity(spec)
     directory = export_dir(Path(spec["home"]), identity)
@@ -302,8 +302,8 @@ def render(run: dict[str, Any]) -> str:
         "(ImageNet samples, median "
         f"{e['http']['image']['kib_p50']:.0f} KiB), after three uploads that load the image tower. Wall "
         "time at the client; stage medians from each response's `timings`.",
-        "- Threads (indexer.models.ModelCache.query): both towers on every usable CPU, up to 4; "
-        "onnxruntime's threads sleep rather than spin when idle (indexer.encoders.OnnxEncoder).",
+        "- Threads (indexer.models.loading.ModelCache.query): both towers on every usable CPU, up to 4; "
+        "onnxruntime's threads sleep rather than spin when idle (indexer.models.encoders.OnnxEncoder).",
         f"- The first query after /healthz answered took {e['http']['first_query_s']:.1f} s (the server "
         "opens the default collection and loads the text tower at start; the export existed).",
     ]

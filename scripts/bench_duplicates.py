@@ -2,7 +2,7 @@
 
 It builds a collection of N synthetic 512-d unit vectors (a mixture of 1000 Gaussian clusters, as CLIP
 embeddings cluster) with sha256 and perceptual-hash metadata, plants duplicates among them, then times
-one whole duplicate search (indexer.duplicates.find_duplicates: loading every vector, one store search
+one whole duplicate search (curation.duplicates.find_duplicates: loading every vector, one store search
 per item, the perceptual-hash range search, grouping) and checks the planted groups were found:
 - exact: 1% of items are byte copies of another (same sha256 and vector);
 - near: 1% are altered copies (vector + small noise, cosine ~0.99; pHash/dHash with 3 bits flipped).
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=bench.DOC)
     args = parser.parse_args()
 
-    from indexer.duplicates import find_duplicates
+    from indexer.curation.duplicates import find_duplicates
     from indexer.settings import Settings
     from indexer.stores import open_store
 

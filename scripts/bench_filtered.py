@@ -99,7 +99,7 @@ def exact(vectors: np.ndarray, keep: np.ndarray, query: np.ndarray) -> set[int]:
 
 def measure(store: Any, vectors: np.ndarray, buckets: np.ndarray, queries: np.ndarray
             ) -> list[dict[str, Any]]:
-    from indexer.filters import FieldCondition, Filter, Range
+    from indexer.stores.filters import FieldCondition, Filter, Range
 
     rows = []
     for keep_n in KEEPS:
@@ -148,7 +148,7 @@ def http_server(app: Any) -> Iterator[str]:
 def hybrid_http(root: Path, n: int, queries: int) -> dict[str, Any]:
     import httpx
 
-    from indexer.models import load_model
+    from indexer.models.loading import load_model
     from indexer.schema import CollectionSchema
     from indexer.settings import Settings
     from indexer.stores import Record, open_store

@@ -162,7 +162,7 @@ def _write_jpegs(job: tuple[list[str], str, int, int]) -> None:
 
 
 def _model(name: str, device: str, workdir: Path) -> Any:
-    from indexer.models import load_model
+    from indexer.models.loading import load_model
 
     if name == "tiny":
         config, checkpoint = bench.random_checkpoint("tiny", workdir / "tiny-clip.pt")
@@ -211,9 +211,9 @@ def index_run(model: Any, folder: Path, home: Path, batch: int, gpu_decode: bool
     """End to end into a fresh embedded store; then decoding alone and encoding alone (the split)."""
     import torch
 
-    from indexer import pipeline
+    from indexer.ingest import pipeline
+    from indexer.ingest.sources import walk_folder
     from indexer.settings import Settings
-    from indexer.sources import walk_folder
 
     shutil.rmtree(home, ignore_errors=True)
     settings = Settings(home=home, model=model.identity.model, pretrained=model.identity.pretrained,

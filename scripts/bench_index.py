@@ -128,7 +128,7 @@ def main() -> None:
     }
     print(f"bench_index: {len(files)} photos, {args.model}, workdir {workdir}", file=sys.stderr)
 
-    from indexer.models import load_model
+    from indexer.models.loading import load_model
 
     naive_model = NaiveModel(args.model, str(checkpoint))
     fp32 = load_model(args.model, str(checkpoint), "cpu")
@@ -242,7 +242,7 @@ def run_clipsearch(model: Any, folder: Path, home: Path, workers: int, threads: 
     """index_sources end to end into a fresh edge store; the stored vectors read back by uri."""
     import torch
 
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
     from indexer.settings import Settings
     from indexer.stores import open_store
 
@@ -358,7 +358,7 @@ def encoder_alone(model: Any, files: list[Path], threads: int, rounds: int) -> d
     """The fp32 encoder by itself on one batch of decoded photos, at 1 and at `threads` threads."""
     import torch
 
-    from indexer.decode import decode_image
+    from indexer.ingest.decode import decode_image
 
     pixels = np.stack([np.asarray(model.pixel_transform(decode_image(f))) for f in files])
     model.encode_pixels(pixels[:4])
@@ -416,7 +416,7 @@ def draft_study(model: Any) -> dict[str, Any]:
     and the decode + resize time it saves on phone-sized JPEGs (the same photos upscaled to 12 MP)."""
     from PIL import Image
 
-    from indexer.decode import decode_image
+    from indexer.ingest.decode import decode_image
 
     photos = sorted(glob.glob(str(bench.IMAGES / "*.JPEG")), key=lambda f: -min(Image.open(f).size))[:48]
     side = model.input_size
@@ -631,7 +631,7 @@ def render(run: dict[str, Any]) -> str:
         "Not measured here: CUDA (no GPU on this machine). The CUDA path exists, guarded by the device: "
         "batches of 256, uint8 pixels copied from pinned memory without blocking, fp16 autocast, and JPEGs "
         "decoded on the GPU by nvJPEG (`torchvision.io.decode_jpeg(device='cuda')`, batched) then resized "
-        "there (`indexer/gpu_decode.py`, falling back to the CPU path per file). It has never run on a GPU: "
+        "there (`ingest/gpu_decode.py`, falling back to the CPU path per file). It has never run on a GPU: "
         "the H100 target (>= 5000 images/s from JPEG files) is unverified, and so is whether GPU decoding "
         "beats the CPU decoders there. torchvision 0.29 deprecates its decoders in favour of TorchCodec.",
         "",

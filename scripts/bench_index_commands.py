@@ -9,7 +9,7 @@ collection's vectors with the naive loop's, per photo.
 
 Then the encoder alone on one batch of decoded photos, against this CPU's matrix-multiply peak (the
 best of several large torch matmuls, fp32 and bf16): eager torch (what the naive loop runs), the
-onnxruntime tower that `clipsearch index` runs for fp32 (indexer.onnx_images) and the bf16 tower, with
+onnxruntime tower that `clipsearch index` runs for fp32 (indexer.models.onnx_images) and the bf16 tower, with
 the GFLOP per image counted by torch's FlopCounterMode, so the share of the peak each reaches is shown.
 """
 
@@ -161,9 +161,9 @@ def encoder_vs_peak(model_name: str, checkpoint: Path, files: list[Path], rounds
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from indexer.decode import decode_image
-    from indexer.models import load_model, usable_cpus
-    from indexer.onnx_images import onnx_image_encoder
+    from indexer.ingest.decode import decode_image
+    from indexer.models.loading import load_model, usable_cpus
+    from indexer.models.onnx_images import onnx_image_encoder
 
     torch.set_num_threads(usable_cpus())
     model = load_model(model_name, str(checkpoint), "cpu")
@@ -172,7 +172,7 @@ def encoder_vs_peak(model_name: str, checkpoint: Path, files: list[Path], rounds
     onnx = onnx_image_encoder(model, None, pixels[:2])
     # Counted on the tower as the ONNX export traces it (attention as Linear layers around
     # scaled_dot_product_attention): the counter does not see inside nn.MultiheadAttention's fused op.
-    from indexer.onnx_export import _ImageTower
+    from indexer.models.onnx_export import _ImageTower
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         _ImageTower(model)(torch.from_numpy(pixels[:1]))
@@ -273,13 +273,13 @@ def render(run: dict[str, Any]) -> str:
         "come from other kernels (onnxruntime) and less start-up, not from tuning torch's threads.",
         "",
         "How to read this. A run of `clipsearch index` also leaves the model's ONNX export under "
-        "CLIPSEARCH_HOME, so that the queries after it need no torch (indexer.onnx_export; once per model "
+        "CLIPSEARCH_HOME, so that the queries after it need no torch (models.onnx_export; once per model "
         "and home): a fresh home pays it, a home that has it (a second collection, the next model-identical "
         "run) does not; the two fp32 rows show both. "
         "The fp32 gain of `clipsearch index` over the naive loop comes from: a start-up "
         "without torch.nn.init's random draws (the checkpoint's tensors are assigned to a model built "
-        "without initialising it: indexer.models._create), the image tower on onnxruntime for runs of "
-        "256+ images (indexer.onnx_images: the same fp32 arithmetic, checked against torch on the first "
+        "without initialising it: models.loading._create), the image tower on onnxruntime for runs of "
+        "256+ images (models.onnx_images: the same fp32 arithmetic, checked against torch on the first "
         "images; its kernels reach a larger share of the matmul peak than eager torch does), decoding on "
         "a thread beside the encoder, and store writes overlapped. Start-up (Python, torch, open_clip and "
         "its torchvision and timm imports) is most of what is left besides the encoder. bf16 and int8 "

@@ -2,7 +2,7 @@
 
 Label runs: for each --sizes N, a collection of N random unit vectors (--dim, default 512 as ViT-B-32)
 is built in a temporary home (not timed as part of the run), then labelled with --labels random label
-embeddings (1000 by default, top-3) by `indexer.labels.label_store`, the code `clipsearch label` runs,
+embeddings (1000 by default, top-3) by `curation.labels.label_store`, the code `clipsearch label` runs,
 given the label embeddings so that no text encoder is timed. Reported: the whole run (reading every
 vector from the store, scoring, writing every payload, flushing) with its stages, and separately the
 matrix part alone (`top_labels` over the same number of in-memory vectors).
@@ -69,7 +69,7 @@ def build(settings: Any, size: int, dim: int, seed: int) -> float:
 
 
 def label_run(settings: Any, labels: list[str], label_vectors: np.ndarray) -> dict[str, Any]:
-    from indexer.labels import label_store
+    from indexer.curation.labels import label_store
     from indexer.stores import open_store
 
     store = open_store(settings, "bench")
@@ -86,7 +86,7 @@ def label_run(settings: Any, labels: list[str], label_vectors: np.ndarray) -> di
 
 def matrix_only(size: int, dim: int, label_vectors: np.ndarray, seed: int) -> float:
     """Seconds of `top_labels` alone over `size` vectors, made in chunks (not timed)."""
-    from indexer.labels import BATCH, top_labels
+    from indexer.curation.labels import BATCH, top_labels
 
     rng = np.random.default_rng(seed)
     spent = 0.0
@@ -127,9 +127,9 @@ def bench_sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def bench_eval() -> dict[str, Any]:
-    from indexer.evaluate import Embedded, embed_images, load_dataset, prompt_name, run_eval
-    from indexer.labels import load_templates, prompt_embeddings
-    from indexer.models import load_model
+    from indexer.curation.evaluate import Embedded, embed_images, load_dataset, prompt_name, run_eval
+    from indexer.curation.labels import load_templates, prompt_embeddings
+    from indexer.models.loading import load_model
     from indexer.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as folder:

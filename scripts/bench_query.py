@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
-from indexer.models import query_threads, usable_cpus  # noqa: E402
+from indexer.models.loading import query_threads, usable_cpus  # noqa: E402
 from scripts import benchlib as bench  # noqa: E402
 
 DIM = 512
@@ -172,7 +172,7 @@ def _rss() -> dict[str, int]:
 
 
 def step_build(spec: dict[str, Any]) -> dict[str, Any]:
-    from indexer.models import file_sha256
+    from indexer.models.loading import file_sha256
     from indexer.schema import CollectionSchema, ModelIdentity
     from indexer.stores import Record, drop_collection, open_store
 
@@ -492,7 +492,7 @@ def render(run: dict[str, Any], args: argparse.Namespace) -> str:
     threads = [e for e in run["entries"] if "http_all_cpus" in e]
     if threads:
         lines += ["", f"The text encoder runs on {run.get('query_threads', 1)} torch thread(s) by default "
-                  "(`indexer.models.query_threads`: half the CPUs). The same edge servers with every CPU "
+                  "(`models.loading.query_threads`: half the CPUs). The same edge servers with every CPU "
                   "for the encoder (`OMP_NUM_THREADS`), measured right after:", ""]
         for e in threads:
             a, d = e["http_all_cpus"], e["http"]
@@ -565,7 +565,7 @@ def _notes(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "repeated (the first call, which fills the cache, is not counted). Wall time at the client, so it "
         "includes HTTP and JSON; the server reports its own `took_ms` and stages in each response.",
         "- Text encoder: `ClipModel.encode_texts` runs the causal text tower over the tokens up to the "
-        "end-of-text token only (10-12 here, not 77; exact, see `indexer.models.causal_text_pool`), "
+        "end-of-text token only (10-12 here, not 77; exact, see `indexer.models.loading.causal_text_pool`), "
         "and the engine encodes one warm-up query at start.",
         f"- Search settings (edge and Qdrant server, `Settings`): `hnsw_ef={defaults.hnsw_ef}`, "
         f"`quantization={defaults.quantization}` (scalar, quantile {edge.INT8_QUANTILE}, in RAM; float32 "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
 from indexer.errors import ModelLoadError  # noqa: E402
-from indexer.models import load_model  # noqa: E402
+from indexer.models.loading import load_model  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from indexer.settings import Settings
 from indexer.vlm import Vlm
 from search_api import curation, dedupe, items, routes

@@ -2,7 +2,7 @@
 items of one label (or "unsure") page by page, and people's decisions on items or selections.
 
 A decision is stored on the item as `human_label` (a label, or "rejected") and `human_label_at`; every
-reader prefers it to the zero-shot label afterwards (indexer.labels). Writes run in the server, under
+reader prefers it to the zero-shot label afterwards (indexer.curation.labels). Writes run in the server, under
 the collection's lock, on the store its engine holds.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from indexer.labels import label_counts, label_runs, review, review_items
+from indexer.curation.labels import label_counts, label_runs, review, review_items
 from search_api.deps import EnginesDep
 from search_api.schemas import ErrorResponse
 

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from indexer.clusters import cluster_collection, load_vectors, neighbours, outlier_scores
-from indexer.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE, find_duplicates
+from indexer.curation.clusters import cluster_collection, load_vectors, neighbours, outlier_scores
+from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE, find_duplicates
 from search_api.deps import EnginesDep
 from search_api.schemas import ErrorResponse
 

@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from indexer.engine import SearchEngine, collection_status
 from indexer.errors import CollectionBusy, CollectionNotFound, StoreError
-from indexer.filters import Filter
 from indexer.locking import remove_server_address, write_server_address
-from indexer.models import ClipModel, ModelCache
+from indexer.models.loading import ClipModel, ModelCache
 from indexer.schema import CollectionSchema
+from indexer.search.engine import SearchEngine, collection_status
 from indexer.settings import Settings
 from indexer.stores import Record, check_collection_name, list_collections, open_store
+from indexer.stores.filters import Filter
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

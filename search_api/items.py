@@ -34,13 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from indexer.catalog import convert
-from indexer.engine import SearchEngine, client_point_id
 from indexer.errors import BadInput, ItemNotFound
-from indexer.filters import parse_datetime
+from indexer.ingest.catalog import convert
 from indexer.schema import FieldType, check_name
+from indexer.search.engine import SearchEngine, client_point_id
 from indexer.settings import Settings
 from indexer.stores import Record
+from indexer.stores.filters import parse_datetime
 from search_api.deps import EnginesDep, SettingsDep
 from search_api.engines import Engines
 from search_api.schemas import ErrorResponse
@@ -259,7 +259,7 @@ def _image(settings: Settings, collection: str, data: bytes | None, url: str | N
     under the home, or a URL fetched into the fetch cache. Not an image: 400."""
     if data is None:
         assert url is not None
-        from indexer.fetch import Fetcher
+        from indexer.ingest.fetch import Fetcher
 
         with Fetcher(settings) as fetcher:
             got = fetcher.fetch(url)
@@ -280,7 +280,7 @@ def _image(settings: Settings, collection: str, data: bytes | None, url: str | N
 
 
 def _size(data: bytes) -> dict[str, int]:
-    from indexer.decode import image_size
+    from indexer.ingest.decode import image_size
 
     try:
         width, height = image_size(data)

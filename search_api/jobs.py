@@ -1,7 +1,7 @@
 """Re-embedding a collection inside the server (`POST /v1/collections/{c}/vectors`).
 
 An embedded collection is held by the server, so `clipsearch reembed` cannot open it; the server runs
-the same `indexer.vectors` code in a background thread instead, on the engine's store through
+the same `indexer.ingest.reembed` code in a background thread instead, on the engine's store through
 `LockedStore`: searches keep being answered on the active vector between its batches. One job per
 (collection, vector); a finished or failed one can be started again (it resumes).
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.errors import Conflict
-from indexer.models import load_model
-from indexer.vectors import ReembedReport, add_vector, default_vector_name, fill_vector
+from indexer.ingest.reembed import ReembedReport, add_vector, default_vector_name, fill_vector
+from indexer.models.loading import load_model
 from search_api.engines import Engines, LockedStore, Stopped
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,11 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import TypeAdapter
 
-from indexer.engine import SearchEngine, SearchOutcome
 from indexer.errors import Conflict
-from indexer.query import Term, keyword_text
+from indexer.ingest.reembed import activate, drop_vector
+from indexer.search.engine import SearchEngine, SearchOutcome
+from indexer.search.query import Term, keyword_text
 from indexer.settings import Settings
-from indexer.vectors import activate, drop_vector
 from indexer.vlm import Query as VlmQuery
 from search_api import vlm as stage
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep

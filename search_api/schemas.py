@@ -8,8 +8,8 @@ from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from indexer.classify import parse_labels
-from indexer.filters import Filter
+from indexer.models.zero_shot import parse_labels
+from indexer.stores.filters import Filter
 
 # Long enough for any real query; bounds what one request can put into the text-embedding cache
 # (the tokenizer truncates at 77 tokens anyway).
@@ -133,7 +133,7 @@ class SearchOptions(BaseModel):
     facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
 
     def search_options(self) -> dict[str, Any]:
-        """The engine's options for this request (indexer.engine.SearchEngine.search_query)."""
+        """The engine's options for this request (indexer.search.engine.SearchEngine.search_query)."""
         return {
             "filter": self.filter,
             "vector": self.vector,

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from indexer.engine import Result
 from indexer.errors import ImageDecodeError
+from indexer.search.engine import Result
 from indexer.settings import Settings
 from indexer.vlm import Query, Vlm, VlmError
 from search_api.engines import Engines

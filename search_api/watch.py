@@ -4,9 +4,9 @@ An embedded collection (Qdrant Edge, qdrant-client local mode) can be open in on
 separate `clipsearch index` cannot write while the API searches. Instead the server indexes, on the
 very store and models the API uses, in one background thread, one sync at a time:
 
-- at start, a full sync (`indexer.pipeline.sync_store`: walk the folders, compare with the store);
+- at start, a full sync (`indexer.ingest.pipeline.sync_store`: walk the folders, compare with the store);
 - on file events (watchfiles: inotify on Linux), once they have been quiet for `quiet` seconds (or
-  have kept coming for `max_delay`), a sync of just the changed paths (`indexer.pipeline.sync_paths`),
+  have kept coming for `max_delay`), a sync of just the changed paths (`indexer.ingest.pipeline.sync_paths`),
   so a new, changed, moved or deleted photo is searchable (or gone) within about a second;
 - every `interval` seconds, a full rescan: the safety net for events that were missed (a folder
   with a dot in its name moved away, a network share, an overflowing event queue);
@@ -36,13 +36,13 @@ from typing import Literal
 import watchfiles
 from starlette.concurrency import run_in_threadpool
 
-from indexer.decode import IMAGE_EXTENSIONS
 from indexer.errors import StoreError
+from indexer.ingest.decode import IMAGE_EXTENSIONS
+from indexer.ingest.pipeline import IndexReport, folder_schema, sync_paths, sync_store
+from indexer.ingest.sources import _JUNK_DIRS, _is_hidden
 from indexer.locking import collection_lock
-from indexer.models import ClipModel, check_same_precision, load_model
-from indexer.pipeline import IndexReport, folder_schema, sync_paths, sync_store
+from indexer.models.loading import ClipModel, check_same_precision, load_model
 from indexer.settings import Settings
-from indexer.sources import _JUNK_DIRS, _is_hidden
 from indexer.stores import collection_exists, open_store
 from search_api.engines import Engines, LockedStore, Stopped
 
@@ -140,7 +140,7 @@ class FolderWatcher:
 
     def _wanted(self, change: watchfiles.Change, path: str) -> bool:
         """Whether an event can change what a full sync would store: image files, and folders added or
-        gone, outside hidden and junk folders (as indexer.sources walks)."""
+        gone, outside hidden and junk folders (as indexer.ingest.sources walks)."""
         root = next((f for f in self.folders if path.startswith(f.rstrip(os.sep) + os.sep)), None)
         if root is None:
             return False

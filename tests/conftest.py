@@ -23,7 +23,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint: Path):
-    from indexer.models import load_model
+    from indexer.models.loading import load_model
 
     return load_model(str(TINY_CONFIG), str(tiny_checkpoint), "cpu")
 

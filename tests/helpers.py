@@ -31,10 +31,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from indexer.filters import Filter, matches
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from indexer.schema import FieldType
 from indexer.settings import Settings
+from indexer.stores.filters import Filter, matches
 
 TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "tiny-clip.json"
@@ -149,7 +149,7 @@ class Served:
 def index_photos(root: Path, source: Path, checkpoint: Path, model: ClipModel, count: int,
                  **overrides: Any) -> tuple[Settings, list[Path], list[str]]:
     """Copy `count` real photos under root, index them with the tiny model; settings, photos, ids."""
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
     from indexer.stores import open_store
 
     photos = photo_copies(source, root / "photos", count)
@@ -261,7 +261,7 @@ def random_payloads(rng: np.random.Generator, n: int,
 
 def kept(store_filter: Filter | None, ids: Sequence[str], payloads: Sequence[dict[str, Any]],
          vectors: Sequence[frozenset[str]] | None = None) -> np.ndarray:
-    """Which points pass a store filter by the reference meaning (`indexer.filters.matches`), as a
+    """Which points pass a store filter by the reference meaning (`indexer.stores.filters.matches`), as a
     mask for `brute_force`; `vectors`: each point's vector names, for has_vector."""
     have = vectors or [frozenset()] * len(ids)
     return np.array([matches(store_filter, i, p, v) for i, p, v in zip(ids, payloads, have, strict=True)],

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from indexer.filters import Filter, matches
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from indexer.schema import CollectionSchema, FieldType
 from indexer.settings import Settings
 from indexer.stores import Record, open_store
+from indexer.stores.filters import Filter, matches
 
 SHOP_FIELDS: dict[str, FieldType] = {
     "product_id": "keyword", "brand": "keyword", "category": "keyword", "colour": "keyword",

@@ -23,8 +23,8 @@ import httpx
 import numpy as np
 import pytest
 
-from indexer.models import ClipModel
-from indexer.pipeline import index_sources
+from indexer.ingest.pipeline import index_sources
+from indexer.models.loading import ClipModel
 from indexer.settings import Settings
 from indexer.stores import open_store
 from search_api import create_app

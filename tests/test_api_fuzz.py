@@ -38,7 +38,7 @@ from schemathesis.engine import events, from_schema
 from schemathesis.generation import GenerationMode
 from schemathesis.generation.meta import TestPhase
 
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from tests.helpers import Served, indexed_server
 
 KEY = "fuzz-key-0123456789"

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from indexer.models import ClipModel
-from indexer.pipeline import index_sources
+from indexer.ingest.pipeline import index_sources
+from indexer.models.loading import ClipModel
 from search_api import create_app
 from search_api.limits import MULTIPART_OVERHEAD
 from tests.helpers import assert_error, make_settings, photo_copies, png_bytes, raw_get, serve

@@ -85,7 +85,7 @@ def test_exactly_the_good_files_are_indexed_under_their_exact_names(
 def test_a_good_file_among_bad_ones_finds_itself_first(
     indexed: dict[str, Any], corpus: Corpus, settings: Settings, tiny_model: Any
 ) -> None:
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     newline = next(uri for uri in corpus.odd_names if "\n" in uri)
     [best, *_] = run_json("search", "--image", newline, "-k", "3", *COLLECTION)["results"]

@@ -19,7 +19,7 @@ from tests.helpers import TINY_CONFIG, make_settings, photo_copies
 
 @pytest.fixture(scope="module")
 def bf16_model(tiny_checkpoint: Path):
-    from indexer.models import load_model
+    from indexer.models.loading import load_model
 
     return load_model(str(TINY_CONFIG), str(tiny_checkpoint), "cpu", precision="bf16")
 
@@ -45,7 +45,7 @@ def test_bf16_images_agree_with_fp32_and_text_stays_exact(bf16_model, tiny_model
 def test_a_bf16_collection_never_takes_fp32_vectors(tmp_path: Path, imagenet_dir: Path,
                                                      tiny_checkpoint: Path) -> None:
     from indexer.errors import ModelMismatchError
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
     from indexer.stores import open_store
 
     photo_copies(imagenet_dir, tmp_path / "photos", 6)
@@ -71,7 +71,7 @@ def test_the_quick_load_is_open_clips_model(tiny_checkpoint: Path, imagenet_dir:
     import open_clip
     import torch
 
-    from indexer.models import load_model
+    from indexer.models.loading import load_model
 
     ours = load_model(str(TINY_CONFIG), str(tiny_checkpoint), "cpu")
     theirs, _, preprocess = open_clip.create_model_and_transforms(
@@ -94,7 +94,7 @@ def test_the_quick_load_is_open_clips_model(tiny_checkpoint: Path, imagenet_dir:
 
 def test_an_unknown_precision_names_the_flag(tiny_checkpoint: Path) -> None:
     from indexer.errors import ModelLoadError
-    from indexer.models import load_model
+    from indexer.models.loading import load_model
 
     with pytest.raises(ModelLoadError, match=r"precision .fp8.: use fp32, int8, bf16 \(--precision\)"):
         load_model(str(TINY_CONFIG), str(tiny_checkpoint), "cpu", precision="fp8")

@@ -1,4 +1,4 @@
-"""Product catalogs into collections (indexer.catalog, indexer.catalog_pipeline): every format with
+"""Product catalogs into collections (indexer.ingest.catalog, indexer.ingest.catalog_run): every format with
 the right counts, types and recorded bad rows, images by URL from a loopback server, and re-runs
 that embed only what changed (a metadata edit embeds nothing), through the library and the CLI."""
 
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.catalog import ColumnMapping, read_catalog
-from indexer.catalog_pipeline import failure_key, index_catalog, point_id
 from indexer.errors import BadInput
+from indexer.ingest.catalog import ColumnMapping, read_catalog
+from indexer.ingest.catalog_run import failure_key, index_catalog, point_id
 from indexer.settings import Settings
 from indexer.stores import open_store
 from tests.catalogs import FLAGS, FORMATS, make_catalog, write_catalog
@@ -112,7 +112,7 @@ def test_a_rerun_embeds_only_changed_images_and_text(tmp_path, tiny_checkpoint, 
                                                      monkeypatch) -> None:
     catalog = make_catalog(tmp_path / "shop", "csv", photos, count=30, multi_every=4)
     settings = catalog_settings(tmp_path, tiny_checkpoint)
-    from indexer.onnx_export import ensure_export
+    from indexer.models.onnx_export import ensure_export
 
     ensure_export(tiny_model, settings.home)  # made now: its self-check encodes images, not counted here
     encoded: list[int] = []

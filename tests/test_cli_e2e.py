@@ -110,7 +110,7 @@ def test_rerun_embeds_only_new_and_changed_and_drops_deleted(
 
 
 def test_every_indexed_image_finds_itself_first(indexed: Path, settings: Settings) -> None:
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     photos = photos_in(indexed)
     [best, *_] = run_json("search", "--image", str(photos[0]), "-k", "3")["results"]

@@ -1,4 +1,4 @@
-"""Clusters and outliers (indexer.clusters): exact on constructed vectors, through a real store.
+"""Clusters and outliers (indexer.curation.clusters): exact on constructed vectors, through a real store.
 
 Blobs: unit vectors around well-separated centres; k-means must return exactly the blobs, numbered by
 decreasing size, each blob's centre-most point first. Outliers: points placed at known distances from
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.clusters import cluster_collection, kmeans, load_vectors, neighbours, outlier_scores
+from indexer.curation.clusters import cluster_collection, kmeans, load_vectors, neighbours, outlier_scores
 from indexer.errors import BadInput
-from indexer.filters import Filter
 from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.stores import Record, open_store
 from indexer.stores.base import canonical_id
+from indexer.stores.filters import Filter
 from tests.helpers import make_settings
 
 DIM = 32

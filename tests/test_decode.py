@@ -1,4 +1,4 @@
-"""Specification of indexer.decode: every input is generated here with PIL/numpy, nothing is downloaded."""
+"""Specification of ingest.decode: every input is generated here with PIL/numpy, nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from indexer import decode
-from indexer.decode import IMAGE_EXTENSIONS, decode_image, image_size
 from indexer.errors import ImageDecodeError
+from indexer.ingest import decode
+from indexer.ingest.decode import IMAGE_EXTENSIONS, decode_image, image_size
 from tests.corpus import handmade_png
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"

@@ -1,4 +1,4 @@
-"""Duplicates (indexer.duplicates, `clipsearch duplicates`) on real photos and altered copies.
+"""Duplicates (indexer.curation.duplicates, `clipsearch duplicates`) on real photos and altered copies.
 
 The module indexes PHOTOS real photos (the tiny model: random weights) together with five altered
 copies of each, made here: resized to half, re-encoded as JPEG quality 40, cropped by 5% of each side,
@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from indexer.duplicates import UnionFind, find_duplicates, hash_pairs, parse_phash
-from indexer.pipeline import index_sources
+from indexer.curation.duplicates import UnionFind, find_duplicates, hash_pairs
+from indexer.ingest.hashes import parse_phash
+from indexer.ingest.pipeline import index_sources
 from indexer.settings import Settings
 from indexer.stores import open_store
 from tests.helpers import make_settings, require_imagenet

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import evaluate as ev
+from indexer.curation import evaluate as ev
 from indexer.errors import BadInput
 from tests.clirun import cli_home, run, run_json
 from tests.helpers import SHARED_DATA
@@ -168,7 +168,7 @@ def test_report_puts_two_systems_side_by_side(tmp_path: Path) -> None:
 
 
 def by_hand(images: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> dict[str, float]:
-    """The headline metrics with plain loops, independently of indexer.evaluate."""
+    """The headline metrics with plain loops, independently of indexer.curation.evaluate."""
     n = len(labels)
     top1 = top5 = 0
     for i in range(n):
@@ -207,7 +207,7 @@ def small_cifar(tmp_path: Path) -> Path:
 
 def test_eval_command_equals_a_computation_by_hand(small_cifar: Path, tmp_path: Path,
                                                    tiny_checkpoint: Path, tiny_model) -> None:
-    from indexer.labels import load_templates, prompt_embeddings
+    from indexer.curation.labels import load_templates, prompt_embeddings
     from indexer.stores import open_store
 
     with cli_home(tmp_path / "home", tiny_checkpoint) as settings:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import export as ex
-from indexer import labels as lb
+from indexer.curation import export as ex
+from indexer.curation import labels as lb
 from indexer.errors import BadInput
 from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.stores import Record, open_store
@@ -170,7 +170,7 @@ def test_csv_and_jsonl_rows(store: VectorStore, tmp_path: Path) -> None:
 
 
 def test_a_filtered_export_and_bad_requests(store: VectorStore, tmp_path: Path) -> None:
-    from indexer.filters import Filter
+    from indexer.stores.filters import Filter
 
     dogs = Filter.parse({"must": [{"key": "cluster", "match": {"value": 1}}]}).resolve(store.schema)
     report = ex.export(store, ex.collect(store, dogs), "jsonl", tmp_path / "c1.jsonl")
@@ -184,7 +184,7 @@ def test_a_filtered_export_and_bad_requests(store: VectorStore, tmp_path: Path) 
 
 def test_export_command_of_a_query_and_of_duplicates(tmp_path: Path, tiny_checkpoint: Path, tiny_model: Any,
                                                      imagenet_dir: Path) -> None:
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
 
     photos = photo_copies(imagenet_dir, tmp_path / "photos", 8)
     (tmp_path / "photos" / "copy.JPEG").write_bytes(photos[0].read_bytes())  # a byte-for-byte duplicate
@@ -198,7 +198,7 @@ def test_export_command_of_a_query_and_of_duplicates(tmp_path: Path, tiny_checkp
         scores = [row["query_score"] for row in rows]
         assert len(rows) == 3 and scores == sorted(scores, reverse=True)
         if not (Path(ex.__file__).parent / "duplicates.py").exists():
-            pytest.skip("indexer/duplicates.py is not there yet")
+            pytest.skip("indexer/curation/duplicates.py is not there yet")
         dupes = run_json("export", str(tmp_path / "dupes.csv"), "--format", "csv", "--duplicates")
     with open(tmp_path / "dupes.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -28,13 +28,13 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 from indexer.errors import CollectionBusy, SchemaError, StoreError  # noqa: E402
-from indexer.filters import Filter, matches  # noqa: E402
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 from indexer.stores import faiss_store  # noqa: E402
 from indexer.stores.base import Record  # noqa: E402
 from indexer.stores.faiss_store import FaissConfig, FaissStore  # noqa: E402
 from indexer.stores.faiss_store.index import VectorIndex  # noqa: E402
+from indexer.stores.filters import Filter, matches  # noqa: E402
 
 DIM = 64
 REPO = Path(__file__).resolve().parents[1]

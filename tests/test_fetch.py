@@ -1,4 +1,4 @@
-"""Images by URL (indexer.fetch) against a real loopback server that misbehaves on purpose
+"""Images by URL (indexer.ingest.fetch) against a real loopback server that misbehaves on purpose
 (tests/fetch_server.py): retries, timeouts, byte caps, content checks, the revalidated cache,
 bounded concurrency, and the refusal of loopback, private and metadata-service addresses."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from indexer.fetch import Fetcher, FetchRefused, VettedTransport, address_refusal, check_url
+from indexer.ingest.fetch import Fetcher, FetchRefused, VettedTransport, address_refusal, check_url
 from indexer.settings import Settings
 from tests.fetch_server import FetchServer, fetch_server
 from tests.helpers import require_imagenet

@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 
 from indexer.errors import InvalidFilter, VectorNotFound
-from indexer.filters import Filter, both, format_datetime, haversine_m, matches, parse_datetime, values_at
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec
+from indexer.stores.filters import (
+    Filter,
+    both,
+    format_datetime,
+    haversine_m,
+    matches,
+    parse_datetime,
+    values_at,
+)
 
 MODEL = ModelIdentity("tiny", "", "tiny", "", 8)
 SCHEMA = CollectionSchema.new(

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer import labels as lb
+from indexer.curation import labels as lb
 from indexer.errors import BadInput, ItemNotFound, SchemaError
-from indexer.filters import Filter
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec
 from indexer.stores import Record, open_store
 from indexer.stores.base import VectorStore
+from indexer.stores.filters import Filter
 from tests.clirun import cli_home, run, run_json
 from tests.helpers import SHARED_DATA, make_settings
 
@@ -229,7 +229,7 @@ def test_built_in_label_sets_and_templates(tmp_path: Path) -> None:
 
 
 def test_label_command(tmp_path: Path, tiny_checkpoint: Path, tiny_model: Any, imagenet_dir: Path) -> None:
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
     from tests.helpers import photo_copies
 
     photo_copies(imagenet_dir, tmp_path / "photos", 12)
@@ -253,7 +253,7 @@ def test_label_command(tmp_path: Path, tiny_checkpoint: Path, tiny_model: Any, i
 def test_a_filter_on_an_undeclared_field_is_refused(settings: Any, tiny_model: Any, imagenet_dir: Path,
                                                     tmp_path: Path) -> None:
     from indexer.errors import InvalidFilter
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
     from tests.helpers import photo_copies
 
     photo_copies(imagenet_dir, tmp_path / "photos", 2)
@@ -282,7 +282,7 @@ def cifar_subset(root: Path, per_class: int) -> Path:
 def test_label_run_over_cifar10(per_class: int, tmp_path: Path, tiny_checkpoint: Path, tiny_model) -> None:
     """Every image labelled with the built-in CIFAR-10 classes and templates, exactly as a computation
     from the stored vectors and the prompts says, and found by filters on the labels."""
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
 
     data = cifar_subset(tmp_path / "cifar", per_class)
     settings = make_settings(tmp_path / "home", tiny_checkpoint, batch_size=256)

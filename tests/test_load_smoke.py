@@ -22,7 +22,7 @@ from types import ModuleType
 
 import pytest
 
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from search_api.engines import FifoLock
 from tests.helpers import Served, indexed_server
 

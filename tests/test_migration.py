@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.filters import Filter
 from indexer.schema import SCHEMA_VERSION, ModelIdentity
 from indexer.settings import Settings
 from indexer.stores import open_store
 from indexer.stores.base import Record, VectorStore
+from indexer.stores.filters import Filter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())

@@ -25,8 +25,8 @@ import httpx
 import numpy as np
 import pytest
 
-from indexer.models import ClipModel, load_model
-from indexer.pipeline import index_sources
+from indexer.ingest.pipeline import index_sources
+from indexer.models.loading import ClipModel, load_model
 from indexer.settings import Settings
 from indexer.stores import open_store
 from search_api import create_app
@@ -136,7 +136,7 @@ def test_reembed_through_the_api_while_serving_then_activate_without_restart(
         records = {r.id: r.payload["path"] for r in store.scan()}
     finally:
         store.close()
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     with SearchEngine(settings, models=None) as engine:
         for item_id in list(records)[:3]:
@@ -147,7 +147,7 @@ def test_reembed_through_the_api_while_serving_then_activate_without_restart(
 def test_index_runs_keep_every_vector_up_to_date(
     tmp_path: Path, imagenet_dir: Path, tiny_checkpoint: Path, tiny_model: ClipModel, wide: tuple[str, str]
 ) -> None:
-    from indexer.vectors import reembed
+    from indexer.ingest.reembed import reembed
 
     settings = make_settings(tmp_path / "home", tiny_checkpoint)
     photos = copy_photos(imagenet_dir, tmp_path / "photos", 10)
@@ -261,9 +261,9 @@ def test_an_engine_on_a_shared_qdrant_collection_follows_activation_by_another_p
     """A Qdrant server is shared: `clipsearch activate` from elsewhere changes the schema under a running
     engine, which follows within SCHEMA_REFRESH_S (qdrant-client's local mode stands in for the server:
     two store objects in one process share its client, as two processes share a server)."""
-    import indexer.engine as engine_module
-    from indexer.engine import SearchEngine
-    from indexer.vectors import activate, reembed
+    import indexer.search.engine as engine_module
+    from indexer.ingest.reembed import activate, reembed
+    from indexer.search.engine import SearchEngine
 
     monkeypatch.setattr(engine_module, "SCHEMA_REFRESH_S", 0.0)
     settings = make_settings(

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.classify import classify_embeddings, parse_labels
-from indexer.models import ModelLoadError, ModelMismatchError, check_same_model, load_model
+from indexer.models.loading import ModelLoadError, ModelMismatchError, check_same_model, load_model
+from indexer.models.zero_shot import classify_embeddings, parse_labels
 from tests.helpers import TINY_CONFIG
 
 

@@ -1,5 +1,5 @@
-"""Queries without torch: the ONNX export of a model's towers (indexer.onnx_export) and the encoder that
-runs it (indexer.encoders.OnnxEncoder), through the engine's ModelCache, the CLI and the API server.
+"""Queries without torch: the ONNX export of a model's towers (models.onnx_export) and the encoder that
+runs it (indexer.models.encoders.OnnxEncoder), through the engine's ModelCache, the CLI and the API server.
 
 Specification:
 - the ported tokenizer gives open_clip's token ids exactly, for each of open_clip's cleanings, on plain
@@ -31,10 +31,10 @@ import httpx
 import numpy as np
 import pytest
 
-from indexer.decode import decode_image
-from indexer.encoders import BpeTokenizer, OnnxEncoder, QueryEncoder, ResizeCrop, export_dir, read_meta
-from indexer.models import ClipModel, ModelCache, load_model
-from indexer.onnx_export import ensure_export, failure_path
+from indexer.ingest.decode import decode_image
+from indexer.models.encoders import BpeTokenizer, OnnxEncoder, QueryEncoder, ResizeCrop, export_dir, read_meta
+from indexer.models.loading import ClipModel, ModelCache, load_model
+from indexer.models.onnx_export import ensure_export, failure_path
 from indexer.settings import Settings
 from tests.clirun import CLI, REPO, cli_home, run_json, wait_for
 from tests.helpers import TINY_CONFIG, copy_photos, free_port
@@ -93,7 +93,7 @@ def test_tokenizer_gives_open_clips_ids(clean: str) -> None:
 def test_image_geometry_gives_open_clips_pixels(size: int, imagenet_dir: Path) -> None:
     from open_clip import image_transform
 
-    from indexer.models import _split_preprocess
+    from indexer.models.loading import _split_preprocess
 
     theirs = _split_preprocess(image_transform(size, is_train=False))[0]
     ours = ResizeCrop(size, None, (size, size), "bicubic")
@@ -171,18 +171,18 @@ def test_a_model_the_export_cannot_handle_stays_on_torch(
     identity = load_model(str(path), str(checkpoint), "cpu").identity
 
     home = tmp_path / "home"
-    with caplog.at_level(logging.WARNING, logger="indexer.onnx_export"):
+    with caplog.at_level(logging.WARNING, logger="indexer.models.onnx_export"):
         encoder = ModelCache("cpu", home).query(identity)
     assert isinstance(encoder, ClipModel)
     assert encoder.encode_texts(["a dog"]).shape == (1, 32)
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "indexer.onnx_export"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "indexer.models.onnx_export"]
     assert "ONNX export failed" in warning and "pooled at its end token" in warning
     failed = failure_path(export_dir(home, identity))
     recorded = failed.stat().st_mtime_ns
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="indexer.onnx_export"):
+    with caplog.at_level(logging.WARNING, logger="indexer.models.onnx_export"):
         assert isinstance(ModelCache("cpu", home).query(identity), ClipModel)
-    [again] = [r.getMessage() for r in caplog.records if r.name == "indexer.onnx_export"]
+    [again] = [r.getMessage() for r in caplog.records if r.name == "indexer.models.onnx_export"]
     assert "failed earlier" in again
     assert failed.stat().st_mtime_ns == recorded  # not tried again
     assert not export_dir(home, identity).exists()
@@ -217,7 +217,7 @@ def indexed(cli_settings: Settings, tmp_path_factory: pytest.TempPathFactory, im
 
 
 def test_cli_search_imports_no_torch(indexed: Path, cli_settings: Settings, tiny_model: ClipModel) -> None:
-    from indexer.engine import SearchEngine
+    from indexer.search.engine import SearchEngine
 
     done = subprocess.run([sys.executable, "-X", "importtime", *CLI[1:], "search", "a dog on the beach",
                            "-k", "5", "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)

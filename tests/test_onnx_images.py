@@ -1,4 +1,4 @@
-"""fp32 indexing on onnxruntime (indexer.onnx_images), which long CPU runs use:
+"""fp32 indexing on onnxruntime (indexer.models.onnx_images), which long CPU runs use:
 
 - the traced image tower gives torch's embeddings (cosine >= 0.9999) on real photos, at any batch size;
 - a query export already under CLIPSEARCH_HOME is used as it is (nothing traced);
@@ -18,14 +18,14 @@ from tests.helpers import make_settings, photo_copies
 
 
 def _pixels(model, folder: Path, count: int) -> np.ndarray:
-    from indexer.decode import decode_image
+    from indexer.ingest.decode import decode_image
 
     files = sorted(folder.glob("*.JPEG"))[:count]
     return np.stack([np.asarray(model.pixel_transform(decode_image(f)), dtype=np.uint8) for f in files])
 
 
 def test_the_traced_tower_gives_torchs_embeddings(tiny_model, imagenet_dir: Path) -> None:
-    from indexer.onnx_images import onnx_image_encoder
+    from indexer.models.onnx_images import onnx_image_encoder
 
     pixels = _pixels(tiny_model, imagenet_dir, 12)
     encode = onnx_image_encoder(tiny_model, None, pixels[:2])
@@ -39,8 +39,8 @@ def test_the_traced_tower_gives_torchs_embeddings(tiny_model, imagenet_dir: Path
 
 def test_a_query_export_under_home_is_used(tiny_model, imagenet_dir: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from indexer import onnx_images
-    from indexer.onnx_export import ensure_export
+    from indexer.models import onnx_images
+    from indexer.models.onnx_export import ensure_export
 
     assert ensure_export(tiny_model, tmp_path) is not None
 
@@ -57,9 +57,9 @@ def test_a_query_export_under_home_is_used(tiny_model, imagenet_dir: Path, tmp_p
 def test_an_index_run_on_onnxruntime_stores_torchs_vectors(tmp_path: Path, imagenet_dir: Path,
                                                            tiny_checkpoint: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from indexer import onnx_images
-    from indexer.models import load_model
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
+    from indexer.models import onnx_images
+    from indexer.models.loading import load_model
     from indexer.stores import open_store
     from tests.helpers import TINY_CONFIG
 
@@ -85,7 +85,7 @@ def test_an_index_run_on_onnxruntime_stores_torchs_vectors(tmp_path: Path, image
 
 def test_a_tower_that_disagrees_is_refused(tiny_model, imagenet_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    from indexer import onnx_images
+    from indexer.models import onnx_images
 
     monkeypatch.setattr(onnx_images, "ONNX_MIN_COSINE", 1.01)  # no tower can agree that well
     pixels = _pixels(tiny_model, imagenet_dir, 2)

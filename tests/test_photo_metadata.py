@@ -1,4 +1,4 @@
-"""Photo metadata for folders (indexer.photo_metadata): EXIF date taken, camera, GPS, upright size,
+"""Photo metadata for folders (indexer.ingest.photo_metadata): EXIF date taken, camera, GPS, upright size,
 folder and file name, read from real photos and from JPEGs made here with known EXIF, then declared,
 indexed and filtered on in a collection."""
 
@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from indexer.batches import decode_item
-from indexer.decode import decode_image
-from indexer.filters import Filter
-from indexer.photo_metadata import photo_metadata
-from indexer.pipeline import index_sources
+from indexer.ingest.batches import decode_item
+from indexer.ingest.decode import decode_image
+from indexer.ingest.photo_metadata import photo_metadata
+from indexer.ingest.pipeline import index_sources
+from indexer.ingest.sources import SourceItem
 from indexer.schema import IMAGE_FIELDS
-from indexer.sources import SourceItem
 from indexer.stores import open_store
+from indexer.stores.filters import Filter
 from tests.helpers import require_imagenet
 
 LISBON = (38.7223, -9.1393)  # 38°43'20.28"N 9°8'21.48"W

@@ -1,6 +1,6 @@
 """What is specific to the two Qdrant backends (embedded Qdrant Edge, and qdrant-client's local
 mode standing in for a server): native filter push-down agreeing with the reference meaning
-(`indexer.filters.matches`), named vectors in the engine, schema changes reaching the engine,
+(`indexer.stores.filters.matches`), named vectors in the engine, schema changes reaching the engine,
 stable offset paging over tied scores, and opening collections written by the previous release.
 The cross-backend contract lives in test_store_contract.py."""
 
@@ -18,12 +18,12 @@ import pytest
 import qdrant_edge as qe
 
 from indexer.errors import CollectionBusy, SchemaError
-from indexer.filters import Filter, format_datetime, matches
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec
 from indexer.settings import Settings
 from indexer.stores import edge, open_store
 from indexer.stores import qdrant as server
 from indexer.stores.base import Record
+from indexer.stores.filters import Filter, format_datetime, matches
 from indexer.stores.qdrant_common import ranked_page
 
 KINDS = ["edge", "qdrant"]

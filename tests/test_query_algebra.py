@@ -1,4 +1,4 @@
-"""Query algebra (indexer/query.py): the combination is exactly normalise(sum of weight * unit
+"""Query algebra (indexer/search/query.py): the combination is exactly normalise(sum of weight * unit
 vector) in numpy's arithmetic, the command line's terms parse as documented, and the real
 `clipsearch search` runs algebra, --where, --near, --facet, --offset, --group-by and --like on a
 collection of its own and through the `clipsearch serve` that holds it, with the same answers."""
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from indexer.errors import BadInput
-from indexer.query import Term, combine, embed_terms, keyword_text, parse_terms
+from indexer.search.query import Term, combine, embed_terms, keyword_text, parse_terms
 from indexer.settings import Settings
 from tests.clirun import CLI, REPO, cli_home, run, wait_for
 from tests.helpers import brute_force, png_bytes

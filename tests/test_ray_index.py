@@ -1,4 +1,4 @@
-"""Indexing on Ray (indexer.ray_index, `clipsearch index --ray`), on a real local Ray with 2 CPUs:
+"""Indexing on Ray (indexer.ingest.ray_run, `clipsearch index --ray`), on a real local Ray with 2 CPUs:
 
 - the same collection as the single-process run over the same real photos (one of them corrupt): the
   same ids, payloads (uri, fingerprint, size, hashes), failures, and vectors (cosine >= 0.9999);
@@ -42,8 +42,8 @@ def _collection(settings, name: str) -> dict[str, tuple[dict, np.ndarray]]:
 
 def test_same_collection_as_the_single_process_run(local_ray, tmp_path: Path, imagenet_dir: Path,
                                                    tiny_checkpoint: Path) -> None:
-    from indexer.pipeline import index_sources
-    from indexer.ray_index import index_on_ray
+    from indexer.ingest.pipeline import index_sources
+    from indexer.ingest.ray_run import index_on_ray
 
     photos = photo_copies(imagenet_dir, tmp_path / "photos", 24)
     (tmp_path / "photos" / "broken.jpg").write_bytes(photos[0].read_bytes()[:300])
@@ -65,8 +65,8 @@ def test_same_collection_as_the_single_process_run(local_ray, tmp_path: Path, im
 
 def test_a_killed_run_resumes_with_what_is_missing(local_ray, tmp_path: Path, imagenet_dir: Path,
                                                     tiny_checkpoint: Path) -> None:
-    from indexer.pipeline import index_sources
-    from indexer.ray_index import index_on_ray
+    from indexer.ingest.pipeline import index_sources
+    from indexer.ingest.ray_run import index_on_ray
     from indexer.stores import open_store
 
     photos = photo_copies(imagenet_dir, tmp_path / "photos", 20)
@@ -93,7 +93,7 @@ def test_a_killed_run_resumes_with_what_is_missing(local_ray, tmp_path: Path, im
 
 
 def test_encoder_pool_sizes() -> None:
-    from indexer.ray_index import encoder_pool
+    from indexer.ingest.ray_run import encoder_pool
 
     settings = make_settings(Path("/nonexistent"), Path("/nonexistent"), batch_size=0)
     gpus = encoder_pool({"CPU": 64, "GPU": 8}, settings)

@@ -24,7 +24,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path, tiny_ch
            tiny_model: Any) -> Iterator[tuple[str, list[str]]]:
     """A live API over 10 real photos labelled twice: run "label" (every item sure) and run "mood"
     (threshold 1: every item unsure)."""
-    from indexer.labels import label_collection
+    from indexer.curation.labels import label_collection
     from search_api.app import create_app
 
     settings, _, ids = index_photos(tmp_path_factory.mktemp("review"), imagenet_dir, tiny_checkpoint,

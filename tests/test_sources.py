@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from indexer.sources import SourceItem, WalkProblem, item_id, walk_folder
+from indexer.ingest.sources import SourceItem, WalkProblem, item_id, walk_folder
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -1,7 +1,7 @@
 """The VectorStore contract (indexer/stores/base.py): every store kind must pass every test here.
 
 Search answers are held to exact brute force in numpy (the collections are small, so every backend
-searches exactly), and filters to `indexer.filters.matches`, the reference meaning of a store
+searches exactly), and filters to `indexer.stores.filters.matches`, the reference meaning of a store
 filter: for every condition kind on every backend, filtered search equals brute force over the
 subset `matches` keeps, and count(filter) equals the Python count. To add a store kind, add it to
 STORE_KINDS (and, if it needs settings, to `settings_for`).
@@ -32,11 +32,11 @@ from indexer.errors import (
     StoreError,
     VectorNotFound,
 )
-from indexer.filters import FieldCondition, Filter, MatchValue, matches
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec
 from indexer.settings import Settings
 from indexer.stores import VectorStore, drop_collection, list_collections, open_store
 from indexer.stores.base import Record
+from indexer.stores.filters import FieldCondition, Filter, MatchValue, matches
 
 STORE_KINDS = ["edge", "qdrant", "faiss"]
 DIM, LARGE_DIM, EXTRA_DIM = 8, 12, 6

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from indexer.errors import SchemaError
-from indexer.filters import Filter, matches, values_at
 from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.settings import Settings
 from indexer.stores import VectorStore, open_store
 from indexer.stores.base import Record
+from indexer.stores.filters import Filter, matches, values_at
 from tests.helpers import PAYLOAD_FIELDS, random_payloads
 
 STORE_KINDS = ["edge", "qdrant", "faiss"]

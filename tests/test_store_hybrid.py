@@ -1,5 +1,5 @@
 """Keyword (BM25), hybrid (weighted RRF), recommend, MMR, group_by, min_score and paging on every
-store kind, against Python references written from the definitions (indexer/keyword.py, base.py):
+store kind, against Python references written from the definitions (indexer/stores/keyword.py, base.py):
 
 - keyword, edge and server: Qdrant's BM25 with IDF over the points with a document (`qdrant_bm25`);
   FAISS: SQLite FTS5's bm25() (`fts5_bm25`). The documents use synthetic terms that no stemmer
@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 
 from indexer.errors import BadInput, SchemaError
-from indexer.filters import Filter
-from indexer.keyword import HYBRID_CANDIDATES, KEYWORD_CUT, RRF_WEIGHTS, fuse
 from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.settings import Settings
 from indexer.stores import VectorStore, open_store
 from indexer.stores.base import MMR_CANDIDATES, Hit, Record
+from indexer.stores.filters import Filter
+from indexer.stores.keyword import HYBRID_CANDIDATES, KEYWORD_CUT, RRF_WEIGHTS, fuse
 
 STORE_KINDS = ["edge", "qdrant", "faiss"]
 DIM = 8

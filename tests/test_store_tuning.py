@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.filters import Filter
 from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.settings import Settings
 from indexer.stores import Record, open_store
+from indexer.stores.filters import Filter
 
 DIM = 128
 SCHEMA = CollectionSchema.new(

@@ -1,5 +1,5 @@
 """ClipModel.encode_texts encodes only the tokens up to the last end-of-text token of a batch (see
-indexer.models.causal_text_pool); it must give what open_clip's own encode_text gives."""
+indexer.models.loading.causal_text_pool); it must give what open_clip's own encode_text gives."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.models import ClipModel, ModelIdentity, _normalise, causal_text_pool
+from indexer.models.loading import ClipModel, ModelIdentity, _normalise, causal_text_pool
 
 QUERIES = [
     "",

@@ -3,7 +3,7 @@
 - JPEG draft (DCT-scaled) decoding at 2x the model's input side agrees with a full decode;
 - the int8 fast path (`--precision int8`) stays within cosine 0.99 of fp32 and is never mixed
   with fp32 vectors in one collection;
-- the GPU JPEG path (indexer.gpu_decode) runs its logic here on CPU tensors: orientation, the
+- the GPU JPEG path (indexer.ingest.gpu_decode) runs its logic here on CPU tensors: orientation, the
   tensor transform, batching with per-file fallback to the CPU path, identical failure reasons.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.batches import decode_item, decoded_batches
-from indexer.decode import decode_image
-from indexer.models import ModelIdentity, ModelMismatchError, load_model
-from indexer.pipeline import index_sources
-from indexer.sources import SourceItem
+from indexer.ingest.batches import decode_item, decoded_batches
+from indexer.ingest.decode import decode_image
+from indexer.ingest.pipeline import index_sources
+from indexer.ingest.sources import SourceItem
+from indexer.models.loading import ModelIdentity, ModelMismatchError, load_model
 
 
 def largest_photos(folder: Path, count: int) -> list[Path]:
@@ -92,7 +92,7 @@ def test_draft_keeps_vit_b_32_inputs_close_to_full_decode(imagenet_dir: Path) ->
     """Pixels, independent of weights: ViT-B-32's own resize and crop (224 px) after a 448 px draft."""
     import open_clip
 
-    from indexer.models import _split_preprocess
+    from indexer.models.loading import _split_preprocess
 
     geometric, _, _ = _split_preprocess(open_clip.image_transform(224, is_train=False))
     photos = drafted(largest_photos(imagenet_dir, 24), 448)
@@ -140,7 +140,7 @@ def test_int8_fast_path_agrees_with_fp32_on_the_tiny_model(tiny_checkpoint: Path
 
 
 def test_unknown_precisions_are_refused(tiny_checkpoint: Path) -> None:
-    from indexer.models import ModelLoadError
+    from indexer.models.loading import ModelLoadError
     from tests.helpers import TINY_CONFIG
 
     with pytest.raises(ModelLoadError, match="precision"):
@@ -194,8 +194,8 @@ def test_decode_thread_yields_every_batch_in_order(tmp_path: Path, count: int) -
 def test_upright_matches_pil_for_every_exif_orientation(orientation: int) -> None:
     import torch
 
-    from indexer.decode import _UPRIGHT
-    from indexer.gpu_decode import upright
+    from indexer.ingest.decode import _UPRIGHT
+    from indexer.ingest.gpu_decode import upright
 
     array = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     image = Image.fromarray(array)
@@ -206,14 +206,14 @@ def test_upright_matches_pil_for_every_exif_orientation(orientation: int) -> Non
 
 
 def test_tensor_transform_is_detected(tiny_model) -> None:
-    from indexer.gpu_decode import tensor_transform_ok
+    from indexer.ingest.gpu_decode import tensor_transform_ok
 
     assert tensor_transform_ok(tiny_model.pixel_transform)
     assert not tensor_transform_ok(lambda image: image.convert("L"))  # PIL-only
 
 
 def test_device_decoder_retries_one_by_one_and_marks_refusals(tmp_path: Path) -> None:
-    from indexer.gpu_decode import decode_jpegs
+    from indexer.ingest.gpu_decode import decode_jpegs
 
     good = jpeg(photo((64, 48)))
     decoded = decode_jpegs([good, b"\xff\xd8\xff\xe0 not a jpeg", good], "cpu")
@@ -223,7 +223,7 @@ def test_device_decoder_retries_one_by_one_and_marks_refusals(tmp_path: Path) ->
 
 def test_device_batches_match_the_cpu_path_and_fall_back_per_file(tmp_path: Path, tiny_model) -> None:
     """device="cpu" runs every line of the GPU path; only nvJPEG itself is left untested."""
-    from indexer.gpu_decode import device_decoded_batches
+    from indexer.ingest.gpu_decode import device_decoded_batches
 
     exif = Image.Exif()
     exif[0x0112] = 8
@@ -270,7 +270,7 @@ def test_device_batches_match_the_cpu_path_and_fall_back_per_file(tmp_path: Path
 
 
 def test_batches_and_workers_are_sized_to_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    from indexer import pipeline
+    from indexer.ingest import pipeline
     from indexer.settings import Settings
 
     monkeypatch.setattr(pipeline, "usable_cpus", lambda: 16)
@@ -286,7 +286,7 @@ def test_batches_and_workers_are_sized_to_the_device(monkeypatch: pytest.MonkeyP
 def test_mixed_batches_stack_onto_the_tensors_device() -> None:
     import torch
 
-    from indexer.pipeline import _stack
+    from indexer.ingest.pipeline import _stack
 
     arrays = [np.full((4, 4, 3), i, dtype=np.uint8) for i in range(3)]
     assert isinstance(_stack(arrays), np.ndarray)

@@ -1,4 +1,4 @@
-"""Backups and moves (indexer.transfer): snapshot -> restore and copy between every pair of backends
+"""Backups and moves (indexer.stores.transfer): snapshot -> restore and copy between every pair of backends
 give a collection with the same schema, info, points and vectors (bit for bit), answering every
 query as the original did; damaged or foreign archives are refused and create nothing.
 
@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer import transfer
 from indexer.errors import BadInput, Conflict
-from indexer.filters import Filter
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec
 from indexer.settings import Settings
-from indexer.stores import collection_exists, open_store
+from indexer.stores import collection_exists, open_store, transfer
 from indexer.stores.base import Record
+from indexer.stores.filters import Filter
 from tests.clirun import CLI, REPO
 
 BACKENDS = ["edge", "qdrant", "faiss"]

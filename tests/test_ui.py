@@ -70,7 +70,7 @@ def give_title(settings: Any, collection: str, title: str) -> None:
 @pytest.fixture(scope="module")
 def api_url(photos: Path, broken: Path, single: Path, tiny_checkpoint: Path, tiny_model) -> Iterator[str]:
     """A live API over three freshly indexed collections, served by uvicorn in a background thread."""
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
     from search_api.app import create_app
     from tests.helpers import make_settings, serve
 

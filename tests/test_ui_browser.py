@@ -49,7 +49,7 @@ def broken(photos: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def api_url(photos: Path, broken: Path, tiny_checkpoint: Path, tiny_model) -> Iterator[str]:
-    from indexer.pipeline import index_sources
+    from indexer.ingest.pipeline import index_sources
     from search_api.app import create_app
 
     settings = make_settings(photos.parent / "home", tiny_checkpoint)

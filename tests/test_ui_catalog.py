@@ -45,8 +45,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path) -> tup
 
 @pytest.fixture(scope="module")
 def api_url(catalog: tuple[Path, list[dict[str, Any]]], tiny_checkpoint: Path, tiny_model) -> Iterator[str]:
-    from indexer.catalog import ColumnMapping
-    from indexer.catalog_pipeline import index_catalog
+    from indexer.ingest.catalog import ColumnMapping
+    from indexer.ingest.catalog_run import index_catalog
     from search_api.app import create_app
 
     path, rows = catalog

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from tests.helpers import Served, index_photos, make_settings, serve
 from tests.vlm_photos import Photos, scores_by_id
 from tests.vlm_server import FakeVlm, Reply, closed_port_url, error, order, score

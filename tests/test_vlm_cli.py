@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from indexer.settings import Settings
 from tests.clirun import CLI, REPO, cli_home, run, run_json, wait_for
 from tests.helpers import index_photos

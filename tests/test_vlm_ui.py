@@ -14,7 +14,7 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
 from tests.helpers import app_test, index_photos, make_settings, serve, streamlit_ui
 from tests.vlm_photos import Photos, indexed_photos, scores_by_id
 from tests.vlm_server import FakeVlm, Reply, closed_port_url

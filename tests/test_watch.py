@@ -38,8 +38,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from indexer.models import ClipModel
-from indexer.sources import item_id
+from indexer.ingest.sources import item_id
+from indexer.models.loading import ClipModel
 from search_api import create_app
 from search_api.watch import FolderWatcher
 from tests.clirun import CLI, REPO, cli_home, run, wait_for

@@ -1,4 +1,4 @@
-"""The --where / --near grammar (indexer/where.py): every form gives the query filter it documents,
+"""The --where / --near grammar (indexer/search/where.py): every form gives the query filter it documents,
 the filter keeps exactly the points the reference meaning says, and a bad expression is refused
 with the column of the bad token and a caret under it."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from indexer.errors import InvalidFilter
-from indexer.filters import Filter, matches
 from indexer.schema import CollectionSchema, ModelIdentity
-from indexer.where import parse_expression, tokens, where_filter
+from indexer.search.where import parse_expression, tokens, where_filter
+from indexer.stores.filters import Filter, matches
 from tests.helpers import PAYLOAD_FIELDS, random_payloads
 
 FIELDS = {**PAYLOAD_FIELDS, "title": "text"}

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from indexer.engine import client_point_id
+from indexer.search.engine import client_point_id
 from search_api import create_app
 from tests.fetch_server import fetch_server
 from tests.helpers import assert_error, make_settings, serve

@@ -1,15 +1,15 @@
 """The one interface every vector store implements, and the records that cross it.
 
 Vectors are L2-normalised float32, so the score is cosine similarity (higher is better).
-Ids are UUID strings: stable per source item (see `indexer.sources.item_id`).
+Ids are UUID strings: stable per source item (see `indexer.ingest.sources.item_id`).
 
 Vectors are named by the collection schema (`indexer.schema`): records carry a dict of them, and
 search, retrieve and scan name the ones they want (None: the schema's active vector). Filters are
-store filters (`indexer.filters.Filter`, keys are payload paths), pushed down by every backend.
+store filters (`indexer.stores.filters.Filter`, keys are payload paths), pushed down by every backend.
 Fields named by `group_by` and `facet` are declared field names (the store finds their paths).
 
 Search modes (`search(mode=...)`): "vector" (cosine, optionally diversified by MMR), "keyword"
-(BM25 over the declared text fields, see indexer/keyword.py) and "hybrid" (both fused by
+(BM25 over the declared text fields, see indexer/stores/keyword.py) and "hybrid" (both fused by
 reciprocal rank fusion); `recommend` ranks by "more like these, less like those". Every mode
 takes a filter, `min_score`, `offset` and `group_by`, and pages through one stable ranking:
 equal scores ordered by id.
@@ -26,9 +26,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from indexer.errors import BadInput, SchemaError, StoreError
-from indexer.filters import Filter, HasIdCondition, both, values_at
-from indexer.keyword import HYBRID_CANDIDATES, text_fields
 from indexer.schema import CollectionSchema, payload_path
+from indexer.stores.filters import Filter, HasIdCondition, both, values_at
+from indexer.stores.keyword import HYBRID_CANDIDATES, text_fields
 
 # Which vectors to return with a record: none, all, or these names.
 WithVectors = bool | Sequence[str]

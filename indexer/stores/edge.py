@@ -34,12 +34,12 @@ import qdrant_edge as qe
 
 from indexer.durable import fsync_dir, write_atomic
 from indexer.errors import CollectionBusy, StoreError
-from indexer.filters import Filter
-from indexer.keyword import RRF_K, SPARSE_KEY, text_fields
 from indexer.locking import process_alive
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
 from indexer.stores.base import Hit, StoredInfo
+from indexer.stores.filters import Filter
+from indexer.stores.keyword import RRF_K, SPARSE_KEY, text_fields
 from indexer.stores.qdrant_common import (
     HNSW_EF_CONSTRUCT,
     HNSW_M,

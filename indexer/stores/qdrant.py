@@ -19,11 +19,11 @@ from qdrant_client import QdrantClient, models
 
 import indexer.stores.qdrant_common as common
 from indexer.errors import CollectionBusy, StoreError
-from indexer.filters import Filter
-from indexer.keyword import RRF_K, SPARSE_KEY, text_fields
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
 from indexer.stores.base import Hit, StoredInfo
+from indexer.stores.filters import Filter
+from indexer.stores.keyword import RRF_K, SPARSE_KEY, text_fields
 
 INFO_KEY = "clipsearch_info"
 WRITE_BATCH = 256  # points per request: keeps REST bodies around a few MB for 512-d vectors

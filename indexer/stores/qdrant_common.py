@@ -23,25 +23,6 @@ import numpy as np
 import qdrant_edge as qe
 
 from indexer.errors import SchemaError, StoreError
-from indexer.filters import (
-    FieldCondition,
-    Filter,
-    HasIdCondition,
-    HasVectorCondition,
-    IsEmptyCondition,
-    MatchAny,
-    MatchExcept,
-    MatchValue,
-)
-from indexer.keyword import (
-    KEYWORD_CUT,
-    RRF_WEIGHTS,
-    SPARSE_KEY,
-    document,
-    sparse_document,
-    sparse_query,
-    text_fields,
-)
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.stores.base import (
     Hit,
@@ -58,6 +39,25 @@ from indexer.stores.base import (
     grouped_page,
     ranked_page,
     wanted_vectors,
+)
+from indexer.stores.filters import (
+    FieldCondition,
+    Filter,
+    HasIdCondition,
+    HasVectorCondition,
+    IsEmptyCondition,
+    MatchAny,
+    MatchExcept,
+    MatchValue,
+)
+from indexer.stores.keyword import (
+    KEYWORD_CUT,
+    RRF_WEIGHTS,
+    SPARSE_KEY,
+    document,
+    sparse_document,
+    sparse_query,
+    text_fields,
 )
 
 # Tuning both backends apply (see docs/benchmarks.md). 256, not 128: on 1M clustered 512-d vectors

@@ -1,6 +1,6 @@
 """Thumbnails the VLM sees: upright (EXIF applied), RGB, longest side bounded, JPEG, as data URLs.
 
-Files go through indexer.decode.decode_image, so the pixel limit, formats and orientation are the
+Files go through indexer.ingest.decode.decode_image, so the pixel limit, formats and orientation are the
 same as everywhere else; a file that can't be decoded raises ImageDecodeError (the hit then keeps
 its place). Small thumbnails keep requests fast and cheap: a VLM tiles big images into many tokens.
 """
@@ -13,8 +13,8 @@ import os
 
 from PIL import Image
 
-from indexer.decode import DEFAULT_MAX_PIXELS, decode_image
 from indexer.errors import ImageDecodeError
+from indexer.ingest.decode import DEFAULT_MAX_PIXELS, decode_image
 
 ImageSource = bytes | str | os.PathLike | Image.Image
 JPEG_QUALITY = 85

@@ -14,7 +14,7 @@ Layout 2 (`points.sqlite`, WAL):
 - `meta(key, value)`: `info`, the collection's info document (schema included, base.StoredInfo),
   and `layout`.
 - `keyword` (FTS5, rowid = iid), once text fields are declared: each point's keyword document
-  (`indexer.keyword.document`), points with an empty one left out; keyword search ranks by bm25().
+  (`indexer.stores.keyword.document`), points with an empty one left out; keyword search ranks by bm25().
 
 Layout 1 (the previous release, no `layout` row): `vectors(iid, vector)` keyed by point iid (the
 FAISS ids of `index.faiss`), no fields table. It is read as it is (vids are iids) until the first
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.filters import Filter, haversine_m, matches, parse_datetime, values_at
-from indexer.keyword import FTS_TOKENIZER, document, text_fields
 from indexer.schema import CollectionSchema, payload_path
+from indexer.stores.filters import Filter, haversine_m, matches, parse_datetime, values_at
+from indexer.stores.keyword import FTS_TOKENIZER, document, text_fields
 
 LAYOUT = 2
 PAGE = 1024  # rows per step when paging through a table

@@ -2,7 +2,7 @@
 
 must -> INTERSECT, should -> UNION, must_not -> EXCEPT (from all live points when nothing else
 narrows them); each condition is a SELECT of the (live) iids it holds for. Field conditions read
-the indexed `fields` table (db.py), so they agree with `indexer.filters.matches` by construction:
+the indexed `fields` table (db.py), so they agree with `indexer.stores.filters.matches` by construction:
 the same flattening (`values_at`), the same datetime parsing, types kept apart (true is not 1),
 `except` needing some other value, is_empty meaning no row. geo_radius narrows by a bounding box in
 SQL, then keeps the exact haversine distance (the reference's own function, registered in SQLite).
@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from indexer import filters
 from indexer.errors import InvalidFilter
+from indexer.stores import filters
 from indexer.stores.faiss_store.db import BOOL, GEO, GEO_ODD, NUMBER, STRING, Database, epoch_us
 
 ALL = "SELECT iid FROM points"

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from indexer.filters import Filter
-from indexer.keyword import KEYWORD_CUT, fts_match, fuse
 from indexer.schema import VectorSpec
 from indexer.stores.base import (
     Hit,
@@ -33,6 +31,8 @@ from indexer.stores.base import (
 )
 from indexer.stores.faiss_store.db import STRING
 from indexer.stores.faiss_store.index import exact_nearest, normalised
+from indexer.stores.filters import Filter
+from indexer.stores.keyword import KEYWORD_CUT, fts_match, fuse
 
 
 class SearchMixin(PlannedSearch):

@@ -21,8 +21,6 @@ import numpy as np
 
 from indexer.durable import write_atomic
 from indexer.errors import SchemaError, StoreError
-from indexer.filters import Filter
-from indexer.keyword import text_fields
 from indexer.schema import CollectionSchema, VectorSpec, payload_path
 from indexer.stores.base import (
     Record,
@@ -36,6 +34,8 @@ from indexer.stores.faiss_store.db import PAGE, Database, create_vector_table, f
 from indexer.stores.faiss_store.index import FaissConfig, VectorIndex, normalised
 from indexer.stores.faiss_store.prefilter import Context, compile_filter
 from indexer.stores.faiss_store.search import SearchMixin
+from indexer.stores.filters import Filter
+from indexer.stores.keyword import text_fields
 
 STORE_DIR = "faiss"
 CONFIG_FILE = "config.json"  # {"format": 2}; its presence makes the collection

@@ -11,7 +11,7 @@
 
 Several --where are ANDed. On a float or datetime field `=` means "exactly this value" (a range from
 it to itself), since those fields have no exact match in the stores. Values stay text here; the
-filter is then resolved against the collection's schema (indexer.filters), which types them. With
+filter is then resolved against the collection's schema (indexer.stores.filters), which types them. With
 the collection's fields at hand (`fields=`), a bad expression is refused here already, its error
 pointing at the token: the column and a caret under it.
 """
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from indexer.errors import InvalidFilter
-from indexer.filters import (
+from indexer.schema import CollectionSchema, ModelIdentity
+from indexer.stores.filters import (
     FieldCondition,
     Filter,
     GeoPoint,
@@ -36,7 +37,6 @@ from indexer.filters import (
     MatchValue,
     Range,
 )
-from indexer.schema import CollectionSchema, ModelIdentity
 
 OPERATORS = ("=", "==", "!=", "<", "<=", ">", ">=", "in", "not in", "is empty", "is not empty")
 _RANGE_OPS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from indexer.decode import IMAGE_EXTENSIONS
+from indexer.ingest.decode import IMAGE_EXTENSIONS
 
 _ID_NAMESPACE = uuid.UUID("6f1c1f8e-3a55-4b8e-9a57-2f6f0c1d9e42")
 # Folders that hold thumbnails, trash or metadata rather than photos.

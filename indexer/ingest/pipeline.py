@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from indexer.batches import Decoded, decode_item, decoded_batches
-from indexer.decode import IMAGE_EXTENSIONS
 from indexer.errors import CollectionBusy, CollectionNotFound, ModelMismatchError
+from indexer.ingest.batches import Decoded, decode_item, decoded_batches
+from indexer.ingest.decode import IMAGE_EXTENSIONS
+from indexer.ingest.sources import SourceItem, WalkProblem, item_id, walk_folder
 from indexer.locking import collection_lock
-from indexer.models import (
+from indexer.models.loading import (
     ClipModel,
     check_same_model,
     check_same_precision,
@@ -35,7 +36,6 @@ from indexer.models import (
 )
 from indexer.schema import IMAGE_FIELDS, CollectionSchema
 from indexer.settings import Settings
-from indexer.sources import SourceItem, WalkProblem, item_id, walk_folder
 from indexer.stores import Record, VectorStore, open_store
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _batches(
     transform, max_pixels = model.pixel_transform, settings.max_image_pixels
     draft_size = model.draft_size
     if model.device.startswith("cuda") and settings.gpu_decode:
-        from indexer import gpu_decode
+        from indexer.ingest import gpu_decode
 
         if gpu_decode.tensor_transform_ok(transform):
             return gpu_decode.device_decoded_batches(
@@ -119,7 +119,7 @@ def _walk_sources(sources: Sequence[str | Path], problems: list[WalkProblem]) ->
 def _record(decoded: Decoded, vectors: dict[str, np.ndarray]) -> Record:
     item = decoded.item
     metadata = {"width": decoded.width, "height": decoded.height, **(decoded.photo or {})}
-    metadata.update(decoded.hashes or {})  # sha256, phash: indexer.duplicates
+    metadata.update(decoded.hashes or {})  # sha256, phash: indexer.curation.duplicates
     payload = {"uri": item.uri, "path": item.path, "fingerprint": item.fingerprint, "metadata": metadata}
     return Record(id=item.id, vectors=vectors, payload=payload)
 
@@ -207,7 +207,7 @@ def index_sources(
             report = sync_store(settings, store, models, roots, progress)
         finally:
             store.close()
-        from indexer.onnx_export import export_for_queries  # imports torch: only where indexing runs
+        from indexer.models.onnx_export import export_for_queries  # imports torch: only where indexing runs
 
         export_for_queries(settings.home, models.values())  # the queries that follow need no torch
     report.seconds = time.perf_counter() - started
@@ -225,7 +225,7 @@ def sync_store(
     """The ingest on an already open store with the model of each vector loaded: what `index_sources`
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
     holds the collection lock and has checked the models (`collection_models`). `embedder`: where
-    decoding and encoding run (default `embed_here`; indexer.ray_index runs them on Ray)."""
+    decoding and encoding run (default `embed_here`; indexer.ingest.ray_run runs them on Ray)."""
     roots = [os.path.abspath(root) for root in roots]
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
@@ -353,7 +353,7 @@ def embed_here(
 
 
 def _onnx_min_images() -> int:
-    from indexer.onnx_images import ONNX_MIN_IMAGES
+    from indexer.models.onnx_images import ONNX_MIN_IMAGES
 
     return ONNX_MIN_IMAGES
 
@@ -361,9 +361,9 @@ def _onnx_min_images() -> int:
 def _onnx_image_towers(
     settings: Settings, models: dict[str, ClipModel], primary: ClipModel, probe: np.ndarray
 ) -> None:
-    """Long CPU runs encode fp32 images on onnxruntime (indexer.onnx_images.onnx_image_encoder: the same
+    """Long CPU runs encode fp32 images on onnxruntime (models.onnx_images.onnx_image_encoder: the same
     embeddings, checked on `probe`, at 1.4-2x eager torch's rate here)."""
-    from indexer.onnx_images import onnx_image_encoder
+    from indexer.models.onnx_images import onnx_image_encoder
 
     for model in {id(m): m for m in models.values()}.values():
         fp32 = model.identity.precision == "fp32" and model.device == "cpu"

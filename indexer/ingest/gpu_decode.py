@@ -26,9 +26,9 @@ from typing import Any
 
 from PIL import Image
 
-from indexer.batches import Decoded, decode_item
-from indexer.models import PixelTransform
-from indexer.sources import SourceItem
+from indexer.ingest.batches import Decoded, decode_item
+from indexer.ingest.sources import SourceItem
+from indexer.models.loading import PixelTransform
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from indexer.classify import classify_embeddings
-from indexer.decode import decode_image
-from indexer.encoders import QueryEncoder
 from indexer.errors import BadInput, ItemNotFound
-from indexer.filters import Filter
-from indexer.keyword import text_fields
-from indexer.models import ModelCache
-from indexer.query import Term, check_terms, embed_terms, keyword_text
+from indexer.ingest.decode import decode_image
+from indexer.models.encoders import QueryEncoder
+from indexer.models.loading import ModelCache
+from indexer.models.zero_shot import classify_embeddings
 from indexer.schema import CollectionSchema, VectorSpec
+from indexer.search.query import Term, check_terms, embed_terms, keyword_text
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
 from indexer.stores.base import Example, canonical_id
+from indexer.stores.filters import Filter
+from indexer.stores.keyword import text_fields
 
 ImageInput = bytes | str | Path
 STAGES = ("decode", "encode", "search", "fetch")
@@ -173,7 +173,7 @@ class SearchEngine:
     # --- queries --------------------------------------------------------------------------
 
     # Every search takes these options (keyword arguments):
-    #   filter: a query filter (field names; indexer.filters); vector: the named vector (default: active);
+    #   filter: a query filter (field names; stores.filters); vector: the named vector (default: active);
     #   offset: skip the best `offset` (stable pages); mode: "vector" | "keyword" | "hybrid" (default:
     #   hybrid when the collection declares text fields and the query has a text, else vector);
     #   text: the words of a keyword or hybrid ranking (default: the query's texts of positive weight);
@@ -207,7 +207,7 @@ class SearchEngine:
         facets: list[str] | tuple[str, ...] = (),
         facet_limit: int = FACET_LIMIT,
     ) -> SearchOutcome:
-        """By a weighted sum of terms (indexer.query): texts, indexed items, images."""
+        """By a weighted sum of terms (indexer.search.query): texts, indexed items, images."""
         clock = dict.fromkeys(STAGES, 0.0)
         check_terms(terms)
         spec = self.schema.vector(vector)
@@ -334,7 +334,7 @@ def _stopwatch(clock: dict[str, float], stage: str) -> Iterator[None]:
 
 def collection_status(store: VectorStore) -> dict[str, Any]:
     """Count, active model, every vector with its progress, and the failed files of a collection."""
-    from indexer.filters import HasVectorCondition
+    from indexer.stores.filters import HasVectorCondition
 
     schema = store.schema
     info = store.read_info()

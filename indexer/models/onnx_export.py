@@ -1,6 +1,6 @@
 """Exporting a model's text and image towers to ONNX, so that queries run without torch.
 
-`ensure_export(clip, home)` writes `<home>/models/<key>/` (indexer.encoders.export_dir) once per model
+`ensure_export(clip, home)` writes `<home>/models/<key>/` (indexer.models.encoders.export_dir) once per model
 identity: at the end of an index run, or on first use by a query process that has no export yet. The
 export is checked before it is kept: the ported tokenizer and image geometry must give exactly
 open_clip's tokens and pixels, and the ONNX embeddings must agree with the torch model's to cosine
@@ -12,7 +12,7 @@ The towers are traced with the legacy exporter (opset 17). nn.MultiheadAttention
 sequence sizes it was traced with into its reshapes, so copies of the towers are traced with it
 rebuilt as the int8 fast path's LinearSelfAttention (same arithmetic, shapes taken from its input).
 The text tower takes a dynamic sequence axis and is run over the tokens up to the end token only,
-exactly like the torch path (indexer.models.causal_text_pool).
+exactly like the torch path (indexer.models.loading.causal_text_pool).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch  # this module is imported only to export, which needs torch and open_clip
 
-from indexer.encoders import (
+from indexer.errors import ModelLoadError
+from indexer.models.encoders import (
     FORMAT,
     META,
     VOCAB,
@@ -42,7 +43,6 @@ from indexer.encoders import (
     exportable,
     read_meta,
 )
-from indexer.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def export_for_queries(home: Path, models: Iterable[Any]) -> None:
 
 
 def export(clip: Any, directory: Path) -> None:
-    """Export `clip` (an indexer.models.ClipModel) into `directory`, checked; see the module doc."""
+    """Export `clip` (an indexer.models.loading.ClipModel) into `directory`, checked; see the module doc."""
     text_meta = _text_meta(clip)
     preprocess = _preprocess_spec(clip)
     with_image = clip.identity.precision == "fp32"  # int8: image queries stay on torch's int8 encoder
@@ -289,7 +289,7 @@ def _preprocess_spec(clip: Any) -> ResizeCrop:
 
 def _traceable(module: Any) -> Any:
     """A CPU copy of `module` with every nn.MultiheadAttention rebuilt as LinearSelfAttention."""
-    from indexer.fastpath import LinearSelfAttention, _replaceable
+    from indexer.models.int8 import LinearSelfAttention, _replaceable
 
     module = copy.deepcopy(module).cpu()
     for parent in list(module.modules()):

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer.decode import decode_image
-from indexer.duplicates import image_hashes
 from indexer.errors import ImageDecodeError
-from indexer.models import PixelTransform
-from indexer.photo_metadata import photo_metadata
-from indexer.sources import SourceItem
+from indexer.ingest.decode import decode_image
+from indexer.ingest.hashes import image_hashes
+from indexer.ingest.photo_metadata import photo_metadata
+from indexer.ingest.sources import SourceItem
+from indexer.models.loading import PixelTransform
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Decoded:
     reason: str | None = None
     width: int = 0
     height: int = 0
-    photo: dict[str, Any] | None = None  # indexer.photo_metadata's fields; None when not read (GPU path)
-    hashes: dict[str, str] | None = None  # sha256 and phash (indexer.duplicates); None on the GPU path
+    photo: dict[str, Any] | None = None  # ingest.photo_metadata's fields; None when not read (GPU path)
+    hashes: dict[str, str] | None = None  # sha256 and phash (indexer.ingest.hashes); None on the GPU path
 
 
 # --- decoding, in worker processes ---------------------------------------------------------

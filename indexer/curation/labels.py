@@ -29,13 +29,20 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from indexer.classify import PROMPT_TEMPLATES, parse_labels
 from indexer.errors import BadInput, ItemNotFound
-from indexer.filters import FieldCondition, Filter, IsEmptyCondition, IsEmptyKey, MatchValue, format_datetime
-from indexer.models import ClipModel
+from indexer.models.loading import ClipModel
+from indexer.models.zero_shot import PROMPT_TEMPLATES, parse_labels
 from indexer.schema import FieldType, check_name, payload_path
 from indexer.settings import Settings
 from indexer.stores.base import Record, VectorStore, canonical_id
+from indexer.stores.filters import (
+    FieldCondition,
+    Filter,
+    IsEmptyCondition,
+    IsEmptyKey,
+    MatchValue,
+    format_datetime,
+)
 
 DEFAULT_RUN = "label"
 UNSURE = "unsure"
@@ -59,7 +66,7 @@ def read_lines(text: str) -> list[str]:
 
 
 def _packaged(name: str) -> str:
-    return resources.files("indexer").joinpath("prompts", name).read_text(encoding="utf-8")
+    return resources.files("indexer.curation").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
 def load_labels(labels: str | None = None, labels_file: Path | None = None) -> list[str]:
@@ -423,7 +430,7 @@ def label_collection(
     """`clipsearch label`: a run over a collection, under its write lock, with the model recorded for
     the vector (`options`: those of `label_store`)."""
     from indexer.locking import collection_lock
-    from indexer.models import load_recorded_model
+    from indexer.models.loading import load_recorded_model
     from indexer.stores import open_store
 
     collection = collection or settings.collection

@@ -1,7 +1,7 @@
 """Exports of a collection, a label run or a query's results: CSV, JSON Lines, COCO, ImageFolder, FiftyOne.
 
 Every format carries the item's id, its file, and its label under a run when one is given: a person's
-decision first (`indexer.labels.effective_label`), the zero-shot label otherwise; "unsure" and rejected
+decision first (`curation.labels.effective_label`), the zero-shot label otherwise; "unsure" and rejected
 items have no label. CSV and JSON Lines also carry every metadata field (clusters, outlier scores and
 duplicate groups included, when those runs wrote them); COCO keeps them on each image.
 
@@ -29,11 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from indexer.curation.labels import UNSURE, effective_label, human_field, label_runs
 from indexer.durable import write_atomic
 from indexer.errors import BadInput
-from indexer.filters import Filter, format_datetime
-from indexer.labels import UNSURE, effective_label, human_field, label_runs
 from indexer.stores.base import Record, VectorStore
+from indexer.stores.filters import Filter, format_datetime
 
 FORMATS = ("csv", "jsonl", "coco", "imagefolder", "fiftyone")
 HUMAN_SCORE = 1.0  # a person's decision is certain
@@ -90,7 +90,7 @@ def collect(store: VectorStore, store_filter: Filter | None = None,
 
 
 def duplicate_items(store: VectorStore, report: dict[str, Any]) -> list[Item]:
-    """The members of a duplicate report's groups (indexer.duplicates.find_duplicates), keeper first, each
+    """The members of a duplicate report's groups (curation.duplicates.find_duplicates), keeper first, each
     with its group (1, 2, ...), kind, whether it is the keeper and its cosine to the keeper."""
     items = []
     for number, group in enumerate(report.get("groups", []), start=1):

@@ -1,7 +1,7 @@
 """Query-time encoders: text and images to normalised embeddings, for the engine and the API.
 
-Two kinds satisfy `QueryEncoder`: `indexer.models.ClipModel` (open_clip on torch, also the indexer's
-encoder) and `OnnxEncoder` here, which runs a model's towers exported by `indexer.onnx_export` with
+Two kinds satisfy `QueryEncoder`: `indexer.models.loading.ClipModel` (open_clip on torch, also the indexer's
+encoder) and `OnnxEncoder` here, which runs a model's towers exported by `indexer.models.onnx_export` with
 onnxruntime and needs neither torch nor open_clip: its tokenizer and its image preprocessing are ports
 of open_clip's on numpy and PIL, checked against the originals when the export is made. A process that
 only answers queries (the API server, `clipsearch search`) then never imports torch.
@@ -9,7 +9,7 @@ only answers queries (the API server, `clipsearch search`) then never imports to
 An export lives in `<CLIPSEARCH_HOME>/models/<key>/` (`export_dir`), keyed by the model's identity:
 text.onnx, image.onnx (absent for int8 collections, whose image queries stay on torch's int8 encoder),
 the BPE vocabulary and meta.json (tokenizer, preprocessing, logit scale, what the self-check measured).
-This module imports no other project module but errors and schema (indexer.models imports it).
+This module imports no other project module but errors and schema (indexer.models.loading imports it).
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ class OnnxEncoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
         # The tower is causal and pools at the end token: positions after the last one in the batch
-        # cannot change the result, so they are not computed (indexer.models.causal_text_pool).
+        # cannot change the result, so they are not computed (indexer.models.loading.causal_text_pool).
         length = int(end_positions(tokens, self.meta["text"]).max()) + 1
         return normalise(self._session("text").run(None, {"tokens": tokens[:, :length]})[0])
 

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from indexer.batches import decoded_batches
-from indexer.filters import Filter, HasVectorCondition
+from indexer.ingest.batches import decoded_batches
+from indexer.ingest.pipeline import batch_size_for, workers_for
+from indexer.ingest.sources import SourceItem
 from indexer.locking import collection_lock
-from indexer.models import ClipModel, check_same_model, load_model
-from indexer.pipeline import batch_size_for, workers_for
+from indexer.models.loading import ClipModel, check_same_model, load_model
 from indexer.schema import VectorSpec, check_name
 from indexer.settings import Settings
-from indexer.sources import SourceItem
 from indexer.stores import VectorStore, open_store
+from indexer.stores.filters import Filter, HasVectorCondition
 
 
 @dataclass
@@ -141,7 +141,7 @@ def reembed(
             report = fill_vector(settings, store, clip, name, progress)
         finally:
             store.close()
-        from indexer.onnx_export import export_for_queries  # imports torch: only where indexing runs
+        from indexer.models.onnx_export import export_for_queries  # imports torch: only where indexing runs
 
         export_for_queries(settings.home, [clip])  # queries on the new vector need no torch
         return report

@@ -31,8 +31,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from indexer.filters import values_at
 from indexer.schema import CollectionSchema, payload_path
+from indexer.stores.filters import values_at
 
 # Storage key of the BM25 sparse vector; schema vector names start with a letter, so never this.
 SPARSE_KEY = "_bm25"

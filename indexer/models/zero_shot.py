@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from indexer.encoders import QueryEncoder
+from indexer.models.encoders import QueryEncoder
 
 # A small ensemble in the spirit of CLIP's ImageNet prompts: averaging several phrasings
 # makes a label's embedding less sensitive to any one wording.

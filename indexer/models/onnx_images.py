@@ -1,5 +1,5 @@
-"""fp32 indexing on onnxruntime: the image tower of the query export (indexer.onnx_export), run by the
-indexer on the CPU for long runs (indexer.pipeline.embed_here), with the same embeddings as torch's.
+"""fp32 indexing on onnxruntime: the image tower of the query export (indexer.models.onnx_export), run by the
+indexer on the CPU for long runs (indexer.ingest.pipeline.embed_here), with the same embeddings as torch's.
 Such a run makes the export before it encodes (the end of the run would make it anyway)."""
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ ONNX_MIN_COSINE = 0.9999
 def onnx_image_encoder(
     clip: Any, home: Path | None, probe: np.ndarray
 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The fp32 image tower of `clip` (an indexer.models.ClipModel on the CPU) under onnxruntime, or None.
+    """The fp32 image tower of `clip` (an models.loading.ClipModel on the CPU) under onnxruntime, or None.
 
     Measured in docs/benchmarks.md: onnxruntime's kernels run ViT-B-32's image tower at 1.4-2x the rate of
     eager torch on this CPU, with the same fp32 arithmetic (cosine >= 0.9999999). The tower is the query
-    export's (`indexer.onnx_export.ensure_export` under `home`, which the index run leaves for torch-free
+    export's (`models.onnx_export.ensure_export` under `home`, which the index run leaves for torch-free
     queries anyway: made here, before the encoding rather than after it, it serves both), or without a
     home or an exportable model (random weights), the same tower traced in memory. Either way it is
     checked on `probe` (a few model-ready images) against the torch encoder first; any failure or
@@ -36,7 +36,7 @@ def onnx_image_encoder(
     try:
         import onnxruntime as ort
 
-        from indexer.models import usable_cpus
+        from indexer.models.loading import usable_cpus
 
         model = _image_tower(clip, home)
         options = ort.SessionOptions()
@@ -63,8 +63,8 @@ def _image_tower(clip: Any, home: Path | None) -> str | bytes:
     """The path of the query export's image tower under `home` (exported now when missing), else the
     tower traced in memory (ONNX bytes)."""
     if home is not None:
-        from indexer.encoders import read_meta
-        from indexer.onnx_export import ensure_export
+        from indexer.models.encoders import read_meta
+        from indexer.models.onnx_export import ensure_export
 
         directory = ensure_export(clip, home)
         if directory is not None and (read_meta(directory) or {}).get("image"):
@@ -77,7 +77,7 @@ def _traced_image_tower(clip: Any) -> bytes:
 
     import torch
 
-    from indexer.onnx_export import OPSET, _ImageTower
+    from indexer.models.onnx_export import OPSET, _ImageTower
 
     buffer = io.BytesIO()
     size = clip.input_size

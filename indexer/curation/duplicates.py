@@ -1,6 +1,6 @@
 """Duplicate images in a collection: exact copies (same bytes) and near copies (same picture).
 
-- Exact: the sha256 of the file, taken at index time (indexer.batches) into metadata `sha256`.
+- Exact: the sha256 of the file, taken at index time (indexer.ingest.batches) into metadata `sha256`.
 - Near, two independent signals, either of which links two items; groups are their transitive closure:
   - the CLIP vectors: cosine >= threshold, found through the store's own nearest-neighbour search,
     and much closer than the item's k-th neighbour (LOCAL_RATIO: no links from a model that finds
@@ -17,101 +17,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from indexer.decode import decode_image
-from indexer.schema import FieldType
+from indexer.ingest.decode import decode_image
+from indexer.ingest.hashes import HASH_FIELDS, HASH_SIDE, image_hashes, parse_phash
 
-if TYPE_CHECKING:  # decode workers import this module for the hashes: keep them off the store stack
+if TYPE_CHECKING:
     from indexer.stores import VectorStore
 
-HASH_FIELDS: dict[str, FieldType] = {"sha256": "keyword", "phash": "keyword"}
 DEFAULT_THRESHOLD = 0.95  # CLIP cosine of near duplicates (real CLIP models: re-encodes score ~0.98+)
 HASH_DISTANCE = 12  # pHash bits (of 64) between two views of the same picture
 DHASH_DISTANCE = 14  # dHash bits (of 64) that must also agree (measured: docs/curation-duplicates.md)
 NEIGHBOURS = 10
 LOCAL_RATIO = 0.25  # a CLIP link's distance, at most this fraction of the k-th neighbour's
 WRITE_BATCH = 512
-_HASH_SIDE = 512  # views are hashed from at most this size: 32x32 is all pHash looks at
-
-
-# --- hashes ----------------------------------------------------------------------------------
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _trim_border(gray: np.ndarray) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) inside a plain border: edge rows and columns whose pixels are all
-    within a few levels of their median, up to a quarter of each side."""
-
-    def plain(line: np.ndarray) -> bool:
-        return float(np.percentile(np.abs(line - np.median(line)), 98)) <= 12
-
-    h, w = gray.shape
-    top, bottom, left, right = 0, h, 0, w
-    while top < h // 4 and plain(gray[top]):
-        top += 1
-    while bottom > h - h // 4 and plain(gray[bottom - 1]):
-        bottom -= 1
-    while left < w // 4 and plain(gray[:, left]):
-        left += 1
-    while right > w - w // 4 and plain(gray[:, right - 1]):
-        right -= 1
-    return top, bottom, left, right
-
-
-def _views(image: Image.Image) -> list[Image.Image]:
-    """The image inside any plain border (the whole image when it has none), that view's centre without
-    5% of each side, and the untrimmed image. The first is what gets compared to every view of others:
-    comparing untrimmed images would let two different photos in the same frame look alike."""
-    gray = image.convert("L")
-    if max(gray.size) > _HASH_SIDE:
-        gray = gray.reduce(max(1, max(gray.size) // _HASH_SIDE))
-    top, bottom, left, right = _trim_border(np.asarray(gray, dtype=np.int16))
-    inner = gray.crop((left, top, right, bottom))
-    w, h = inner.size
-    dx, dy = round(w * 0.05), round(h * 0.05)
-    return [inner, inner.crop((dx, dy, w - dx, h - dy)), gray]
-
-
-def perceptual_hash(image: Image.Image) -> str:
-    """The `phash` value of an image: per view, 16 hex digits of pHash then 16 of dHash, '-'-joined."""
-    import imagehash  # imported here: decode workers that never hash don't pay for scipy
-
-    parts = []
-    for view in _views(image):
-        p, d = imagehash.phash(view), imagehash.dhash(view)
-        parts.append(f"{p}{d}")
-    return "-".join(parts)
-
-
-def image_hashes(path: str, image: Image.Image) -> dict[str, str]:
-    """{"sha256", "phash"} of a file and its decoded image, as the indexer stores them."""
-    return {"sha256": file_sha256(path), "phash": perceptual_hash(image)}
-
-
-def parse_phash(value: str) -> np.ndarray | None:
-    """(views, 2) uint64 of a stored `phash` (pHash, dHash per view), or None if it is not one."""
-    try:
-        parts = value.split("-")
-        codes = [(int(part[:16], 16), int(part[16:], 16)) for part in parts if len(part) == 32]
-    except (AttributeError, ValueError):
-        return None
-    return np.array(codes, dtype=np.uint64) if codes and len(codes) == len(parts) else None
 
 
 # --- missing hashes ---------------------------------------------------------------------------
@@ -131,7 +56,7 @@ def fill_missing_hashes(store: VectorStore, payloads: dict[str, dict[str, Any]],
         payload = payloads[id_]
         path = payload.get("path") or payload.get("uri", "")
         try:
-            hashes = image_hashes(path, decode_image(path, draft_size=_HASH_SIDE))
+            hashes = image_hashes(path, decode_image(path, draft_size=HASH_SIDE))
         except Exception:  # a vanished or broken file: its item simply has no hashes (CLIP still applies)
             continue
         payload["metadata"] = {**(payload.get("metadata") or {}), **hashes}
@@ -242,7 +167,7 @@ class _Item:
                 return datetime.fromisoformat(taken.replace("Z", "+00:00")).timestamp()
             except ValueError:
                 pass
-        try:  # the fingerprint is "size:mtime_ns" (indexer.sources)
+        try:  # the fingerprint is "size:mtime_ns" (indexer.ingest.sources)
             return int(str(self.payload.get("fingerprint", "")).split(":")[1]) / 1e9
         except (IndexError, ValueError):
             return float("inf")
@@ -262,7 +187,7 @@ def find_duplicates(
     "scores", "ids"}], "items", "hashed", "threshold", "hash_distance", "seconds"}. `ids` are the keeper's
     then the others'; scores are the others' CLIP cosine to the keeper (1.0 for byte copies).
     `threshold` > 1 turns the CLIP path off; `hash_distance` < 0 the perceptual one."""
-    from indexer.clusters import load_vectors, neighbours
+    from indexer.curation.clusters import load_vectors, neighbours
 
     started = time.perf_counter()
     ids, payload_list, x = load_vectors(store, vector)

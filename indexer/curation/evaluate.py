@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.decode import IMAGE_EXTENSIONS
 from indexer.errors import BadInput, Unavailable
+from indexer.ingest.decode import IMAGE_EXTENSIONS
 
 KS = (1, 5, 10)
 CHUNK = 1024  # query rows ranked at a time: 1024 x N floats
@@ -190,8 +190,8 @@ def embed_images(model: Any, paths: Sequence[str], max_pixels: int, batch_size: 
     """Each image's embedding by `model`, decoded as indexing decodes; None for files that fail."""
     from tqdm import tqdm
 
-    from indexer.batches import decoded_batches
-    from indexer.sources import SourceItem
+    from indexer.ingest.batches import decoded_batches
+    from indexer.ingest.sources import SourceItem
 
     items = [SourceItem(uri=p, path=p, fingerprint="") for p in paths]
     found: list[np.ndarray | None] = []

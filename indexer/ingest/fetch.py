@@ -38,8 +38,8 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
-from indexer.decode import image_size
 from indexer.errors import ImageDecodeError
+from indexer.ingest.decode import image_size
 from indexer.settings import Settings
 
 SCHEMES = ("http", "https")

@@ -8,7 +8,7 @@ one is first rebuilt as Linear layers around scaled_dot_product_attention (the s
 fp32) and then quantised too. The text tower is untouched: text queries stay exact.
 
 Measured in docs/benchmarks.md. Never the default; a collection records the precision it was built
-with and refuses the other one (indexer.models.check_same_precision).
+with and refuses the other one (indexer.models.loading.check_same_precision).
 """
 
 from __future__ import annotations

@@ -27,13 +27,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from indexer.batches import decoded_batches
-from indexer.catalog import Catalog, ColumnMapping, is_catalog, read_catalog
 from indexer.errors import CollectionBusy, CollectionNotFound
-from indexer.fetch import Fetcher
-from indexer.locking import collection_lock
-from indexer.models import ClipModel, load_model, set_torch_threads, usable_cpus
-from indexer.pipeline import (
+from indexer.ingest.batches import decoded_batches
+from indexer.ingest.catalog import Catalog, ColumnMapping, is_catalog, read_catalog
+from indexer.ingest.fetch import Fetcher
+from indexer.ingest.pipeline import (
     IndexReport,
     batch_size_for,
     collection_models,
@@ -41,9 +39,11 @@ from indexer.pipeline import (
     index_sources,
     workers_for,
 )
+from indexer.ingest.sources import SourceItem
+from indexer.locking import collection_lock
+from indexer.models.loading import ClipModel, load_model, set_torch_threads, usable_cpus
 from indexer.schema import V1_IMAGE_FIELDS, CollectionSchema
 from indexer.settings import Settings
-from indexer.sources import SourceItem
 from indexer.stores import Record, VectorStore, open_store
 
 _POINT_NAMESPACE = uuid.UUID("0b7c4e52-3f0e-4d8a-9a8e-5c1f2d7b6a91")
@@ -87,7 +87,7 @@ def index_catalog(
                 report = sync_catalog(settings, store, models, catalog, fetcher, progress)
         finally:
             store.close()
-        from indexer.onnx_export import export_for_queries  # imports torch: only where indexing runs
+        from indexer.models.onnx_export import export_for_queries  # imports torch: only where indexing runs
 
         export_for_queries(settings.home, models.values())  # the queries that follow need no torch
     report.seconds = time.perf_counter() - started

@@ -4,7 +4,7 @@ collection as it arrives.
 
 Each encoder actor loads the collection's model(s) once and keeps them; where the cluster has GPUs there
 is one actor per GPU (`num_gpus=1`), otherwise CPU actors sized to the cluster (`encoder_pool`). The
-planning and the writing are the local run's (`indexer.pipeline.sync_store` with `ray_embedder` as its
+planning and the writing are the local run's (`indexer.ingest.pipeline.sync_store` with `ray_embedder` as its
 Embedder): the same walk, the same fingerprints compared with the store, vanished files dropped,
 failures recorded, every batch written as soon as it is embedded. So a killed run re-embeds only what is
 missing, and a collection indexed locally one day can be brought up to date on Ray the next.
@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from indexer.batches import Decoded, decode_item
 from indexer.errors import CollectionBusy, ModelLoadError
+from indexer.ingest.batches import Decoded, decode_item
+from indexer.ingest.pipeline import Embedded, Embedder, IndexReport, embed_all, open_for_indexing, sync_store
+from indexer.ingest.sources import SourceItem
 from indexer.locking import collection_lock
-from indexer.models import ClipModel, PixelTransform, load_model, set_torch_threads
-from indexer.pipeline import Embedded, Embedder, IndexReport, embed_all, open_for_indexing, sync_store
+from indexer.models.loading import ClipModel, PixelTransform, load_model, set_torch_threads
 from indexer.settings import Settings
-from indexer.sources import SourceItem
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _item(path: Any) -> SourceItem:
 
 
 def ray_embedder(ray: Any) -> Embedder:
-    """An Embedder (indexer.pipeline) that decodes and encodes on the Ray that `ray` is connected to."""
+    """An Embedder (ingest.pipeline) that decodes and encodes on the Ray that `ray` is connected to."""
 
     def embed(
         settings: Settings, models: dict[str, ClipModel], primary: ClipModel, items: Sequence[SourceItem]
@@ -201,7 +201,7 @@ def index_on_ray(
     address: str | None = None,
     progress: bool = True,
 ) -> IndexReport:
-    """`indexer.pipeline.index_sources`, with decoding and encoding on Ray (see the module doc)."""
+    """`indexer.ingest.pipeline.index_sources`, with decoding and encoding on Ray (see the module doc)."""
     collection = collection or settings.collection
     started = time.perf_counter()
     roots = [os.path.abspath(source) for source in sources]
@@ -220,7 +220,9 @@ def index_on_ray(
             report = sync_store(settings, store, models, roots, progress, embedder=ray_embedder(ray))
         finally:
             store.close()
-        from indexer.onnx_export import export_for_queries  # as a local run does: torch-free queries after
+        from indexer.models.onnx_export import (
+            export_for_queries,  # as a local run does: torch-free queries after
+        )
 
         export_for_queries(settings.home, models.values())
     report.seconds = time.perf_counter() - started

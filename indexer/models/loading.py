@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.encoders import QueryEncoder
 from indexer.errors import ModelLoadError, ModelMismatchError, UnknownModel
+from indexer.models.encoders import QueryEncoder
 from indexer.schema import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class ClipModel:
         self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.logit_scale = float(model.logit_scale.exp().item())
-        # The same fp32 image tower on onnxruntime, set by the indexer for long runs (indexer.onnx_images).
+        # The same fp32 image tower on onnxruntime, set by the indexer for long runs (models.onnx_images).
         self.onnx_images: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
@@ -305,7 +305,7 @@ def _encode_text_prefix(model: Any, tokens: Any, pool: str) -> Any:
 
 def text_features(model: Any, tokens: Any, pool: str) -> Any:
     """CLIP.encode_text (unnormalised) over exactly the tokens given. Also what the ONNX export traces
-    (indexer.onnx_export), with the sequence length as a dynamic axis."""
+    (indexer.models.onnx_export), with the sequence length as a dynamic axis."""
     import torch
     from open_clip.transformer import text_global_pool
 
@@ -332,7 +332,7 @@ def _normalise(features: Any) -> np.ndarray:
 def load_model(model: str, pretrained: str, device: str = "auto", precision: str = "fp32") -> ClipModel:
     """Build an open_clip model from an architecture name or config JSON, with a tag or checkpoint.
 
-    precision="int8" gives the approximate CPU fast path (indexer.fastpath): image embeddings within
+    precision="int8" gives the approximate CPU fast path (indexer.models.int8): image embeddings within
     cosine ~0.999 of the fp32 ones, several times faster on CPUs with int8 dot-product instructions;
     precision="bf16" holds the image tower in bfloat16 (cosine ~0.9999; several times faster on CPUs
     with AVX512-BF16 or AMX; on GPUs like fp16 autocast); the text tower stays fp32.
@@ -365,7 +365,7 @@ def load_model(model: str, pretrained: str, device: str = "auto", precision: str
     dim = int(open_clip.get_model_config(architecture)["embed_dim"])
     identity = ModelIdentity(model_recorded, pretrained_recorded, architecture, weights_id, dim, precision)
     if precision == "int8":
-        from indexer.fastpath import quantize_image_tower
+        from indexer.models.int8 import quantize_image_tower
 
         quantize_image_tower(clip)
     elif precision == "bf16":  # the image tower's weights in bf16 (text stays fp32: exact queries).
@@ -507,7 +507,7 @@ class ModelCache:
     copy. Thread-safe; a model is loaded once even when several threads ask for it at once.
 
     `get` gives the torch model (indexing, re-embedding); `query` gives what answers queries: the ONNX
-    export of the model under `home` (indexer.encoders; made from the torch model on first use when
+    export of the model under `home` (indexer.models.encoders; made from the torch model on first use when
     missing), or the torch model when there is no `home`, the weights are random, the device is CUDA,
     or the export cannot be made (one warning; the failure is remembered under `home`)."""
 
@@ -552,14 +552,14 @@ class ModelCache:
             return self._encoders[key]
 
     def _onnx(self, identity: ModelIdentity) -> QueryEncoder | None:
-        from indexer.encoders import OnnxEncoder, export_dir, exportable, read_meta
+        from indexer.models.encoders import OnnxEncoder, export_dir, exportable, read_meta
 
         if self.home is None or self.device not in ("auto", "cpu") or not exportable(identity):
             return None
         directory = export_dir(self.home, identity)
         if read_meta(directory) is None:
             try:
-                from indexer.onnx_export import ensure_export
+                from indexer.models.onnx_export import ensure_export
             except ImportError as exc:  # a query-only install (no clipsearch[index]) cannot export
                 raise ModelLoadError(
                     f"{identity.describe()} has no ONNX export in {directory}, and {exc.name} is missing "
