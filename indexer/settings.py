@@ -230,6 +230,20 @@ class Settings(BaseSettings):
     oversampling: float = Field(
         2.0, ge=1.0, description="With `int8`: candidates rescored with the originals, per result."
     )
+    query_batch: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most query texts (and, separately, images) encoded in one encoder call when queries "
+        "arrive together (server, or the library from several threads); `1` turns batching off.",
+    )
+    query_batch_wait_ms: float = Field(
+        3.0,
+        ge=0,
+        le=100,
+        description="Milliseconds a query batch may wait for more queries while others are in flight; "
+        "never when a query is alone.",
+    )
 
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)

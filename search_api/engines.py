@@ -1,12 +1,13 @@
 """The server's collections: one SearchEngine per collection, opened at start for the default one
 and on first use for the others, all sharing one ModelCache (collections that record the same model
-share one copy), each used by one thread at a time.
+share one copy, and their concurrent queries one batching encoder: settings query_batch*).
 
-The embedded stores and the models are not safe to call from several threads at once, and routes run
-in a thread pool, so every engine call goes through `Engines.call`, which holds that collection's
-lock. Writers inside the server (`serve --watch`, re-embedding through the API) see the engine's open
-store through `LockedStore`, whose every call takes the lock for that call only, so searches
-interleave with their batches.
+Routes run in a thread pool, so every engine call goes through `Engines.call`, which holds that
+collection's lock; the engine itself lets go of it while it encodes a query, and while it searches a
+store that may be searched concurrently (indexer.search.engine), so that queries in flight meet in
+the encoder's batches. Writers inside the server (`serve --watch`, re-embedding through the API) see
+the engine's open store through `LockedStore`, whose every call takes the lock for that call only, so
+searches interleave with their batches.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Engines:
         self.settings = settings
         self.url = url
         self.default = settings.collection
-        self.models = ModelCache(settings.device, settings.home)
+        self.models = ModelCache.for_settings(settings)
         if model is not None:
             self.models.add(model)
         self._slots: dict[str, _Slot] = {}
@@ -92,7 +93,7 @@ class Engines:
     def _open(self, collection: str, slot: _Slot) -> SearchEngine:
         if slot.engine is None:
             try:
-                slot.engine = SearchEngine(self.settings, collection, models=self.models)
+                slot.engine = SearchEngine(self.settings, collection, models=self.models, lock=slot.lock)
                 if self.url and self.embedded:
                     write_server_address(self.settings.collection_dir(collection), self.url)
             except CollectionNotFound as exc:

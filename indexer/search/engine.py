@@ -3,16 +3,22 @@
 It opens the collection, loads the model of the vector a query uses (through a shared ModelCache),
 decodes query images exactly as the index run decoded files, resolves filters against the
 collection's schema, and times every stage. Text embeddings are cached (bounded), since people
-repeat and refine the same queries. Not thread-safe: the API serialises calls (search_api.engines).
+repeat and refine the same queries.
+
+Threads: callers that share an engine hold its `lock` for every call (search_api.engines does, per
+collection); the engine lets go of it while it decodes and encodes a query, so that concurrent queries
+meet in the model's batching encoder (indexer.models.batching) instead of queueing one by one, and
+while it searches a store whose `concurrent_reads` says it may be searched from several threads.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,24 +68,28 @@ class SearchOutcome:
 
 
 class TextEmbeddingCache:
-    """A small LRU of (model, query text) -> embedding."""
+    """A small LRU of (model, query text) -> embedding; thread-safe, and a miss encodes without holding
+    the cache, so that concurrent misses can be batched together."""
 
     def __init__(self, size: int = 1024):
         self._size = size
         self._entries: OrderedDict[tuple[Any, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, model: QueryEncoder, text: str) -> np.ndarray:
         key = (model.identity.weights, model.identity.architecture, text)
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return self._entries[key]
-        self.misses += 1
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+            self.misses += 1
         vector = model.encode_texts([text])[0]
-        self._entries[key] = vector
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = vector
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
         return vector
 
 
@@ -109,13 +119,17 @@ class SearchEngine:
         models: ModelCache | None = None,
         store: VectorStore | None = None,
         warm: bool = True,
+        lock: AbstractContextManager[Any] | None = None,
     ):
         """`store`: an already open store of the collection (the server's watcher shares it).
         `warm`: run `warm_up` now (a server, for its first query). Without it (a one-shot CLI search) the
-        store opens in the background while the query encoder loads, and no throw-away query runs."""
+        store opens in the background while the query encoder loads, and no throw-away query runs.
+        `lock`: the lock that callers sharing this engine across threads hold for every call (see the
+        module); the engine releases it (exit) and takes it back (enter) around query encoding."""
         self.settings = settings
         self.collection = collection or settings.collection
-        self.models = models or ModelCache(settings.device, settings.home)
+        self.lock = lock
+        self.models = models or ModelCache.for_settings(settings)
         self.store: VectorStore = store or open_store(settings, self.collection, background=not warm)
         self._schema_read = time.monotonic()
         self.text_cache = TextEmbeddingCache()
@@ -220,12 +234,13 @@ class SearchEngine:
             query = None
         else:
             query = embed_terms(terms, lambda term: self._embed(term, spec, clock))
-        hits = self._timed(
-            clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter, offset=offset,
-            mode=mode, text=words if mode != "vector" else None, min_score=min_score, group_by=group_by,
-            diversity=diversity,
-        )
-        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        with self._reading():
+            hits = self._timed(
+                clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter,
+                offset=offset, mode=mode, text=words if mode != "vector" else None, min_score=min_score,
+                group_by=group_by, diversity=diversity,
+            )
+            counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, mode)
 
     def recommend(
@@ -277,11 +292,29 @@ class SearchEngine:
                 raise ItemNotFound(term.image_id)
             return records[0].vectors[spec.name]
         model = self.models.query(spec.model)
-        if term.text is not None:
-            return self._timed(clock, "encode", self.text_cache.get, model, term.text)
-        assert term.image is not None
-        picture = self._timed(clock, "decode", self.decode, term.image, model)
-        return self._timed(clock, "encode", model.encode_images, [picture])[0]
+        with self._unlocked():
+            if term.text is not None:
+                return self._timed(clock, "encode", self.text_cache.get, model, term.text)
+            assert term.image is not None
+            picture = self._timed(clock, "decode", self.decode, term.image, model)
+            return self._timed(clock, "encode", model.encode_images, [picture])[0]
+
+    @contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """Without the callers' lock (when there is one) for the block: work that touches no shared
+        state but thread-safe objects (the encoders, the text cache)."""
+        if self.lock is None:
+            yield
+            return
+        self.lock.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            self.lock.__enter__()
+
+    def _reading(self) -> AbstractContextManager[None]:
+        """For a store search: without the callers' lock when the store may be searched concurrently."""
+        return self._unlocked() if getattr(self.store, "concurrent_reads", False) else nullcontext()
 
     def _facets(
         self, fields: list[str] | tuple[str, ...], store_filter: Filter | None, limit: int
@@ -311,8 +344,9 @@ class SearchEngine:
     def classify(self, images: list[ImageInput], labels: list[str]) -> list[list[tuple[str, float]]]:
         """Zero-shot labels for each image with the active vector's model."""
         model = self.model_for()[1]
-        pictures = [self.decode(image, model) for image in images]
-        return classify_embeddings(model, model.encode_images(pictures), labels)
+        with self._unlocked():
+            pictures = [self.decode(image, model) for image in images]
+            return classify_embeddings(model, model.encode_images(pictures), labels)
 
     def status(self) -> dict[str, Any]:
         return collection_status(self.store)

@@ -324,6 +324,11 @@ class EdgeStore(QdrantFamilyStore):
     """A VectorStore over one open Edge shard."""
 
     write_batch = WRITE_BATCH
+    # The shard is Rust behind one handle: its calls take it shared (queries, reads) and synchronise
+    # segments with their own locks (as a Qdrant server's threads search while updates land), so
+    # searches run from several threads at once, beside writes. What this class keeps in Python (the
+    # schema, the dirty flag) is replaced whole, never changed in place.
+    concurrent_reads = True
 
     def __init__(
         self, name: str, shard: qe.EdgeShard | concurrent.futures.Future[qe.EdgeShard], directory: Path,
