@@ -94,6 +94,11 @@ class Engines:
         if slot.engine is None:
             try:
                 slot.engine = SearchEngine(self.settings, collection, models=self.models, lock=slot.lock)
+                # An edge collection whose points bulk payload updates (a label run) left unindexed gets
+                # its index built in a thread, while searches answer exactly (indexer.stores.edge).
+                optimize_in_background = getattr(slot.engine.store, "optimize_in_background", None)
+                if optimize_in_background is not None:
+                    optimize_in_background()
                 if self.url and self.embedded:
                     write_server_address(self.settings.collection_dir(collection), self.url)
             except CollectionNotFound as exc:
