@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -70,6 +71,10 @@ class _Slot:
     def __init__(self) -> None:
         self.lock = FifoLock()
         self.engine: SearchEngine | None = None
+        # Calls in progress, the lock held or not: a query lets go of the lock while it encodes, and
+        # closing waits for it to finish rather than closing the store under it.
+        self.calls = 0
+        self.calls_lock = threading.Lock()
 
 
 class Engines:
@@ -113,8 +118,14 @@ class Engines:
         """Run fn with the collection's engine (opening it if needed), alone."""
         name = collection or self.default
         slot = self._slot(name)
-        with slot.lock:
-            return fn(self._open(name, slot))
+        with slot.calls_lock:
+            slot.calls += 1
+        try:
+            with slot.lock:
+                return fn(self._open(name, slot))
+        finally:
+            with slot.calls_lock:
+                slot.calls -= 1
 
     def open_default(self) -> None:
         """At start: open the default collection and warm its model, if it exists (else it is a 404
@@ -188,12 +199,17 @@ class Engines:
             return self._open(name, slot).status()
 
     def close(self) -> None:
+        """Close every open collection, each once the calls in progress on it have finished."""
         for name, slot in list(self._slots.items()):
-            with slot.lock:
-                if slot.engine is not None:
-                    slot.engine.close()
-                    slot.engine = None
-                    remove_server_address(self.settings.collection_dir(name))
+            while True:
+                with slot.lock:
+                    if slot.calls == 0 or slot.engine is None:
+                        if slot.engine is not None:
+                            slot.engine.close()
+                            slot.engine = None
+                            remove_server_address(self.settings.collection_dir(name))
+                        break
+                time.sleep(0.01)  # a query between its encoding and its search needs the lock back
 
 
 class Stopped(Exception):

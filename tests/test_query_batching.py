@@ -260,3 +260,15 @@ def test_concurrent_http_text_queries_are_batched_and_answer_as_alone(
         assert_same(got, expected)
     # Encoding runs outside the collection's lock: the seven requests queued behind the held call.
     assert texts.stats.calls - before == 2 and texts.stats.largest == len(TEXTS) - 1
+
+
+def test_classify_prompts_come_from_the_text_cache_the_second_time(engine_for) -> None:
+    engine = engine_for(query_batch=16)
+    texts = encoder_of(engine).texts
+    picture = png_bytes((64, 48), COLOURS[0])
+    first = engine.classify([picture], ["cat", "dog", "car"])
+    calls = texts.stats.calls
+    again = engine.classify([picture], ["dog", "car", "cat"])
+    assert texts.stats.calls == calls  # 24 prompts, all cached
+    assert dict(again[0]) == pytest.approx(dict(first[0]), abs=1e-6)
+    assert abs(sum(score for _, score in again[0]) - 1.0) < 1e-5

@@ -78,19 +78,28 @@ class TextEmbeddingCache:
         self.hits = self.misses = 0
 
     def get(self, model: QueryEncoder, text: str) -> np.ndarray:
-        key = (model.identity.weights, model.identity.architecture, text)
+        return self.get_many(model, [text])[0]
+
+    def get_many(self, model: QueryEncoder, texts: list[str]) -> np.ndarray:
+        """The texts' embeddings, those not cached encoded together in one call."""
+        keys = [(model.identity.weights, model.identity.architecture, text) for text in texts]
+        found: dict[Any, np.ndarray] = {}
         with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return self._entries[key]
-            self.misses += 1
-        vector = model.encode_texts([text])[0]
-        with self._lock:
-            self._entries[key] = vector
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        return vector
+            for key in keys:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    found[key] = self._entries[key]
+            self.hits += sum(key in found for key in keys)
+            missing = list(dict.fromkeys(key for key in keys if key not in found))
+            self.misses += len(missing)
+        if missing:
+            vectors = model.encode_texts([key[2] for key in missing])
+            with self._lock:
+                for key, vector in zip(missing, vectors, strict=True):
+                    found[key] = self._entries[key] = vector
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+        return np.stack([found[key] for key in keys])
 
 
 def parse_item_id(value: str) -> str | None:
@@ -346,7 +355,9 @@ class SearchEngine:
         model = self.model_for()[1]
         with self._unlocked():
             pictures = [self.decode(image, model) for image in images]
-            return classify_embeddings(model, model.encode_images(pictures), labels)
+            # The labels' prompts through the text cache: clients ask for the same labels again and again.
+            return classify_embeddings(model, model.encode_images(pictures), labels,
+                                       lambda prompts: self.text_cache.get_many(model, prompts))
 
     def status(self) -> dict[str, Any]:
         return collection_status(self.store)
