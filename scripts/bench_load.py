@@ -468,8 +468,10 @@ checked: the status, and its content (k results best first; the uploaded photo a
 hits; exactly the labels sent, best first, summing to 1). An error is any non-2xx status, any
 exception (a timeout at 60 s included) or any wrong answer. req/s counts requests answered right,
 over the whole run; latencies are measured by the client, from sending to the checked answer, so they
-include the time a request waits its turn: the server runs one model or store call at a time
-(search_api/engines.py), so with 50 clients most of a latency is queueing. Queued calls are admitted
+include the time a request waits its turn: until issue 17 the server ran one model or store call at a
+time per collection (search_api/engines.py), so with 50 clients most of a latency was queueing; since
+then queries encode outside the collection's lock, concurrent ones batched together (settings
+query_batch, query_batch_wait_ms; the "batching on vs off" subsections compare). Queued calls are admitted
 in arrival order (`FifoLock`): with a plain `threading.Lock`, a ViT-B-32 run (2026-11-22, torch on the
 query path) had a median of 14 s but a maximum of 57 s, a request overtaken again and again by later
 ones, near the 60 s client timeout (in arrival order: 26 and 27 s at most in two runs). The runs of

@@ -408,11 +408,11 @@ class EdgeStore(QdrantFamilyStore):
             write_atomic(self._dir / MOVED_FILE, json.dumps({"points": self._moved}).encode())
             self._moved_saved = self._moved
 
-    def optimize_in_background(self) -> bool:
-        """When many vectors are unindexed (after bulk payload updates, see the module), build the index
-        in a thread; searches keep answering, exactly, meanwhile (the shard swaps the built segments
-        in). close() waits for it. Whether it started."""
-        if self._optimizer is not None or self.unindexed() < OPTIMIZE_BACKLOG:
+    def optimize_in_background(self, backlog: int = OPTIMIZE_BACKLOG) -> bool:
+        """When at least `backlog` points are unindexed (after bulk payload updates, see the module),
+        build the index in a thread; searches keep answering meanwhile (exactly until the shard swaps
+        the built segments in). close() waits for it. Whether it started."""
+        if self._optimizer is not None or self.unindexed() < backlog:
             return False
 
         def run() -> None:
