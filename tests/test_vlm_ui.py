@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from indexer.models.loading import ClipModel
-from tests.helpers import app_test, index_photos, make_settings, serve, streamlit_ui
+from tests.helpers import app_test, eventually, index_photos, make_settings, serve, streamlit_ui
 from tests.vlm_photos import Photos, indexed_photos, scores_by_id
 from tests.vlm_server import FakeVlm, Reply, closed_port_url
 
@@ -185,19 +185,26 @@ def test_explanations_appear_in_the_browser(ui_url: str, api_url: str, fake: Fak
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(ui_url)
             page.get_by_text("Re-rank with the VLM").click()
+            sync_api.expect(page.get_by_role("switch", name="Re-rank with the VLM")).to_be_checked()
             box = page.get_by_label("Describe the images you want")
             box.fill("a dog in the snow")  # a query of its own: nothing cached from the other tests
             box.press("Enter")
             cards = page.locator('[class*="st-key-search-explain-"]')
-            sync_api.expect(cards).to_have_count(12, timeout=60_000)  # the page's default k
-            # Each card's explanation, written under its thumbnail as it streamed in.
-            for index in range(12):
-                sync_api.expect(cards.nth(index)).to_contain_text(photos_explained, timeout=60_000)
-            texts = cards.all_inner_texts()
-            item_ids = [t.split("It shows ", 1)[1].split(",", 1)[0] for t in texts]
-            assert len(set(item_ids)) == 12  # each card explains its own hit
+
+            def every_card_explains_its_own_hit() -> list[str]:
+                # One reading of all the cards (the page re-renders as explanations stream in), checked
+                # as read: a wait on each card and a later read could see a card between two renders.
+                texts = cards.all_inner_texts()
+                assert len(texts) == 12, texts  # the page's default k
+                assert all(photos_explained in text for text in texts), texts
+                item_ids = [text.split("It shows ", 1)[1].split(",", 1)[0] for text in texts]
+                assert len(set(item_ids)) == 12, item_ids  # each card explains its own hit
+                return texts
+
+            eventually(every_card_explains_its_own_hit, 120, "each card's explanation",
+                       retry_on=(AssertionError, sync_api.Error))
             grid = page.locator('[class*="st-key-results-search"] [data-testid="stImage"] img')
-            assert grid.count() == 12
+            sync_api.expect(grid).to_have_count(12)
             page.screenshot(path=str(tmp_path / "explanations.png"), full_page=True)
         finally:
             browser.close()
