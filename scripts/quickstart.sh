@@ -6,14 +6,6 @@
 # the whole pipeline with a tiny random-weight model instead, so the set-up is still proven.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: bash scripts/quickstart.sh [FOLDER] [QUERY]"
-for arg in "$@"; do  # before installing anything: --help helps, any other option is refused
-  case "$arg" in
-    -h|--help) echo "$usage"; sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "$usage" >&2; echo "quickstart.sh: error: unrecognized arguments: $arg" >&2; exit 2 ;;
-  esac
-done
-[ $# -le 2 ] || { echo "$usage" >&2; echo "quickstart.sh: error: unrecognized arguments: ${*:3}" >&2; exit 2; }
 source scripts/install.sh
 FOLDER="${1:-../shared/data/imagenet-samples}"
 QUERY="${2:-a dog on the beach}"
