@@ -5,7 +5,8 @@ Plain helpers live in tests/helpers.py: import them from there, not from here.
 Markers (registered in pyproject.toml):
 - `e2e` is set here, at collection, on every test that starts a process (the CLI through
   tests/clirun.py, any subprocess), a server on a loopback port, a browser, the Streamlit UI or a Ray
-  cluster, in the test or in any fixture or helper it uses: tests/markers.py reads that from the code,
+  cluster, or drives the CLI or the API through click's or Starlette's test client, in the test or
+  in any fixture or helper it uses: tests/markers.py reads that from the code,
   so a new test is classified as it is written, without a list to keep up to date. Reading the code
   rather than going by file keeps a file's unit checks in the fast loop beside its CLI runs.
 - `slow` is set by hand on the few tests that take minutes on their own (big data sizes).
