@@ -254,4 +254,4 @@ def _texts(text: Texts | None) -> dict[str, Any]:
 def _refuse_derived(values: dict[str, Any]) -> None:
     derived = [name for name in values if name in DERIVED]
     if derived:
-        raise BadInput(f"metadata {', '.join(derived)}: set by the library (the image's size, the item id)")
+        raise BadInput(f"metadata {', '.join(derived)}: set by the server (the image's size, the item id)")
