@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.stores import transfer
 from indexer.stores.transfer import TransferReport
@@ -23,7 +25,16 @@ def snapshot(out: Path, collection: str | None, as_json: bool) -> None:
     OUT is a tar file, gzip-compressed when its name ends in .gz or .tgz; it can be restored into
     any store (edge, qdrant, faiss). The collection's write lock is held meanwhile."""
     settings = settings_from_flags(collection=collection)
-    report = transfer.snapshot_collection(settings, settings.collection, out, progress=not as_json)
+
+    def through(shop: Any) -> TransferReport:
+        done = shop.snapshot(out)
+        return TransferReport(done.collection, done.store, done.points, done.vectors, 0.0, archive=str(out),
+                              bytes=out.stat().st_size)
+
+    report = remote.local_or_through_server(
+        settings, settings.collection,
+        lambda: transfer.snapshot_collection(settings, settings.collection, out, progress=not as_json),
+        remote.through_client(settings, settings.collection, through))
     _done(report, as_json, f"wrote {report.points} points of {report.collection!r} to {out}")
 
 

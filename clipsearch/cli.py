@@ -521,7 +521,7 @@ COMMAND_MODULES = {
     "clipsearch.vectors": ["reembed", "vectors", "activate", "drop-vector"],
     "clipsearch.backup": ["snapshot", "restore", "copy"],
     "clipsearch.curate": ["label", "export", "eval"],
-    "clipsearch.dedupe": ["duplicates", "clusters"],
+    "clipsearch.dedupe": ["duplicates", "clusters", "outliers"],
 }
 for _module, _names in COMMAND_MODULES.items():
     main.add_lazy_commands(_module, _names)

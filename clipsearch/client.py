@@ -214,7 +214,8 @@ class RemoteCollection:
         params = _params(threshold=threshold, hash_distance=hash_distance, vector=vector)
         return Duplicates.from_json(self._request("GET", f"{self._base}/duplicates", params=params))
 
-    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None) -> Clusters:
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
+                 ) -> Clusters:
         params = _params(k=k, central=central, seed=seed, vector=vector)
         return Clusters.from_json(self._request("GET", f"{self._base}/clusters", params=params))
 
@@ -281,7 +282,9 @@ class RemoteCollection:
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.part")
-        with self._http.stream("POST", f"{self._base}/snapshot") as response:
+        gzip = target.name.endswith((".gz", ".tgz"))
+        params = {"gzip": str(gzip).lower()}
+        with self._http.stream("POST", f"{self._base}/snapshot", params=params) as response:
             if not response.is_success:
                 response.read()
                 self._raise(response)

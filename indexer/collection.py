@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from indexer.errors import BadInput, Conflict
+from indexer.errors import BadInput
 from indexer.results import (
     Classified,
     Clusters,
@@ -143,11 +143,13 @@ class Collection:
 
         if isinstance(sources, (str, Path)):
             sources = [sources]
-        texts = text_columns if text_columns is None or isinstance(text_columns, str) else ",".join(text_columns)
+        texts = text_columns if text_columns is None or isinstance(text_columns, str) \
+            else ",".join(text_columns)
         mapping = ColumnMapping.from_flags(id_column, tuple(image_columns), texts,
                                            tuple(f"{k}:{v}" for k, v in (fields or {}).items()))
         report = self._access.exclusive(
-            lambda: index_paths(self.settings, [Path(s) for s in sources], mapping, self.name, progress=progress),
+            lambda: index_paths(self.settings, [Path(s) for s in sources], mapping, self.name,
+                                progress=progress),
             "index",
         )
         return IndexReport.from_json(report.summary())
@@ -343,7 +345,8 @@ class Collection:
         return Duplicates.from_json(self._call(lambda engine: find_duplicates(
             engine.store, threshold=threshold, hash_distance=hash_distance, vector=vector)))
 
-    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None) -> Clusters:
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
+                 ) -> Clusters:
         """k-means clusters with their sizes and most central items."""
         from indexer.curation.clusters import cluster_collection
 
@@ -492,7 +495,8 @@ def restore(archive: str | Path, name: str | None = None, *, replace: bool = Fal
     """A collection (the archived one's name, or `name`) from a snapshot archive."""
     from indexer.stores.transfer import restore as restore_archive
 
-    return Transfer.from_json(restore_archive(settings or Settings(), archive, name, replace=replace).to_json())
+    report = restore_archive(settings or Settings(), archive, name, replace=replace)
+    return Transfer.from_json(report.to_json())
 
 
 def copy(name: str, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False,
@@ -502,7 +506,8 @@ def copy(name: str, to_name: str | None = None, *, to_store: str | None = None, 
 
     source = settings or Settings()
     target = source.with_flags(store=to_store)
-    return Transfer.from_json(copy_collection(source, name, target, to_name or name, replace=replace).to_json())
+    report = copy_collection(source, name, target, to_name or name, replace=replace)
+    return Transfer.from_json(report.to_json())
 
 
 # --- what both the local and the remote Collection are --------------------------------------------
@@ -545,10 +550,12 @@ class CollectionAPI(Protocol):
     def label_counts(self, run: str = "label") -> LabelCounts: ...
     def review_items(self, run: str, label: str, *, pending: bool = False, offset: int = 0,
                      limit: int = 48) -> ReviewPage: ...
-    def review(self, run: str, ids: Sequence[str], action: str, label: str | None = None) -> list[ReviewItem]: ...
+    def review(self, run: str, ids: Sequence[str], action: str,
+               label: str | None = None) -> list[ReviewItem]: ...
     def duplicates(self, *, threshold: float = DEFAULT_THRESHOLD, hash_distance: int = HASH_DISTANCE,
                    vector: str | None = None) -> Duplicates: ...
-    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None) -> Clusters: ...
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
+                 ) -> Clusters: ...
     def outliers(self, limit: int = 50, *, neighbours: int = 10, vector: str | None = None) -> Outliers: ...
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
                filter: dict[str, Any] | None = None, run: str | None = None) -> Exported: ...
@@ -592,7 +599,8 @@ def as_term(term: Term | tuple[float, str] | dict[str, Any]) -> Term:
     if isinstance(term, Term):
         return term
     if isinstance(term, dict):
-        return Term(text=term.get("text"), image_id=term.get("image_id"), weight=float(term.get("weight", 1.0)))
+        weight = float(term.get("weight", 1.0))
+        return Term(text=term.get("text"), image_id=term.get("image_id"), weight=weight)
     weight, text = term
     return Term(text=text, weight=float(weight))
 
@@ -619,13 +627,13 @@ def image_bytes(image: ImageLike) -> bytes:
 
 
 def results(outcome: SearchOutcome) -> SearchResults:
-    return SearchResults([Hit(r.id, r.uri, float(r.score), dict(r.metadata)) for r in outcome.results],
-                         {name: [(str(v), int(n)) for v, n in counts] for name, counts in outcome.facets.items()},
-                         outcome.mode)
+    facets = {name: [(str(v), int(n)) for v, n in counts] for name, counts in outcome.facets.items()}
+    hits = [Hit(r.id, r.uri, float(r.score), dict(r.metadata)) for r in outcome.results]
+    return SearchResults(hits, facets, outcome.mode)
 
 
 def _written(write: Any) -> ItemWritten:
     return ItemWritten(write.id, write.point_id, write.action, write.embedded)
 
 
-__all__ = ["Collection", "CollectionAPI", "LocalAccess", "Conflict", "copy", "restore"]
+__all__ = ["Collection", "CollectionAPI", "LocalAccess", "copy", "restore"]

@@ -104,12 +104,15 @@ def export(collection: CollectionPath, body: ExportRequest, engines: EnginesDep)
 
 @router.post("/snapshot", response_class=FileResponse, responses=_ERRORS, operation_id="snapshot",
              summary="A portable archive of every point (vectors, payloads, schema), as a .tar download")
-def snapshot(collection: CollectionPath, engines: EnginesDep, tasks: BackgroundTasks) -> FileResponse:
+def snapshot(
+    collection: CollectionPath, engines: EnginesDep, tasks: BackgroundTasks,
+    gzip: Annotated[bool, Query(description="A gzip-compressed tar (.tar.gz).")] = False,
+) -> FileResponse:
     import tempfile
     from pathlib import Path as FilePath
 
     folder = FilePath(tempfile.mkdtemp(prefix="snapshot-", dir=engines.settings.home))
-    archive = folder / f"{collection}.tar"
+    archive = folder / f"{collection}.tar{'.gz' if gzip else ''}"
     collection_of(engines, collection).snapshot(archive)
 
     def remove() -> None:
@@ -117,4 +120,5 @@ def snapshot(collection: CollectionPath, engines: EnginesDep, tasks: BackgroundT
         folder.rmdir()
 
     tasks.add_task(remove)
-    return FileResponse(archive, media_type="application/x-tar", filename=archive.name)
+    return FileResponse(archive, media_type="application/gzip" if gzip else "application/x-tar",
+                        filename=archive.name)

@@ -122,7 +122,7 @@ class Engines:
     @property
     def embedded(self) -> bool:
         """Whether the store's collections can be open in one process only (this one, while it serves)."""
-        return self.settings.store != "qdrant" or self.settings.qdrant.path is not None
+        return not self.settings.store_shared
 
     def loaded(self, collection: str | None = None) -> SearchEngine | None:
         """The collection's engine if it is open; never opens it (metrics, readiness)."""

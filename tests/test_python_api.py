@@ -69,7 +69,8 @@ def scenario(shop: CollectionAPI, photos: Path, out: Path, wide_model: tuple[str
     def ranked(results: Any) -> list[tuple[str, float]]:
         """Best first; hits of equal score (the copied photo and its original) in id order, since the
         order of exact ties is the store's own."""
-        return sorted(((hit.id, hit.score) for hit in results), key=lambda pair: (-round(pair[1], 5), pair[0]))
+        pairs = [(hit.id, hit.score) for hit in results]
+        return sorted(pairs, key=lambda pair: (-round(pair[1], 5), pair[0]))
 
     answers["text"] = ranked(shop.search("a small bird on a branch", k=5))
     cheap = shop.search("a fish", where=["price < 60", "brand in (acme, zenith)"], k=5, facets=["brand"])

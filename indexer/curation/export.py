@@ -147,7 +147,8 @@ def export_document(store: VectorStore, items: Sequence[Item], fmt: str, *, run:
     """The csv, jsonl or COCO document of `items` (what `export` writes to a file), and its report."""
     _check(store, fmt, run)
     if fmt not in TEXT_FORMATS:
-        raise BadInput(f"export format {fmt!r} is a folder, not one document: use one of {', '.join(TEXT_FORMATS)}")
+        raise BadInput(f"export format {fmt!r} is a folder, not one document: use one of "
+                       f"{', '.join(TEXT_FORMATS)}")
     report = ExportReport(fmt, "", items=len(items))
     report.labelled = sum(label_of(item, run) is not None for item in items)
     writer = {"csv": _csv, "jsonl": _jsonl, "coco": _coco}[fmt]
