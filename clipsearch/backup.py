@@ -51,6 +51,9 @@ def restore(archive: Path, collection: str | None, replace: bool, as_json: bool)
     The whole archive is verified before anything is created or replaced; a failed restore leaves
     no collection behind."""
     settings = settings_from_flags()
+    if collection is not None:
+        _refuse_if_served(settings, collection, "restore replaces the collection, which the running server "
+                          "holds: restore under another name (--collection NEW), or stop the server first")
     report = transfer.restore(settings, archive, collection, replace=replace, progress=not as_json)
     _done(report, as_json, f"restored {report.points} points into {report.collection!r} ({settings.store})")
 
@@ -69,6 +72,9 @@ def copy(
 
     The target uses the same settings with the store replaced (for qdrant: CLIPSEARCH_QDRANT_URL)."""
     source = settings_from_flags(collection=collection)
+    _refuse_if_served(source, source.collection, "copy reads the whole collection, which the running "
+                      "server holds: `clipsearch snapshot OUT` (through the server) then `clipsearch restore "
+                      "OUT` into the other store, or stop the server first")
     target = source.with_flags(store=to_store)
     name = to_collection or source.collection
     report = transfer.copy_collection(
@@ -85,3 +91,10 @@ def _done(report: TransferReport, as_json: bool, line: str) -> None:
 
 
 COMMANDS = [snapshot, restore, copy]
+
+
+def _refuse_if_served(settings: Any, collection: str, advice: str) -> None:
+    from indexer.errors import Conflict
+
+    if remote.serving_url(settings, collection) is not None:
+        raise Conflict(advice)

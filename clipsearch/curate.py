@@ -300,6 +300,9 @@ def _vector_systems(settings: Any, collection: str | None, vectors: tuple[str, .
     from indexer.stores import open_store
 
     name = collection or settings.collection
+    if remote.serving_url(settings, name) is not None:
+        raise Conflict(f"eval reads the stored vectors of collection {name!r}, which the running server "
+                       "holds: evaluate a model instead (--model, --pretrained), or stop the server first")
     store = open_store(settings, name)
     try:
         systems = []
