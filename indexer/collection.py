@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 from indexer.errors import BadInput
 from indexer.results import (
     Classified,
@@ -49,8 +50,6 @@ T = TypeVar("T")
 ImageLike = Any
 # Query algebra: (weight, text) pairs, or Terms; an indexed item is {"image_id": ID}.
 QueryTerms = Sequence[Term | tuple[float, str] | dict[str, Any]]
-DEFAULT_THRESHOLD = 0.95  # near duplicates (curation.duplicates.DEFAULT_THRESHOLD)
-HASH_DISTANCE = 4
 
 
 class Access(Protocol):

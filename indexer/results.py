@@ -270,9 +270,11 @@ class DuplicateGroup:
 @dataclass
 class Duplicates(_Rows):
     groups: list[DuplicateGroup]
-    items: int = 0
+    items: int = 0  # items compared
+    hashed: int = 0  # files hashed now (indexed before hashes were taken)
     threshold: float = 0.0
     hash_distance: int = 0
+    seconds: float = 0.0
 
     @property
     def rows(self) -> list[DuplicateGroup]:  # type: ignore[override]
@@ -281,7 +283,8 @@ class Duplicates(_Rows):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Duplicates:
         return cls([DuplicateGroup.from_json(g) for g in data.get("groups", [])], int(data.get("items", 0)),
-                   float(data.get("threshold", 0.0)), int(data.get("hash_distance", 0)))
+                   int(data.get("hashed", 0)), float(data.get("threshold", 0.0)),
+                   int(data.get("hash_distance", 0)), float(data.get("seconds", 0.0)))
 
 
 @dataclass

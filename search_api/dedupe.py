@@ -14,7 +14,7 @@ from fastapi import APIRouter, BackgroundTasks, Path, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE, find_duplicates
+from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 from indexer.curation.export import TEXT_FORMATS
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
@@ -41,8 +41,9 @@ def duplicates(
 ) -> dict[str, Any]:
     """`{"groups": [{"kind": "exact"|"near", "keep", "others", "scores", "ids"}], ...}`: `ids` are the
     keeper's then the others' (for GET /v1/images/{id})."""
-    return engines.call(collection, lambda engine: find_duplicates(
-        engine.store, threshold=threshold, hash_distance=hash_distance, vector=vector))
+    found = collection_of(engines, collection).duplicates(threshold=threshold, hash_distance=hash_distance,
+                                                          vector=vector)
+    return asdict(found)
 
 
 @router.get("/clusters", responses=_ERRORS, operation_id="clusters",

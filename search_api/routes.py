@@ -20,13 +20,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from indexer.errors import BadInput, Conflict
-from indexer.ingest.reembed import activate, drop_vector
 from indexer.search.engine import SearchEngine, SearchOutcome
 from indexer.search.query import Term, keyword_text
 from indexer.settings import Settings
 from indexer.vlm import Query as VlmQuery
 from search_api import vlm as stage
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep
+from search_api.engines import collection as collection_of
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
     ClassifyForm,
@@ -514,7 +514,7 @@ def activate_vector(
     # Load (and warm) the vector's model before switching, so no query waits for it afterwards.
     spec = engines.call(collection, lambda engine: engine.schema.vector(name))
     engines.models.query(spec.model)
-    engines.call(collection, lambda engine: activate(engine.store, name))
+    collection_of(engines, collection).activate(name)
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
 
 
@@ -534,7 +534,7 @@ def delete_vector(
 ) -> VectorsResponse:
     if name in jobs.jobs(collection) and jobs.jobs(collection)[name].state in ("starting", "running"):
         raise Conflict(f"vector {name!r} is being embedded; wait for it to finish")
-    engines.call(collection, lambda engine: drop_vector(engine.store, name))
+    collection_of(engines, collection).drop_vector(name)
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
 
 
