@@ -21,6 +21,7 @@ from search_api.schemas import ErrorResponse
 router = APIRouter(prefix="/v1/collections/{collection}/labels", tags=["labels"])
 MAX_PAGE = 500
 MAX_SELECTION = 10_000
+MAX_LABELS = 1000  # a label run's classes (ImageNet's 1000): each costs one text encode per template
 
 CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 RunPath = Annotated[str, Path(description="Label run name (the field `clipsearch label --run` wrote).")]
@@ -137,7 +138,8 @@ def decide(
 class LabelRunRequest(BaseModel):
     """A zero-shot label run over the collection (what `clipsearch label` does)."""
 
-    labels: list[str] = Field(min_length=1, max_length=10_000, description="Class names.")
+    labels: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]] = Field(
+        min_length=1, max_length=MAX_LABELS, description="Class names (each prompt is encoded once a run).")
     run: str = Field("label", min_length=1, max_length=64, description="The run's name (its fields' prefix).")
     top_k: int = Field(3, ge=1, le=100)
     threshold: float = Field(0.0, ge=0.0, le=1.0, description='Best score under this: "unsure".')
