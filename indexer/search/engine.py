@@ -115,7 +115,9 @@ class SearchEngine:
     @property
     def schema(self) -> CollectionSchema:
         """The collection's schema; re-read from a shared server now and then (see SCHEMA_REFRESH_S)."""
-        if self.settings.store_shared and time.monotonic() - self._schema_read > SCHEMA_REFRESH_S:
+        # Every Qdrant store object, local mode included (its store objects share one client, as processes
+        # share a server: the tests' stand-in), can see schema changes made through another.
+        if self.settings.store == "qdrant" and time.monotonic() - self._schema_read > SCHEMA_REFRESH_S:
             self._reopen_if_changed()
         return self.store.schema
 
