@@ -90,7 +90,7 @@ class RemoteCollection:
         """Asks the server to bring its --watch folders in line now; sources must be among them."""
         if isinstance(sources, (str, Path)):
             sources = [sources]
-        body = {"sources": [str(Path(s).resolve()) for s in sources]}
+        body = {"sources": [str(Path(s).absolute()) for s in sources]}  # as the server names its folders
         return IndexReport.from_json(self._post(f"{self._base}/sync", json=body))
 
     # --- search --------------------------------------------------------------------------------
@@ -116,7 +116,11 @@ class RemoteCollection:
             answer = self._post("/v1/search/image", data=form,
                                 files={"file": ("image", image_bytes(image), "application/octet-stream")})
             return SearchResults.from_json(answer)
+        if keywords is not None and keywords != text:
+            raise BadInput("through a server, keywords= goes with image= (a JSON search ranks keywords by "
+                           "its text): search by text=, or by image= with keywords=")
         body: dict[str, Any] = {**options.to_json(), "collection": self.name, "k": k}
+        body.pop("text", None)
         if text is not None:
             body["text"] = text
         elif like is not None:
