@@ -76,7 +76,9 @@ class LocalAccess:
     def call(self, fn: Callable[[SearchEngine], T]) -> T:
         with self._lock:
             if self._engine is None:
-                self._engine = SearchEngine(self.settings, self.name, warm=False)
+                # The engine lets go of the lock while it encodes a query: threads of one program
+                # searching at once share encoder batches (indexer.models.batching).
+                self._engine = SearchEngine(self.settings, self.name, warm=False, lock=self._lock)
             return fn(self._engine)
 
     def exclusive(self, fn: Callable[[], T], what: str) -> T:
