@@ -7,7 +7,6 @@ refused with CollectionBusy: stop the server, or use the review routes it serves
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,8 @@ import click
 
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.errors import BadInput
+from indexer.limits import load_json
+from indexer.settings import LimitsSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 TOP_COUNTS = 20  # labels listed by the human-readable summary
@@ -37,8 +38,9 @@ def filter_options(func: F) -> F:
     )(func)
 
 
-def query_filter(where: tuple[str, ...], filter_json: str | None) -> dict[str, Any] | None:
-    """The query filter (field names) of --where and --filter together; None for neither."""
+def query_filter(where: tuple[str, ...], filter_json: str | None, max_depth: int) -> dict[str, Any] | None:
+    """The query filter (field names) of --where and --filter together; None for neither. `max_depth`:
+    how deeply --filter may nest (CLIPSEARCH_LIMITS_JSON_DEPTH)."""
     must: list[Any] = []
     must_not: list[Any] = []
     for clause in where:
@@ -49,10 +51,7 @@ def query_filter(where: tuple[str, ...], filter_json: str | None) -> dict[str, A
         condition = {"key": field.strip(), "match": {"value": value.strip().strip("'\"")}}
         (must_not if negated else must).append(condition)
     if filter_json:
-        try:
-            must.append(json.loads(filter_json))
-        except ValueError as exc:
-            raise BadInput(f"--filter is not valid JSON: {exc}") from exc
+        must.append(load_json(filter_json, "--filter", max_depth))
     if not must and not must_not:
         return None
     return {"must": must, "must_not": must_not}
@@ -92,7 +91,8 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
 
     settings = settings_from_flags(device=device)
     report = label_collection(
-        settings, collection, load_labels(labels, labels_file), query_filter=query_filter(where, filter_json),
+        settings, collection, load_labels(labels, labels_file),
+        query_filter=query_filter(where, filter_json, settings.limits.json_depth),
         templates=load_templates(templates), run=run, top_k=top_k, threshold=threshold, vector=vector,
         progress=not as_json or sys.stderr.isatty(),
     )
@@ -125,11 +125,14 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
               help="Export the duplicate groups (as `clipsearch duplicates` finds them) instead: their "
                    "members, with the group as the label.")
 @click.option("--copy", is_flag=True, help="imagefolder, fiftyone: copy the images rather than symlink them.")
+@click.option("--csv-formulas", is_flag=True,
+              help="csv: write cells that start with =, +, -, @, tab or CR as they are (for data pipelines); "
+                   "by default they get a leading ' so a spreadsheet shows them as text.")
 @collection_option
 @json_option
 def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None, run: str | None,
-           query: str | None, k: int, duplicates: bool, copy: bool, collection: str | None,
-           as_json: bool) -> None:
+           query: str | None, k: int, duplicates: bool, copy: bool, csv_formulas: bool,
+           collection: str | None, as_json: bool) -> None:
     """Export a collection, a label run, a duplicate report or a query's results to OUT (labels: a
     person's decision first)."""
     from indexer.curation.export import DUPLICATES, collect, duplicate_items
@@ -140,7 +143,7 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
         raise click.UsageError("--duplicates exports the whole report: no --query, --where, --filter, --run")
 
     settings = settings_from_flags()
-    wanted = query_filter(where, filter_json)
+    wanted = query_filter(where, filter_json, settings.limits.json_depth)
     with _opened(settings, collection, query is not None) as (store, engine):
         if duplicates:
             from indexer.curation.duplicates import find_duplicates
@@ -152,10 +155,10 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
             found = engine.search_text(query, k, filter=wanted).results
             items = collect(store, hits=[(r.id, r.score) for r in found])
         else:
-            items = collect(store, _store_filter(store, wanted))
+            items = collect(store, _store_filter(store, wanted, settings.limits))
         if run is None and DEFAULT_RUN in label_runs(store):
             run = DEFAULT_RUN
-        report = write_export(store, items, fmt, out, run=run, copy=copy).summary()
+        report = write_export(store, items, fmt, out, run=run, copy=copy, formulas=csv_formulas).summary()
     if as_json:
         emit(report)
         return
@@ -163,10 +166,10 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
     click.echo(f"{report['items']} items ({report['labelled']} labelled) exported to {out} as {fmt}{missing}")
 
 
-def _store_filter(store: Any, wanted: dict[str, Any] | None) -> Any:
+def _store_filter(store: Any, wanted: dict[str, Any] | None, limits: LimitsSettings) -> Any:
     from indexer.stores.filters import Filter
 
-    parsed = Filter.parse(wanted)
+    parsed = Filter.parse(wanted, limits)
     return parsed.resolve(store.schema) if parsed is not None and not parsed.is_empty() else None
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
@@ -35,11 +36,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from indexer.errors import BadInput, ItemNotFound
+from indexer.ingest.bounds import check_item_write, indexable_fields
 from indexer.ingest.catalog import convert
+from indexer.ingest.decode import pixel_count
+from indexer.limits import load_json
 from indexer.schema import FieldType, check_name
 from indexer.search.engine import SearchEngine, client_point_id
 from indexer.settings import Settings
-from indexer.stores import Record
+from indexer.stores import Record, check_collection_name
 from indexer.stores.filters import parse_datetime
 from search_api.deps import EnginesDep, SettingsDep
 from search_api.engines import Engines
@@ -96,6 +100,11 @@ class ItemWritten(BaseModel):
     point_id: str = Field(description="The item's id in results (`id`), /v1/images/{id} and image_id.")
     action: Literal["created", "replaced", "updated", "deleted"]
     embedded: bool = Field(description="Whether the image was embedded (false: stored vectors kept).")
+    unindexed: list[str] = Field(
+        default_factory=list,
+        description="New metadata fields stored with the item but not indexed (not filterable): the "
+        "collection has as many fields as CLIPSEARCH_LIMITS_INDEXED_FIELDS allows.",
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -143,8 +152,9 @@ async def put_item(
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "file: required, an image file (multipart field `file`)")
         data = read_upload(upload, settings.api.max_upload_bytes)  # type: ignore[arg-type]
-        metadata = _json_object(form.get("metadata"), "metadata")
-        text = _text_field(form.get("text"))
+        depth = settings.limits.json_depth
+        metadata = _json_object(form.get("metadata"), "metadata", depth)
+        text = _text_field(form.get("text"), depth)
         return await run_in_threadpool(_put, engines, settings, collection, id, data, None, metadata, text)
     if kind == "application/json":
         try:
@@ -165,7 +175,14 @@ async def put_item(
     operation_id="patch_item",
     summary="Change an item's metadata and text; nothing is embedded",
 )
-def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engines: EnginesDep) -> ItemWritten:
+def patch_item(
+    collection: CollectionName, id: ClientId, body: ItemPatch, engines: EnginesDep, settings: SettingsDep
+) -> ItemWritten:
+    check_collection_name(collection)
+    texts = _texts(body.text)
+    changes = {**body.metadata, **texts}
+    check_item_write(id, changes, settings.limits)
+    _refuse_derived(changes)
     point = client_point_id(id)
 
     def patch(engine: SearchEngine) -> ItemWritten:
@@ -173,14 +190,14 @@ def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engine
         if not found:
             raise ItemNotFound(id)
         payload = dict(found[0].payload)
-        texts = _texts(body.text)
-        changes = {**body.metadata, **texts}
-        _refuse_derived(changes)
         metadata = {k: v for k, v in {**payload.get("metadata", {}), **changes}.items() if v is not None}
-        payload["metadata"] = _typed(engine, metadata, set(texts))
+        check_item_write(id, {k: v for k, v in metadata.items() if k not in _DERIVED}, settings.limits)
+        typed, fields, unindexed = _typed(engine, metadata, set(texts), settings)
+        payload["metadata"] = typed
+        _declare(engine, fields)
         engine.store.set_payloads({point: payload})
         engine.store.flush()
-        return ItemWritten(id=id, point_id=point, action="updated", embedded=False)
+        return ItemWritten(id=id, point_id=point, action="updated", embedded=False, unindexed=unindexed)
 
     return engines.call(collection, patch)
 
@@ -193,6 +210,7 @@ def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engine
     summary="Remove an item",
 )
 def delete_item(collection: CollectionName, id: ClientId, engines: EnginesDep) -> ItemWritten:
+    check_collection_name(collection)
     point = client_point_id(id)
 
     def delete(engine: SearchEngine) -> ItemWritten:
@@ -212,10 +230,18 @@ def _put(
     engines: Engines, settings: Settings, collection: str, client_id: str, data: bytes | None,
     image_url: str | None, metadata: dict[str, Any], text: Texts | None,
 ) -> ItemWritten:
-    point = client_point_id(client_id)
+    """Everything is checked before anything is stored: the collection's name, the id, the metadata's
+    bounds, that the collection exists and the values fit its fields, the image; then the upload is
+    kept and the item written, and an upload kept for a write that failed is removed again."""
+    check_collection_name(collection)
     texts = _texts(text)
     values = {**metadata, **texts}
+    check_item_write(client_id, values, settings.limits)
     _refuse_derived(values)
+    point = client_point_id(client_id)
+    given = {k: v for k, v in values.items() if v is not None}
+    # The collection exists and the values fit its fields (404, 400), before an image is fetched or kept.
+    engines.call(collection, lambda engine: _typed(engine, given, set(texts), settings))
     image = _image(settings, collection, data, image_url) if data is not None or image_url else None
 
     def put(engine: SearchEngine) -> ItemWritten:
@@ -224,6 +250,7 @@ def _put(
         old = found[0] if found else None
         if image is None and old is None:
             raise BadInput(f"item {client_id!r} is new: send its image (multipart `file`, or `image_url`)")
+        typed, fields, unindexed = _typed(engine, given, set(texts), settings)
         if image is None:
             assert old is not None
             uri, path, fingerprint = old.payload.get("uri", ""), old.payload.get("path", ""), \
@@ -232,31 +259,38 @@ def _put(
                     if k in old.payload.get("metadata", {})}
         else:
             uri, path, fingerprint, size = image
-        typed = _typed(engine, {k: v for k, v in values.items() if v is not None}, set(texts))
         payload = {"uri": uri, "path": path, "fingerprint": fingerprint, "source": "api",
                    "metadata": {**typed, **size, ITEM_ID: client_id}}
         action = "replaced" if old is not None else "created"
         same = old is not None and old.payload.get("fingerprint") == fingerprint and \
             set(engine.schema.vectors) <= set(old.vectors)
-        if same:
-            store.set_payloads({point: payload})
+        with _kept_upload(FilePath(path), data):
+            if same:
+                _declare(engine, fields)
+                store.set_payloads({point: payload})
+                store.flush()
+                return ItemWritten(id=client_id, point_id=point, action=action, embedded=False,
+                                   unindexed=unindexed)
+            vectors = {}
+            for spec in engine.schema.vectors.values():
+                model = engine.models.query(spec.model)
+                vectors[spec.name] = model.encode_images([engine.decode(FilePath(path), model)])[0]
+            _declare(engine, fields)
+            store.upsert([Record(point, vectors, payload)])
             store.flush()
-            return ItemWritten(id=client_id, point_id=point, action=action, embedded=False)
-        vectors = {}
-        for spec in engine.schema.vectors.values():
-            model = engine.models.query(spec.model)
-            vectors[spec.name] = model.encode_images([engine.decode(FilePath(path), model)])[0]
-        store.upsert([Record(point, vectors, payload)])
-        store.flush()
-        return ItemWritten(id=client_id, point_id=point, action=action, embedded=True)
+        return ItemWritten(id=client_id, point_id=point, action=action, embedded=True, unindexed=unindexed)
 
-    return engines.call(collection, put)
+    if data is None:
+        return engines.call(collection, put)
+    with engines.pixel_budget.admit(pixel_count(data)):
+        return engines.call(collection, put)
 
 
 def _image(settings: Settings, collection: str, data: bytes | None, url: str | None
            ) -> tuple[str, str, str, dict[str, int]]:
-    """(uri, local path, fingerprint, width/height) of the item's image: an upload kept by content
-    under the home, or a URL fetched into the fetch cache. Not an image: 400."""
+    """(uri, local path, fingerprint, width/height) of the item's image: an upload (its path is where
+    `_kept_upload` keeps it, by content, under `<home>/items/<collection>/`) or a URL fetched into the
+    fetch cache. Not an image: 400. Nothing is written for an upload."""
     if data is None:
         assert url is not None
         from indexer.ingest.fetch import Fetcher
@@ -268,15 +302,35 @@ def _image(settings: Settings, collection: str, data: bytes | None, url: str | N
         return url, str(got.path), f"sha256:{got.sha256}", _size(FilePath(str(got.path)).read_bytes())
     size = _size(data)
     digest = hashlib.sha256(data).hexdigest()
-    folder = settings.home / "items" / collection
+    path = settings.home / "items" / collection / f"{digest}{_suffix(data)}"
+    return str(path), str(path), f"sha256:{digest}", size
+
+
+@contextmanager
+def _kept_upload(path: FilePath, data: bytes | None) -> Iterator[None]:
+    """The upload (when the image is one) kept at `path` while the write runs; removed again, with the
+    folder made for it, when the write fails."""
+    if data is None:
+        yield
+        return
+    folder = path.parent
+    made_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}{_suffix(data)}"
-    if not path.exists():
+    made_file = not path.exists()
+    if made_file:
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
         with os.fdopen(handle, "wb") as file:
             file.write(data)
         os.replace(temporary, path)
-    return str(path), str(path), f"sha256:{digest}", size
+    try:
+        yield
+    except BaseException:
+        if made_file:
+            path.unlink(missing_ok=True)
+        if made_folder:
+            with suppress(OSError):  # another write may have kept a file there meanwhile
+                folder.rmdir()
+        raise
 
 
 def _size(data: bytes) -> dict[str, int]:
@@ -300,10 +354,12 @@ def _suffix(data: bytes) -> str:
 # --- metadata --------------------------------------------------------------------------------------
 
 
-def _typed(engine: SearchEngine, metadata: dict[str, Any], texts: set[str]) -> dict[str, Any]:
-    """Values converted to their declared field's type; new fields declared with the type inferred
-    (`texts`: names given as text, declared as text fields). BadInput (400) for a bad name or a value
-    that does not fit its declared type."""
+def _typed(engine: SearchEngine, metadata: dict[str, Any], texts: set[str], settings: Settings
+           ) -> tuple[dict[str, Any], dict[str, FieldType], list[str]]:
+    """(values converted to their declared field's type, new fields to declare with the type inferred,
+    new fields kept unindexed past CLIPSEARCH_LIMITS_INDEXED_FIELDS); `texts`: names given as text,
+    declared as text fields. BadInput (400) for a bad name or a value that does not fit its declared
+    type. Changes nothing: `_declare` declares the fields when the write is stored."""
     schema = engine.store.schema
     new: dict[str, FieldType] = {}
     typed: dict[str, Any] = {}
@@ -320,9 +376,13 @@ def _typed(engine: SearchEngine, metadata: dict[str, Any], texts: set[str]) -> d
         if name not in schema.fields:
             new[name] = kind
         typed[name] = converted
-    if new:
-        engine.store.set_schema(schema.with_fields(new))
-    return typed
+    to_declare, unindexed = indexable_fields(schema.fields, new, settings.limits.indexed_fields)
+    return typed, to_declare, unindexed
+
+
+def _declare(engine: SearchEngine, fields: dict[str, FieldType]) -> None:
+    if fields:
+        engine.store.set_schema(engine.store.schema.with_fields(fields))
 
 
 def infer_type(value: Any) -> FieldType:
@@ -357,25 +417,22 @@ def _refuse_derived(values: dict[str, Any]) -> None:
         raise BadInput(f"metadata {', '.join(derived)}: set by the server (the image's size, the item id)")
 
 
-def _json_object(value: Any, name: str) -> dict[str, Any]:
+def _json_object(value: Any, name: str, max_depth: int) -> dict[str, Any]:
     if value is None or value == "":
         return {}
-    try:
-        parsed = json.loads(str(value))
-    except ValueError as exc:
-        raise HTTPException(400, f"{name} is not valid JSON: {exc}") from None
+    parsed = load_json(str(value), name, max_depth)
     if not isinstance(parsed, dict):
         raise HTTPException(400, f"{name} must be a JSON object, not {type(parsed).__name__}")
     return parsed
 
 
-def _text_field(value: Any) -> Texts | None:
+def _text_field(value: Any, max_depth: int) -> Texts | None:
     """The form's `text`: a JSON object {field: text}, or plain words."""
     if value is None or value == "":
         return None
     text = str(value)
     if text.lstrip().startswith("{"):
-        parsed = _json_object(text, "text")
+        parsed = _json_object(text, "text", max_depth)
         if not all(isinstance(v, str) for v in parsed.values()):
             raise HTTPException(400, "text: every value of the object must be a string")
         return parsed

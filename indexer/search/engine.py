@@ -21,6 +21,7 @@ import numpy as np
 
 from indexer.errors import BadInput, ItemNotFound
 from indexer.ingest.decode import decode_image
+from indexer.limits import check_item_id
 from indexer.models.encoders import QueryEncoder
 from indexer.models.loading import ModelCache
 from indexer.models.zero_shot import classify_embeddings
@@ -98,7 +99,7 @@ _CLIENT_NAMESPACE = uuid.UUID("5d1c0a7e-8f4b-4c55-9a3e-2b6f1e0c9d42")
 def client_point_id(item_id: str) -> str:
     """The point id of a client's item id: the id itself when it is a UUID (an id from results), else
     uuid5 of it, so that every server maps a SKU to the same point."""
-    return parse_item_id(item_id) or str(uuid.uuid5(_CLIENT_NAMESPACE, item_id))
+    return parse_item_id(item_id) or str(uuid.uuid5(_CLIENT_NAMESPACE, check_item_id(item_id)))
 
 
 class SearchEngine:
@@ -291,7 +292,7 @@ class SearchEngine:
 
     def store_filter(self, query_filter: Filter | dict[str, Any] | None) -> Filter | None:
         """A query filter (field names) checked against the schema and turned into a store filter."""
-        parsed = Filter.parse(query_filter)
+        parsed = Filter.parse(query_filter, self.settings.limits)
         return None if parsed is None or parsed.is_empty() else parsed.resolve(self.schema)
 
     def decode(self, image: ImageInput, model: QueryEncoder | None = None) -> Any:
