@@ -27,7 +27,10 @@ def check_metadata(values: Mapping[str, Any], limits: LimitsSettings) -> None:
     """BadInput when metadata nests deeper or is larger than `limits` allow (checked in that order:
     measuring the size of a deep value would recurse)."""
     check_depth(dict(values), limits.json_depth, "metadata")
-    size = metadata_bytes(values)
+    try:
+        size = metadata_bytes(values)
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON \udcff escape
+        raise BadInput("metadata holds text that is not valid UTF-8 (a lone surrogate escape)") from None
     if size > limits.metadata_bytes:
         raise BadInput(
             f"metadata is {size} bytes as JSON; the limit is {limits.metadata_bytes} "
