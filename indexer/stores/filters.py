@@ -231,15 +231,13 @@ class Filter(_Strict):
             elif isinstance(condition, FieldCondition) and isinstance(condition.match, MatchExcept):
                 values += len(condition.match.except_)
         for count, bound, what, variable in (
-            (deepest, limits.json_depth, "levels deep", "JSON_DEPTH"),
-            (conditions, limits.filter_conditions, "conditions", "FILTER_CONDITIONS"),
-            (values, limits.filter_values, "match.any/except values", "FILTER_VALUES"),
-            (ids, limits.ids, "has_id ids", "IDS"),
+            (deepest, limits.json_depth, "levels deep", "CLIPSEARCH_LIMITS_JSON_DEPTH"),
+            (conditions, limits.filter_conditions, "conditions", "CLIPSEARCH_LIMITS_FILTER_CONDITIONS"),
+            (values, limits.filter_values, "match.any/except values", "CLIPSEARCH_LIMITS_FILTER_VALUES"),
+            (ids, limits.ids, "has_id ids", "CLIPSEARCH_LIMITS_IDS"),
         ):
             if count > bound:
-                raise InvalidFilter(
-                    f"filter too large: {count} {what}; the limit is {bound} (CLIPSEARCH_LIMITS_{variable})"
-                )
+                raise InvalidFilter(f"filter too large: {count} {what}; the limit is {bound} ({variable})")
         return self
 
     def to_json(self) -> dict[str, Any]:
