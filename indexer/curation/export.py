@@ -131,10 +131,10 @@ def classes(store: VectorStore, run: str | None, items: Iterable[Item]) -> list[
     return known + sorted(extra)
 
 
-def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
-           copy: bool = False, formulas: bool = False) -> ExportReport:
-    """Write `items` to `out` in format `fmt` (see the module's docstring); `formulas`: CSV cells as
-    they are, formulas included (default: neutralised)."""
+TEXT_FORMATS = ("csv", "jsonl", "coco")  # one document each; the others are folders
+
+
+def _check(store: VectorStore, fmt: str, run: str | None) -> None:
     if fmt not in FORMATS:
         raise BadInput(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if run is not None and run != DUPLICATES and run not in label_runs(store):
@@ -142,19 +142,39 @@ def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, ru
         raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); check --run")
     if fmt == "imagefolder" and run is None:
         raise BadInput("an ImageFolder tree needs labels: give --run NAME of a `clipsearch label` run")
+
+
+def export_document(store: VectorStore, items: Sequence[Item], fmt: str, *, run: str | None = None,
+                    formulas: bool = False) -> tuple[str, ExportReport]:
+    """The csv, jsonl or COCO document of `items` (what `export` writes to a file), and its report;
+    `formulas`: CSV cells as they are, formulas included (default: neutralised)."""
+    _check(store, fmt, run)
+    if fmt not in TEXT_FORMATS:
+        raise BadInput(f"export format {fmt!r} is a folder, not one document: use one of "
+                       f"{', '.join(TEXT_FORMATS)}")
+    report = ExportReport(fmt, "", items=len(items))
+    report.labelled = sum(label_of(item, run) is not None for item in items)
+    if fmt == "csv":
+        return _csv(store, items, run, formulas), report
+    return {"jsonl": _jsonl, "coco": _coco}[fmt](store, items, run), report
+
+
+def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
+           copy: bool = False, formulas: bool = False) -> ExportReport:
+    """Write `items` to `out` in format `fmt` (see the module's docstring); `formulas`: CSV cells as
+    they are, formulas included (default: neutralised)."""
+    _check(store, fmt, run)
     out = Path(out)
+    if fmt in TEXT_FORMATS:
+        document, report = export_document(store, items, fmt, run=run, formulas=formulas)
+        report.out = str(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, document.encode("utf-8"))  # a reader never sees half a file
+        return report
     report = ExportReport(fmt, str(out), items=len(items))
     report.labelled = sum(label_of(item, run) is not None for item in items)
-    if fmt in ("imagefolder", "fiftyone"):
-        _fresh_folder(out)
-        (_imagefolder if fmt == "imagefolder" else _fiftyone)(store, items, out, run, copy, report)
-        return report
-    if fmt == "csv":
-        text = _csv(store, items, run, formulas)
-    else:
-        text = {"jsonl": _jsonl, "coco": _coco}[fmt](store, items, run)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, text.encode("utf-8"))  # a reader never sees half a file
+    _fresh_folder(out)
+    (_imagefolder if fmt == "imagefolder" else _fiftyone)(store, items, out, run, copy, report)
     return report
 
 
