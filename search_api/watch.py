@@ -36,7 +36,7 @@ from typing import Literal
 import watchfiles
 from starlette.concurrency import run_in_threadpool
 
-from indexer.errors import StoreError
+from indexer.errors import ClipsearchError
 from indexer.ingest.decode import IMAGE_EXTENSIONS
 from indexer.ingest.pipeline import IndexReport, folder_schema, sync_paths, sync_store
 from indexer.ingest.sources import _JUNK_DIRS, _is_hidden
@@ -223,7 +223,7 @@ class FolderWatcher:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             # A folder unmounted, a disk full: expected, one line. Anything else: with its traceback.
-            expected = isinstance(exc, StoreError | OSError)
+            expected = isinstance(exc, ClipsearchError | OSError)
             log.error(
                 "watch: %s sync of collection %r failed: %s (the next rescan tries again)",
                 trigger, store.name, self.last_error, exc_info=not expected,
