@@ -545,5 +545,10 @@ class EdgeStore(QdrantFamilyStore):
     def _drop_vector(self, key: str) -> None:
         self._update(qe.UpdateOperation.delete_vector_name(key))
 
+    def indexed_fields(self) -> set[str]:
+        """The declared fields whose payload index the shard has (for `indexer.stores.check`)."""
+        paths = set(self.shard.info().payload_schema)
+        return {name for name in self.schema.fields if payload_path(name) in paths}
+
     def _index_field(self, path: str, kind: FieldType) -> None:
         self._update(_field_index(path, kind))
