@@ -521,7 +521,8 @@ class VectorInfo(BaseModel):
     count: int = Field(description="Items that have this vector.")
     active: bool = Field(description="Whether queries use it unless they name another.")
     job: dict[str, Any] | None = Field(
-        None, description="The re-embedding running in this server, if any: state, embedded, failed, error."
+        None, description="The re-embedding in this server, if any: state (starting, running, ready, "
+        "incomplete, stopped, failed, interrupted), embedded, failed, remaining, error, resumed."
     )
 
 
