@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from indexer.durable import disk_errors
 from indexer.errors import BadInput, ItemNotFound
 from indexer.ingest.catalog import convert
 from indexer.schema import FieldType, check_name
@@ -272,10 +273,15 @@ def _image(settings: Settings, collection: str, data: bytes | None, url: str | N
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest}{_suffix(data)}"
     if not path.exists():
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
+        with disk_errors(folder, f"keeping an upload of collection {collection!r}"):
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
+            try:
+                with os.fdopen(handle, "wb") as file:
+                    file.write(data)
+                os.replace(temporary, path)
+            except BaseException:  # a full disk: no partial upload stays behind
+                FilePath(temporary).unlink(missing_ok=True)
+                raise
     return str(path), str(path), f"sha256:{digest}", size
 
 
