@@ -25,6 +25,9 @@ from indexer.models.loading import load_model
 from search_api.engines import Engines, LockedStore, Stopped
 
 log = logging.getLogger(__name__)
+# How long a job waits, once only items it could not read lack the vector, for the watcher to drop or
+# re-embed them (files deleted or rewritten during the job), before it ends `incomplete`.
+SETTLE_S = 30.0
 
 
 @dataclass
@@ -73,7 +76,8 @@ class VectorJobs:
         def run() -> None:
             try:
                 report = fill_vector(
-                    settings, store, clip, name, progress=False, stop=self.stopping, on_batch=on_batch
+                    settings, store, clip, name, progress=False, stop=self.stopping, on_batch=on_batch,
+                    settle_s=SETTLE_S,
                 )
                 job.report = report.summary()
                 if self.stopping.is_set() and report.state != "ready":

@@ -79,6 +79,7 @@ def fill_vector(
     progress: bool = True,
     stop: threading.Event | None = None,
     on_batch: Any = None,
+    settle_s: float = 0.0,
 ) -> ReembedReport:
     """Embed every item that lacks vector `name` with `model`; mark the vector ready when none is left.
 
@@ -87,25 +88,38 @@ def fill_vector(
     may still write an item without it. So the job scans again for what is missing after each pass, and
     after marking the vector ready, until a scan finds nothing new (back to building if one did).
     Items whose file can no longer be read are counted as failed and left without the vector (the
-    vector then stays building: re-index or remove them, then run again)."""
+    vector then stays building: re-index or remove them, then run again). `settle_s`: how long to wait
+    for other writers to deal with such items (inside a server that watches folders, a file deleted or
+    rewritten during the job is dropped or re-embedded by the watcher's next sync) before saying so."""
     started = time.perf_counter()
     report = ReembedReport(collection=store.name, vector=name)
-    unreadable: set[str] = set()  # tried in this run and failed: not tried again by its later passes
+    unreadable: dict[str, Any] = {}  # id -> fingerprint of items whose file this run could not read
+    settle_until: float | None = None
     bar = tqdm(unit="img", desc=f"re-embedding {store.name}:{name}", disable=not progress)
     for _ in range(MAX_PASSES):
-        pending = [r for r in store.scan(filter=missing(name)) if r.id not in unreadable]
-        if not pending:
-            if store.count(missing(name)) > 0 or store.schema.vector(name).state == "ready":
-                break
-            store.set_schema(store.schema.with_vector_state(name, "ready"))
-            if store.count(missing(name)) == 0:  # none written without it while the state changed
-                break
-            store.set_schema(store.schema.with_vector_state(name, "building"))
-            continue
-        bar.total = (bar.total or 0) + len(pending)
-        unreadable |= _embed_pass(settings, store, model, name, pending, report, bar, stop, on_batch)
         if stop is not None and stop.is_set():
             break
+        lacking = list(store.scan(filter=missing(name)))
+        # Tried again once rewritten (a file read mid-write); not while it is the same.
+        pending = [
+            r for r in lacking if r.id not in unreadable or unreadable[r.id] != r.payload.get("fingerprint")
+        ]
+        if pending:
+            bar.total = (bar.total or 0) + len(pending)
+            unreadable.update(_embed_pass(settings, store, model, name, pending, report, bar, stop, on_batch))
+            continue
+        if lacking:  # only unreadable items: files deleted or rewritten meanwhile, whose writer may come
+            settle_until = settle_until or time.monotonic() + settle_s
+            if time.monotonic() >= settle_until:
+                break
+            time.sleep(SETTLE_POLL_S)
+            continue
+        if store.schema.vector(name).state == "ready":
+            break
+        store.set_schema(store.schema.with_vector_state(name, "ready"))
+        if store.count(missing(name)) == 0:  # none written without it while the state changed
+            break
+        store.set_schema(store.schema.with_vector_state(name, "building"))
     bar.close()
     report.remaining = store.count(missing(name))
     report.state = store.schema.vector(name).state
@@ -115,15 +129,17 @@ def fill_vector(
 
 
 # Passes of fill_vector: each embeds what the one before found missing (written meanwhile by others).
-MAX_PASSES = 100
+MAX_PASSES = 1000
+SETTLE_POLL_S = 0.5
 
 
 def _embed_pass(
     settings: Settings, store: VectorStore, model: ClipModel, name: str, pending: list[Record],
     report: ReembedReport, bar: tqdm, stop: threading.Event | None, on_batch: Any,
-) -> set[str]:
-    """Embed `pending` into vector `name`, batch by batch; the ids whose files could not be read."""
-    unreadable: set[str] = set()
+) -> dict[str, Any]:
+    """Embed `pending` into vector `name`, batch by batch; id -> fingerprint of the items whose files
+    could not be read."""
+    unreadable: dict[str, Any] = {}
     todo = [
         SourceItem(uri=r.payload.get("uri", ""), path=r.payload.get("path", ""), fingerprint="")
         for r in pending
@@ -138,8 +154,9 @@ def _embed_pass(
         done += len(batch)
         if stop is not None and stop.is_set():
             break
-        good = [(r, d) for r, d in zip(records, batch, strict=True) if d.pixels is not None]
-        unreadable |= {r.id for r, d in zip(records, batch, strict=True) if d.pixels is None}
+        pairs = list(zip(records, batch, strict=True))
+        good = [(r, d) for r, d in pairs if d.pixels is not None]
+        unreadable.update((r.id, r.payload.get("fingerprint")) for r, d in pairs if d.pixels is None)
         report.failed += len(batch) - len(good)
         if good:
             vectors = model.encode_pixels(np.stack([d.pixels for _, d in good]))
