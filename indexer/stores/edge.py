@@ -288,6 +288,7 @@ def drop(settings: Settings, name: str) -> None:
     shutil.rmtree(directory / SHARD_DIR)
     (directory / INFO_FILE).unlink(missing_ok=True)
     (directory / CREATE_LOCK).unlink(missing_ok=True)
+    release_reserve(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()
 
