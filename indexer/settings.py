@@ -260,6 +260,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Larger images (width x height) are refused, files and uploads alike."
     )
+    min_free_disk_mb: int = Field(
+        64, ge=0, description="Writes to an embedded collection are refused (disk full, one line) while its "
+        "disk has less free space than this, before anything is written; reads go on.",
+    )
 
     # Search tuning, chosen for recall first; see docs/benchmarks.md.
     hnsw_ef: int = Field(

@@ -69,6 +69,7 @@ def create_app(
         ):
             metrics.watcher = app.state.watcher
             await run_in_threadpool(engines.open_default)
+            await run_in_threadpool(jobs.resume, settings.collection)
             try:
                 yield
             finally:

@@ -24,12 +24,14 @@ from indexer.limits import load_json
 from indexer.search.engine import SearchEngine, SearchOutcome
 from indexer.search.query import Term, keyword_text
 from indexer.settings import Settings
+from indexer.stores.check import check_collection
 from indexer.vlm import Query as VlmQuery
 from search_api import vlm as stage
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep
 from search_api.engines import collection as collection_of
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
+    CheckResponse,
     ClassifyForm,
     ClassifyResponse,
     CollectionInfo,
@@ -448,6 +450,18 @@ def _with_jobs(status: dict[str, Any], jobs: JobsDep) -> list[VectorInfo]:
 def collection_status(collection: CollectionPath, engines: EnginesDep, jobs: JobsDep) -> CollectionStatus:
     status = engines.status(collection)
     return CollectionStatus(**{**status, "vectors": _with_jobs(status, jobs)})
+
+
+@api.get(
+    "/collections/{collection}/check",
+    response_model=CheckResponse,
+    tags=["collections"],
+    responses=_errors(400, 404, 409, 503),
+    operation_id="check_collection",
+    summary="Verify a collection's vectors, payloads, counts, indexes and files (reads every point)",
+)
+def check(collection: CollectionPath, engines: EnginesDep) -> CheckResponse:
+    return CheckResponse(**engines.call(collection, lambda engine: check_collection(engine.store).summary()))
 
 
 @api.get(

@@ -139,7 +139,7 @@ def _check(store: VectorStore, fmt: str, run: str | None) -> None:
         raise BadInput(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if run is not None and run != DUPLICATES and run not in label_runs(store):
         known = ", ".join(sorted(label_runs(store))) or "none yet"
-        raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); check --run")
+        raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); fix --run")
     if fmt == "imagefolder" and run is None:
         raise BadInput("an ImageFolder tree needs labels: give --run NAME of a `clipsearch label` run")
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from indexer.durable import disk_errors
 from indexer.errors import BadInput, ItemNotFound
 from indexer.ingest.bounds import check_item_write, indexable_fields
 from indexer.ingest.catalog import convert
@@ -133,10 +134,18 @@ def _kept_upload(image: StoredImage | None) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     made_file = not path.exists()
     if made_file:
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
-        with os.fdopen(handle, "wb") as file:
-            file.write(image.data)
-        os.replace(temporary, path)
+        with disk_errors(folder, "keeping an upload"):
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
+            try:
+                with os.fdopen(handle, "wb") as file:
+                    file.write(image.data)
+                os.replace(temporary, path)
+            except BaseException:  # a full disk: no partial upload stays behind
+                Path(temporary).unlink(missing_ok=True)
+                if made_folder:
+                    with suppress(OSError):
+                        folder.rmdir()
+                raise
     try:
         yield
     except BaseException:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import BadInput, ItemNotFound
+from indexer.errors import BadInput, CollectionCorrupt, ItemNotFound
 from indexer.ingest.decode import decode_image
 from indexer.ingest.items import client_point_id, parse_item_id  # noqa: F401  (importable from here too)
 from indexer.models.encoders import QueryEncoder
@@ -35,6 +35,7 @@ from indexer.search.query import Term, check_terms, embed_terms, keyword_text
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
 from indexer.stores.base import Example
+from indexer.stores.check import impossible_cosine
 from indexer.stores.filters import Filter
 from indexer.stores.keyword import text_fields
 
@@ -233,6 +234,8 @@ class SearchEngine:
                 offset=offset, mode=mode, text=words if mode != "vector" else None, min_score=min_score,
                 group_by=group_by, diversity=diversity,
             )
+            if mode == "vector" and diversity is None:  # a cosine score each (hybrid ranks; MMR mixes)
+                self._refuse_impossible_scores(hits)
             counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, mode)
 
@@ -268,6 +271,17 @@ class SearchEngine:
         )
         counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, "recommend")
+
+    def _refuse_impossible_scores(self, hits: list[Hit]) -> None:
+        """Damaged stored vectors score outside [-1, 1] (random bytes: 1e38): refused, never served."""
+        wrong = next((hit for hit in hits if impossible_cosine(hit.score)), None)
+        if wrong is not None:
+            name = self.collection
+            raise CollectionCorrupt(
+                f"collection {name!r} is corrupt: a search scored {wrong.score:.3g} for item {wrong.id}, but "
+                f"cosine scores lie in [-1, 1], so stored vectors are damaged. Run `clipsearch check "
+                f"--collection {name}` for which ones and what to do"
+            )
 
     def default_mode(self, words: str | None) -> str:
         """hybrid when the collection has declared text fields and the query has words, else vector."""

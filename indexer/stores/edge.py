@@ -21,6 +21,11 @@ Edge facts this module relies on (qdrant-edge-py 0.9):
   rebuilds it, or a server (`optimize_in_background`) does, while it answers. The shard's own count
   of indexed vectors does not see such moves (it counts the moved points' old, deleted copies), so
   the store keeps the number of points moved since the index was built in `MOVED_FILE`.
+- The shard's files are memory-mapped and preallocated sparse (32 MB WAL segments, vector chunks,
+  payload pages): a write that touches a page the full disk cannot back kills the process with SIGBUS
+  instead of raising, so every write first checks for `min_free_disk_mb` of free space (DiskFull), and
+  a collection keeps a small reserve file that a load on a full disk releases (loading writes a few
+  small files), so reads go on while the disk is full.
 - Loading copies the int8 vectors, id tracker and HNSW links into memory through page faults on
   mmaps, and closing drops the files from the page cache (posix_fadvise DONTNEED): every open
   reads them from disk again, and fault-driven reads run ~10x slower than sequential ones, so
@@ -43,8 +48,17 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from indexer.durable import fsync_dir, write_atomic
-from indexer.errors import CollectionBusy, StoreError
+from indexer.durable import (
+    MB,
+    disk_errors,
+    fsync_dir,
+    is_disk_full,
+    keep_reserve,
+    release_reserve,
+    require_free_space,
+    write_atomic,
+)
+from indexer.errors import CollectionBusy, DiskFull, StoreError
 from indexer.locking import process_alive
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
@@ -168,7 +182,8 @@ def create(settings: Settings, name: str, schema: CollectionSchema) -> EdgeStore
         _remove_abandoned_creations(final)
         tmp = final.with_name(f"{SHARD_DIR}.creating-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        with store_errors(_label(name), "create"):
+        _require_room(settings, directory, f"creating {_label(name)}")
+        with _disk_errors(directory, f"creating {_label(name)}", tmp), store_errors(_label(name), "create"):
             shard = qe.EdgeShard.create(str(tmp), _config(settings, _keys(schema)))
             try:
                 for field_name, kind in schema.fields.items():
@@ -184,6 +199,7 @@ def create(settings: Settings, name: str, schema: CollectionSchema) -> EdgeStore
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"{_label(name)}: cannot create {final}: {exc}; remove {final}") from exc
         fsync_dir(directory)
+        keep_reserve(directory)
     return load(settings, name)
 
 
@@ -205,11 +221,22 @@ def _open_shard(settings: Settings, name: str) -> qe.EdgeShard:
     path = shard_path(settings, name)
     _warm_page_cache(path)
     try:
-        # Passing the config applies tuning changes made here since the shard was created.
+        try:
+            # Passing the config applies tuning changes made here since the shard was created.
+            return qe.EdgeShard.load(str(path), _config(settings, shard_vectors(path, name)))
+        except Exception as exc:
+            # Loading writes a few small files: on a full disk, give back the reserve kept for this.
+            if not (is_disk_full(exc) and release_reserve(path.parent)):
+                raise
         return qe.EdgeShard.load(str(path), _config(settings, shard_vectors(path, name)))
     except StoreError:
         raise
     except Exception as exc:  # qdrant_edge raises bare Exception
+        if is_disk_full(exc):
+            raise DiskFull(
+                f"disk full: collection {name!r} cannot be opened, as opening writes a few small files in "
+                f"{path} and no space is left there (nor a reserve). Free some space and run again"
+            ) from exc
         if "WouldBlock" in str(exc):
             raise CollectionBusy(
                 f"{_label(name)} is open in another process or store (an index run, `clipsearch serve`); "
@@ -277,6 +304,7 @@ def drop(settings: Settings, name: str) -> None:
     (directory / INFO_FILE).unlink(missing_ok=True)
     (directory / CREATE_LOCK).unlink(missing_ok=True)
     (directory / MOVED_FILE).unlink(missing_ok=True)
+    release_reserve(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()
 
@@ -339,7 +367,23 @@ def _read_moved(directory: Path) -> int:
 
 
 def _write_document(directory: Path, document: dict[str, Any]) -> None:
-    write_atomic(directory / INFO_FILE, json.dumps(document, indent=2, sort_keys=True).encode())
+    with disk_errors(directory, f"the info document of collection {directory.name!r}"):
+        write_atomic(directory / INFO_FILE, json.dumps(document, indent=2, sort_keys=True).encode())
+
+
+def _require_room(settings: Settings, directory: Path, what: str) -> None:
+    require_free_space(directory, settings.min_free_disk_mb * MB, what)
+
+
+@contextlib.contextmanager
+def _disk_errors(directory: Path, what: str, partial: Path) -> Iterator[None]:
+    """disk_errors, removing `partial` (what was being made) when the disk filled up meanwhile."""
+    try:
+        with disk_errors(directory, what):
+            yield
+    except DiskFull:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -380,11 +424,12 @@ class EdgeStore(QdrantFamilyStore):
         return self._shard
 
     def flush(self) -> None:
-        with store_errors(self._label, "flush"):
+        with disk_errors(self._dir, f"flushing {self._label}"), store_errors(self._label, "flush"):
             self.shard.flush()
             if self._index_stale and self.unindexed() >= OPTIMIZE_BACKLOG:
                 self.optimize()
             self._save_moved()
+        keep_reserve(self._dir)  # given back by a load on a full disk: taken again once there is room
 
     def unindexed(self) -> int:
         """Points searched by brute force until the index is built: new ones (per the shard) and those
@@ -397,7 +442,8 @@ class EdgeStore(QdrantFamilyStore):
         """Build HNSW for large segments and vacuum deletions; blocking."""
         self._index_stale = False  # before: a write while it runs (a server's) leaves it stale again
         moved = self._moved
-        with store_errors(self._label, "optimize"):
+        _require_room(self._settings, self._dir, f"building the index of {self._label}")
+        with disk_errors(self._dir, f"optimizing {self._label}"), store_errors(self._label, "optimize"):
             self.shard.optimize()
             self.shard.flush()
         self._moved -= moved  # those are indexed now; points moved meanwhile are not
@@ -441,8 +487,9 @@ class EdgeStore(QdrantFamilyStore):
             self._optimizer = None
         try:
             if optimize and self._index_stale:
-                self.optimize()
-            with store_errors(self._label, "flush"):
+                with contextlib.suppress(DiskFull):  # the index is built at the next close with room
+                    self.optimize()
+            with disk_errors(self._dir, f"flushing {self._label}"), store_errors(self._label, "flush"):
                 self._shard.flush()
             self._save_moved()
         finally:
@@ -454,7 +501,10 @@ class EdgeStore(QdrantFamilyStore):
     def _update(self, operation: qe.UpdateOperation, index_stale: bool = True) -> None:
         """`index_stale`: the operation writes vectors or points (the next flush or close builds the
         index); False for payload updates and payload indexes (see the module)."""
-        self.shard.update(operation)
+        # Checked before every write: the engine's mmap'd files kill the process (SIGBUS) on a full disk.
+        _require_room(self._settings, self._dir, f"writing {self._label}")
+        with disk_errors(self._dir, f"writing {self._label}"):
+            self.shard.update(operation)
         self._index_stale = self._index_stale or index_stale
 
     def _put_points(self, points: Sequence[tuple[str, Vectors, dict[str, Any]]]) -> None:
@@ -567,6 +617,11 @@ class EdgeStore(QdrantFamilyStore):
 
     def _drop_vector(self, key: str) -> None:
         self._update(qe.UpdateOperation.delete_vector_name(key))
+
+    def indexed_fields(self) -> set[str]:
+        """The declared fields whose payload index the shard has (for `indexer.stores.check`)."""
+        paths = set(self.shard.info().payload_schema)
+        return {name for name in self.schema.fields if payload_path(name) in paths}
 
     def _index_field(self, path: str, kind: FieldType) -> None:
         self._update(_field_index(path, kind), index_stale=False)  # indexes payloads where they are
