@@ -153,6 +153,10 @@ def index(
     )
     if s["failed"]:
         click.echo("see `clipsearch status` for the failed files and why", err=True)
+    if s.get("unindexed"):
+        names = ", ".join(s["unindexed"][:20])
+        click.echo(f"{len(s['unindexed'])} columns stored but not indexed (not filterable; the collection "
+                   f"has CLIPSEARCH_LIMITS_INDEXED_FIELDS fields): {names}", err=True)
 
 
 @main.command()

@@ -114,6 +114,51 @@ class ApiSettings(BaseModel):
         return value
 
 
+class LimitsSettings(BaseModel):
+    """Bounds on the work one request, write or catalog run may ask for: past them it is refused at
+    once (a 4xx, a recorded bad row), never a hang."""
+
+    item_fields: int = Field(
+        256, ge=1, description="Metadata fields (text fields included) one item may carry; more: 400."
+    )
+    indexed_fields: int = Field(
+        256,
+        ge=1,
+        description="Fields a collection declares and indexes. A new field past it that no `--field` "
+        "declares is stored with the item but not indexed (not filterable), and the write says so.",
+    )
+    metadata_bytes: int = Field(
+        64 * 1024, ge=1, description="Bytes of one item's metadata and text as JSON; more: 400 or a bad row."
+    )
+    catalog_columns: int = Field(
+        1000, ge=1, description="Columns a catalog may have; a wider one is refused before any row is stored."
+    )
+    json_depth: int = Field(
+        32,
+        ge=2,
+        description="Nesting depth of JSON in a request (filters, metadata, form fields) or a flag "
+        "(`--filter`); deeper: 400.",
+    )
+    filter_conditions: int = Field(
+        1000, ge=1, description="Conditions in one filter, nested filters' included; more: 400."
+    )
+    filter_values: int = Field(
+        10_000, ge=1, description="Values in a filter's `match.any`/`match.except` lists together; more: 400."
+    )
+    ids: int = Field(
+        10_000, ge=1, description="Item ids one request may name (a filter's `has_id`, id lists); more: 400."
+    )
+    decode_pixels: int = Field(
+        200_000_000,
+        ge=1,
+        description="Pixels of uploaded images being decoded at once by a server; an upload past it "
+        "waits (see `decode_wait_s`). One image alone is always admitted.",
+    )
+    decode_wait_s: float = Field(
+        10.0, ge=0, description="Seconds an upload waits for `decode_pixels` room before a 503 (retry later)."
+    )
+
+
 VlmMode = Literal["pointwise", "listwise"]
 
 
@@ -235,6 +280,7 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     faiss: FaissSettings = Field(default_factory=FaissSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     vlm: VlmSettings = Field(default_factory=VlmSettings)
 
     def collection_dir(self, name: str) -> Path:

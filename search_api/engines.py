@@ -21,6 +21,7 @@ import numpy as np
 
 from indexer.collection import Collection
 from indexer.errors import CollectionBusy, CollectionNotFound, StoreError
+from indexer.limits import PixelBudget
 from indexer.locking import remove_server_address, write_server_address
 from indexer.models.loading import ClipModel, ModelCache
 from indexer.schema import CollectionSchema
@@ -78,6 +79,8 @@ class Engines:
         `url`: where this server answers, left in each embedded collection it holds for the CLI."""
         self.settings = settings
         self.url = url
+        # Uploads of every collection share one budget: decoding costs the process's CPU and memory.
+        self.pixel_budget = PixelBudget(settings.limits.decode_pixels, settings.limits.decode_wait_s)
         self.default = settings.collection
         self.models = ModelCache(settings.device, settings.home)
         if model is not None:

@@ -6,7 +6,6 @@ encode never blocks the event loop (and /healthz stays responsive).
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 import time
@@ -20,6 +19,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from indexer.errors import BadInput, Conflict
+from indexer.ingest.decode import pixel_count
+from indexer.limits import load_json
 from indexer.search.engine import SearchEngine, SearchOutcome
 from indexer.search.query import Term, keyword_text
 from indexer.settings import Settings
@@ -225,13 +226,15 @@ def search_image(
     ask = stage.VlmAsk.of(form.rerank_options(), form.explain, settings)
     window = ask.window(k, settings.api.max_k) if ask else k
     data = read_upload(form.file, settings.api.max_upload_bytes)
-    terms = [Term(image=data, weight=form.weight), *_form_terms(form.query)]
+    depth = settings.limits.json_depth
+    terms = [Term(image=data, weight=form.weight), *_form_terms(form.query, depth)]
     options = {
-        "filter": _form_filter(form.filter), "vector": form.vector, "offset": form.offset,
+        "filter": _form_filter(form.filter, depth), "vector": form.vector, "offset": form.offset,
         "mode": form.search_mode, "text": form.text, "min_score": form.min_score, "group_by": form.group_by,
         "diversity": form.diversity, "facets": form.facet_list(), "facet_limit": form.facet_limit,
     }
-    outcome = engines.call(form.collection, lambda engine: engine.search_query(terms, window, **options))
+    with engines.pixel_budget.admit(pixel_count(data)):
+        outcome = engines.call(form.collection, lambda engine: engine.search_query(terms, window, **options))
     images = stage.item_images(engines, form.collection)
     answer = stage.run(vlm, ask, VlmQuery(image=data), outcome.results, images, k)
     return _response(outcome, started, metrics, answer)
@@ -253,26 +256,21 @@ def _vlm_query(terms: list[Term], images: Callable[[str], str | None]) -> VlmQue
     return VlmQuery(image=images(first))
 
 
-def _form_terms(text: str | None) -> list[Term]:
+def _form_terms(text: str | None, max_depth: int) -> list[Term]:
     """The `query` form field: a JSON list of terms, checked as /v1/search checks its `query`."""
     if not text:
         return []
+    raw = load_json(text, "query", max_depth)
     try:
-        raw = json.loads(text)
         parsed = TypeAdapter(list[QueryTerm]).validate_python(raw)
-    except ValueError as exc:  # JSON and validation errors alike
+    except ValueError as exc:
         raise HTTPException(400, f"query is not a JSON list of terms ({{\"text\"|\"image_id\", "
                                  f"\"weight\"}}): {' '.join(str(exc).split())[:300]}") from exc
     return [Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in parsed]
 
 
-def _form_filter(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise HTTPException(400, f"filter is not valid JSON: {exc}") from exc
+def _form_filter(text: str | None, max_depth: int) -> Any:
+    return load_json(text, "filter", max_depth) if text else None
 
 
 @api.post(
@@ -289,7 +287,8 @@ def classify(
     started = time.perf_counter()
     labels = form.label_list
     data = read_upload(form.file, settings.api.max_upload_bytes)
-    scored = engines.call(form.collection, lambda engine: engine.classify([data], labels))
+    with engines.pixel_budget.admit(pixel_count(data)):
+        scored = engines.call(form.collection, lambda engine: engine.classify([data], labels))
     metrics.observe_stages({"encode": time.perf_counter() - started})
     return ClassifyResponse(labels=[LabelScore(label=label, score=score) for label, score in scored[0]])
 

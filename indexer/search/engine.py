@@ -275,7 +275,7 @@ class SearchEngine:
 
     def store_filter(self, query_filter: Filter | dict[str, Any] | None) -> Filter | None:
         """A query filter (field names) checked against the schema and turned into a store filter."""
-        parsed = Filter.parse(query_filter)
+        parsed = Filter.parse(query_filter, self.settings.limits)
         return None if parsed is None or parsed.is_empty() else parsed.resolve(self.schema)
 
     def decode(self, image: ImageInput, model: QueryEncoder | None = None) -> Any:
