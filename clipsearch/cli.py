@@ -33,7 +33,7 @@ from clipsearch.common import (
 )
 from clipsearch.rerank import VlmFlags, apply_locally, print_results, vlm_options
 from clipsearch.search_options import SearchAsk, facets_json, print_facets, search_options
-from indexer.errors import ERROR_KINDS, ErrorKind, ImageDecodeError, InvalidFilter
+from indexer.errors import ERROR_KINDS, ErrorKind, ImageDecodeError, InvalidFilter, NothingIndexed
 from indexer.settings import Settings
 
 
@@ -143,13 +143,18 @@ def index(
     s = report.summary()
     if as_json:
         emit(s)
-        return
-    click.echo(
-        f"{s['collection']}: {s['embedded']} embedded, {s['unchanged']} unchanged, "
-        f"{s['removed']} removed, {s['failed']} failed in {s['seconds']:.1f}s"
-    )
-    if s["failed"]:
-        click.echo("see `clipsearch status` for the failed files and why", err=True)
+    else:
+        click.echo(
+            f"{s['collection']}: {s['embedded']} embedded, {s['unchanged']} unchanged, "
+            f"{s['removed']} removed, {s['failed']} failed in {s['seconds']:.1f}s"
+        )
+        for note in s.get("notes", []):
+            click.echo(f"warning: {note}", err=True)
+        if s["failed"]:
+            click.echo("see `clipsearch status` for the failed files and why", err=True)
+    if report.nothing_indexed:
+        raise NothingIndexed(f"every one of the {s['failed']} rows or files failed and nothing was indexed; "
+                             f"`clipsearch status --collection {s['collection']}` lists them and why")
 
 
 @main.command()

@@ -19,6 +19,7 @@ class ErrorKind(Enum):
     UNAVAILABLE = "unavailable"
     UNAUTHORISED = "unauthorised"
     FORBIDDEN = "forbidden"
+    NOTHING_INDEXED = "nothing indexed"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ ERROR_KINDS: dict[ErrorKind, KindOutcome] = {
     ErrorKind.UNAVAILABLE: KindOutcome(exit_code=7, http_status=503),
     ErrorKind.UNAUTHORISED: KindOutcome(exit_code=8, http_status=401),
     ErrorKind.FORBIDDEN: KindOutcome(exit_code=9, http_status=403),
+    # an index run that wrote nothing and failed every row or file: cron and CI can tell it from success
+    ErrorKind.NOTHING_INDEXED: KindOutcome(exit_code=10, http_status=422),
 }
 
 
@@ -76,6 +79,12 @@ class Unauthorised(ClipsearchError):
 
 class Forbidden(ClipsearchError):
     kind = ErrorKind.FORBIDDEN
+
+
+class NothingIndexed(ClipsearchError):
+    """An index run in which every row (catalog) or file failed: nothing was embedded or kept."""
+
+    kind = ErrorKind.NOTHING_INDEXED
 
 
 # --- the specific errors the library raises -------------------------------------------------------

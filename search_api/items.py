@@ -1,16 +1,19 @@
 """The write API for catalogs that change all day: put, patch and delete single items.
 
-    PUT    /v1/collections/{c}/items/{id}   the whole item: an image (multipart upload, or JSON with an
-                                            image_url), metadata and text; created or replaced
+    PUT    /v1/collections/{c}/items/{id}   an image (multipart upload, or JSON with an image_url),
+                                            metadata and text; created, or each part sent replaced
     PATCH  /v1/collections/{c}/items/{id}   metadata and text only: the payload changes, nothing is embedded
     DELETE /v1/collections/{c}/items/{id}
 
 `id` is the client's item id (a SKU, a database key). Its point id is the id itself when it is a UUID
 (an id from search results addresses that very point), else uuid5 of it (`client_point_id`), the
 same on every server; the client id is kept in the item's metadata as `item_id`, so results show it.
+An id that is no such point but the value of a catalog's id column addresses that product's points
+(`SearchEngine.item_points`). PUT replaces the parts it is sent (image, metadata, text) and keeps
+the others.
 A PUT whose image has the same bytes as the stored one keeps the stored vectors (`embedded: false`).
-New metadata fields are declared with the type their values have (bool, integer, float, datetime for
-ISO dates, geo for {"lat", "lon"}, else keyword); a value that does not fit a declared field's type
+New metadata fields are declared with the type their values have (indexer.fieldtypes, the rule
+catalogs use); a value that does not fit a declared field's type
 is a 400. Every write runs through the collection's engine (`Engines.call`): inside `serve` on an
 embedded collection, and on a Qdrant server alike. Uploaded images are kept under
 `<home>/items/<collection>/` (by content), so that /v1/images and the VLM can read them.
@@ -21,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
-import re
 import tempfile
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -35,12 +36,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from indexer.errors import BadInput, ItemNotFound
-from indexer.ingest.catalog import convert
-from indexer.schema import FieldType, check_name
+from indexer.fieldtypes import FieldType, convert, infer_type
+from indexer.schema import check_name
 from indexer.search.engine import SearchEngine, client_point_id
 from indexer.settings import Settings
 from indexer.stores import Record
-from indexer.stores.filters import parse_datetime
+from indexer.stores.keyword import text_fields
 from search_api.deps import EnginesDep, SettingsDep
 from search_api.engines import Engines
 from search_api.schemas import ErrorResponse
@@ -51,7 +52,6 @@ router = APIRouter(prefix="/v1", tags=["items"])
 ITEM_ID = "item_id"  # the client's id, in every written item's metadata
 TEXT_FIELD = "text"  # where a plain-string `text` goes
 _DERIVED = ("width", "height", ITEM_ID)  # written by the server, never by the client
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ].*)?")
 MAX_ID_CHARS = 256
 
 ClientId = Annotated[
@@ -72,8 +72,10 @@ class ItemBody(BaseModel):
 
     image_url: str | None = Field(None, max_length=4096, description="http(s) URL of the image. Without it, "
                                   "an existing item keeps its image; a new one needs one.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Field -> value; see the route.")
-    text: Texts | None = Field(None, description=TEXT_DESCRIPTION)
+    metadata: dict[str, Any] | None = Field(
+        None, description="Field -> value, replacing the item's metadata; absent: the stored one is kept."
+    )
+    text: Texts | None = Field(None, description=TEXT_DESCRIPTION + " Absent: the stored text is kept.")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"image_url": "https://shop.example/img/123.jpg", "metadata": {"brand": "acme", "price": 49.5},
@@ -94,6 +96,8 @@ class ItemWritten(BaseModel):
 
     id: str = Field(description="The client's item id, as in the path.")
     point_id: str = Field(description="The item's id in results (`id`), /v1/images/{id} and image_id.")
+    point_ids: list[str] = Field(default_factory=list, description="Every point written: a catalog product "
+                                 "addressed by its id has one per image.")
     action: Literal["created", "replaced", "updated", "deleted"]
     embedded: bool = Field(description="Whether the image was embedded (false: stored vectors kept).")
 
@@ -143,7 +147,8 @@ async def put_item(
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "file: required, an image file (multipart field `file`)")
         data = read_upload(upload, settings.api.max_upload_bytes)  # type: ignore[arg-type]
-        metadata = _json_object(form.get("metadata"), "metadata")
+        sent = form.get("metadata")
+        metadata = _json_object(sent, "metadata") if sent is not None else None
         text = _text_field(form.get("text"))
         return await run_in_threadpool(_put, engines, settings, collection, id, data, None, metadata, text)
     if kind == "application/json":
@@ -166,21 +171,24 @@ async def put_item(
     summary="Change an item's metadata and text; nothing is embedded",
 )
 def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engines: EnginesDep) -> ItemWritten:
-    point = client_point_id(id)
-
     def patch(engine: SearchEngine) -> ItemWritten:
-        found = engine.store.retrieve([point])
-        if not found:
+        points = engine.item_points(id)
+        if not points:
             raise ItemNotFound(id)
-        payload = dict(found[0].payload)
         texts = _texts(body.text)
         changes = {**body.metadata, **texts}
-        _refuse_derived(changes)
-        metadata = {k: v for k, v in {**payload.get("metadata", {}), **changes}.items() if v is not None}
-        payload["metadata"] = _typed(engine, metadata, set(texts))
-        engine.store.set_payloads({point: payload})
+        _refuse_derived(changes, engine)
+        typed = _typed(engine, {k: v for k, v in changes.items() if v is not None}, set(texts))
+        removed = {k for k, v in changes.items() if v is None}
+        payloads = {}
+        for record in engine.store.retrieve(points):
+            payload = dict(record.payload)
+            kept = {k: v for k, v in payload.get("metadata", {}).items() if k not in removed}
+            payload["metadata"] = {**kept, **typed}
+            payloads[record.id] = payload
+        engine.store.set_payloads(payloads)
         engine.store.flush()
-        return ItemWritten(id=id, point_id=point, action="updated", embedded=False)
+        return ItemWritten(id=id, point_id=points[0], point_ids=points, action="updated", embedded=False)
 
     return engines.call(collection, patch)
 
@@ -193,14 +201,13 @@ def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engine
     summary="Remove an item",
 )
 def delete_item(collection: CollectionName, id: ClientId, engines: EnginesDep) -> ItemWritten:
-    point = client_point_id(id)
-
     def delete(engine: SearchEngine) -> ItemWritten:
-        if not engine.store.retrieve([point]):
+        points = engine.item_points(id)
+        if not points:
             raise ItemNotFound(id)
-        engine.store.delete([point])
+        engine.store.delete(points)
         engine.store.flush()
-        return ItemWritten(id=id, point_id=point, action="deleted", embedded=False)
+        return ItemWritten(id=id, point_id=points[0], point_ids=points, action="deleted", embedded=False)
 
     return engines.call(collection, delete)
 
@@ -210,45 +217,64 @@ def delete_item(collection: CollectionName, id: ClientId, engines: EnginesDep) -
 
 def _put(
     engines: Engines, settings: Settings, collection: str, client_id: str, data: bytes | None,
-    image_url: str | None, metadata: dict[str, Any], text: Texts | None,
+    image_url: str | None, metadata: dict[str, Any] | None, text: Texts | None,
 ) -> ItemWritten:
-    point = client_point_id(client_id)
+    """PUT replaces what it is given: the image when one is sent, the metadata when `metadata` is
+    sent, the text fields when `text` is sent; what is not sent is kept (a new item needs an image)."""
     texts = _texts(text)
-    values = {**metadata, **texts}
-    _refuse_derived(values)
+    values = {**(metadata or {}), **texts}
     image = _image(settings, collection, data, image_url) if data is not None or image_url else None
 
     def put(engine: SearchEngine) -> ItemWritten:
         store = engine.store
-        found = store.retrieve([point], with_vectors=True)
-        old = found[0] if found else None
-        if image is None and old is None:
+        _refuse_derived(values, engine)
+        points = engine.item_points(client_id)
+        olds = store.retrieve(points, with_vectors=True)
+        if image is None and not olds:
             raise BadInput(f"item {client_id!r} is new: send its image (multipart `file`, or `image_url`)")
-        if image is None:
-            assert old is not None
-            uri, path, fingerprint = old.payload.get("uri", ""), old.payload.get("path", ""), \
-                old.payload.get("fingerprint", "")
-            size = {k: old.payload.get("metadata", {})[k] for k in ("width", "height")
-                    if k in old.payload.get("metadata", {})}
-        else:
-            uri, path, fingerprint, size = image
+        if image is not None and len(olds) > 1:
+            raise BadInput(f"item {client_id!r} is a product with {len(olds)} images (from its catalog): a "
+                           f"PUT sends one; send metadata or text only, or change the catalog's image cells")
         typed = _typed(engine, {k: v for k, v in values.items() if v is not None}, set(texts))
-        payload = {"uri": uri, "path": path, "fingerprint": fingerprint, "source": "api",
-                   "metadata": {**typed, **size, ITEM_ID: client_id}}
-        action = "replaced" if old is not None else "created"
-        same = old is not None and old.payload.get("fingerprint") == fingerprint and \
-            set(engine.schema.vectors) <= set(old.vectors)
-        if same:
-            store.set_payloads({point: payload})
-            store.flush()
-            return ItemWritten(id=client_id, point_id=point, action=action, embedded=False)
-        vectors = {}
-        for spec in engine.schema.vectors.values():
-            model = engine.models.query(spec.model)
-            vectors[spec.name] = model.encode_images([engine.decode(FilePath(path), model)])[0]
-        store.upsert([Record(point, vectors, payload)])
+        schema = engine.store.schema
+        ids, searchable = set(schema.id_fields), set(text_fields(schema))
+        written, embedded = [], False
+        for old in olds or [None]:
+            point = old.id if old is not None else client_point_id(client_id)
+            before = old.payload.get("metadata", {}) if old is not None else {}
+            kept = {k: v for k, v in before.items() if k in ids or k in _DERIVED and k != ITEM_ID}
+            if metadata is None:  # not sent: kept
+                kept.update({k: v for k, v in before.items() if k not in searchable and k not in _DERIVED})
+            if text is None:
+                kept.update({k: v for k, v in before.items() if k in searchable and k not in ids})
+            if image is None:
+                assert old is not None
+                source = {k: old.payload.get(k, "") for k in ("uri", "path", "fingerprint")}
+            else:
+                uri, path, fingerprint, size = image
+                source = {"uri": uri, "path": path, "fingerprint": fingerprint}
+                kept.update(size)
+            own_id = {} if ids & set(before) else {ITEM_ID: client_id}  # a product keeps its id field
+            extra = {k: v for k, v in (old.payload if old is not None else {"source": "api"}).items()
+                     if k not in ("uri", "path", "fingerprint", "metadata")}
+            payload = {**source, **extra, "metadata": {**kept, **typed, **own_id}}
+            same = old is not None and old.payload.get("fingerprint") == source["fingerprint"] and \
+                set(engine.schema.vectors) <= set(old.vectors)
+            if same:
+                store.set_payloads({point: payload})
+            else:
+                vectors = {}
+                for spec in engine.schema.vectors.values():
+                    model = engine.models.query(spec.model)
+                    picture = engine.decode(FilePath(source["path"]), model)
+                    vectors[spec.name] = model.encode_images([picture])[0]
+                store.upsert([Record(point, vectors, payload)])
+                embedded = True
+            written.append(point)
         store.flush()
-        return ItemWritten(id=client_id, point_id=point, action=action, embedded=True)
+        action = "replaced" if olds else "created"
+        return ItemWritten(id=client_id, point_id=written[0], point_ids=written, action=action,
+                           embedded=embedded)
 
     return engines.call(collection, put)
 
@@ -325,24 +351,6 @@ def _typed(engine: SearchEngine, metadata: dict[str, Any], texts: set[str]) -> d
     return typed
 
 
-def infer_type(value: Any) -> FieldType:
-    """The type of a new field from a JSON value (a list: from its first element)."""
-    if isinstance(value, list):
-        first = next((v for v in value if v is not None), None)
-        return infer_type(first) if first is not None else "keyword"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "integer" if -(2**63) <= value < 2**63 else "float"
-    if isinstance(value, float):
-        return "float" if math.isfinite(value) else "keyword"
-    if isinstance(value, dict) and set(value) == {"lat", "lon"}:
-        return "geo"
-    if isinstance(value, str) and _DATE.fullmatch(value.strip()) and parse_datetime(value) is not None:
-        return "datetime"
-    return "keyword"
-
-
 def _texts(text: Texts | None) -> dict[str, Any]:
     if text is None:
         return {}
@@ -351,10 +359,13 @@ def _texts(text: Texts | None) -> dict[str, Any]:
     return dict(text)
 
 
-def _refuse_derived(values: dict[str, Any]) -> None:
+def _refuse_derived(values: dict[str, Any], engine: SearchEngine) -> None:
     derived = [name for name in values if name in _DERIVED]
     if derived:
         raise BadInput(f"metadata {', '.join(derived)}: set by the server (the image's size, the item id)")
+    ids = [name for name in values if name in engine.store.schema.id_fields]
+    if ids:
+        raise BadInput(f"metadata {', '.join(ids)}: the item's id (its catalog's id column) cannot change")
 
 
 def _json_object(value: Any, name: str) -> dict[str, Any]:

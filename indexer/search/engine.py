@@ -266,12 +266,15 @@ class SearchEngine:
         return "hybrid" if words and text_fields(self.schema) else "vector"
 
     def _example(self, example: Example) -> Example:
-        return client_point_id(example) if isinstance(example, str) else example
+        if not isinstance(example, str):
+            return example
+        points = self.item_points(example)
+        return points[0] if points else client_point_id(example)
 
     def _embed(self, term: Term, spec: VectorSpec, clock: dict[str, float]) -> np.ndarray:
         """One term's embedding on vector `spec`: encoded, or an indexed item's stored vector."""
         if term.image_id is not None:
-            point = client_point_id(term.image_id)
+            point = next(iter(self.item_points(term.image_id)), client_point_id(term.image_id))
             records = self._timed(clock, "fetch", self.store.retrieve, [point], [spec.name])
             if not records or spec.name not in records[0].vectors:
                 raise ItemNotFound(term.image_id)
@@ -301,12 +304,26 @@ class SearchEngine:
         return decode_image(source, max_pixels=self.settings.max_image_pixels, draft_size=model.draft_size)
 
     def item(self, item_id: str) -> dict[str, Any]:
-        """Payload of an indexed item, by its id or the client id it was written with (the write API);
-        ItemNotFound for anything else, path-like strings included."""
-        records = self.store.retrieve([client_point_id(item_id)])
+        """Payload of an indexed item, by its id, the client id it was written with (the write API), or
+        its catalog id (the first of the product's images); ItemNotFound for anything else, path-like
+        strings included."""
+        records = self.store.retrieve(self.item_points(item_id)[:1])
         if not records:
             raise ItemNotFound(item_id)
         return records[0].payload
+
+    def item_points(self, item_id: str) -> list[str]:
+        """The points an item id addresses, in id order; [] when none: the point of that id, or of
+        that client id (the write API), else every point whose id field holds the value (a catalog's
+        id column, `CollectionSchema.id_fields`: every image of the product)."""
+        point = client_point_id(item_id)
+        if self.store.retrieve([point]):
+            return [point]
+        fields = self.schema.id_fields
+        if not fields:
+            return []
+        by_value = {"should": [{"key": name, "match": {"value": item_id}} for name in fields]}
+        return sorted(record.id for record in self.store.scan(self.store_filter(by_value)))
 
     def classify(self, images: list[ImageInput], labels: list[str]) -> list[list[tuple[str, float]]]:
         """Zero-shot labels for each image with the active vector's model."""
