@@ -230,6 +230,11 @@ class Settings(BaseSettings):
     oversampling: float = Field(
         2.0, ge=1.0, description="With `int8`: candidates rescored with the originals, per result."
     )
+    browse_max_items: int = Field(
+        100_000, ge=1,
+        description="A browse (a search without a query: filter and sort) sorts at most this many items; "
+        "a filter that keeps more is refused, to be narrowed.",
+    )
 
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)

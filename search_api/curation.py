@@ -15,13 +15,12 @@ from pydantic import BaseModel, Field
 
 from indexer.curation.labels import label_counts, label_runs, review, review_items
 from search_api.deps import EnginesDep
-from search_api.schemas import ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse
 
 router = APIRouter(prefix="/v1/collections/{collection}/labels", tags=["labels"])
 MAX_PAGE = 500
 MAX_SELECTION = 10_000
 
-CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 RunPath = Annotated[str, Path(description="Label run name (the field `clipsearch label --run` wrote).")]
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from indexer.curation.clusters import cluster_collection, load_vectors, neighbours, outlier_scores
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE, find_duplicates
 from search_api.deps import EnginesDep
-from search_api.schemas import ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["curation"])
-CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 VectorQuery = Annotated[str | None, Query(description="Named vector [default: the active one].")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 409, 503)

@@ -44,7 +44,7 @@ from indexer.stores import Record
 from indexer.stores.keyword import text_fields
 from search_api.deps import EnginesDep, SettingsDep
 from search_api.engines import Engines
-from search_api.schemas import ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse
 from search_api.uploads import read_upload
 
 router = APIRouter(prefix="/v1", tags=["items"])
@@ -58,7 +58,6 @@ ClientId = Annotated[
     str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f/]+$",
               description="The client's item id (a SKU, a key), or the UUID id of an indexed item.")
 ]
-CollectionName = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 Texts = str | dict[str, str]
 TEXT_DESCRIPTION = (
     "Words for keyword search: a string (field `text`), or {field: text} for the collection's text fields "
@@ -135,7 +134,7 @@ _PUT_BODY = {
     openapi_extra=_PUT_BODY,
 )
 async def put_item(
-    collection: CollectionName, id: ClientId, request: Request, engines: EnginesDep, settings: SettingsDep
+    collection: CollectionPath, id: ClientId, request: Request, engines: EnginesDep, settings: SettingsDep
 ) -> ItemWritten:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: no file
@@ -170,7 +169,7 @@ async def put_item(
     operation_id="patch_item",
     summary="Change an item's metadata and text; nothing is embedded",
 )
-def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engines: EnginesDep) -> ItemWritten:
+def patch_item(collection: CollectionPath, id: ClientId, body: ItemPatch, engines: EnginesDep) -> ItemWritten:
     def patch(engine: SearchEngine) -> ItemWritten:
         points = engine.item_points(id)
         if not points:
@@ -200,7 +199,7 @@ def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engine
     operation_id="delete_item",
     summary="Remove an item",
 )
-def delete_item(collection: CollectionName, id: ClientId, engines: EnginesDep) -> ItemWritten:
+def delete_item(collection: CollectionPath, id: ClientId, engines: EnginesDep) -> ItemWritten:
     def delete(engine: SearchEngine) -> ItemWritten:
         points = engine.item_points(id)
         if not points:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import UploadFile
+from fastapi import Path, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from indexer.models.zero_shot import parse_labels
+from indexer.stores import COLLECTION_NAME_PATTERN
 from indexer.stores.filters import Filter
 
 # Long enough for any real query; bounds what one request can put into the text-embedding cache
@@ -41,8 +42,13 @@ class HealthResponse(BaseModel):
     )
 
 
+# What indexer.stores.check_collection_name accepts, said in the schema of every collection parameter.
+COLLECTION_PATTERN = COLLECTION_NAME_PATTERN
+CollectionPath = Annotated[str, Path(pattern=COLLECTION_PATTERN,
+                                     description="Collection name (see GET /v1/collections).")]
 COLLECTION_FIELD = Field(
     None,
+    pattern=COLLECTION_PATTERN,
     description="Collection to search; default: the server's configured one (see GET /v1/collections).",
 )
 VECTOR_FIELD = Field(
@@ -195,6 +201,9 @@ class QueryTerm(BaseModel):
         return self
 
 
+# A term of positive weight (the weight defaults to 1): a query needs one (what check_terms enforces).
+POSITIVE_TERM = {"anyOf": [{"not": {"required": ["weight"]}},
+                           {"required": ["weight"], "properties": {"weight": {"exclusiveMinimum": 0}}}]}
 _QUERY_KINDS = ("text", "image_id", "query", "positive")
 _GIVEN = {"not": {"type": "null"}}
 # No two kinds of query together (a null one is not given): with oneOf below, exactly one.
@@ -219,6 +228,7 @@ class SearchRequest(SearchOptions):
         None,
         min_length=1,
         max_length=MAX_QUERY_TERMS,
+        json_schema_extra={"contains": POSITIVE_TERM},
         description='Query algebra: [{"text": "red dress"}, {"image_id": "<id>", "weight": 0.5}, '
         '{"text": "long sleeves", "weight": -1}], at least one term of positive weight. In keyword and '
         "hybrid mode the words are the texts of positive weight.",
@@ -289,6 +299,25 @@ class SearchRequest(SearchOptions):
         return self
 
 
+class BrowseRequest(BaseModel):
+    """No query: the items that pass `filter`, ordered by `sort` (or by id), a page at a time."""
+
+    collection: str | None = COLLECTION_FIELD
+    k: int = Field(10, ge=1, description="Number of results; at most the server's `max_k` (default 1000).")
+    offset: int = Field(0, ge=0, le=100_000, description="Skip this many (paging).")
+    filter: Filter | None = Field(None, description=FILTER_DESCRIPTION)
+    sort: str | None = Field(
+        None, min_length=1, max_length=70, pattern=r"^[-+]?[A-Za-z][A-Za-z0-9_.-]{0,63}(:(asc|desc))?$",
+        description="A declared keyword, integer, float, bool or datetime field: `price` (rising), `-price` "
+        "or `price:desc` (falling); items without a value come last. Default: by id.",
+    )
+    facets: list[str] = Field(default_factory=list, max_length=MAX_FACETS, description=FACETS_DESCRIPTION)
+    facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": {"must": [{"key": "brand", "match": {"value": "acme"}}]}, "sort": "price", "k": 20}]})
+
+
 IMAGE_FILE_SCHEMA = {"type": "string", "format": "binary", "minLength": 1}
 
 
@@ -302,11 +331,11 @@ class ImageSearchForm(BaseModel):
         description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...), not empty.",
         json_schema_extra=IMAGE_FILE_SCHEMA,
     )
-    collection: str | None = COLLECTION_FIELD
+    collection: str | SkipJsonSchema[None] = COLLECTION_FIELD
     k: int = Field(10, ge=1, description="Number of results; at most the server's `max_k` (default 1000).")
     offset: int = Field(0, ge=0, le=100_000, description="Skip this many of the best results (paging).")
-    filter: str | None = Field(None, description="A filter as a JSON string; see /v1/search.")
-    vector: str | None = VECTOR_FIELD
+    filter: str | SkipJsonSchema[None] = Field(None, description="A filter as a JSON string; see /v1/search.")
+    vector: str | SkipJsonSchema[None] = VECTOR_FIELD
     rerank: bool = Field(False, description="Re-rank the best hits with the VLM; see /v1/search.")
     # Form fields cannot be null (multipart sends text): optional ones are left out, not documented null.
     top_n: Annotated[int, Field(ge=1, le=MAX_TOP_N)] | SkipJsonSchema[None] = Field(
@@ -320,13 +349,13 @@ class ImageSearchForm(BaseModel):
         description="The search mode (`mode` in /v1/search): vector, or keyword/hybrid with `text`. "
         "Default: hybrid when `text` is given and the collection declares text fields, else vector.",
     )
-    text: str | None = Field(
+    text: str | SkipJsonSchema[None] = Field(
         None,
         max_length=MAX_QUERY_CHARS,
         pattern=r"\S",
         description="Words for the keyword ranking of a hybrid search (the image is the vector query).",
     )
-    query: str | None = Field(
+    query: str | SkipJsonSchema[None] = Field(
         None,
         description='More query terms as a JSON list, as `query` in /v1/search (e.g. [{"text": '
         '"red", "weight": 0.5}]), summed with the image (weight `weight`).',
@@ -335,11 +364,15 @@ class ImageSearchForm(BaseModel):
     min_score: Annotated[float, Field(allow_inf_nan=False)] | SkipJsonSchema[None] = Field(
         None, description=MIN_SCORE_DESCRIPTION
     )
-    group_by: str | None = Field(None, min_length=1, max_length=64, description=GROUP_BY_DESCRIPTION)
+    group_by: str | SkipJsonSchema[None] = Field(
+        None, min_length=1, max_length=64, description=GROUP_BY_DESCRIPTION
+    )
     diversity: Annotated[float, Field(ge=0.0, le=1.0)] | SkipJsonSchema[None] = Field(
         None, description=DIVERSITY_DESCRIPTION
     )
-    facets: str | None = Field(None, description="Comma-separated keyword fields to count; see /v1/search.")
+    facets: str | SkipJsonSchema[None] = Field(
+        None, description="Comma-separated keyword fields to count; see /v1/search."
+    )
     facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
 
     def rerank_options(self) -> RerankOptions | None:
@@ -363,8 +396,9 @@ class ClassifyForm(BaseModel):
         pattern=r"[^,\s]",
         description='Comma-separated class names, e.g. "cat,dog,car": at least one that is not blank.',
     )
-    collection: str | None = Field(
-        None, description="Use this collection's model; default: the server's configured collection."
+    collection: str | SkipJsonSchema[None] = Field(
+        None, pattern=COLLECTION_PATTERN,
+        description="Use this collection's model; default: the server's configured collection."
     )
 
     @field_validator("labels")
@@ -469,7 +503,8 @@ class SearchResponse(BaseModel):
         "pass the filter, most frequent first (equal counts by value); null when none were asked.",
     )
     mode: str | None = Field(
-        None, description="How the results were ranked: vector, keyword, hybrid or recommend."
+        None, description="How the results were ranked: vector, keyword, hybrid, recommend, or browse (no "
+        "query: by `sort`; every score 0)."
     )
     took_ms: float = Field(description="Time the server spent on the request, decoding an upload included.")
     timings: SearchTimings
@@ -538,6 +573,14 @@ class CollectionStatus(BaseModel):
     model: ModelInfo
     vectors: list[VectorInfo]
     fields: dict[str, str] = Field(description="Declared metadata fields and their types.")
+    searchable: list[str] = Field(
+        default_factory=list, description="Keyword fields whose words are also searched (a catalog's id and "
+        "text columns), beside the text fields."
+    )
+    id_fields: list[str] = Field(
+        default_factory=list, description="Fields whose value addresses an item (a catalog's id column), "
+        "newest first: /items/{id}, /v1/images/{id} and image_id take such a value."
+    )
     failed: list[FailedFile]
 
 

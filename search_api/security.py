@@ -39,7 +39,7 @@ UNAUTHORIZED = f"missing or invalid API key: send {API_KEY_HEADER}: <key> or Aut
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # POSTs that change nothing (routes without their /v1 prefix's root_path).
 READ_POSTS = frozenset(
-    {"/v1/search", "/v1/search/image", "/v1/classify", "/v1/explain", "/v1/explain/stream"}
+    {"/v1/search", "/v1/search/image", "/v1/browse", "/v1/classify", "/v1/explain", "/v1/explain/stream"}
 )
 FORBIDDEN = (
     "this API key may only read (search, classify, explain, GET): {method} {path} writes; use the "

@@ -245,7 +245,8 @@ def test_mapping_mistakes_are_errors_that_name_the_flag(tmp_path) -> None:
         read_catalog(path, ColumnMapping.from_flags("sku", [], None, ["cost:float"]))
     with pytest.raises(BadInput, match="write NAME:TYPE"):
         ColumnMapping.from_flags("sku", [], None, ["price:money"])
-    changed = read_catalog(path, ColumnMapping.from_flags("sku", [], None, ["price:float"]), {"price": "integer"})
+    to_float = ColumnMapping.from_flags("sku", [], None, ["price:float"])
+    changed = read_catalog(path, to_float, {"price": "integer"})
     assert changed.changes == {"price": ("integer", "float")}, "an override that differs changes the type"
     assert read_catalog(path, ColumnMapping.from_flags("sku", [], None, []), {"price": "float"}).fields[
         "price"] == "float", "a declared field keeps its type over the inferred one"

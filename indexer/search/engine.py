@@ -8,6 +8,7 @@ repeat and refine the same queries. Not thread-safe: the API serialises calls (s
 
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
 from collections import OrderedDict
@@ -30,7 +31,7 @@ from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
 from indexer.stores.base import Example, canonical_id
 from indexer.stores.filters import Filter
-from indexer.stores.keyword import text_fields
+from indexer.stores.keyword import RRF_WEIGHTS, rrf_score, text_fields
 
 ImageInput = bytes | str | Path
 STAGES = ("decode", "encode", "search", "fetch")
@@ -261,6 +262,44 @@ class SearchEngine:
         counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, "recommend")
 
+    def browse(
+        self,
+        k: int = 10,
+        *,
+        filter: Filter | dict[str, Any] | None = None,
+        sort: str | None = None,
+        offset: int = 0,
+        facets: list[str] | tuple[str, ...] = (),
+        facet_limit: int = FACET_LIMIT,
+    ) -> SearchOutcome:
+        """The items that pass `filter`, without a query, ordered by a field (`sort`: "price" rising,
+        "-price" falling; items without a value last) or, without `sort`, by id; ties by id, so pages
+        are slices of one order. Bounded: a filter keeping more than settings.browse_max_items items is
+        refused. Scores are 0 (there is no query to score against)."""
+        clock = dict.fromkeys(STAGES, 0.0)
+        store_filter = self.store_filter(filter)
+        name, descending = parse_sort(sort, self.schema) if sort else (None, False)
+        total = self._timed(clock, "search", self.store.count, store_filter)
+        limit = self.settings.browse_max_items
+        if total > limit:
+            raise BadInput(f"the filter keeps {total} items and a browse sorts at most {limit} "
+                           f"(CLIPSEARCH_BROWSE_MAX_ITEMS): narrow it with more --where conditions")
+
+        def key(record: Any) -> tuple[Any, ...]:
+            value = record.payload.get("metadata", {}).get(name) if name else None
+            if isinstance(value, list):
+                value = (max if descending else min)(value) if value else None
+            if value is None or isinstance(value, dict):
+                return (1, 0, record.id)
+            return (0, _Reversed(value) if descending else value, record.id)
+
+        records = self._timed(clock, "search", lambda: heapq.nsmallest(
+            offset + k, self.store.scan(store_filter), key=key))[offset:]
+        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        results = [Result(r.id, r.payload.get("uri", ""), 0.0, r.payload.get("metadata", {}))
+                   for r in records]
+        return SearchOutcome(results, clock, counted, "browse")
+
     def default_mode(self, words: str | None) -> str:
         """hybrid when the collection has declared text fields and the query has words, else vector."""
         return "hybrid" if words and text_fields(self.schema) else "vector"
@@ -340,6 +379,63 @@ class SearchEngine:
             return fn(*args, **kwargs)
 
 
+SORTABLE = ("keyword", "integer", "float", "bool", "datetime")
+
+
+def parse_sort(sort: str, schema: CollectionSchema) -> tuple[str, bool]:
+    """(field, descending) from "price", "-price", "price:desc" or "price:asc"; the field must be a
+    declared field of a sortable type."""
+    text = sort.strip()
+    descending = text.startswith("-")
+    name, _, direction = text.lstrip("-+").partition(":")
+    if direction not in ("", "asc", "desc"):
+        raise BadInput(f"sort {sort!r}: write FIELD, -FIELD (falling), FIELD:asc or FIELD:desc")
+    descending = descending or direction == "desc"
+    kind = schema.field_type(name.strip())
+    if kind not in SORTABLE:
+        raise BadInput(f"sort {sort!r}: field {name!r} is {kind}; sort by a {', '.join(SORTABLE)} field")
+    return name.strip(), descending
+
+
+class _Reversed:
+    """Orders values the other way round (a falling sort inside an ascending heap)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and bool(self.value == other.value)
+
+
+# The score each mode answers in, for messages about empty answers and --min-score.
+SCORE_SCALES = {
+    "vector": "cosine similarity, -1 to 1 (a text matching a photo scores about 0.2 to 0.35 with CLIP)",
+    "keyword": "BM25, 0 and up, larger for rarer words",
+    "hybrid": f"fused reciprocal ranks, at most about {rrf_score(0) + rrf_score(0, RRF_WEIGHTS[1]):.3f} "
+              f"(first place in one ranking: about {rrf_score(0):.3f})",
+    "recommend": "the sum of cosine similarities to the examples minus the sum to the counter-examples",
+    "browse": "none: a browse has no query, every score is 0",
+}
+
+
+def empty_answer_note(mode: str, min_score: float | None, filtered: bool, offset: int = 0) -> str:
+    """Why an answer may be empty, in the words of its mode's score scale."""
+    parts = [f"no results ({mode} mode; scores are {SCORE_SCALES.get(mode, mode)})"]
+    if min_score is not None:
+        hint = " (--search-mode vector ranks by cosine)" if mode == "hybrid" else ""
+        parts.append(f"--min-score {min_score:g} may keep nothing on this scale{hint}")
+    if filtered:
+        parts.append("the filter may keep nothing (--where, --near)")
+    if offset:
+        parts.append(f"--offset {offset} may be past the last result")
+    return "; ".join(parts)
+
+
 @contextmanager
 def _stopwatch(clock: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -383,5 +479,7 @@ def collection_status(store: VectorStore) -> dict[str, Any]:
         "model": schema.active_vector.model.to_dict(),
         "vectors": vectors,
         "fields": dict(schema.fields),
+        "searchable": list(schema.searchable),
+        "id_fields": list(schema.id_fields),
         "failed": failed,
     }
