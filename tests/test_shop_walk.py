@@ -242,3 +242,131 @@ def test_put_replaces_what_it_is_sent_and_keeps_the_rest(shop: Shop, server: str
     product = httpx.get(f"{items}/ZR-1007", timeout=30).json()["metadata"]
     assert product["model"] == "ZR-1007" and product["name"] == shop.product("ZR-1007")["name"]
     assert product["price"] == 1.0 and "specs" not in product and "tags" not in product
+
+
+# --- 3: types: a minority that does not fit is reported; a type changes in place ---------------------------
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    columns = list(rows[0])
+    lines = [";".join(columns)] + [";".join(str(row.get(c, "")) for c in columns) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def csv_rows(photos: list[Path], prices: list[str]) -> list[dict[str, Any]]:
+    return [{"Item Code": f"B07-{i:04d}", "photo": f"img/{photos[i].name}", "label": f"thing {i}",
+             "price": price} for i, price in enumerate(prices)]
+
+
+def test_a_minority_misfit_is_reported_and_a_type_changes_in_place(tmp_path: Path,
+                                                                   tiny_checkpoint: Path) -> None:
+    photos = photo_copies(require_imagenet(), tmp_path / "img", 12)
+    prices = [f"{5 + i * 10}.5" for i in range(12)]
+    prices[4] = "cheap"
+    catalog = write_csv(tmp_path / "stock.csv", csv_rows(photos, prices))
+    flags = ["--id-column", "Item Code", "--image-column", "photo", "--text-columns", "label", "-c", "stock"]
+    with cli_home(tmp_path / "home", tiny_checkpoint):
+        done = run("index", str(catalog), *flags)
+        assert "11 embedded" in done.stdout and "1 failed" in done.stdout
+        assert ("warning: column 'price' is a float field, but 1 of its 12 values are not (row 6: 'cheap')"
+                in done.stderr) and "--field price:keyword" in done.stderr
+        status = run_json("status", "-c", "stock")
+        assert status["fields"]["price"] == "float" and status["fields"]["Item_Code"] == "keyword"
+        assert [f["uri"] for f in status["failed"]] == [f"{catalog}#row=6"]
+        assert "'cheap' is not a float" in status["failed"][0]["reason"]
+        under = run_json("search", "--where", "price < 30", "--sort", "price", "-c", "stock")["results"]
+        assert [r["metadata"]["Item_Code"] for r in under] == ["B07-0000", "B07-0001", "B07-0002"]
+
+        # every value kept as text: the field becomes keyword in place, the bad row is good again
+        kept = run("index", str(catalog), *flags, "--field", "price:keyword")
+        assert "warning: field 'price' changed from float to keyword" in kept.stderr
+        assert run_json("status", "-c", "stock")["fields"]["price"] == "keyword"
+        assert run_json("search", "--where", "price = cheap", "-c", "stock")["results"][0]["metadata"][
+            "Item_Code"] == "B07-0004"
+        assert run("search", "--where", "price < 30", "-c", "stock", check=False).returncode == 3
+
+        # the cell fixed, back to float, in place: nothing is embedded again
+        prices[4] = "45.5"
+        write_csv(catalog, csv_rows(photos, prices))
+        back = run_json("index", str(catalog), *flags, "--field", "price:float")
+        assert back["embedded"] == 0 and back["failed"] == 0
+        assert back["notes"] == ["field 'price' changed from keyword to float (stored values converted: 0)"]
+        assert [r["metadata"]["price"] for r in run_json(
+            "search", "--where", "price >= 40", "--sort", "price", "-k", "2", "-c", "stock")["results"]] == [
+            45.5, 55.5]
+
+        # values of another catalog that do not convert: refused, nothing changed
+        other = write_csv(tmp_path / "more.csv", [{**csv_rows(photos[8:], ["n/a"])[0], "Item Code": "X-1"}])
+        run("index", str(other), *flags, "--field", "price:keyword")  # price: keyword for both again
+        refused = run("index", str(catalog), *flags, "--field", "price:float", check=False)
+        assert refused.returncode == 3 and refused.stderr.count("\n") == 1
+        assert "field 'price' cannot become float: 1 of its 1 stored values do not convert" in refused.stderr
+        assert run_json("status", "-c", "stock")["fields"]["price"] == "keyword"
+
+
+def test_a_parquet_catalog_with_nested_columns_and_a_spaced_id_column(tmp_path: Path,
+                                                                      tiny_checkpoint: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    photos = photo_copies(require_imagenet(), tmp_path / "img", 8)
+    table = pa.table({
+        "Item Code": [f"MX {i}0{i}-K" for i in range(6)],
+        "images": [[f"img/{photos[i].name}"] + ([f"img/{photos[i + 6].name}"] if i < 2 else [])
+                   for i in range(6)],
+        "Title": [f"mixer {n}" for n in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")],
+        "shop": [{"lat": 38.7 + i / 100, "lon": -9.1} for i in range(6)],
+        "sizes": [[i, i + 1] for i in range(6)],
+    })
+    pq.write_table(table, tmp_path / "mixers.parquet")
+    with cli_home(tmp_path / "home", tiny_checkpoint):
+        report = run_json("index", str(tmp_path / "mixers.parquet"), "--id-column", "Item Code",
+                          "--image-column", "images", "--text-columns", "Title", "-c", "mixers")
+        assert (report["embedded"], report["failed"]) == (8, 0)
+        fields = run_json("status", "-c", "mixers")["fields"]
+        assert (fields["Item_Code"], fields["shop"], fields["sizes"]) == ("keyword", "geo", "integer")
+        first = run_json("search", "MX 303-K", "-k", "1", "-c", "mixers")["results"][0]
+        assert first["metadata"]["Item_Code"] == "MX 303-K"
+        both = run_json("search", "--where", "Item_Code = 'MX 101-K'", "-c", "mixers")["results"]
+        assert len(both) == 2 and {r["metadata"]["Title"] for r in both} == {"mixer beta"}
+        sizes = run_json("search", "--where", "sizes = 5", "--sort", "Item_Code", "-c", "mixers")["results"]
+        assert [r["metadata"]["Item_Code"] for r in sizes] == ["MX 404-K", "MX 505-K"]
+
+
+# --- 6: a run where every row failed ----------------------------------------------------------------------
+
+
+def test_a_run_that_indexed_nothing_exits_10_after_its_report(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    catalog = tmp_path / "gone.jsonl"
+    rows = [json.dumps({"sku": f"S{i}", "image": f"missing-{i}.jpg"}) for i in range(3)]
+    catalog.write_text("\n".join(rows) + "\n")
+    with cli_home(tmp_path / "home", tiny_checkpoint):
+        done = run("index", str(catalog), "--id-column", "sku", "-c", "gone", "--json", check=False)
+        assert done.returncode == 10, done.stderr
+        assert json.loads(done.stdout)["failed"] == 3, "the report comes first"
+        assert done.stderr.startswith("error: every one of the 3 rows") and done.stderr.count("\n") == 1
+        photos = photo_copies(require_imagenet(), tmp_path, 1)
+        catalog.write_text(catalog.read_text() + json.dumps({"sku": "S9", "image": photos[0].name}) + "\n")
+        partly = run("index", str(catalog), "--id-column", "sku", "-c", "gone", check=False)
+        assert partly.returncode == 0 and "1 embedded" in partly.stdout and "3 failed" in partly.stdout
+
+
+# --- migration: a collection written by the release that stored `product_id` ------------------------------
+
+
+def test_a_collection_with_product_id_payloads_still_answers_by_id(tmp_path: Path, tiny_checkpoint: Path,
+                                                                   tiny_model: Any) -> None:
+    from tests.shop import build_shop
+
+    with cli_home(tmp_path / "home", tiny_checkpoint) as settings:
+        shop = build_shop(settings, tiny_model, products=20, collection="legacy")
+        status = run_json("status", "-c", "legacy")
+        assert status["id_fields"] == ["product_id"] and status["fields"]["title"] == "text"
+        product = shop.payloads[0]["metadata"]["product_id"]
+        found = run_json("search", f"image:{product}", "-k", "1", "--search-mode", "vector", "-c", "legacy")
+        assert found["results"][0]["metadata"]["product_id"] == product
+        rows = run_json("search", "--where", f"product_id = {product}", "-c", "legacy")["results"]
+        assert {r["metadata"]["product_id"] for r in rows} == {product}
+        refused = run("search", "a hat", "--facet", "title", "-c", "legacy", check=False)
+        assert refused.returncode == 3 and "facets count keyword fields" in refused.stderr
