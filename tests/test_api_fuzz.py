@@ -47,7 +47,7 @@ MAX_EXAMPLES = 40  # per operation, in the fuzzing phase
 SEED = 20240601
 OPERATIONS = {  # every operation the API documents; the run fails if the schema has others or fewer
     "GET /healthz", "GET /readyz", "GET /metrics", "GET /v1/vlm",
-    "POST /v1/search", "POST /v1/search/image", "POST /v1/classify", "GET /v1/images/{id}",
+    "POST /v1/search", "POST /v1/search/image", "POST /v1/browse", "POST /v1/classify", "GET /v1/images/{id}",
     "POST /v1/explain", "POST /v1/explain/stream",
     "GET /v1/collections", "GET /v1/collections/{collection}/status",
     "GET /v1/collections/{collection}/items/{id}", "PUT /v1/collections/{collection}/items/{id}",

@@ -24,7 +24,8 @@ _PAGE = 1024  # payloads written at once
 def retype_field(store: VectorStore, name: str, kind: FieldType,
                  rewritten: Callable[[Record], bool] | None = None) -> int:
     """Make declared field `name` of type `kind`, converting every stored value; the number of values
-    converted (those of `rewritten` points not counted). SchemaError (nothing changed) when some value does not convert.
+    converted (those of `rewritten` points not counted). SchemaError (nothing changed) when some value
+    does not convert.
     `rewritten`: points the caller writes again next (a catalog's own points, from the file): their
     value is dropped instead of converted."""
     schema = store.schema
