@@ -182,7 +182,8 @@ def search(
     image:ID is an indexed item, a path to an image file is that image, W: weighs a term.
     \b
     Filters: --where 'category = shoes' --where 'price < 50' --where 'brand in (acme, zenith)'
-    --near 38.72,-9.14,5; pages: --offset 10 -k 10; one hit per product: --group-by product_id."""
+    --near 38.72,-9.14,5; pages: --offset 10 -k 10; one hit per product: --group-by sku (the id column).
+    Browse without a QUERY: --where 'brand = acme' --sort price (-price: falling)."""
     ask = SearchAsk.from_flags(query, image, search_flags)
     settings = settings_from_flags()
     name = collection or settings.collection

@@ -38,7 +38,7 @@ def search_options(command: Any) -> Any:
                      "[default: hybrid when the collection has text fields and the query has words]."),
         click.option("--min-score", type=float, default=None, help="Only hits scoring at least this."),
         click.option("--group-by", default=None, metavar="FIELD",
-                     help="One hit per value of a keyword field, e.g. product_id."),
+                     help="One hit per value of a keyword field, e.g. a catalog's id column (sku)."),
         click.option("--diversity", type=click.FloatRange(0, 1), default=None,
                      help="MMR diversity, 0-1 (vector mode): trade similarity for variety."),
         click.option("--offset", type=click.IntRange(0, 100_000), default=0, show_default=True,

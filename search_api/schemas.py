@@ -98,9 +98,13 @@ SEARCH_MODE_DESCRIPTION = (
     "`hybrid` (both, fused by reciprocal rank fusion: an exact SKU or model number comes first). Default: "
     "`hybrid` when the collection declares text fields and the query has a text, else `vector`."
 )
-MIN_SCORE_DESCRIPTION = "Only hits scoring at least this, in the mode's own score (cosine for vector)."
+MIN_SCORE_DESCRIPTION = (
+    "Only hits scoring at least this, in the mode's own score: cosine (-1 to 1) for vector, BM25 for "
+    "keyword, fused reciprocal ranks (at most about 0.034) for hybrid."
+)
 GROUP_BY_DESCRIPTION = (
-    "A declared keyword or integer field (e.g. `product_id`): at most one hit per value, the best; k groups."
+    "A declared keyword or integer field (e.g. a catalog's id column, `sku`): at most one hit per value, "
+    "the best; k groups."
 )
 DIVERSITY_DESCRIPTION = (
     "MMR diversity, 0-1 (vector mode, no group_by): 0 is plain nearest order, higher trades similarity to "
@@ -256,7 +260,7 @@ class SearchRequest(SearchOptions):
                 {
                     "text": "red dress",
                     "filter": {"must": [{"key": "price", "range": {"lt": 50}}]},
-                    "group_by": "product_id",
+                    "group_by": "sku",
                     "facets": ["brand"],
                 },
             ],
@@ -290,6 +294,8 @@ class SearchRequest(SearchOptions):
         given = [name for name in _QUERY_KINDS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of text, image_id, query and positive")
+        if self.query is not None and not any(term.weight > 0 for term in self.query):
+            raise ValueError("a query needs a term of positive weight")  # the schema's `contains`
         if self.negative is not None and self.positive is None:
             raise ValueError("negative goes with positive (more like these, less like those)")
         if self.positive is not None and (self.mode not in (None, "vector") or self.diversity is not None):
@@ -331,7 +337,9 @@ class ImageSearchForm(BaseModel):
         description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...), not empty.",
         json_schema_extra=IMAGE_FILE_SCHEMA,
     )
-    collection: str | SkipJsonSchema[None] = COLLECTION_FIELD
+    collection: Annotated[str, Field(pattern=COLLECTION_PATTERN)] | SkipJsonSchema[None] = Field(
+        None, description=COLLECTION_FIELD.description
+    )
     k: int = Field(10, ge=1, description="Number of results; at most the server's `max_k` (default 1000).")
     offset: int = Field(0, ge=0, le=100_000, description="Skip this many of the best results (paging).")
     filter: str | SkipJsonSchema[None] = Field(None, description="A filter as a JSON string; see /v1/search.")
@@ -349,10 +357,8 @@ class ImageSearchForm(BaseModel):
         description="The search mode (`mode` in /v1/search): vector, or keyword/hybrid with `text`. "
         "Default: hybrid when `text` is given and the collection declares text fields, else vector.",
     )
-    text: str | SkipJsonSchema[None] = Field(
+    text: Annotated[str, Field(max_length=MAX_QUERY_CHARS, pattern=r"\S")] | SkipJsonSchema[None] = Field(
         None,
-        max_length=MAX_QUERY_CHARS,
-        pattern=r"\S",
         description="Words for the keyword ranking of a hybrid search (the image is the vector query).",
     )
     query: str | SkipJsonSchema[None] = Field(
@@ -364,8 +370,8 @@ class ImageSearchForm(BaseModel):
     min_score: Annotated[float, Field(allow_inf_nan=False)] | SkipJsonSchema[None] = Field(
         None, description=MIN_SCORE_DESCRIPTION
     )
-    group_by: str | SkipJsonSchema[None] = Field(
-        None, min_length=1, max_length=64, description=GROUP_BY_DESCRIPTION
+    group_by: Annotated[str, Field(min_length=1, max_length=64)] | SkipJsonSchema[None] = Field(
+        None, description=GROUP_BY_DESCRIPTION
     )
     diversity: Annotated[float, Field(ge=0.0, le=1.0)] | SkipJsonSchema[None] = Field(
         None, description=DIVERSITY_DESCRIPTION
@@ -396,9 +402,8 @@ class ClassifyForm(BaseModel):
         pattern=r"[^,\s]",
         description='Comma-separated class names, e.g. "cat,dog,car": at least one that is not blank.',
     )
-    collection: str | SkipJsonSchema[None] = Field(
-        None, pattern=COLLECTION_PATTERN,
-        description="Use this collection's model; default: the server's configured collection."
+    collection: Annotated[str, Field(pattern=COLLECTION_PATTERN)] | SkipJsonSchema[None] = Field(
+        None, description="Use this collection's model; default: the server's configured collection."
     )
 
     @field_validator("labels")

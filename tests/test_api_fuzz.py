@@ -22,6 +22,7 @@ is off unless origins are configured.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -267,3 +268,28 @@ def test_cors_is_off_unless_configured(open_server: Served) -> None:
     assert answer.status_code == 200
     for response in (preflight, answer):
         assert not any(name.startswith("access-control-") for name in response.headers)
+
+
+def test_the_schema_declares_what_the_server_enforces(open_server: Served) -> None:
+    """What schemathesis with every check found (issue 16): the collection-name pattern on every
+    per-collection route, a query of negative weights only, and null in multipart form fields."""
+    from indexer.stores import COLLECTION_NAME_PATTERN
+
+    document = httpx.get(f"{open_server.url}/openapi.json", timeout=30).json()
+    per_collection = [(path, method, operation) for path, methods in document["paths"].items()
+                      for method, operation in methods.items() if "{collection}" in path]
+    assert len(per_collection) >= 15
+    for path, method, operation in per_collection:
+        [name] = [p for p in operation["parameters"] if p["name"] == "collection"]
+        assert name["schema"]["pattern"] == COLLECTION_NAME_PATTERN, (method, path)
+    refused = httpx.get(f"{open_server.url}/v1/collections/-bad name/status", timeout=30)
+    assert refused.status_code == 422 and "pattern" in refused.json()["detail"]
+
+    terms = document["components"]["schemas"]["SearchRequest"]["properties"]["query"]
+    assert "contains" in str(terms)
+    negative = httpx.post(f"{open_server.url}/v1/search", timeout=30,
+                          json={"query": [{"text": "a cat", "weight": -1}]})
+    assert negative.status_code == 422 and "positive weight" in negative.text
+
+    form = document["components"]["schemas"]["ImageSearchForm"]["properties"]
+    assert all("null" not in json.dumps(schema) for schema in form.values()), "a form field is never null"
