@@ -292,4 +292,5 @@ def test_the_schema_declares_what_the_server_enforces(open_server: Served) -> No
     assert negative.status_code == 422 and "positive weight" in negative.text
 
     form = document["components"]["schemas"]["ImageSearchForm"]["properties"]
-    assert all("null" not in json.dumps(schema) for schema in form.values()), "a form field is never null"
+    nullable = [name for name, schema in form.items() if '"type": "null"' in json.dumps(schema)]
+    assert nullable == [], "multipart sends text: a form field is never null"
