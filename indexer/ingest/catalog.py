@@ -146,7 +146,7 @@ def read_catalog(
         rows.append(row)
     fields = {layout.id_field: "keyword", **types}
     searchable = tuple(dict.fromkeys(
-        [layout.id_field, *(name for name in layout.text_fields if types[name] != "text")]
+        [layout.id_field, *(name for name in layout.text_fields if types[name] == "keyword")]
     ))
     return Catalog(path, rows, bad, fields, layout.text_fields, layout.id_field, searchable,
                    layout.changes, layout.notes)
