@@ -10,8 +10,10 @@ from typing import Any
 
 import click
 
+from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
+from indexer.errors import Conflict
 
 
 @contextmanager
@@ -55,14 +57,20 @@ def duplicates(
     (and their hashes stored)."""
     from indexer.curation.duplicates import find_duplicates
 
-    with _writable(collection, "duplicates") as store:
-        report = find_duplicates(
-            store,
-            threshold=threshold,
-            hash_distance=hash_distance,
-            vector=vector,
-            progress=not as_json or sys.stderr.isatty(),
-        )
+    settings = settings_from_flags(collection=collection)
+
+    def local() -> dict[str, Any]:
+        with _writable(collection, "duplicates") as store:
+            return find_duplicates(store, threshold=threshold, hash_distance=hash_distance, vector=vector,
+                                   progress=not as_json or sys.stderr.isatty())
+
+    def through(url: str) -> dict[str, Any]:
+        params = {"threshold": threshold, "hash_distance": hash_distance,
+                  **({"vector": vector} if vector else {})}
+        return remote.call(settings, url, "GET", f"/v1/collections/{settings.collection}/duplicates",
+                           params=params)
+
+    report = remote.local_or_through_server(settings, settings.collection, local, through)
     if as_json:
         emit(report)
         return
@@ -79,7 +87,7 @@ def duplicates(
 
 
 @click.command()
-@click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Clusters.")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Clusters.")
 @click.option("--central", type=click.IntRange(min=0), default=5, show_default=True,
               help="Most central images listed per cluster.")
 @click.option("--outliers", type=click.IntRange(min=0), default=20, show_default=True,
@@ -107,11 +115,29 @@ def clusters(
     central images, and the most isolated images (outliers) first."""
     from indexer.curation.clusters import cluster_collection
 
-    with _writable(collection, "clusters") as store:
-        report = cluster_collection(
-            store, k, vector=vector, central=central, outliers=outliers, neighbours_k=neighbours,
-            save=save, seed=seed, progress=not as_json or sys.stderr.isatty(),
-        )
+    settings = settings_from_flags(collection=collection)
+
+    def local() -> dict[str, Any]:
+        with _writable(collection, "clusters") as store:
+            return cluster_collection(
+                store, k, vector=vector, central=central, outliers=outliers, neighbours_k=neighbours,
+                save=save, seed=seed, progress=not as_json or sys.stderr.isatty(),
+            )
+
+    def through(url: str) -> dict[str, Any]:
+        if save:
+            raise Conflict("clusters --store writes every item, which the running server holds: run "
+                           "`clipsearch clusters` without --store now, or with it once the server is stopped")
+        base = f"/v1/collections/{settings.collection}"
+        given = {"vector": vector} if vector else {}
+        found = remote.call(settings, url, "GET", f"{base}/clusters",
+                            params={"k": k, "central": central, "seed": seed, **given})
+        isolated = remote.call(settings, url, "GET", f"{base}/outliers",
+                               params={"limit": max(outliers, 1), "neighbours": neighbours, **given})
+        return {"k": found["k"], "clusters": found["clusters"], "outliers": isolated["outliers"][:outliers],
+                "stored": False}
+
+    report = remote.local_or_through_server(settings, settings.collection, local, through)
     if as_json:
         emit(report)
         return
@@ -123,4 +149,23 @@ def clusters(
         click.echo(f"    {item['score']:.4f}  {item['uri']}")
 
 
-COMMANDS = [duplicates, clusters]
+@click.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many.")
+@click.option("--neighbours", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="Outlier score: 1 - mean cosine to this many nearest images.")
+@click.option("--vector", default=None, help="This named vector [default: the active one].")
+@collection_option
+@json_option
+def outliers(limit: int, neighbours: int, vector: str | None, collection: str | None, as_json: bool) -> None:
+    """The most isolated images of the collection first (through the server that holds it, if one does)."""
+    settings = settings_from_flags(collection=collection)
+    found = remote.on_collection(settings, settings.collection,
+                                 lambda c: c.outliers(limit, neighbours=neighbours, vector=vector))
+    if as_json:
+        emit({"outliers": [{"id": o.id, "uri": o.uri, "score": o.score} for o in found]})
+        return
+    for item in found:
+        click.echo(f"{item.score:.4f}  {item.uri}")
+
+
+COMMANDS = [duplicates, clusters, outliers]

@@ -1,58 +1,35 @@
 """The write API for catalogs that change all day: put, patch and delete single items.
 
-    PUT    /v1/collections/{c}/items/{id}   an image (multipart upload, or JSON with an image_url),
-                                            metadata and text; created, or each part sent replaced
+    PUT    /v1/collections/{c}/items/{id}   the whole item: an image (multipart upload, or JSON with an
+                                            image_url), metadata and text; created or replaced
     PATCH  /v1/collections/{c}/items/{id}   metadata and text only: the payload changes, nothing is embedded
     DELETE /v1/collections/{c}/items/{id}
 
-`id` is the client's item id (a SKU, a database key). Its point id is the id itself when it is a UUID
-(an id from search results addresses that very point), else uuid5 of it (`client_point_id`), the
-same on every server; the client id is kept in the item's metadata as `item_id`, so results show it.
-An id that is no such point but the value of a catalog's id column addresses that product's points
-(`SearchEngine.item_points`). PUT replaces the parts it is sent (image, metadata, text) and keeps
-the others.
-A PUT whose image has the same bytes as the stored one keeps the stored vectors (`embedded: false`).
-New metadata fields are declared with the type their values have (indexer.fieldtypes, the rule
-catalogs use); a value that does not fit a declared field's type
-is a 400. Every write runs through the collection's engine (`Engines.call`): inside `serve` on an
-embedded collection, and on a Qdrant server alike. Uploaded images are kept under
-`<home>/items/<collection>/` (by content), so that /v1/images and the VLM can read them.
+`id` is the client's item id (a SKU, a database key). The routes parse and answer; what a write does
+(point ids, stored images, field types, keeping vectors of unchanged images) is the library's
+(indexer.ingest.items), reached through the server's Collection (`Collection.put_item` and co.), under
+the collection's lock like every other call on it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
-import tempfile
-from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Request
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from indexer.errors import BadInput, ItemNotFound
-from indexer.fieldtypes import FieldType, convert, infer_type
-from indexer.schema import check_name
-from indexer.search.engine import SearchEngine, client_point_id
-from indexer.settings import Settings
-from indexer.stores import Record
-from indexer.stores.keyword import text_fields
+from indexer.ingest.items import MAX_ID_CHARS
+from indexer.results import ItemWritten as Written
 from search_api.deps import EnginesDep, SettingsDep
-from search_api.engines import Engines
+from search_api.engines import collection as collection_of
 from search_api.schemas import CollectionPath, ErrorResponse
 from search_api.uploads import read_upload
 
 router = APIRouter(prefix="/v1", tags=["items"])
 
-ITEM_ID = "item_id"  # the client's id, in every written item's metadata
-TEXT_FIELD = "text"  # where a plain-string `text` goes
-_DERIVED = ("width", "height", ITEM_ID)  # written by the server, never by the client
-MAX_ID_CHARS = 256
 
 ClientId = Annotated[
     str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f/]+$",
@@ -74,7 +51,7 @@ class ItemBody(BaseModel):
     metadata: dict[str, Any] | None = Field(
         None, description="Field -> value, replacing the item's metadata; absent: the stored one is kept."
     )
-    text: Texts | None = Field(None, description=TEXT_DESCRIPTION + " Absent: the stored text is kept.")
+    text: Texts | None = Field(None, description=TEXT_DESCRIPTION)
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"image_url": "https://shop.example/img/123.jpg", "metadata": {"brand": "acme", "price": 49.5},
@@ -146,17 +123,17 @@ async def put_item(
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "file: required, an image file (multipart field `file`)")
         data = read_upload(upload, settings.api.max_upload_bytes)  # type: ignore[arg-type]
-        sent = form.get("metadata")
+        sent = form.get("metadata")  # absent: the stored metadata is kept
         metadata = _json_object(sent, "metadata") if sent is not None else None
         text = _text_field(form.get("text"))
-        return await run_in_threadpool(_put, engines, settings, collection, id, data, None, metadata, text)
+        return await run_in_threadpool(_put, engines, collection, id, data, None, metadata, text)
     if kind == "application/json":
         try:
             body = ItemBody.model_validate_json(await request.body())
         except ValidationError as exc:
             raise HTTPException(422, _first(exc)) from None
         return await run_in_threadpool(
-            _put, engines, settings, collection, id, None, body.image_url, body.metadata, body.text
+            _put, engines, collection, id, None, body.image_url, body.metadata, body.text
         )
     raise HTTPException(415, "send the item as multipart/form-data (file, metadata, text) or as JSON "
                              "(image_url, metadata, text)")
@@ -170,26 +147,7 @@ async def put_item(
     summary="Change an item's metadata and text; nothing is embedded",
 )
 def patch_item(collection: CollectionPath, id: ClientId, body: ItemPatch, engines: EnginesDep) -> ItemWritten:
-    def patch(engine: SearchEngine) -> ItemWritten:
-        points = engine.item_points(id)
-        if not points:
-            raise ItemNotFound(id)
-        texts = _texts(body.text)
-        changes = {**body.metadata, **texts}
-        _refuse_derived(changes, engine)
-        typed = _typed(engine, {k: v for k, v in changes.items() if v is not None}, set(texts))
-        removed = {k for k, v in changes.items() if v is None}
-        payloads = {}
-        for record in engine.store.retrieve(points):
-            payload = dict(record.payload)
-            kept = {k: v for k, v in payload.get("metadata", {}).items() if k not in removed}
-            payload["metadata"] = {**kept, **typed}
-            payloads[record.id] = payload
-        engine.store.set_payloads(payloads)
-        engine.store.flush()
-        return ItemWritten(id=id, point_id=points[0], point_ids=points, action="updated", embedded=False)
-
-    return engines.call(collection, patch)
+    return _answer(collection_of(engines, collection).patch_item(id, body.metadata, body.text))
 
 
 @router.delete(
@@ -200,171 +158,21 @@ def patch_item(collection: CollectionPath, id: ClientId, body: ItemPatch, engine
     summary="Remove an item",
 )
 def delete_item(collection: CollectionPath, id: ClientId, engines: EnginesDep) -> ItemWritten:
-    def delete(engine: SearchEngine) -> ItemWritten:
-        points = engine.item_points(id)
-        if not points:
-            raise ItemNotFound(id)
-        engine.store.delete(points)
-        engine.store.flush()
-        return ItemWritten(id=id, point_id=points[0], point_ids=points, action="deleted", embedded=False)
-
-    return engines.call(collection, delete)
-
-
-# --- PUT ------------------------------------------------------------------------------------------
+    return _answer(collection_of(engines, collection).delete_item(id))
 
 
 def _put(
-    engines: Engines, settings: Settings, collection: str, client_id: str, data: bytes | None,
-    image_url: str | None, metadata: dict[str, Any] | None, text: Texts | None,
+    engines: EnginesDep, collection: str, client_id: str, data: bytes | None, image_url: str | None,
+    metadata: dict[str, Any] | None, text: Any,
 ) -> ItemWritten:
-    """PUT replaces what it is given: the image when one is sent, the metadata when `metadata` is
-    sent, the text fields when `text` is sent; what is not sent is kept (a new item needs an image)."""
-    texts = _texts(text)
-    values = {**(metadata or {}), **texts}
-    image = _image(settings, collection, data, image_url) if data is not None or image_url else None
-
-    def put(engine: SearchEngine) -> ItemWritten:
-        store = engine.store
-        _refuse_derived(values, engine)
-        points = engine.item_points(client_id)
-        olds = store.retrieve(points, with_vectors=True)
-        if image is None and not olds:
-            raise BadInput(f"item {client_id!r} is new: send its image (multipart `file`, or `image_url`)")
-        if image is not None and len(olds) > 1:
-            raise BadInput(f"item {client_id!r} is a product with {len(olds)} images (from its catalog): a "
-                           f"PUT sends one; send metadata or text only, or change the catalog's image cells")
-        typed = _typed(engine, {k: v for k, v in values.items() if v is not None}, set(texts))
-        schema = engine.store.schema
-        ids, searchable = set(schema.id_fields), set(text_fields(schema))
-        written, embedded = [], False
-        for old in olds or [None]:
-            point = old.id if old is not None else client_point_id(client_id)
-            before = old.payload.get("metadata", {}) if old is not None else {}
-            kept = {k: v for k, v in before.items() if k in ids or k in _DERIVED and k != ITEM_ID}
-            if metadata is None:  # not sent: kept
-                kept.update({k: v for k, v in before.items() if k not in searchable and k not in _DERIVED})
-            if text is None:
-                kept.update({k: v for k, v in before.items() if k in searchable and k not in ids})
-            if image is None:
-                assert old is not None
-                source = {k: old.payload.get(k, "") for k in ("uri", "path", "fingerprint")}
-            else:
-                uri, path, fingerprint, size = image
-                source = {"uri": uri, "path": path, "fingerprint": fingerprint}
-                kept.update(size)
-            own_id = {} if ids & set(before) else {ITEM_ID: client_id}  # a product keeps its id field
-            extra = {k: v for k, v in (old.payload if old is not None else {"source": "api"}).items()
-                     if k not in ("uri", "path", "fingerprint", "metadata")}
-            payload = {**source, **extra, "metadata": {**kept, **typed, **own_id}}
-            same = old is not None and old.payload.get("fingerprint") == source["fingerprint"] and \
-                set(engine.schema.vectors) <= set(old.vectors)
-            if same:
-                store.set_payloads({point: payload})
-            else:
-                vectors = {}
-                for spec in engine.schema.vectors.values():
-                    model = engine.models.query(spec.model)
-                    picture = engine.decode(FilePath(source["path"]), model)
-                    vectors[spec.name] = model.encode_images([picture])[0]
-                store.upsert([Record(point, vectors, payload)])
-                embedded = True
-            written.append(point)
-        store.flush()
-        action = "replaced" if olds else "created"
-        return ItemWritten(id=client_id, point_id=written[0], point_ids=written, action=action,
-                           embedded=embedded)
-
-    return engines.call(collection, put)
+    written = collection_of(engines, collection).put_item(client_id, data, image_url=image_url,
+                                                          metadata=metadata, text=text)
+    return _answer(written)
 
 
-def _image(settings: Settings, collection: str, data: bytes | None, url: str | None
-           ) -> tuple[str, str, str, dict[str, int]]:
-    """(uri, local path, fingerprint, width/height) of the item's image: an upload kept by content
-    under the home, or a URL fetched into the fetch cache. Not an image: 400."""
-    if data is None:
-        assert url is not None
-        from indexer.ingest.fetch import Fetcher
-
-        with Fetcher(settings) as fetcher:
-            got = fetcher.fetch(url)
-        if not got.ok:
-            raise BadInput(f"image_url {url}: {got.reason}")
-        return url, str(got.path), f"sha256:{got.sha256}", _size(FilePath(str(got.path)).read_bytes())
-    size = _size(data)
-    digest = hashlib.sha256(data).hexdigest()
-    folder = settings.home / "items" / collection
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}{_suffix(data)}"
-    if not path.exists():
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    return str(path), str(path), f"sha256:{digest}", size
-
-
-def _size(data: bytes) -> dict[str, int]:
-    from indexer.ingest.decode import image_size
-
-    try:
-        width, height = image_size(data)
-    except Exception as exc:  # PIL raises several kinds for what is not an image
-        raise BadInput(f"the item's image is not an image file we can read: {exc}") from None
-    return {"width": width, "height": height}
-
-
-def _suffix(data: bytes) -> str:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return "." + (image.format or "img").lower().replace("jpeg", "jpg")
-    except Exception:
-        return ".img"
-
-
-# --- metadata --------------------------------------------------------------------------------------
-
-
-def _typed(engine: SearchEngine, metadata: dict[str, Any], texts: set[str]) -> dict[str, Any]:
-    """Values converted to their declared field's type; new fields declared with the type inferred
-    (`texts`: names given as text, declared as text fields). BadInput (400) for a bad name or a value
-    that does not fit its declared type."""
-    schema = engine.store.schema
-    new: dict[str, FieldType] = {}
-    typed: dict[str, Any] = {}
-    for name, value in metadata.items():
-        check_name(name, "metadata field")
-        kind = schema.fields.get(name) or ("text" if name in texts else infer_type(value))
-        try:
-            converted = convert(value, kind, name)
-        except ValueError as exc:
-            declared = "declared" if name in schema.fields else "inferred"
-            raise BadInput(f"metadata {name!r} is a {kind} field ({declared}): {exc}") from None
-        if converted is None:
-            continue
-        if name not in schema.fields:
-            new[name] = kind
-        typed[name] = converted
-    if new:
-        engine.store.set_schema(schema.with_fields(new))
-    return typed
-
-
-def _texts(text: Texts | None) -> dict[str, Any]:
-    if text is None:
-        return {}
-    if isinstance(text, str):
-        return {TEXT_FIELD: text}
-    return dict(text)
-
-
-def _refuse_derived(values: dict[str, Any], engine: SearchEngine) -> None:
-    derived = [name for name in values if name in _DERIVED]
-    if derived:
-        raise BadInput(f"metadata {', '.join(derived)}: set by the server (the image's size, the item id)")
-    ids = [name for name in values if name in engine.store.schema.id_fields]
-    if ids:
-        raise BadInput(f"metadata {', '.join(ids)}: the item's id (its catalog's id column) cannot change")
+def _answer(written: Written) -> ItemWritten:
+    return ItemWritten(id=written.id, point_id=written.point_id, action=written.action,  # type: ignore[arg-type]
+                       embedded=written.embedded, point_ids=written.point_ids)
 
 
 def _json_object(value: Any, name: str) -> dict[str, Any]:

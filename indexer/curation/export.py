@@ -129,9 +129,10 @@ def classes(store: VectorStore, run: str | None, items: Iterable[Item]) -> list[
     return known + sorted(extra)
 
 
-def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
-           copy: bool = False) -> ExportReport:
-    """Write `items` to `out` in format `fmt` (see the module's docstring)."""
+TEXT_FORMATS = ("csv", "jsonl", "coco")  # one document each; the others are folders
+
+
+def _check(store: VectorStore, fmt: str, run: str | None) -> None:
     if fmt not in FORMATS:
         raise BadInput(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if run is not None and run != DUPLICATES and run not in label_runs(store):
@@ -139,16 +140,36 @@ def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, ru
         raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); check --run")
     if fmt == "imagefolder" and run is None:
         raise BadInput("an ImageFolder tree needs labels: give --run NAME of a `clipsearch label` run")
+
+
+def export_document(store: VectorStore, items: Sequence[Item], fmt: str, *, run: str | None = None
+                    ) -> tuple[str, ExportReport]:
+    """The csv, jsonl or COCO document of `items` (what `export` writes to a file), and its report."""
+    _check(store, fmt, run)
+    if fmt not in TEXT_FORMATS:
+        raise BadInput(f"export format {fmt!r} is a folder, not one document: use one of "
+                       f"{', '.join(TEXT_FORMATS)}")
+    report = ExportReport(fmt, "", items=len(items))
+    report.labelled = sum(label_of(item, run) is not None for item in items)
+    writer = {"csv": _csv, "jsonl": _jsonl, "coco": _coco}[fmt]
+    return writer(store, items, run), report
+
+
+def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
+           copy: bool = False) -> ExportReport:
+    """Write `items` to `out` in format `fmt` (see the module's docstring)."""
+    _check(store, fmt, run)
     out = Path(out)
+    if fmt in TEXT_FORMATS:
+        document, report = export_document(store, items, fmt, run=run)
+        report.out = str(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, document.encode("utf-8"))  # a reader never sees half a file
+        return report
     report = ExportReport(fmt, str(out), items=len(items))
     report.labelled = sum(label_of(item, run) is not None for item in items)
-    if fmt in ("imagefolder", "fiftyone"):
-        _fresh_folder(out)
-        (_imagefolder if fmt == "imagefolder" else _fiftyone)(store, items, out, run, copy, report)
-        return report
-    writer = {"csv": _csv, "jsonl": _jsonl, "coco": _coco}[fmt]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, writer(store, items, run).encode("utf-8"))  # a reader never sees half a file
+    _fresh_folder(out)
+    (_imagefolder if fmt == "imagefolder" else _fiftyone)(store, items, out, run, copy, report)
     return report
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import numpy as np
 
 from indexer.errors import BadInput, ItemNotFound
 from indexer.ingest.decode import decode_image
+from indexer.ingest.items import client_point_id, item_points, parse_item_id  # noqa: F401  (importable here too)
 from indexer.models.encoders import QueryEncoder
 from indexer.models.loading import ModelCache
 from indexer.models.zero_shot import classify_embeddings
@@ -29,7 +29,7 @@ from indexer.schema import CollectionSchema, VectorSpec
 from indexer.search.query import Term, check_terms, embed_terms, keyword_text
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
-from indexer.stores.base import Example, canonical_id
+from indexer.stores.base import Example
 from indexer.stores.filters import Filter
 from indexer.stores.keyword import RRF_WEIGHTS, rrf_score, text_fields
 
@@ -84,24 +84,6 @@ class TextEmbeddingCache:
         return vector
 
 
-def parse_item_id(value: str) -> str | None:
-    """The canonical form of an item id, or None if it cannot be one (a path, say)."""
-    try:
-        return canonical_id(value)
-    except Exception:
-        return None
-
-
-# Point ids of items written by their client's id (the write API): uuid5 in this namespace.
-_CLIENT_NAMESPACE = uuid.UUID("5d1c0a7e-8f4b-4c55-9a3e-2b6f1e0c9d42")
-
-
-def client_point_id(item_id: str) -> str:
-    """The point id of a client's item id: the id itself when it is a UUID (an id from results), else
-    uuid5 of it, so that every server maps a SKU to the same point."""
-    return parse_item_id(item_id) or str(uuid.uuid5(_CLIENT_NAMESPACE, item_id))
-
-
 class SearchEngine:
     def __init__(
         self,
@@ -134,6 +116,8 @@ class SearchEngine:
     @property
     def schema(self) -> CollectionSchema:
         """The collection's schema; re-read from a shared server now and then (see SCHEMA_REFRESH_S)."""
+        # Every Qdrant store object, local mode included (its store objects share one client, as processes
+        # share a server: the tests' stand-in), can see schema changes made through another.
         if self.settings.store == "qdrant" and time.monotonic() - self._schema_read > SCHEMA_REFRESH_S:
             self._reopen_if_changed()
         return self.store.schema
@@ -355,14 +339,7 @@ class SearchEngine:
         """The points an item id addresses, in id order; [] when none: the point of that id, or of
         that client id (the write API), else every point whose id field holds the value (a catalog's
         id column, `CollectionSchema.id_fields`: every image of the product)."""
-        point = client_point_id(item_id)
-        if self.store.retrieve([point]):
-            return [point]
-        fields = self.schema.id_fields
-        if not fields:
-            return []
-        by_value = {"should": [{"key": name, "match": {"value": item_id}} for name in fields]}
-        return sorted(record.id for record in self.store.scan(self.store_filter(by_value)))
+        return item_points(self.store, item_id)
 
     def classify(self, images: list[ImageInput], labels: list[str]) -> list[list[tuple[str, float]]]:
         """Zero-shot labels for each image with the active vector's model."""
