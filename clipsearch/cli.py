@@ -237,8 +237,8 @@ def search(
     if not answer["results"]:
         from indexer.search.engine import empty_answer_note
 
-        note = empty_answer_note(answer.get("mode") or "vector", ask.options.get("min_score"), ask.filtered,
-                                 ask.options.get("offset") or 0)
+        note = empty_answer_note(answer.get("mode") or "vector", ask.options.min_score, ask.filtered,
+                                 ask.options.offset)
         click.echo(note, err=True)
     if as_json:
         emit(answer)
