@@ -31,7 +31,7 @@ from clipsearch.common import (
     print_error,
     settings_from_flags,
 )
-from clipsearch.rerank import VlmFlags, apply_locally, print_results, vlm_options
+from clipsearch.rerank import ItemLabels, VlmFlags, apply_locally, print_results, vlm_options
 from clipsearch.search_options import SearchAsk, facets_json, print_facets, search_options
 from indexer.errors import (
     ERROR_KINDS,
@@ -41,6 +41,7 @@ from indexer.errors import (
     ErrorKind,
     ImageDecodeError,
     InvalidFilter,
+    NothingIndexed,
 )
 from indexer.settings import Settings
 
@@ -154,17 +155,22 @@ def index(
     s = report.summary()
     if as_json:
         emit(s)
-        return
-    click.echo(
-        f"{s['collection']}: {s['embedded']} embedded, {s['unchanged']} unchanged, "
-        f"{s['removed']} removed, {s['failed']} failed in {s['seconds']:.1f}s"
-    )
-    if s["failed"]:
-        click.echo("see `clipsearch status` for the failed files and why", err=True)
-    if s.get("unindexed"):
-        names = ", ".join(s["unindexed"][:20])
-        click.echo(f"{len(s['unindexed'])} columns stored but not indexed (not filterable; the collection "
-                   f"has CLIPSEARCH_LIMITS_INDEXED_FIELDS fields): {names}", err=True)
+    else:
+        click.echo(
+            f"{s['collection']}: {s['embedded']} embedded, {s['unchanged']} unchanged, "
+            f"{s['removed']} removed, {s['failed']} failed in {s['seconds']:.1f}s"
+        )
+        for note in s.get("notes", []):
+            click.echo(f"warning: {note}", err=True)
+        if s["failed"]:
+            click.echo("see `clipsearch status` for the failed files and why", err=True)
+        if s.get("unindexed"):
+            names = ", ".join(s["unindexed"][:20])
+            click.echo(f"{len(s['unindexed'])} columns stored but not indexed (not filterable; the collection "
+                       f"has CLIPSEARCH_LIMITS_INDEXED_FIELDS fields): {names}", err=True)
+    if report.nothing_indexed:
+        raise NothingIndexed(f"every one of the {s['failed']} rows or files failed and nothing was indexed; "
+                             f"`clipsearch status --collection {s['collection']}` lists them and why")
 
 
 @main.command()
@@ -192,11 +198,14 @@ def search(
     image:ID is an indexed item, a path to an image file is that image, W: weighs a term.
     \b
     Filters: --where 'category = shoes' --where 'price < 50' --where 'brand in (acme, zenith)'
-    --near 38.72,-9.14,5; pages: --offset 10 -k 10; one hit per product: --group-by product_id."""
+    --near 38.72,-9.14,5; pages: --offset 10 -k 10; one hit per product: --group-by sku (the id column).
+    Browse without a QUERY: --where 'brand = acme' --sort price (-price: falling)."""
     ask = SearchAsk.from_flags(query, image, search_flags)
     settings = settings_from_flags()
     name = collection or settings.collection
     flags = VlmFlags(rerank, top_n, mode, explain)
+
+    labels: list[ItemLabels] = []
 
     def local() -> dict[str, Any]:
         from indexer.search.engine import SearchEngine
@@ -204,14 +213,19 @@ def search(
         window = flags.window(k, settings)
         with SearchEngine(settings, name, warm=False) as engine:
             found = ask.run(engine, window, vector)
+            if not as_json:
+                schema = engine.schema
+                labels.append(ItemLabels.of({"fields": schema.fields, "searchable": schema.searchable,
+                                             "id_fields": schema.id_fields}))
             # The files, read now: the VLM stage runs after the engine lets the collection go.
             paths = {r.id: engine.item(r.id).get("path") for r in found.results} if flags.asked else {}
             query = ask.vlm_query(lambda item: engine.item(item).get("path")) if flags.asked else None
         facets = facets_json(found.facets)
         if flags.asked:
-            return {**apply_locally(settings, flags, query, found.results, paths, k), "facets": facets}
+            answer = {**apply_locally(settings, flags, query, found.results, paths, k), "facets": facets}
+            return {**answer, "mode": found.mode}
         return {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata}
-                            for r in found.results], "facets": facets}
+                            for r in found.results], "facets": facets, "mode": found.mode}
 
     def through(url: str) -> dict[str, Any]:
         def fields() -> dict[str, str]:
@@ -223,7 +237,9 @@ def search(
         elif flags.asked:
             request["json"].update(flags.json_fields())
         answer = remote.call(settings, url, "POST", path, **request)
-        return {"results": answer["results"], "facets": answer.get("facets"),
+        if not as_json:
+            labels.append(ItemLabels.of(remote.call(settings, url, "GET", f"/v1/collections/{name}/status")))
+        return {"results": answer["results"], "facets": answer.get("facets"), "mode": answer.get("mode"),
                 **({"rerank": answer.get("rerank")} if flags.asked else {})}
 
     try:
@@ -231,10 +247,16 @@ def search(
     except InvalidFilter as exc:  # kept on several lines: its caret points at the bad token
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(ERROR_KINDS[ErrorKind.BAD_INPUT].exit_code)
+    if not answer["results"]:
+        from indexer.search.engine import empty_answer_note
+
+        note = empty_answer_note(answer.get("mode") or "vector", ask.options.min_score, ask.filtered,
+                                 ask.options.offset)
+        click.echo(note, err=True)
     if as_json:
         emit(answer)
         return
-    print_results(answer, flags)
+    print_results(answer, flags, labels[0] if labels else None)
     print_facets(answer.get("facets"))
 
 

@@ -163,13 +163,13 @@ class RemoteCollection:
                  text: str | dict[str, str] | None = None) -> ItemWritten:
         path = f"{self._base}/items/{_segment(id)}"
         if image is not None:
-            form = {"metadata": json.dumps(metadata or {})}
+            form = {"metadata": json.dumps(metadata)} if metadata is not None else {}
             if text is not None:
                 form["text"] = text if isinstance(text, str) else json.dumps(text)
             answer = self._request("PUT", path, data=form,
                                    files={"file": ("image", image_bytes(image), "application/octet-stream")})
         else:
-            body = {"image_url": image_url, "metadata": metadata or {}, "text": text}
+            body = {"image_url": image_url, "metadata": metadata, "text": text}
             answer = self._request("PUT", path, json={k: v for k, v in body.items() if v is not None})
         return ItemWritten.from_json(answer)
 

@@ -70,6 +70,31 @@ def vlm_options(command: Any) -> Any:
     return command
 
 
+@dataclass(frozen=True)
+class ItemLabels:
+    """What names an item in text output: its id field's value (a catalog's id column, or the write
+    API's item_id) and its title (a text column: `title` or `name` first), and `price` when present."""
+
+    id_fields: tuple[str, ...] = ()
+    title_fields: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> ItemLabels:
+        """From a collection's status (`fields`, `searchable`, `id_fields`)."""
+        ids = tuple(status.get("id_fields") or ())
+        fields, searchable = status.get("fields") or {}, set(status.get("searchable") or ())
+        texts = [n for n in sorted(fields) if n not in ids and (fields[n] == "text" or n in searchable)]
+        preferred = [n for n in ("title", "name") if n in texts]
+        return cls((*ids, "item_id"), tuple(dict.fromkeys([*preferred, *texts])))
+
+    def columns(self, metadata: dict[str, Any]) -> list[str]:
+        found = [next((str(metadata[n]) for n in fields if metadata.get(n) not in (None, "")), None)
+                 for fields in (self.id_fields, self.title_fields)]
+        if metadata.get("price") is not None:
+            found.append(f"price {metadata['price']}")
+        return [" ".join(v.split()) for v in found if v is not None]
+
+
 def apply_locally(settings: Settings, flags: VlmFlags, query: Query, results: Sequence[Result],
                   paths: dict[str, str | None], k: int) -> dict[str, Any]:
     """{"results", "rerank"} as the API answers them, with a VLM stage of this process."""
@@ -87,14 +112,17 @@ def apply_locally(settings: Settings, flags: VlmFlags, query: Query, results: Se
             "rerank": answer.rerank.model_dump() if answer.rerank else None}
 
 
-def print_results(answer: dict[str, Any], flags: VlmFlags) -> None:
-    """score, the VLM's score (re-ranking), path; each explanation indented below its hit. A re-rank
-    that did not fully work is said on stderr: the hits are still all there."""
+def print_results(answer: dict[str, Any], flags: VlmFlags, labels: ItemLabels | None = None) -> None:
+    """score ("-" in a browse), the VLM's score (re-ranking), then for catalog items the id, the title
+    and the price when there are any, then the path; each explanation indented below its hit. A
+    re-rank that did not fully work is said on stderr: the hits are still all there."""
+    browse = answer.get("mode") == "browse"
     for row in answer["results"]:
         vlm = row.get("vlm_score")
-        columns = [f"{row['score']:.4f}"]
+        columns = ["-" if browse else f"{row['score']:.4f}"]
         if flags.rerank:
             columns.append(f"{vlm:4.1f}" if vlm is not None else "   -")
+        columns += labels.columns(row.get("metadata") or {}) if labels else []
         click.echo("\t".join([*columns, row["uri"]]))
         if flags.explain and row.get("explanation"):
             click.echo(f"    {' '.join(row['explanation'].split())}")

@@ -39,13 +39,16 @@ def search_options(command: Any) -> Any:
                      "[default: hybrid when the collection has text fields and the query has words]."),
         click.option("--min-score", type=float, default=None, help="Only hits scoring at least this."),
         click.option("--group-by", default=None, metavar="FIELD",
-                     help="One hit per value of a keyword field, e.g. product_id."),
+                     help="One hit per value of a keyword field, e.g. a catalog's id column (sku)."),
         click.option("--diversity", type=click.FloatRange(0, 1), default=None,
                      help="MMR diversity, 0-1 (vector mode): trade similarity for variety."),
         click.option("--offset", type=click.IntRange(0, 100_000), default=0, show_default=True,
                      help="Skip this many of the best results (pages: --offset 10 -k 10 is page 2)."),
         click.option("--facet", "facets", multiple=True, metavar="FIELD",
                      help="Count the values of a keyword field among the filtered items (repeatable)."),
+        click.option("--sort", default=None, metavar="FIELD",
+                     help="Browse without a QUERY: the items that pass --where, ordered by FIELD "
+                     "(-FIELD or FIELD:desc: falling) [default: by id]."),
         click.option("--like", "like", multiple=True, metavar="ID",
                      help="More like this indexed item (repeatable); instead of a QUERY."),
         click.option("--unlike", "unlike", multiple=True, metavar="ID",
@@ -67,6 +70,7 @@ class SearchAsk:
     near_field: str | None
     # mode, min_score, group_by, diversity, offset, facets (the filter and vector come later)
     options: SearchOptions = field(default_factory=SearchOptions)
+    sort: str | None = None  # a browse (no query) ordered by this field
 
     @classmethod
     def from_flags(cls, query: tuple[str, ...], image: Path | None, flags: dict[str, Any]) -> SearchAsk:
@@ -74,8 +78,20 @@ class SearchAsk:
         if image is not None:
             terms.append(Term(image=image.resolve()))
         like, unlike = list(flags.pop("like")), list(flags.pop("unlike"))
-        if bool(terms) == bool(like):
-            raise click.UsageError("give a QUERY (or --image), or --like ID, but not both")
+        sort = flags.pop("sort")
+        browse = not terms and not like and (sort is not None or bool(flags.get("where")) or
+                                             flags.get("near") is not None)
+        if sort is not None and (terms or like):
+            raise click.UsageError("--sort orders a browse: give --where and --sort without a QUERY")
+        if browse:
+            asked = [f"--{n.replace('_', '-')}" for n in ("search_mode", "min_score", "group_by", "diversity")
+                     if flags.get(n) is not None]
+            if asked:
+                raise click.UsageError(f"{', '.join(asked)} rank a query: a browse (no QUERY) takes --where, "
+                                       f"--sort, --offset, --facet and -k")
+        elif bool(terms) == bool(like):
+            raise click.UsageError("give a QUERY (or --image), or --like ID, but not both; or --where and "
+                                   "--sort alone to browse")
         if unlike and not like:
             raise click.UsageError("--unlike goes with --like (more like these, less like those)")
         if like and (flags.get("search_mode") not in (None, "vector") or flags.get("diversity") is not None):
@@ -85,7 +101,12 @@ class SearchAsk:
         options = SearchOptions(mode=flags.pop("search_mode"), min_score=flags.pop("min_score"),
                                 group_by=flags.pop("group_by"), diversity=flags.pop("diversity"),
                                 offset=flags.pop("offset"), facets=tuple(flags.pop("facets")))
-        return cls(terms, like, unlike, where, near, near_field, options)
+        return cls(terms, like, unlike, where, near, near_field, options, sort)
+
+    @property
+    def browse(self) -> bool:
+        """No query: the filtered items, ordered by --sort."""
+        return not self.terms and not self.like
 
     @property
     def filtered(self) -> bool:
@@ -97,6 +118,9 @@ class SearchAsk:
     def run(self, engine: Any, k: int, vector: str | None) -> Any:
         """The search on an engine of this process: a SearchOutcome."""
         options = replace(self.options, filter=self.filter(dict(engine.schema.fields)), vector=vector)
+        if self.browse:
+            return engine.browse(k, filter=options.filter, sort=self.sort, offset=options.offset,
+                                 facets=list(options.facets))
         if self.like:
             return engine.recommend(self.like, self.unlike, k, **options.recommend_kwargs())
         return engine.search_query(self.terms, k, **options.engine_kwargs())
@@ -122,6 +146,9 @@ class SearchAsk:
         query_filter = self.filter(fields()) if self.filtered else None
         options = replace(self.options, filter=query_filter, vector=vector).to_json()
         body: dict[str, Any] = {"k": k, "collection": name, **{n: v for n, v in options.items() if v != []}}
+        if self.browse:
+            kept = ("k", "collection", "offset", "facets", "filter")
+            return "/v1/browse", {"json": {**{n: body[n] for n in kept if n in body}, "sort": self.sort}}
         if self.like:
             body.update({"positive": self.like, **({"negative": self.unlike} if self.unlike else {})})
             return "/v1/search", {"json": body}

@@ -243,8 +243,9 @@ class Collection:
         metadata: dict[str, Any] | None = None,
         text: str | dict[str, str] | None = None,
     ) -> ItemWritten:
-        """Create or replace the item `id` (a SKU, a key): its image (path, bytes, PIL image, or an
-        http(s) `image_url`), metadata and text. Without an image, an existing item keeps its own."""
+        """Create the item `id` (a SKU, a key, a catalog product's id), or replace what is sent: its image
+        (path, bytes, PIL image, or an http(s) `image_url`), its metadata (None: kept), its text (None:
+        kept)."""
         from indexer.ingest.items import check_put, put_item, store_image
 
         limits = self.settings.limits
@@ -259,7 +260,7 @@ class Collection:
                 model = engine.models.query(spec.model)
                 return model.encode_images([engine.decode(path, model)])[0]
 
-            return _written(put_item(engine.store, embed, id, stored, dict(metadata or {}), text, limits))
+            return _written(put_item(engine.store, embed, id, stored, metadata, text, limits))
 
         return self._call(put)
 
@@ -643,7 +644,8 @@ def results(outcome: SearchOutcome) -> SearchResults:
 
 
 def _written(write: Any) -> ItemWritten:
-    return ItemWritten(write.id, write.point_id, write.action, write.embedded, list(write.unindexed))
+    return ItemWritten(write.id, write.point_id, write.action, write.embedded, list(write.unindexed),
+                       list(write.point_ids))
 
 
 __all__ = ["Collection", "CollectionAPI", "LocalAccess", "copy", "restore"]

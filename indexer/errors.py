@@ -21,6 +21,7 @@ class ErrorKind(Enum):
     FORBIDDEN = "forbidden"
     DISK_FULL = "disk full"
     CORRUPT = "corrupt data"
+    NOTHING_INDEXED = "nothing indexed"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ ERROR_KINDS: dict[ErrorKind, KindOutcome] = {
     ErrorKind.DISK_FULL: KindOutcome(exit_code=10, http_status=507),
     # 503 as UNAVAILABLE (listed first, so a remote 503 stays Unavailable): served again once repaired.
     ErrorKind.CORRUPT: KindOutcome(exit_code=11, http_status=503),
+    # an index run that wrote nothing and failed every row or file: cron and CI can tell it from success
+    ErrorKind.NOTHING_INDEXED: KindOutcome(exit_code=12, http_status=422),
 }
 
 
@@ -96,6 +99,12 @@ class CollectionCorrupt(ClipsearchError):
     count that disagrees): reported, never served. The message says what to do."""
 
     kind = ErrorKind.CORRUPT
+
+
+class NothingIndexed(ClipsearchError):
+    """An index run in which every row (catalog) or file failed: nothing was embedded or kept."""
+
+    kind = ErrorKind.NOTHING_INDEXED
 
 
 # --- the specific errors the library raises -------------------------------------------------------

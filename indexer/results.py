@@ -109,6 +109,7 @@ class ItemWritten:
     embedded: bool  # the image was embedded (False: the stored vectors were kept)
     # New metadata fields stored but not indexed: the collection has CLIPSEARCH_LIMITS_INDEXED_FIELDS.
     unindexed: list[str] = field(default_factory=list)
+    point_ids: list[str] = field(default_factory=list)  # every point written (a product: one per image)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ItemWritten:

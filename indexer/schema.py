@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from indexer.errors import SchemaError, VectorNotFound
+from indexer.fieldtypes import FIELD_TYPES, FieldType
 
 SCHEMA_VERSION = 2
 METADATA = "metadata"
-
-FieldType = Literal["keyword", "integer", "float", "bool", "datetime", "geo", "text"]
-FIELD_TYPES: tuple[str, ...] = ("keyword", "integer", "float", "bool", "datetime", "geo", "text")
+# Where catalogs before the id column kept its name stored the product id: an id field of the
+# collections they wrote.
+LEGACY_ID_FIELD = "product_id"
 Distance = Literal["cosine"]
 VectorState = Literal["building", "ready"]
 
@@ -132,6 +133,12 @@ class CollectionSchema:
     active: str
     fields: dict[str, FieldType] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    # keyword fields whose values are also words of the keyword (BM25) document, beside the text fields
+    # (a catalog's id column and text columns: exact for filters and facets, and found by words)
+    searchable: tuple[str, ...] = ()
+    # keyword fields whose value addresses an item (a catalog's id column), newest first: the write API,
+    # GET item and image:ID find the points holding the value
+    id_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.vectors:
@@ -151,6 +158,9 @@ class CollectionSchema:
                 raise SchemaError(
                     f"field {name!r}: unknown type {kind!r}; use one of {', '.join(FIELD_TYPES)}"
                 )
+        for name in (*self.searchable, *self.id_fields):
+            if self.fields.get(name) != "keyword":
+                raise SchemaError(f"field {name!r} is searchable or an id only as a declared keyword field")
 
     # --- construction ---------------------------------------------------------------------
 
@@ -165,6 +175,9 @@ class CollectionSchema:
         """The schema in a collection's stored info, migrating version 1 in memory; None if never written."""
         if "schema" in info:
             data = info["schema"]
+            fields = dict(data.get("fields", {}))
+            # written before id fields were recorded: a catalog's id was always `product_id`
+            legacy_ids = (LEGACY_ID_FIELD,) if fields.get(LEGACY_ID_FIELD) == "keyword" else ()
             version = int(data.get("version", 0))
             if version > SCHEMA_VERSION:
                 raise SchemaError(
@@ -174,8 +187,10 @@ class CollectionSchema:
             return cls(
                 vectors={v["name"]: VectorSpec.from_dict(v) for v in data["vectors"]},
                 active=data["active"],
-                fields=dict(data.get("fields", {})),
+                fields=fields,
                 version=SCHEMA_VERSION,
+                searchable=tuple(data.get("searchable", ())),
+                id_fields=tuple(data["id_fields"]) if "id_fields" in data else legacy_ids,
             )
         if "model" in info:  # version 1: one unnamed vector, width and height in metadata
             spec = VectorSpec(DEFAULT_VECTOR, ModelIdentity.from_dict(info["model"]), key="")
@@ -188,6 +203,8 @@ class CollectionSchema:
             "vectors": [spec.to_dict() for spec in self.vectors.values()],
             "active": self.active,
             "fields": dict(self.fields),
+            **({"searchable": list(self.searchable)} if self.searchable else {}),
+            **({"id_fields": list(self.id_fields)} if self.id_fields else {}),
         }
 
     # --- reading --------------------------------------------------------------------------
@@ -244,6 +261,32 @@ class CollectionSchema:
                 raise SchemaError(f"field {name!r} is declared as {merged[name]}, not {kind}")
             merged[name] = kind
         return replace(self, fields=merged)
+
+
+    def with_roles(self, searchable: tuple[str, ...] = (), id_field: str | None = None) -> CollectionSchema:
+        """Mark keyword fields searchable, and `id_field` the newest id field."""
+        ids = self.id_fields
+        if id_field is not None:
+            ids = (id_field, *(f for f in self.id_fields if f != id_field))
+        return replace(self, searchable=tuple(dict.fromkeys([*self.searchable, *searchable])), id_fields=ids)
+
+    def with_field_type(self, name: str, kind: FieldType) -> CollectionSchema:
+        """The same schema with field `name` of another type (its values must have been converted).
+        A text field made a keyword stays searchable; a field that stops being a keyword loses its
+        searchable and id roles."""
+        if kind not in FIELD_TYPES:
+            raise SchemaError(f"field {name!r}: unknown type {kind!r}; use one of {', '.join(FIELD_TYPES)}")
+        old = self.field_type(name)
+        searchable = tuple(f for f in self.searchable if f != name or kind == "keyword")
+        if old == "text" and kind == "keyword":
+            searchable = (*searchable, name)
+        ids = tuple(f for f in self.id_fields if f != name or kind == "keyword")
+        return replace(self, fields={**self.fields, name: kind}, searchable=searchable, id_fields=ids)
+
+    def without_field(self, name: str) -> CollectionSchema:
+        return replace(self, fields={k: v for k, v in self.fields.items() if k != name},
+                       searchable=tuple(f for f in self.searchable if f != name),
+                       id_fields=tuple(f for f in self.id_fields if f != name))
 
 
 def payload_path(field_name: str) -> str:

@@ -293,6 +293,11 @@ class Settings(BaseSettings):
         description="Milliseconds a query batch may wait for more queries while others are in flight; "
         "never when a query is alone.",
     )
+    browse_max_items: int = Field(
+        100_000, ge=1,
+        description="A browse (a search without a query: filter and sort) sorts at most this many items; "
+        "a filter that keeps more is refused, to be narrowed.",
+    )
 
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)

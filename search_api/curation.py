@@ -16,14 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
-from search_api.schemas import ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse
 
 router = APIRouter(prefix="/v1/collections/{collection}/labels", tags=["labels"])
 MAX_PAGE = 500
 MAX_SELECTION = 10_000
 MAX_LABELS = 1000  # a label run's classes (ImageNet's 1000): each costs one text encode per template
 
-CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 RunPath = Annotated[str, Path(description="Label run name (the field `clipsearch label --run` wrote).")]
 
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Path, Query
+from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
-from search_api.schemas import ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["curation"])
-CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 VectorQuery = Annotated[str | None, Query(description="Named vector [default: the active one].")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 409, 503)

@@ -26,7 +26,7 @@ from indexer.limits import load_json
 from indexer.results import ItemWritten as Written
 from search_api.deps import EnginesDep, SettingsDep
 from search_api.engines import collection as collection_of
-from search_api.schemas import ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse
 from search_api.uploads import read_upload
 
 router = APIRouter(prefix="/v1", tags=["items"])
@@ -36,7 +36,6 @@ ClientId = Annotated[
     str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f/]+$",
               description="The client's item id (a SKU, a key), or the UUID id of an indexed item.")
 ]
-CollectionName = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 Texts = str | dict[str, str]
 TEXT_DESCRIPTION = (
     "Words for keyword search: a string (field `text`), or {field: text} for the collection's text fields "
@@ -50,7 +49,9 @@ class ItemBody(BaseModel):
 
     image_url: str | None = Field(None, max_length=4096, description="http(s) URL of the image. Without it, "
                                   "an existing item keeps its image; a new one needs one.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Field -> value; see the route.")
+    metadata: dict[str, Any] | None = Field(
+        None, description="Field -> value, replacing the item's metadata; absent: the stored one is kept."
+    )
     text: Texts | None = Field(None, description=TEXT_DESCRIPTION)
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
@@ -72,6 +73,8 @@ class ItemWritten(BaseModel):
 
     id: str = Field(description="The client's item id, as in the path.")
     point_id: str = Field(description="The item's id in results (`id`), /v1/images/{id} and image_id.")
+    point_ids: list[str] = Field(default_factory=list, description="Every point written: a catalog product "
+                                 "addressed by its id has one per image.")
     action: Literal["created", "replaced", "updated", "deleted"]
     embedded: bool = Field(description="Whether the image was embedded (false: stored vectors kept).")
     unindexed: list[str] = Field(
@@ -114,7 +117,7 @@ _PUT_BODY = {
     openapi_extra=_PUT_BODY,
 )
 async def put_item(
-    collection: CollectionName, id: ClientId, request: Request, engines: EnginesDep, settings: SettingsDep
+    collection: CollectionPath, id: ClientId, request: Request, engines: EnginesDep, settings: SettingsDep
 ) -> ItemWritten:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: no file
@@ -127,7 +130,8 @@ async def put_item(
             raise HTTPException(422, "file: required, an image file (multipart field `file`)")
         data = read_upload(upload, settings.api.max_upload_bytes)  # type: ignore[arg-type]
         depth = settings.limits.json_depth
-        metadata = _json_object(form.get("metadata"), "metadata", depth)
+        sent = form.get("metadata")  # absent: the stored metadata is kept
+        metadata = _json_object(sent, "metadata", depth) if sent is not None else None
         text = _text_field(form.get("text"), depth)
         return await run_in_threadpool(_put, engines, collection, id, data, None, metadata, text)
     if kind == "application/json":
@@ -149,7 +153,7 @@ async def put_item(
     operation_id="patch_item",
     summary="Change an item's metadata and text; nothing is embedded",
 )
-def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engines: EnginesDep) -> ItemWritten:
+def patch_item(collection: CollectionPath, id: ClientId, body: ItemPatch, engines: EnginesDep) -> ItemWritten:
     return _answer(collection_of(engines, collection).patch_item(id, body.metadata, body.text))
 
 
@@ -160,13 +164,13 @@ def patch_item(collection: CollectionName, id: ClientId, body: ItemPatch, engine
     operation_id="delete_item",
     summary="Remove an item",
 )
-def delete_item(collection: CollectionName, id: ClientId, engines: EnginesDep) -> ItemWritten:
+def delete_item(collection: CollectionPath, id: ClientId, engines: EnginesDep) -> ItemWritten:
     return _answer(collection_of(engines, collection).delete_item(id))
 
 
 def _put(
     engines: EnginesDep, collection: str, client_id: str, data: bytes | None, image_url: str | None,
-    metadata: dict[str, Any], text: Any,
+    metadata: dict[str, Any] | None, text: Any,
 ) -> ItemWritten:
     with engines.pixel_budget.admit(pixel_count(data) if data is not None else 0):
         written = collection_of(engines, collection).put_item(client_id, data, image_url=image_url,
@@ -176,7 +180,7 @@ def _put(
 
 def _answer(written: Written) -> ItemWritten:
     return ItemWritten(id=written.id, point_id=written.point_id, action=written.action,  # type: ignore[arg-type]
-                       embedded=written.embedded, unindexed=written.unindexed)
+                       embedded=written.embedded, unindexed=written.unindexed, point_ids=written.point_ids)
 
 
 def _json_object(value: Any, name: str, max_depth: int) -> dict[str, Any]:

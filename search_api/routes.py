@@ -31,10 +31,13 @@ from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep
 from search_api.engines import collection as collection_of
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
+    COLLECTION_PATTERN,
+    BrowseRequest,
     CheckResponse,
     ClassifyForm,
     ClassifyResponse,
     CollectionInfo,
+    CollectionPath,
     CollectionsResponse,
     CollectionStatus,
     ErrorResponse,
@@ -68,7 +71,6 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 # 400: a body that is not UTF-8, a bad filter; 413: over the body limit, like an upload.
 _QUERY_ERRORS = _errors(400, 404, 409, 413, 422, 503)
 _UPLOAD_ERRORS = _errors(400, 404, 409, 413, 422, 503)
-CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 
 # Uploads are multipart/form-data; a form model holding an UploadFile is otherwise documented in the
 # OpenAPI schema as application/x-www-form-urlencoded, which can't carry a file.
@@ -209,6 +211,26 @@ def search(
         )
         query = VlmQuery(image=images(image_id)) if ask else VlmQuery()
     answer = stage.run(vlm, ask, query, outcome.results, images, k)
+    return _response(outcome, started, metrics, answer)
+
+
+@api.post(
+    "/browse",
+    response_model=SearchResponse,
+    tags=["search"],
+    responses=_QUERY_ERRORS,
+    operation_id="browse",
+    summary="Browse without a query: the items that pass a filter, sorted by a field",
+)
+def browse(body: BrowseRequest, engines: EnginesDep, settings: SettingsDep, metrics: MetricsDep,
+           vlm_off: VlmDep) -> SearchResponse:
+    started = time.perf_counter()
+    k = _k(body, settings)
+    outcome = engines.call(body.collection, lambda engine: engine.browse(
+        k, filter=body.filter, sort=body.sort, offset=body.offset, facets=body.facets,
+        facet_limit=body.facet_limit))
+    images = stage.item_images(engines, body.collection)
+    answer = stage.run(vlm_off, None, VlmQuery(), outcome.results, images, k)  # no VLM stage: no query
     return _response(outcome, started, metrics, answer)
 
 
@@ -398,7 +420,8 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 def get_image(
     id: Annotated[str, Path(description="Id of an indexed image, as search results give it.")],
     engines: EnginesDep,
-    collection: Annotated[str | None, Query(description="Collection; default: the server's.")] = None,
+    collection: Annotated[str | None, Query(pattern=COLLECTION_PATTERN,
+                                            description="Collection; default: the server's.")] = None,
 ) -> FileResponse:
     # The path comes from the indexed payload only; the id is never used to build one, so "../x" or an
     # absolute path is just an id that is not indexed (404).

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import UploadFile
+from fastapi import Path, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from indexer.models.zero_shot import parse_labels
+from indexer.stores import COLLECTION_NAME_PATTERN
 from indexer.stores.filters import Filter
 
 # Long enough for any real query; bounds what one request can put into the text-embedding cache
@@ -41,8 +42,13 @@ class HealthResponse(BaseModel):
     )
 
 
+# What indexer.stores.check_collection_name accepts, said in the schema of every collection parameter.
+COLLECTION_PATTERN = COLLECTION_NAME_PATTERN
+CollectionPath = Annotated[str, Path(pattern=COLLECTION_PATTERN,
+                                     description="Collection name (see GET /v1/collections).")]
 COLLECTION_FIELD = Field(
     None,
+    pattern=COLLECTION_PATTERN,
     description="Collection to search; default: the server's configured one (see GET /v1/collections).",
 )
 VECTOR_FIELD = Field(
@@ -92,9 +98,13 @@ SEARCH_MODE_DESCRIPTION = (
     "`hybrid` (both, fused by reciprocal rank fusion: an exact SKU or model number comes first). Default: "
     "`hybrid` when the collection declares text fields and the query has a text, else `vector`."
 )
-MIN_SCORE_DESCRIPTION = "Only hits scoring at least this, in the mode's own score (cosine for vector)."
+MIN_SCORE_DESCRIPTION = (
+    "Only hits scoring at least this, in the mode's own score: cosine (-1 to 1) for vector, BM25 for "
+    "keyword, fused reciprocal ranks (at most about 0.034) for hybrid."
+)
 GROUP_BY_DESCRIPTION = (
-    "A declared keyword or integer field (e.g. `product_id`): at most one hit per value, the best; k groups."
+    "A declared keyword or integer field (e.g. a catalog's id column, `sku`): at most one hit per value, "
+    "the best; k groups."
 )
 DIVERSITY_DESCRIPTION = (
     "MMR diversity, 0-1 (vector mode, no group_by): 0 is plain nearest order, higher trades similarity to "
@@ -195,6 +205,9 @@ class QueryTerm(BaseModel):
         return self
 
 
+# A term of positive weight (the weight defaults to 1): a query needs one (what check_terms enforces).
+POSITIVE_TERM = {"anyOf": [{"not": {"required": ["weight"]}},
+                           {"required": ["weight"], "properties": {"weight": {"exclusiveMinimum": 0}}}]}
 _QUERY_KINDS = ("text", "image_id", "query", "positive")
 _GIVEN = {"not": {"type": "null"}}
 # No two kinds of query together (a null one is not given): with oneOf below, exactly one.
@@ -219,6 +232,7 @@ class SearchRequest(SearchOptions):
         None,
         min_length=1,
         max_length=MAX_QUERY_TERMS,
+        json_schema_extra={"contains": POSITIVE_TERM},
         description='Query algebra: [{"text": "red dress"}, {"image_id": "<id>", "weight": 0.5}, '
         '{"text": "long sleeves", "weight": -1}], at least one term of positive weight. In keyword and '
         "hybrid mode the words are the texts of positive weight.",
@@ -246,7 +260,7 @@ class SearchRequest(SearchOptions):
                 {
                     "text": "red dress",
                     "filter": {"must": [{"key": "price", "range": {"lt": 50}}]},
-                    "group_by": "product_id",
+                    "group_by": "sku",
                     "facets": ["brand"],
                 },
             ],
@@ -280,6 +294,8 @@ class SearchRequest(SearchOptions):
         given = [name for name in _QUERY_KINDS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of text, image_id, query and positive")
+        if self.query is not None and not any(term.weight > 0 for term in self.query):
+            raise ValueError("a query needs a term of positive weight")  # the schema's `contains`
         if self.negative is not None and self.positive is None:
             raise ValueError("negative goes with positive (more like these, less like those)")
         if self.positive is not None and (self.mode not in (None, "vector") or self.diversity is not None):
@@ -287,6 +303,25 @@ class SearchRequest(SearchOptions):
                 "positive/negative (recommend) ranks by vector: no mode other than vector, no diversity"
             )
         return self
+
+
+class BrowseRequest(BaseModel):
+    """No query: the items that pass `filter`, ordered by `sort` (or by id), a page at a time."""
+
+    collection: str | None = COLLECTION_FIELD
+    k: int = Field(10, ge=1, description="Number of results; at most the server's `max_k` (default 1000).")
+    offset: int = Field(0, ge=0, le=100_000, description="Skip this many (paging).")
+    filter: Filter | None = Field(None, description=FILTER_DESCRIPTION)
+    sort: str | None = Field(
+        None, min_length=1, max_length=70, pattern=r"^[-+]?[A-Za-z][A-Za-z0-9_.-]{0,63}(:(asc|desc))?$",
+        description="A declared keyword, integer, float, bool or datetime field: `price` (rising), `-price` "
+        "or `price:desc` (falling); items without a value come last. Default: by id.",
+    )
+    facets: list[str] = Field(default_factory=list, max_length=MAX_FACETS, description=FACETS_DESCRIPTION)
+    facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": {"must": [{"key": "brand", "match": {"value": "acme"}}]}, "sort": "price", "k": 20}]})
 
 
 IMAGE_FILE_SCHEMA = {"type": "string", "format": "binary", "minLength": 1}
@@ -302,11 +337,13 @@ class ImageSearchForm(BaseModel):
         description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF...), not empty.",
         json_schema_extra=IMAGE_FILE_SCHEMA,
     )
-    collection: str | None = COLLECTION_FIELD
+    collection: Annotated[str, Field(pattern=COLLECTION_PATTERN)] | SkipJsonSchema[None] = Field(
+        None, description=COLLECTION_FIELD.description
+    )
     k: int = Field(10, ge=1, description="Number of results; at most the server's `max_k` (default 1000).")
     offset: int = Field(0, ge=0, le=100_000, description="Skip this many of the best results (paging).")
-    filter: str | None = Field(None, description="A filter as a JSON string; see /v1/search.")
-    vector: str | None = VECTOR_FIELD
+    filter: str | SkipJsonSchema[None] = Field(None, description="A filter as a JSON string; see /v1/search.")
+    vector: str | SkipJsonSchema[None] = VECTOR_FIELD
     rerank: bool = Field(False, description="Re-rank the best hits with the VLM; see /v1/search.")
     # Form fields cannot be null (multipart sends text): optional ones are left out, not documented null.
     top_n: Annotated[int, Field(ge=1, le=MAX_TOP_N)] | SkipJsonSchema[None] = Field(
@@ -320,13 +357,11 @@ class ImageSearchForm(BaseModel):
         description="The search mode (`mode` in /v1/search): vector, or keyword/hybrid with `text`. "
         "Default: hybrid when `text` is given and the collection declares text fields, else vector.",
     )
-    text: str | None = Field(
+    text: Annotated[str, Field(max_length=MAX_QUERY_CHARS, pattern=r"\S")] | SkipJsonSchema[None] = Field(
         None,
-        max_length=MAX_QUERY_CHARS,
-        pattern=r"\S",
         description="Words for the keyword ranking of a hybrid search (the image is the vector query).",
     )
-    query: str | None = Field(
+    query: str | SkipJsonSchema[None] = Field(
         None,
         description='More query terms as a JSON list, as `query` in /v1/search (e.g. [{"text": '
         '"red", "weight": 0.5}]), summed with the image (weight `weight`).',
@@ -335,11 +370,15 @@ class ImageSearchForm(BaseModel):
     min_score: Annotated[float, Field(allow_inf_nan=False)] | SkipJsonSchema[None] = Field(
         None, description=MIN_SCORE_DESCRIPTION
     )
-    group_by: str | None = Field(None, min_length=1, max_length=64, description=GROUP_BY_DESCRIPTION)
+    group_by: Annotated[str, Field(min_length=1, max_length=64)] | SkipJsonSchema[None] = Field(
+        None, description=GROUP_BY_DESCRIPTION
+    )
     diversity: Annotated[float, Field(ge=0.0, le=1.0)] | SkipJsonSchema[None] = Field(
         None, description=DIVERSITY_DESCRIPTION
     )
-    facets: str | None = Field(None, description="Comma-separated keyword fields to count; see /v1/search.")
+    facets: str | SkipJsonSchema[None] = Field(
+        None, description="Comma-separated keyword fields to count; see /v1/search."
+    )
     facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
 
     def rerank_options(self) -> RerankOptions | None:
@@ -363,7 +402,7 @@ class ClassifyForm(BaseModel):
         pattern=r"[^,\s]",
         description='Comma-separated class names, e.g. "cat,dog,car": at least one that is not blank.',
     )
-    collection: str | None = Field(
+    collection: Annotated[str, Field(pattern=COLLECTION_PATTERN)] | SkipJsonSchema[None] = Field(
         None, description="Use this collection's model; default: the server's configured collection."
     )
 
@@ -469,7 +508,8 @@ class SearchResponse(BaseModel):
         "pass the filter, most frequent first (equal counts by value); null when none were asked.",
     )
     mode: str | None = Field(
-        None, description="How the results were ranked: vector, keyword, hybrid or recommend."
+        None, description="How the results were ranked: vector, keyword, hybrid, recommend, or browse (no "
+        "query: by `sort`; every score 0)."
     )
     took_ms: float = Field(description="Time the server spent on the request, decoding an upload included.")
     timings: SearchTimings
@@ -539,6 +579,14 @@ class CollectionStatus(BaseModel):
     model: ModelInfo
     vectors: list[VectorInfo]
     fields: dict[str, str] = Field(description="Declared metadata fields and their types.")
+    searchable: list[str] = Field(
+        default_factory=list, description="Keyword fields whose words are also searched (a catalog's id and "
+        "text columns), beside the text fields."
+    )
+    id_fields: list[str] = Field(
+        default_factory=list, description="Fields whose value addresses an item (a catalog's id column), "
+        "newest first: /items/{id}, /v1/images/{id} and image_id take such a value."
+    )
     failed: list[FailedFile]
 
 

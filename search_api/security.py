@@ -40,7 +40,7 @@ UNAUTHORIZED = f"missing or invalid API key: send {API_KEY_HEADER}: <key> or Aut
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # POSTs that change nothing (routes without their /v1 prefix's root_path).
 READ_POSTS = frozenset(
-    {"/v1/search", "/v1/search/image", "/v1/classify", "/v1/explain", "/v1/explain/stream"}
+    {"/v1/search", "/v1/search/image", "/v1/browse", "/v1/classify", "/v1/explain", "/v1/explain/stream"}
 )
 # ... and those under a collection: an export document, a snapshot download.
 READ_POST_PATTERN = re.compile(r"/v1/collections/[^/]+/(export|snapshot)")

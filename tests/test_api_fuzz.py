@@ -22,6 +22,7 @@ is off unless origins are configured.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ MAX_EXAMPLES = 40  # per operation, in the fuzzing phase
 SEED = 20240601
 OPERATIONS = {  # every operation the API documents; the run fails if the schema has others or fewer
     "GET /healthz", "GET /readyz", "GET /metrics", "GET /v1/vlm",
-    "POST /v1/search", "POST /v1/search/image", "POST /v1/classify", "GET /v1/images/{id}",
+    "POST /v1/search", "POST /v1/search/image", "POST /v1/browse", "POST /v1/classify", "GET /v1/images/{id}",
     "POST /v1/explain", "POST /v1/explain/stream",
     "GET /v1/collections", "GET /v1/collections/{collection}/status",
     "GET /v1/collections/{collection}/check",
@@ -68,13 +69,13 @@ OPERATIONS = {  # every operation the API documents; the run fails if the schema
 # at least once): starting a re-embedding needs a real model name; dropping a vector needs one that is
 # not the active one; a label run's routes need a run's name that random text never is; random bytes are
 # never an image (uploads: their 200s are specified with real photos in test_api.py, test_write_api.py);
-# k clusters need k items, and random k is larger than the 12 served photos (test_clusters.py has the 200s);
-# a sync needs a server with --watch folders.
+# k clusters need k items, and random k is larger than the 12 served photos (test_clusters.py has the 200s).
+# A sync needs a server started with --watch (these are not: 409; test_watch.py has the 200s).
 # Real photos are not put into generated uploads: schemathesis then counted some altered cases as
 # invalid data that was accepted.
 SUCCESS_NOT_REQUIRED = {
     "POST /v1/search/image", "POST /v1/classify", "PUT /v1/collections/{collection}/items/{id}",
-    "GET /v1/collections/{collection}/clusters",
+    "GET /v1/collections/{collection}/clusters", "POST /v1/collections/{collection}/sync",
     "POST /v1/collections/{collection}/vectors", "DELETE /v1/collections/{collection}/vectors/{name}",
     "GET /v1/collections/{collection}/labels/{run}", "GET /v1/collections/{collection}/labels/{run}/items",
     "POST /v1/collections/{collection}/labels/{run}/review",
@@ -272,3 +273,29 @@ def test_cors_is_off_unless_configured(open_server: Served) -> None:
     assert answer.status_code == 200
     for response in (preflight, answer):
         assert not any(name.startswith("access-control-") for name in response.headers)
+
+
+def test_the_schema_declares_what_the_server_enforces(open_server: Served) -> None:
+    """What schemathesis with every check found (issue 16): the collection-name pattern on every
+    per-collection route, a query of negative weights only, and null in multipart form fields."""
+    from indexer.stores import COLLECTION_NAME_PATTERN
+
+    document = httpx.get(f"{open_server.url}/openapi.json", timeout=30).json()
+    per_collection = [(path, method, operation) for path, methods in document["paths"].items()
+                      for method, operation in methods.items() if "{collection}" in path]
+    assert len(per_collection) >= 15
+    for path, method, operation in per_collection:
+        [name] = [p for p in operation["parameters"] if p["name"] == "collection"]
+        assert name["schema"]["pattern"] == COLLECTION_NAME_PATTERN, (method, path)
+    refused = httpx.get(f"{open_server.url}/v1/collections/-bad name/status", timeout=30)
+    assert refused.status_code == 422 and "pattern" in refused.json()["detail"]
+
+    terms = document["components"]["schemas"]["SearchRequest"]["properties"]["query"]
+    assert "contains" in str(terms)
+    negative = httpx.post(f"{open_server.url}/v1/search", timeout=30,
+                          json={"query": [{"text": "a cat", "weight": -1}]})
+    assert negative.status_code == 422 and "positive weight" in negative.text
+
+    form = document["components"]["schemas"]["ImageSearchForm"]["properties"]
+    nullable = [name for name, schema in form.items() if '"type": "null"' in json.dumps(schema)]
+    assert nullable == [], "multipart sends text: a form field is never null"

@@ -25,7 +25,7 @@ from tests.helpers import make_settings, photo_copies, require_imagenet
 
 MAPPING = ColumnMapping.from_flags("sku", ["image"], "title", ["stock:integer"])
 CATALOG_FIELDS = {
-    "product_id": "keyword", "title": "text", "brand": "keyword", "colour": "keyword", "category": "keyword",
+    "sku": "keyword", "title": "keyword", "brand": "keyword", "colour": "keyword", "category": "keyword",
     "price": "float", "stock": "integer", "in_stock": "bool", "added": "datetime",
     "width": "integer", "height": "integer",
 }
@@ -81,7 +81,7 @@ def test_each_format_indexes_with_the_right_counts_types_and_bad_rows(tmp_path, 
 
     by_product: dict[str, list[Any]] = {}
     for record in got["records"].values():
-        by_product.setdefault(record.payload["metadata"]["product_id"], []).append(record)
+        by_product.setdefault(record.payload["metadata"]["sku"], []).append(record)
     assert {sku: len(records) for sku, records in by_product.items()} == {
         sku: len(cells) for sku, cells in catalog.images.items()}
     for product in catalog.products:
@@ -207,11 +207,11 @@ def test_type_inference_and_names(tmp_path) -> None:
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n[1, 2]\n")
     catalog = read_catalog(path, ColumnMapping())
     assert catalog.fields == {
-        "product_id": "keyword", "Zip_Code": "keyword", "count": "integer", "ratio": "float", "flag": "bool",
+        "id": "keyword", "Zip_Code": "keyword", "count": "integer", "ratio": "float", "flag": "bool",
         "when": "datetime", "spot": "geo", "tags": "keyword", "mixed": "keyword", "at": "datetime",
     }
     first, second, third = catalog.rows
-    assert first.metadata == {"product_id": "1", "Zip_Code": "01234", "count": 3, "ratio": 1.0, "flag": True,
+    assert first.metadata == {"id": "1", "Zip_Code": "01234", "count": 3, "ratio": 1.0, "flag": True,
                               "when": "2024-03-01T00:00:00Z", "spot": {"lat": 38.7, "lon": -9.1},
                               "tags": ["red", "big"], "mixed": "5", "at": "2024-03-01T08:00:00Z"}
     assert second.images == (str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"))
@@ -245,8 +245,9 @@ def test_mapping_mistakes_are_errors_that_name_the_flag(tmp_path) -> None:
         read_catalog(path, ColumnMapping.from_flags("sku", [], None, ["cost:float"]))
     with pytest.raises(BadInput, match="write NAME:TYPE"):
         ColumnMapping.from_flags("sku", [], None, ["price:money"])
-    with pytest.raises(BadInput, match="already declared as integer"):
-        read_catalog(path, ColumnMapping.from_flags("sku", [], None, ["price:float"]), {"price": "integer"})
+    to_float = ColumnMapping.from_flags("sku", [], None, ["price:float"])
+    changed = read_catalog(path, to_float, {"price": "integer"})
+    assert changed.changes == {"price": ("integer", "float")}, "an override that differs changes the type"
     assert read_catalog(path, ColumnMapping.from_flags("sku", [], None, []), {"price": "float"}).fields[
         "price"] == "float", "a declared field keeps its type over the inferred one"
 

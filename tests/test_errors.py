@@ -101,8 +101,12 @@ def cli_cases(settings: Settings, other_checkpoint: Path) -> Cases:
             with chunk.open("r+b") as f:
                 f.write(os.urandom(64 << 10))
         return nullcontext()
+    gone = root / "gone.csv"  # a catalog whose every image is missing
+    gone.write_text("id,image\nA,missing-a.jpg\nB,missing-b.jpg\n")
 
     return {
+        ErrorKind.NOTHING_INDEXED: [("every catalog row failed", nothing, ["index", str(gone), "-c", "gone",
+                                                                             "--json"])],
         ErrorKind.BAD_INPUT: [
             ("a setting with a bad value", bad_variable, ["status"]),
             ("a file that is no image", nothing, ["classify", bad, "--labels", "cat,dog"]),

@@ -99,8 +99,8 @@ def check_shown_is_the_answer(at: AppTest, url: str) -> dict[str, Any]:
 def test_facet_counts_and_product_cards(api_url: str, catalog, monkeypatch: pytest.MonkeyPatch) -> None:
     at = start(api_url, monkeypatch, query=QUERY)
     body = sent(at)
-    assert body["text"] == QUERY and body["mode"] == "hybrid" and body["group_by"] == "product_id"
-    assert {"brand", "colour", "category"} <= set(body["facets"]) and "product_id" not in body["facets"]
+    assert body["text"] == QUERY and body["mode"] == "hybrid" and body["group_by"] == "sku"
+    assert {"brand", "colour", "category"} <= set(body["facets"]) and "sku" not in body["facets"]
     answer = check_shown_is_the_answer(at, api_url)
     # Counts of points (images) per brand across the whole catalog, no filter yet.
     rows = catalog[1]
@@ -111,11 +111,11 @@ def test_facet_counts_and_product_cards(api_url: str, catalog, monkeypatch: pyte
     # Product cards: the title as caption, brand and price, the other text column, one card per product.
     products = {row["sku"]: row for row in rows}
     hits = answer["results"]
-    assert len({hit["metadata"]["product_id"] for hit in hits}) == len(hits) == 12
+    assert len({hit["metadata"]["sku"] for hit in hits}) == len(hits) == 12
     captions = [c for image in at.main.image for c in image.captions]
-    assert captions == [products[h["metadata"]["product_id"]]["title"] for h in hits]
+    assert captions == [products[h["metadata"]["sku"]]["title"] for h in hits]
     markdown = [m.value for m in at.main.markdown]
-    first = products[hits[0]["metadata"]["product_id"]]
+    first = products[hits[0]["metadata"]["sku"]]
     assert f"**{first['brand']}** · :green[**{first['price']:,.2f}**]" in markdown
     assert f":gray[{first['blurb']}]" in markdown
 
@@ -145,7 +145,7 @@ def test_a_facet_and_a_slider_filter_the_results(api_url: str, catalog, monkeypa
     expected = {row["sku"] for row in catalog[1]
                 if row["brand"] == brand and middle[0] <= row["price"] <= middle[1]}
     assert expected, "the test's filter keeps some products"
-    assert {h["metadata"]["product_id"] for h in answer["results"]} == expected  # all of them: k is 12
+    assert {h["metadata"]["sku"] for h in answer["results"]} == expected  # all of them: k is 12
     at.sidebar.button(key="filters-clear").click().run()
     assert "filter" not in sent(at)
 

@@ -33,7 +33,8 @@ FACET_LIMIT = 10  # values listed per facet, most frequent first
 STATE = "catalog_filters"  # session state: collection -> Choices
 MODES = {"hybrid": "Hybrid (words + image)", "vector": "Image similarity", "keyword": "Keywords"}
 FLAG_OPTIONS = ("any", "yes", "no")
-GROUP_FIELD = "product_id"  # what ties a product's images together (catalog ingest declares it)
+# What ties a product's images together in collections whose status names no id field (older ones).
+GROUP_FIELD = "product_id"
 
 Bounds = tuple[Any, Any]  # (lowest, highest): ints, floats or dates
 
@@ -49,11 +50,13 @@ class Catalog:
     texts: list[str] = field(default_factory=list)  # text fields: words for keyword and hybrid ranking
     sample: int = 0  # how many items the bounds and facets were chosen from
     count: int = 0  # items in the collection
+    id_fields: list[str] = field(default_factory=list)  # the status' id fields: a catalog's id column
 
     @property
     def group_field(self) -> str | None:
         """The field to show one card per product by, where the collection has it."""
-        return GROUP_FIELD if self.kinds.get(GROUP_FIELD) in ("keyword", "integer") else None
+        name = self.id_fields[0] if self.id_fields else GROUP_FIELD
+        return name if self.kinds.get(name) in ("keyword", "integer") else None
 
 
 @dataclass
@@ -133,8 +136,11 @@ def slider_step(low: float, high: float) -> float:
     return 10.0 ** math.floor(math.log10(span / 100)) if span > 0 else 1.0
 
 
-def profile(kinds: dict[str, str], metadata: list[dict[str, Any]], count: int) -> Catalog:
-    """What the declared fields offer, judged from a sample of items' metadata."""
+def profile(kinds: dict[str, str], metadata: list[dict[str, Any]], count: int,
+            searchable: list[str] | None = None, id_fields: list[str] | None = None) -> Catalog:
+    """What the declared fields offer, judged from a sample of items' metadata; `searchable` and
+    `id_fields` as the collection's status lists them (a catalog's text columns and id column)."""
+    ids = set(id_fields or []) | {GROUP_FIELD}
     seen: dict[str, list[Any]] = {name: [] for name in kinds}
     for item in metadata:
         for name, value in item.items():
@@ -145,7 +151,7 @@ def profile(kinds: dict[str, str], metadata: list[dict[str, Any]], count: int) -
         values = seen[name]
         distinct = len({str(v) for v in values})
         if kind == "keyword":  # a facet's values repeat; an id's (a SKU, a file name) hardly ever do
-            if 0 < distinct <= MAX_FACET_VALUES and 2 * distinct <= len(values) and name != GROUP_FIELD:
+            if 0 < distinct <= MAX_FACET_VALUES and 2 * distinct <= len(values) and name not in ids:
                 facets.append(name)
         elif kind == "datetime":
             days = [d for d in map(_as_date, values) if d is not None]
@@ -159,7 +165,9 @@ def profile(kinds: dict[str, str], metadata: list[dict[str, Any]], count: int) -
     return Catalog(
         kinds=dict(kinds), facets=facets[:MAX_FACETS], bounds=bounds,
         flags=[name for name, kind in kinds.items() if kind == "bool"],
-        texts=[name for name, kind in kinds.items() if kind == "text"], sample=len(metadata), count=count,
+        texts=[name for name, kind in kinds.items() if kind == "text" or name in (searchable or [])
+               and name not in ids],
+        sample=len(metadata), count=count, id_fields=list(id_fields or []),
     )
 
 
@@ -192,7 +200,8 @@ def read_catalog(api: ApiClient, collection: str) -> Catalog:
         sample = _sample(api.base_url, api.api_key, collection, count) if filterable and count else []
     except ApiError:
         return Catalog()
-    return profile(kinds, sample, count)
+    searchable, id_fields = list(status.get("searchable") or []), list(status.get("id_fields") or [])
+    return profile(kinds, sample, count, searchable, id_fields)
 
 
 def choices_for(collection: str) -> Choices:

@@ -1,49 +1,48 @@
 """Product catalogs (CSV, JSONL, Parquet) read into rows of images, text and typed metadata.
 
 A column mapping names the id column, the image column(s) and the text columns; every other column
-becomes a metadata field whose type is inferred from all its values (bool, integer, float,
-datetime, geo for {"lat", "lon"} objects, else keyword) unless overridden (`--field price:float`)
-or already declared in the collection (a field keeps its type). A row that cannot be used (no id,
-no image, a value that does not fit its field's type, a duplicate) becomes a `BadRow` with its
-row number and the reason; the others are read.
+becomes a metadata field whose type is inferred from all its values (indexer.fieldtypes: bool,
+integer, float, datetime, geo for {"lat", "lon"} objects, else keyword) unless overridden
+(`--field price:float`) or already declared in the collection (a field keeps its type unless an
+override changes it: `Catalog.changes`). A row that cannot be used (no id, no image, a value that
+does not fit its field's type, a duplicate) becomes a `BadRow` with its row number and the reason;
+the others are read. A type that a minority of values did not fit is said in `Catalog.notes`.
+
+The id column is a keyword field under its own field name (`sku`), and with the text columns it
+is *searchable*: its values are words of the keyword (BM25) document, so an exact SKU or model
+number is found by keyword and hybrid search, while `--where sku = X` and facets see the exact
+value. Text columns are keyword fields too (so a brand can be a facet as well as words to search),
+unless the collection already declares them `text`.
 
 Row numbers point into the file: the line where the record starts for CSV (the header is line 1)
 and JSONL, the 1-based row for Parquet. Image cells hold a path (relative to the catalog's folder,
 or absolute) or an http(s) URL; a cell may hold several, as a JSON list or separated by `|`, and
 several image columns may be named. Field names are the column names with characters other than
-letters, digits, `_`, `.` and `-` replaced by `_`; the id is stored as `product_id`.
+letters, digits, `_`, `.` and `-` replaced by `_`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from indexer.errors import BadInput
+from indexer.fieldtypes import FIELD_TYPES, FieldType, TypeTally, article, convert
 from indexer.ingest.bounds import check_metadata
-from indexer.schema import FIELD_TYPES, FieldType
 from indexer.settings import LimitsSettings
 
 CATALOG_FORMATS: dict[str, str] = {
     ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"
 }
-PRODUCT_ID = "product_id"
+LEGACY_ID_FIELD = "product_id"  # where releases before the id column kept its name stored the id
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # a scheme: http:, https:, file:, data: ...
-_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")  # leading zeros mean a code (zip, SKU): keyword
-_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # what converts to a float
-_FLOAT_LOOKING = re.compile(r"[+-]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # infers one
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}:?\d{2})?)?")
-_TRUE, _FALSE = frozenset({"true", "yes", "y", "1"}), frozenset({"false", "no", "n", "0"})
-_INT64 = 2**63
 
 
 def is_catalog(path: str | os.PathLike[str]) -> bool:
@@ -85,9 +84,9 @@ class ColumnMapping:
 @dataclass(frozen=True)
 class CatalogRow:
     row: int
-    product_id: str
+    product_id: str  # the id column's value
     images: tuple[str, ...]  # absolute paths or URLs, as given (resolved against the catalog's folder)
-    metadata: dict[str, Any]  # product_id, the text fields and the other columns, typed
+    metadata: dict[str, Any]  # the id field, the text fields and the other columns, typed
 
 
 @dataclass(frozen=True)
@@ -103,6 +102,12 @@ class Catalog:
     bad: list[BadRow]
     fields: dict[str, FieldType]  # every field the rows may carry, with its type
     text_fields: tuple[str, ...]  # the fields holding the text columns
+    id_field: str = "id"  # the field holding the id column
+    # fields whose values are words of the keyword document: the id field and the text columns
+    searchable: tuple[str, ...] = ()
+    # fields whose declared type an override changes: name -> (declared type, new type)
+    changes: dict[str, tuple[FieldType, FieldType]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # types some values did not fit, with the counts
     # Fields the mapping names (the id, --text-columns, --field): indexed whatever the field cap.
     named_fields: tuple[str, ...] = ()
 
@@ -115,9 +120,10 @@ def read_catalog(
     path: str | os.PathLike[str], mapping: ColumnMapping, declared: Mapping[str, FieldType] | None = None,
     limits: LimitsSettings | None = None,
 ) -> Catalog:
-    """Read and type a catalog; `declared`: the collection's fields, whose types are kept. `limits`
-    (the settings' by default): a catalog with more columns than they allow is refused before its rows
-    are typed, and a row whose metadata is larger is a bad row."""
+    """Read and type a catalog; `declared`: the collection's fields, whose types are kept unless an
+    override of the mapping says otherwise (`Catalog.changes`). `limits` (the settings' by default): a
+    catalog with more columns than they allow is refused before its rows are typed, and a row whose
+    metadata is larger is a bad row."""
     limits = limits or LimitsSettings()
     path = Path(os.path.abspath(path))
     kind = CATALOG_FORMATS.get(path.suffix.lower())
@@ -130,7 +136,7 @@ def read_catalog(
         raise BadInput(f"{path}: {len(columns)} columns; a catalog may have {limits.catalog_columns} "
                        "(CLIPSEARCH_LIMITS_CATALOG_COLUMNS)")
     layout = _Layout(columns, mapping, dict(declared or {}), path)
-    types = layout.types(record for _, record in records if not isinstance(record, str))
+    types = layout.types((number, record) for number, record in records if not isinstance(record, str))
     rows, bad = [], []
     seen: dict[tuple[str, str], int] = {}
     for number, record in records:
@@ -150,10 +156,14 @@ def read_catalog(
             continue
         seen.update({(row.product_id, image): number for image in row.images})
         rows.append(row)
-    fields = {PRODUCT_ID: "keyword", **types}
+    fields = {layout.id_field: "keyword", **types}
+    searchable = tuple(dict.fromkeys(
+        [layout.id_field, *(name for name in layout.text_fields if types[name] == "keyword")]
+    ))
     overridden = [layout.names[c] for c in layout.overrides if c in layout.names]
-    named = (PRODUCT_ID, *layout.text_fields, *overridden)
-    return Catalog(path, rows, bad, fields, layout.text_fields, tuple(dict.fromkeys(named)))
+    named = (layout.id_field, *layout.text_fields, *overridden)
+    return Catalog(path, rows, bad, fields, layout.text_fields, layout.id_field, searchable,
+                   layout.changes, layout.notes, tuple(dict.fromkeys(named)))
 
 
 # --- reading each format: (columns, [(row number, record or the reason it is unreadable)]) -------
@@ -270,6 +280,7 @@ class _Layout:
                 if column not in columns:
                     raise BadInput(f"{path}: no column {column!r} for {flag} (columns: {listed})")
         self.id_column, self.image_columns = mapping.id_column, tuple(mapping.image_columns)
+        self.id_field = field_name(self.id_column)
         self.overrides: dict[str, FieldType] = {}
         by_field = {field_name(c): c for c in columns}
         for name, kind in mapping.fields.items():
@@ -279,51 +290,66 @@ class _Layout:
                     f"--field {name}:{kind}: the catalog has no column {name!r} (columns: {listed})"
                 )
             self.overrides[column] = kind
+        # The id column is searchable anyway; naming it among the text columns is no mistake.
         texts = [*mapping.text_columns, *(c for c, k in self.overrides.items() if k == "text")]
         self.text_columns = tuple(dict.fromkeys(c for c in texts if c != self.id_column))
         skipped = {self.id_column, *self.image_columns}
         self.columns = [c for c in columns if c not in skipped]  # text columns and metadata columns
         self.names = {c: field_name(c) for c in self.columns}
+        self.changes: dict[str, tuple[FieldType, FieldType]] = {}
+        self.notes: list[str] = []
         self._check_names()
         self.text_fields = tuple(self.names[c] for c in self.text_columns)
 
     def _check_names(self) -> None:
-        owners: dict[str, str] = {}
+        owners: dict[str, str] = {self.id_field: self.id_column}
         for column, name in self.names.items():
-            if name == PRODUCT_ID:
-                raise BadInput(f"{self.path}: column {column!r} would overwrite the product id field "
-                               f"{PRODUCT_ID!r}; make it the --id-column or rename it")
             if name in owners:
-                raise BadInput(f"{self.path}: columns {owners[name]!r} and {column!r} both become field "
-                               f"{name!r}; rename one")
+                what = "the id column" if owners[name] == self.id_column else "column"
+                raise BadInput(f"{self.path}: {what} {owners[name]!r} and column {column!r} both become "
+                               f"field {name!r}; rename one")
             owners[name] = column
         for column, kind in self.overrides.items():
-            if column in self.names:
-                self._check_declared(self.names[column], kind)
-            elif column == self.id_column and kind != "keyword":
+            if column == self.id_column and kind != "keyword":
                 raise BadInput(f"--field {column}:{kind}: the id column is always a keyword")
+        declared_id = self.declared.get(self.id_field)
+        if declared_id is not None and declared_id != "keyword":
+            raise BadInput(f"{self.path}: field {self.id_field!r} of this collection is {declared_id}, but "
+                           f"the id column {self.id_column!r} is a keyword; index into another --collection")
 
-    def _check_declared(self, name: str, kind: FieldType) -> None:
-        if name in self.declared and self.declared[name] != kind:
-            raise BadInput(f"field {name!r} is already declared as {self.declared[name]} in this collection "
-                           f"and a field keeps its type; index into a new --collection to change it")
-
-    def types(self, records: Iterator[dict[str, Any]]) -> dict[str, FieldType]:
-        """Each field's type: text columns, then overrides, then the collection's, then inferred."""
-        kinds: dict[str, set[str]] = {c: set() for c in self.columns}
-        for record in records:
+    def types(self, records: Iterator[tuple[int, dict[str, Any]]]) -> dict[str, FieldType]:
+        """Each field's type: overrides, then the collection's, then text columns (keyword), then
+        inferred. An override that differs from the collection's type is a change (`self.changes`)."""
+        tallies = {c: TypeTally() for c in self.columns}
+        for number, record in records:
             for column in self.columns:
                 if column in record:
-                    for value in _elements(record[column]):
-                        kinds[column].add(_kind_of(value))
+                    tallies[column].add(record[column], number)
         types: dict[str, FieldType] = {}
         for column in self.columns:
             name = self.names[column]
-            if column in self.text_columns:
-                kind: FieldType = "text"
-                self._check_declared(name, kind)
+            declared = self.declared.get(name)
+            override = self.overrides.get(column)
+            if override is not None:
+                kind: FieldType = override
+                if declared is not None and declared != override:
+                    self.changes[name] = (declared, override)
+            elif declared is not None:
+                kind = declared
+            elif column in self.text_columns:
+                kind = "keyword"
             else:
-                kind = self.overrides.get(column) or self.declared.get(name) or _infer(kinds[column])
+                inferred = tallies[column].infer()
+                kind = inferred.kind
+                if inferred.misfits:
+                    shown = ", ".join(f"row {row}: {value!r}" for row, value in inferred.examples)
+                    shown += ", ..." if inferred.misfits > len(inferred.examples) else ""
+                    self.notes.append(
+                        f"column {column!r} is {article(kind)} {kind} field, but {inferred.misfits} of its "
+                        f"{inferred.total} values are not ({shown}): "
+                        f"their rows are bad rows; fix them, or give --field {name}:keyword to keep every "
+                        f"value as text"
+                    )
             types[name] = kind
         return types
 
@@ -336,14 +362,14 @@ class _Layout:
         ))
         if not images:
             raise ValueError(f"no image (column {', '.join(repr(c) for c in self.image_columns)})")
-        metadata: dict[str, Any] = {PRODUCT_ID: str(product_id).strip()}
+        metadata: dict[str, Any] = {self.id_field: str(product_id).strip()}
         for column in self.columns:
             if column in record:
                 name = self.names[column]
                 value = convert(record[column], types[name], column)
                 if value is not None:
                     metadata[name] = value
-        return CatalogRow(number, metadata[PRODUCT_ID], images, metadata)
+        return CatalogRow(number, metadata[self.id_field], images, metadata)
 
     def _resolve(self, ref: str) -> str:
         if _URL.match(ref) and not re.match(r"^[A-Za-z]:[\\/]", ref):  # C:\ is a Windows path
@@ -366,138 +392,3 @@ def _image_refs(value: Any) -> list[str]:
     if isinstance(value, list):
         return [str(v).strip() for v in value if v is not None and str(v).strip()]
     return [str(value).strip()]
-
-
-def _elements(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _kind_of(value: Any) -> str:
-    """What one value looks like: bool, integer, float, datetime, geo or keyword."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "integer" if -_INT64 <= value < _INT64 else "float"
-    if isinstance(value, float):
-        return "float" if math.isfinite(value) else "keyword"
-    if isinstance(value, (datetime, date)):
-        return "datetime"
-    if isinstance(value, dict):
-        return "geo" if _geo(value) is not None else "keyword"
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("true", "false"):
-            return "bool"
-        if _INT.fullmatch(text):
-            return "integer" if -_INT64 <= int(text) < _INT64 else "keyword"
-        if _FLOAT_LOOKING.fullmatch(text):
-            return "float"
-        if _DATE.fullmatch(text) and _datetime(text) is not None:
-            return "datetime"
-    return "keyword"
-
-
-def _infer(kinds: set[str]) -> FieldType:
-    if not kinds or len(kinds) == 1 and next(iter(kinds)) == "keyword":
-        return "keyword"
-    if len(kinds) == 1:
-        return next(iter(kinds))  # type: ignore[return-value]  # one of the kinds _kind_of answers
-    if kinds == {"integer", "float"}:
-        return "float"
-    return "keyword"
-
-
-def convert(value: Any, kind: FieldType, column: str) -> Any:
-    """A cell as a value of a field of type `kind` (lists element-wise; None when nothing is left);
-    ValueError naming the column and the value when it does not fit."""
-    if kind == "text":
-        parts = [str(v) for v in _elements(value) if v is not None]
-        return " ".join(parts) or None
-    if isinstance(value, list):
-        values = [convert(v, kind, column) for v in value]
-        values = [v for v in values if v is not None]
-        return values or None
-    converted = _CONVERTERS[kind](value)
-    if converted is None:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        article = "an" if kind[0] in "aeiou" else "a"
-        raise ValueError(f"column {column!r}: {shown} is not {article} {kind}")
-    return converted
-
-
-def _keyword(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return str(value).strip()
-
-
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"[+-]?[0-9]+", text):
-            value = int(text)
-        elif _FLOAT.fullmatch(text) and float(text).is_integer():
-            value = int(float(text))
-    return value if isinstance(value, int) and -_INT64 <= value < _INT64 else None
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        value = float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, (str, int)) else ""
-    return True if text in _TRUE else False if text in _FALSE else None
-
-
-def _datetime(value: Any) -> str | None:
-    """RFC 3339 in UTC ("...Z"); a time without a zone is taken as UTC, a date as its midnight."""
-    if isinstance(value, str):
-        text = value.strip()
-        if not _DATE.fullmatch(text):
-            return None
-        try:
-            value = datetime.fromisoformat(text.replace("z", "Z"))
-        except ValueError:
-            return None
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    if not isinstance(value, datetime):
-        return None
-    moment = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _geo(value: Any) -> dict[str, float] | None:
-    """{"lat", "lon"} from such an object or a "lat,lon" string, in range."""
-    if isinstance(value, str) and value.count(",") == 1:
-        lat_text, lon_text = value.split(",")
-        value = {"lat": _float(lat_text), "lon": _float(lon_text)}
-    if not isinstance(value, dict) or set(value) != {"lat", "lon"}:
-        return None
-    lat, lon = _float(value["lat"]), _float(value["lon"])
-    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        return None
-    return {"lat": lat, "lon": lon}
-
-
-_CONVERTERS = {
-    "keyword": _keyword, "integer": _integer, "float": _float, "bool": _bool, "datetime": _datetime,
-    "geo": _geo,
-}

@@ -2,9 +2,12 @@
 
 Each image of each row is one point, its id derived from (catalog file, product id, image), its
 payload {"uri": the image's path or URL, "path": the local file (the fetch cache for a URL),
-"fingerprint", "catalog": the catalog's absolute path, "metadata": {product_id, text columns,
-other columns, width, height}}. The fingerprint is the image's (size and mtime of a file, sha256
-of a download) plus a hash of the row's text, so on a re-run:
+"fingerprint", "catalog": the catalog's absolute path, "metadata": {the id column (under its own
+name), text columns, other columns, width, height}}. The id column and the text columns are declared
+searchable (their words are in the keyword document), the id column the collection's newest id field
+(items are addressed by its value). A `--field` override that changes a declared type converts the
+stored values in place first (indexer.stores.retype). The fingerprint is the image's (size and
+mtime of a file, sha256 of a download) plus a hash of the row's text, so on a re-run:
 - a point whose image or text changed is embedded again;
 - a point whose metadata alone changed gets its payload replaced (`set_payloads`), no embedding;
 - points of this catalog that are no longer in it (or whose image now fails) are deleted.
@@ -46,6 +49,7 @@ from indexer.models.loading import ClipModel, load_model, set_torch_threads, usa
 from indexer.schema import V1_IMAGE_FIELDS, CollectionSchema
 from indexer.settings import Settings
 from indexer.stores import Record, VectorStore, open_store
+from indexer.stores.retype import retype_field
 
 _POINT_NAMESPACE = uuid.UUID("0b7c4e52-3f0e-4d8a-9a8e-5c1f2d7b6a91")
 _IMAGE_DERIVED = tuple(V1_IMAGE_FIELDS)  # what the decoder, not the catalog, says about a point
@@ -58,6 +62,8 @@ class CatalogReport(IndexReport):
     fetch_seconds: float = 0.0  # spent fetching and revalidating images by URL
     # Columns kept with the items, not indexed: past CLIPSEARCH_LIMITS_INDEXED_FIELDS, named by no --field.
     unindexed: list[str] = field(default_factory=list)
+    # what a user should know: types some values did not fit (with counts), fields whose type changed
+    notes: list[str] = field(default_factory=list)
 
 
 def point_id(catalog: Path, product_id: str, image: str) -> str:
@@ -142,13 +148,19 @@ def sync_catalog(
     progress: bool,
 ) -> CatalogReport:
     """The sync on an open store (the caller holds the collection lock and checked the models)."""
-    report = CatalogReport(collection=store.name)
+    report = CatalogReport(collection=store.name, notes=list(catalog.notes))
+    for name, (old, new) in catalog.changes.items():
+        # this catalog's own points get their values from the file just read
+        converted = retype_field(store, name, new, lambda r: r.payload.get("catalog") == str(catalog.path))
+        report.notes.append(f"field {name!r} changed from {old} to {new} (stored values converted: "
+                            f"{converted})")
     fields = {**{k: v for k, v in V1_IMAGE_FIELDS.items() if k not in catalog.fields}, **catalog.fields}
     missing, report.unindexed = indexable_fields(
         store.schema.fields, fields, settings.limits.indexed_fields, (*catalog.named_fields, *V1_IMAGE_FIELDS)
     )
-    if missing:
-        store.set_schema(store.schema.with_fields(missing))
+    schema = store.schema.with_fields(missing).with_roles(catalog.searchable, catalog.id_field)
+    if schema != store.schema:
+        store.set_schema(schema)
 
     problems: dict[int, list[str]] = {bad.row: [bad.reason] for bad in catalog.bad}
     points = _plan(catalog, fetcher, problems, report)
@@ -325,4 +337,5 @@ def index_paths(
             setattr(total, name, getattr(total, name) + getattr(report, name, 0))
         total.failures.extend(report.failures)
         total.unindexed.extend(n for n in getattr(report, "unindexed", []) if n not in total.unindexed)
+        total.notes.extend(getattr(report, "notes", []))
     return total

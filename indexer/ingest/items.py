@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import re
 import tempfile
@@ -32,20 +31,18 @@ from PIL import Image
 
 from indexer.durable import disk_errors
 from indexer.errors import BadInput, ItemNotFound
+from indexer.fieldtypes import FieldType, convert, infer_type
 from indexer.ingest.bounds import check_item_write, indexable_fields
-from indexer.ingest.catalog import convert
 from indexer.limits import check_item_id
-from indexer.schema import FieldType, VectorSpec, check_name
+from indexer.schema import VectorSpec, check_name
 from indexer.settings import LimitsSettings, Settings
 from indexer.stores import Record, VectorStore
 from indexer.stores.base import canonical_id
-from indexer.stores.filters import parse_datetime
 
 ITEM_ID = "item_id"  # the client's id, in every written item's metadata
 TEXT_FIELD = "text"  # where a plain-string `text` goes
 DERIVED = ("width", "height", ITEM_ID)  # written by the library, never by the client
 MAX_ID_CHARS = 256
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ].*)?")
 # Point ids of items written by their client's id: uuid5 in this namespace.
 _CLIENT_NAMESPACE = uuid.UUID("5d1c0a7e-8f4b-4c55-9a3e-2b6f1e0c9d42")
 
@@ -76,11 +73,12 @@ class ItemWrite:
     point_id: str  # the item's id in results
     action: str  # created | replaced | updated | deleted
     embedded: bool  # whether the image was embedded (False: stored vectors kept)
+    point_ids: list[str] = field(default_factory=list)  # every point written (a product: one per image)
     unindexed: list[str] = field(default_factory=list)  # new fields kept unindexed (the collection's cap)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "point_id": self.point_id, "action": self.action, "embedded": self.embedded,
-                "unindexed": list(self.unindexed)}
+        return {"id": self.id, "point_id": self.point_id, "point_ids": self.point_ids, "action": self.action,
+                "embedded": self.embedded, "unindexed": list(self.unindexed)}
 
 
 @dataclass
@@ -163,76 +161,122 @@ def check_put(client_id: str, metadata: dict[str, Any], text: Texts | None, limi
     check_client_id(client_id)
     values = {**metadata, **_texts(text)}
     check_item_write(client_id, values, limits)
-    _refuse_derived(values)
+    _refuse_derived(values, None)
+
+
+def item_points(store: VectorStore, item_id: str) -> list[str]:
+    """The points an item id addresses, in id order; [] when none: the point of that id, or of that
+    client id (the write API), else every point whose id field holds the value (a catalog's id
+    column, `CollectionSchema.id_fields`: every image of the product)."""
+    from indexer.stores.filters import Filter
+
+    point = client_point_id(item_id)
+    if store.retrieve([point]):
+        return [point]
+    fields = store.schema.id_fields
+    if not fields:
+        return []
+    conditions = [{"key": name, "match": {"value": item_id}} for name in fields]
+    by_value = Filter.model_validate({"should": conditions})
+    return sorted(record.id for record in store.scan(by_value.resolve(store.schema)))
 
 
 def put_item(
     store: VectorStore, embed: Embed, client_id: str, image: StoredImage | None,
-    metadata: dict[str, Any], text: Texts | None, limits: LimitsSettings | None = None,
+    metadata: dict[str, Any] | None, text: Texts | None, limits: LimitsSettings | None = None,
 ) -> ItemWrite:
-    """Create or replace an item; without `image`, an existing item keeps its image and vectors.
+    """Create an item, or replace the parts of it that are sent: the image, the metadata (every field
+    but the text fields and those the server sets) and the text (the collection's text fields: text
+    fields, and a catalog's searchable text columns); a part not sent (None) is kept. A catalog
+    product's id addresses its points; a new image for a product of several images is refused.
     Everything is checked before anything is stored; an upload is kept only with a stored write."""
+    from indexer.stores.keyword import text_fields
+
     limits = limits or LimitsSettings()
-    check_put(client_id, metadata, text, limits)
-    point = client_point_id(client_id)
+    check_put(client_id, metadata or {}, text, limits)
     texts = _texts(text)
-    values = {**metadata, **texts}
-    found = store.retrieve([point], with_vectors=True)
-    old = found[0] if found else None
-    if image is None and old is None:
+    values = {**(metadata or {}), **texts}
+    _refuse_derived(values, store)
+    points = item_points(store, client_id)
+    olds = store.retrieve(points, with_vectors=True)
+    if image is None and not olds:
         raise BadInput(f"item {client_id!r} is new: send its image (a file, or an image_url)")
-    if image is None:
-        assert old is not None
-        old_metadata = old.payload.get("metadata", {})
-        image = StoredImage(old.payload.get("uri", ""), old.payload.get("path", ""),
-                            old.payload.get("fingerprint", ""),
-                            {k: old_metadata[k] for k in ("width", "height") if k in old_metadata})
+    if image is not None and len(olds) > 1:
+        raise BadInput(f"item {client_id!r} is a product with {len(olds)} images (from its catalog): a PUT "
+                       f"sends one; send metadata or text only, or change the catalog's image cells")
     typed, unindexed = typed_metadata(store, {k: v for k, v in values.items() if v is not None}, set(texts),
                                       limits.indexed_fields)
-    payload = {"uri": image.uri, "path": image.path, "fingerprint": image.fingerprint, "source": "api",
-               "metadata": {**typed, **image.size, ITEM_ID: client_id}}
-    action = "replaced" if old is not None else "created"
     schema = store.schema
+    ids, words = set(schema.id_fields), set(text_fields(schema))
+    written, embedded = [], False
     with _kept_upload(image):
-        if old is not None and old.payload.get("fingerprint") == image.fingerprint and \
-                set(schema.vectors) <= set(old.vectors):
-            store.set_payloads({point: payload})
-            store.flush()
-            return ItemWrite(client_id, point, action, embedded=False, unindexed=unindexed)
-        vectors = {spec.name: embed(spec, Path(image.path)) for spec in schema.vectors.values()}
-        store.upsert([Record(point, vectors, payload)])
+        for old in olds or [None]:
+            point = old.id if old is not None else client_point_id(client_id)
+            before = old.payload.get("metadata", {}) if old is not None else {}
+            kept = {k: v for k, v in before.items() if k in ids or k in ("width", "height")}
+            if metadata is None:  # not sent: kept
+                kept.update({k: v for k, v in before.items() if k not in words and k not in DERIVED})
+            if text is None:
+                kept.update({k: v for k, v in before.items() if k in words and k not in ids})
+            if image is None:
+                assert old is not None
+                source = StoredImage(old.payload.get("uri", ""), old.payload.get("path", ""),
+                                     old.payload.get("fingerprint", ""), {})
+            else:
+                source = image
+                kept.update(image.size)
+            own_id = {} if ids & set(before) else {ITEM_ID: client_id}  # a catalog product keeps its id field
+            extra = {k: v for k, v in (old.payload if old is not None else {"source": "api"}).items()
+                     if k not in ("uri", "path", "fingerprint", "metadata")}
+            payload = {"uri": source.uri, "path": source.path, "fingerprint": source.fingerprint, **extra,
+                       "metadata": {**kept, **typed, **own_id}}
+            if old is not None and old.payload.get("fingerprint") == source.fingerprint and \
+                    set(schema.vectors) <= set(old.vectors):
+                store.set_payloads({point: payload})
+            else:
+                vectors = {spec.name: embed(spec, Path(source.path)) for spec in schema.vectors.values()}
+                store.upsert([Record(point, vectors, payload)])
+                embedded = True
+            written.append(point)
         store.flush()
-    return ItemWrite(client_id, point, action, embedded=True, unindexed=unindexed)
+    return ItemWrite(client_id, written[0], "replaced" if olds else "created", embedded, written, unindexed)
 
 
 def patch_item(store: VectorStore, client_id: str, metadata: dict[str, Any], text: Texts | None,
                limits: LimitsSettings | None = None) -> ItemWrite:
-    """Change an item's metadata and text (a None value removes the field); nothing is embedded."""
+    """Change an item's metadata and text (a None value removes the field); nothing is embedded. A
+    catalog product's id changes every image of the product."""
     limits = limits or LimitsSettings()
     check_put(client_id, metadata, text, limits)
-    point = client_point_id(client_id)
-    found = store.retrieve([point])
-    if not found:
+    points = item_points(store, client_id)
+    if not points:
         raise ItemNotFound(client_id)
-    payload = dict(found[0].payload)
     texts = _texts(text)
     changes = {**metadata, **texts}
-    _refuse_derived(changes)
-    merged = {k: v for k, v in {**payload.get("metadata", {}), **changes}.items() if v is not None}
-    check_item_write(client_id, {k: v for k, v in merged.items() if k not in DERIVED}, limits)
-    payload["metadata"], unindexed = typed_metadata(store, merged, set(texts), limits.indexed_fields)
-    store.set_payloads({point: payload})
+    _refuse_derived(changes, store)
+    removed = {k for k, v in changes.items() if v is None}
+    records = store.retrieve(points)
+    for record in records:  # the whole item as it will be, within the limits, before anything is declared
+        merged = {k: v for k, v in {**record.payload.get("metadata", {}), **changes}.items() if v is not None}
+        check_item_write(client_id, {k: v for k, v in merged.items() if k not in DERIVED}, limits)
+    typed, unindexed = typed_metadata(store, {k: v for k, v in changes.items() if v is not None}, set(texts),
+                                      limits.indexed_fields)
+    payloads = {}
+    for record in records:
+        kept = {k: v for k, v in record.payload.get("metadata", {}).items() if k not in removed}
+        payloads[record.id] = {**record.payload, "metadata": {**kept, **typed}}
+    store.set_payloads(payloads)
     store.flush()
-    return ItemWrite(client_id, point, "updated", embedded=False, unindexed=unindexed)
+    return ItemWrite(client_id, points[0], "updated", False, points, unindexed)
 
 
 def delete_item(store: VectorStore, client_id: str) -> ItemWrite:
-    point = client_point_id(client_id)
-    if not store.retrieve([point]):
+    points = item_points(store, client_id)
+    if not points:
         raise ItemNotFound(client_id)
-    store.delete([point])
+    store.delete(points)
     store.flush()
-    return ItemWrite(client_id, point, "deleted", embedded=False)
+    return ItemWrite(client_id, points[0], "deleted", False, points)
 
 
 def typed_metadata(store: VectorStore, metadata: dict[str, Any], texts: set[str], cap: int
@@ -263,24 +307,6 @@ def typed_metadata(store: VectorStore, metadata: dict[str, Any], texts: set[str]
     return typed, unindexed
 
 
-def infer_type(value: Any) -> FieldType:
-    """The type of a new field from a JSON value (a list: from its first element)."""
-    if isinstance(value, list):
-        first = next((v for v in value if v is not None), None)
-        return infer_type(first) if first is not None else "keyword"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "integer" if -(2**63) <= value < 2**63 else "float"
-    if isinstance(value, float):
-        return "float" if math.isfinite(value) else "keyword"
-    if isinstance(value, dict) and set(value) == {"lat", "lon"}:
-        return "geo"
-    if isinstance(value, str) and _DATE.fullmatch(value.strip()) and parse_datetime(value) is not None:
-        return "datetime"
-    return "keyword"
-
-
 def _size(data: bytes) -> dict[str, int]:
     from indexer.ingest.decode import image_size
 
@@ -307,7 +333,11 @@ def _texts(text: Texts | None) -> dict[str, Any]:
     return dict(text)
 
 
-def _refuse_derived(values: dict[str, Any]) -> None:
+def _refuse_derived(values: dict[str, Any], store: VectorStore | None) -> None:
+    """Fields the library sets (and, with the store, its id fields) are not the client's to write."""
     derived = [name for name in values if name in DERIVED]
     if derived:
         raise BadInput(f"metadata {', '.join(derived)}: set by the server (the image's size, the item id)")
+    ids = [name for name in values if store is not None and name in store.schema.id_fields]
+    if ids:
+        raise BadInput(f"metadata {', '.join(ids)}: the item's id (its catalog's id column) cannot change")

@@ -51,6 +51,12 @@ class IndexReport:
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
 
+    @property
+    def nothing_indexed(self) -> bool:
+        """Every row or file failed: nothing embedded, nothing kept unchanged or updated."""
+        kept = self.embedded + self.unchanged + getattr(self, "updated", 0)
+        return self.failed > 0 and kept == 0
+
     def summary(self) -> dict[str, Any]:
         report = asdict(self)
         report.pop("failures")

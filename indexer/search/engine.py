@@ -13,6 +13,7 @@ while it searches a store whose `concurrent_reads` says it may be searched from 
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +27,7 @@ import numpy as np
 
 from indexer.errors import BadInput, CollectionCorrupt, ItemNotFound
 from indexer.ingest.decode import decode_image
-from indexer.ingest.items import client_point_id, parse_item_id  # noqa: F401  (importable from here too)
+from indexer.ingest.items import client_point_id, item_points, parse_item_id  # noqa: F401  (importable here too)
 from indexer.models.encoders import QueryEncoder
 from indexer.models.loading import ModelCache
 from indexer.models.zero_shot import classify_embeddings
@@ -37,7 +38,7 @@ from indexer.stores import Hit, VectorStore, open_store
 from indexer.stores.base import Example
 from indexer.stores.check import impossible_cosine
 from indexer.stores.filters import Filter
-from indexer.stores.keyword import text_fields
+from indexer.stores.keyword import RRF_WEIGHTS, rrf_score, text_fields
 
 ImageInput = bytes | str | Path
 STAGES = ("decode", "encode", "search", "fetch")
@@ -283,17 +284,58 @@ class SearchEngine:
                 f"--collection {name}` for which ones and what to do"
             )
 
+    def browse(
+        self,
+        k: int = 10,
+        *,
+        filter: Filter | dict[str, Any] | None = None,
+        sort: str | None = None,
+        offset: int = 0,
+        facets: list[str] | tuple[str, ...] = (),
+        facet_limit: int = FACET_LIMIT,
+    ) -> SearchOutcome:
+        """The items that pass `filter`, without a query, ordered by a field (`sort`: "price" rising,
+        "-price" falling; items without a value last) or, without `sort`, by id; ties by id, so pages
+        are slices of one order. Bounded: a filter keeping more than settings.browse_max_items items is
+        refused. Scores are 0 (there is no query to score against)."""
+        clock = dict.fromkeys(STAGES, 0.0)
+        store_filter = self.store_filter(filter)
+        name, descending = parse_sort(sort, self.schema) if sort else (None, False)
+        total = self._timed(clock, "search", self.store.count, store_filter)
+        limit = self.settings.browse_max_items
+        if total > limit:
+            raise BadInput(f"the filter keeps {total} items and a browse sorts at most {limit} "
+                           f"(CLIPSEARCH_BROWSE_MAX_ITEMS): narrow it with more --where conditions")
+
+        def key(record: Any) -> tuple[Any, ...]:
+            value = record.payload.get("metadata", {}).get(name) if name else None
+            if isinstance(value, list):
+                value = (max if descending else min)(value) if value else None
+            if value is None or isinstance(value, dict):
+                return (1, 0, record.id)
+            return (0, _Reversed(value) if descending else value, record.id)
+
+        records = self._timed(clock, "search", lambda: heapq.nsmallest(
+            offset + k, self.store.scan(store_filter), key=key))[offset:]
+        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        results = [Result(r.id, r.payload.get("uri", ""), 0.0, r.payload.get("metadata", {}))
+                   for r in records]
+        return SearchOutcome(results, clock, counted, "browse")
+
     def default_mode(self, words: str | None) -> str:
         """hybrid when the collection has declared text fields and the query has words, else vector."""
         return "hybrid" if words and text_fields(self.schema) else "vector"
 
     def _example(self, example: Example) -> Example:
-        return client_point_id(example) if isinstance(example, str) else example
+        if not isinstance(example, str):
+            return example
+        points = self.item_points(example)
+        return points[0] if points else client_point_id(example)
 
     def _embed(self, term: Term, spec: VectorSpec, clock: dict[str, float]) -> np.ndarray:
         """One term's embedding on vector `spec`: encoded, or an indexed item's stored vector."""
         if term.image_id is not None:
-            point = client_point_id(term.image_id)
+            point = next(iter(self.item_points(term.image_id)), client_point_id(term.image_id))
             records = self._timed(clock, "fetch", self.store.retrieve, [point], [spec.name])
             if not records or spec.name not in records[0].vectors:
                 raise ItemNotFound(term.image_id)
@@ -341,12 +383,19 @@ class SearchEngine:
         return decode_image(source, max_pixels=self.settings.max_image_pixels, draft_size=model.draft_size)
 
     def item(self, item_id: str) -> dict[str, Any]:
-        """Payload of an indexed item, by its id or the client id it was written with (the write API);
-        ItemNotFound for anything else, path-like strings included."""
-        records = self.store.retrieve([client_point_id(item_id)])
+        """Payload of an indexed item, by its id, the client id it was written with (the write API), or
+        its catalog id (the first of the product's images); ItemNotFound for anything else, path-like
+        strings included."""
+        records = self.store.retrieve(self.item_points(item_id)[:1])
         if not records:
             raise ItemNotFound(item_id)
         return records[0].payload
+
+    def item_points(self, item_id: str) -> list[str]:
+        """The points an item id addresses, in id order; [] when none: the point of that id, or of
+        that client id (the write API), else every point whose id field holds the value (a catalog's
+        id column, `CollectionSchema.id_fields`: every image of the product)."""
+        return item_points(self.store, item_id)
 
     def classify(self, images: list[ImageInput], labels: list[str]) -> list[list[tuple[str, float]]]:
         """Zero-shot labels for each image with the active vector's model."""
@@ -364,6 +413,63 @@ class SearchEngine:
     def _timed(clock: dict[str, float], stage: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with _stopwatch(clock, stage):
             return fn(*args, **kwargs)
+
+
+SORTABLE = ("keyword", "integer", "float", "bool", "datetime")
+
+
+def parse_sort(sort: str, schema: CollectionSchema) -> tuple[str, bool]:
+    """(field, descending) from "price", "-price", "price:desc" or "price:asc"; the field must be a
+    declared field of a sortable type."""
+    text = sort.strip()
+    descending = text.startswith("-")
+    name, _, direction = text.lstrip("-+").partition(":")
+    if direction not in ("", "asc", "desc"):
+        raise BadInput(f"sort {sort!r}: write FIELD, -FIELD (falling), FIELD:asc or FIELD:desc")
+    descending = descending or direction == "desc"
+    kind = schema.field_type(name.strip())
+    if kind not in SORTABLE:
+        raise BadInput(f"sort {sort!r}: field {name!r} is {kind}; sort by a {', '.join(SORTABLE)} field")
+    return name.strip(), descending
+
+
+class _Reversed:
+    """Orders values the other way round (a falling sort inside an ascending heap)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and bool(self.value == other.value)
+
+
+# The score each mode answers in, for messages about empty answers and --min-score.
+SCORE_SCALES = {
+    "vector": "cosine similarity, -1 to 1 (a text matching a photo scores about 0.2 to 0.35 with CLIP)",
+    "keyword": "BM25, 0 and up, larger for rarer words",
+    "hybrid": f"fused reciprocal ranks, at most about {rrf_score(0) + rrf_score(0, RRF_WEIGHTS[1]):.3f} "
+              f"(first place in one ranking: about {rrf_score(0):.3f})",
+    "recommend": "the sum of cosine similarities to the examples minus the sum to the counter-examples",
+    "browse": "none: a browse has no query, every score is 0",
+}
+
+
+def empty_answer_note(mode: str, min_score: float | None, filtered: bool, offset: int = 0) -> str:
+    """Why an answer may be empty, in the words of its mode's score scale."""
+    parts = [f"no results ({mode} mode; scores are {SCORE_SCALES.get(mode, mode)})"]
+    if min_score is not None:
+        hint = " (--search-mode vector ranks by cosine)" if mode == "hybrid" else ""
+        parts.append(f"--min-score {min_score:g} may keep nothing on this scale{hint}")
+    if filtered:
+        parts.append("the filter may keep nothing (--where, --near)")
+    if offset:
+        parts.append(f"--offset {offset} may be past the last result")
+    return "; ".join(parts)
 
 
 @contextmanager
@@ -409,5 +515,7 @@ def collection_status(store: VectorStore) -> dict[str, Any]:
         "model": schema.active_vector.model.to_dict(),
         "vectors": vectors,
         "fields": dict(schema.fields),
+        "searchable": list(schema.searchable),
+        "id_fields": list(schema.id_fields),
         "failed": failed,
     }

@@ -32,7 +32,8 @@ BACKENDS: dict[str, str] = {
 }
 
 # Names become directory names and Qdrant collection names: keep them to a safe alphabet.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_NAME = re.compile(COLLECTION_NAME_PATTERN)
 
 
 def open_store(settings: Settings, collection: str, create: CollectionSchema | None = None,

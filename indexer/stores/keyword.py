@@ -1,9 +1,9 @@
 """Keyword search pieces every store shares: the document of a point, BM25 as Qdrant computes it,
 SQLite FTS5 queries, and reciprocal rank fusion.
 
-The document of a point is the text of the collection's declared `text` fields (catalog text
-columns; for folders, the file and folder names when declared as text), joined in field-name
-order. Edge and server stores keep it as a sparse vector made by Qdrant's own BM25
+The document of a point is the text of the collection's declared `text` fields and of its
+searchable keyword fields (`CollectionSchema.searchable`: a catalog's id column and text columns),
+joined in field-name order. Edge and server stores keep it as a sparse vector made by Qdrant's own BM25
 (`qdrant_edge.Bm25`, English stemming and stop words, k=1.2, b=0.75, avg_len=256) under the
 storage key `SPARSE_KEY`, with the IDF modifier, so both tokenise and weigh identically:
     score(q, d) = sum over query terms t in d of  idf(t) * tf(t,d)*(k+1) / (tf(t,d) + k*(1-b+b*|d|/256))
@@ -49,8 +49,9 @@ _TERM = re.compile(r"[^\W_]+")  # letters and digits: how FTS5's unicode61 split
 
 
 def text_fields(schema: CollectionSchema) -> list[str]:
-    """The declared text fields, in the order their text forms a document."""
-    return sorted(name for name, kind in schema.fields.items() if kind == "text")
+    """The fields whose words form the keyword document, in the order their text forms it: the
+    declared text fields and the searchable keyword fields (a catalog's id and text columns)."""
+    return sorted({*(name for name, kind in schema.fields.items() if kind == "text"), *schema.searchable})
 
 
 def document(payload: Mapping[str, Any], fields: Sequence[str]) -> str:
