@@ -166,8 +166,8 @@ def index(
             click.echo("see `clipsearch status` for the failed files and why", err=True)
         if s.get("unindexed"):
             names = ", ".join(s["unindexed"][:20])
-            click.echo(f"{len(s['unindexed'])} columns stored but not indexed (not filterable; the collection "
-                       f"has CLIPSEARCH_LIMITS_INDEXED_FIELDS fields): {names}", err=True)
+            click.echo(f"{len(s['unindexed'])} columns stored but not indexed (not filterable; the "
+                       f"collection has CLIPSEARCH_LIMITS_INDEXED_FIELDS fields): {names}", err=True)
     if report.nothing_indexed:
         raise NothingIndexed(f"every one of the {s['failed']} rows or files failed and nothing was indexed; "
                              f"`clipsearch status --collection {s['collection']}` lists them and why")

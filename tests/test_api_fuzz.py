@@ -79,7 +79,6 @@ SUCCESS_NOT_REQUIRED = {
     "POST /v1/collections/{collection}/vectors", "DELETE /v1/collections/{collection}/vectors/{name}",
     "GET /v1/collections/{collection}/labels/{run}", "GET /v1/collections/{collection}/labels/{run}/items",
     "POST /v1/collections/{collection}/labels/{run}/review",
-    "POST /v1/collections/{collection}/sync",  # a server started with --watch (test_watch.py has the 200s)
 }
 # Every check schemathesis has (`--checks all`). Valid data may still get 400 (an upload that is not an
 # image, a filter naming an undeclared field), 404 (an id or collection that does not exist) or 409 (a
