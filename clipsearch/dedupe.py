@@ -6,12 +6,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
+from indexer.errors import BadInput
 
 
 @contextmanager
@@ -45,16 +47,39 @@ def _writable(collection: str | None, command: str) -> Iterator[Any]:
     help="Perceptual-hash bits (of 64) within which two images are the same picture; -1 turns it off.",
 )
 @click.option("--vector", default=None, help="Compare this named vector [default: the active one].")
+@click.option(
+    "--keep-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the images to keep (every image but the duplicates of a keeper) to this .csv or .json.",
+)
+@click.option(
+    "--remove-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the duplicates (every group member but its keeper) to this .csv or .json.",
+)
 @collection_option
 @json_option
 def duplicates(
-    threshold: float, hash_distance: int, vector: str | None, collection: str | None, as_json: bool
+    threshold: float,
+    hash_distance: int,
+    vector: str | None,
+    keep_list: Path | None,
+    remove_list: Path | None,
+    collection: str | None,
+    as_json: bool,
 ) -> None:
     """Groups of exact (same bytes) and near duplicates, each with the image to keep: the largest,
     then the oldest. Never deletes anything. Files indexed before hashes were taken are hashed now
     (and their hashes stored)."""
     from indexer.curation.duplicates import find_duplicates
+    from indexer.curation.export import duplicate_lists, write_list
 
+    lists = {"keep": keep_list, "remove": remove_list}
+    for which, out in lists.items():  # a wrong name is refused before the work, not after
+        if out is not None and out.suffix.lower() not in (".csv", ".json"):
+            raise BadInput(f"--{which}-list {out} must end in .csv or .json (its format)")
     with _writable(collection, "duplicates") as store:
         report = find_duplicates(
             store,
@@ -63,6 +88,11 @@ def duplicates(
             vector=vector,
             progress=not as_json or sys.stderr.isatty(),
         )
+        rows = duplicate_lists(store, report) if keep_list or remove_list else {}
+    for which, out in lists.items():
+        if out is not None:
+            write_list(rows[which], which, out)
+            click.echo(f"{which} list: {len(rows[which])} images written to {out}", err=True)
     if as_json:
         emit(report)
         return

@@ -23,7 +23,7 @@ from ui.curation import curation_page
 from ui.format import describe_model, plural
 from ui.pages import classify_page, failures_page, image_page, keep_widget_state, search_page
 from ui.review import review_page
-from ui.views import RESULTS_KEY, close_detail, detail_dialog, get_client
+from ui.views import RESULTS_KEY, close_detail, detail_dialog, get_client, refusal_advice
 
 PAGES = {
     "Search": search_page,
@@ -55,7 +55,8 @@ def load_collections(api: ApiClient) -> list[dict[str, Any]] | None:
                  "at it with `CLIPSEARCH_API_URL` (`clipsearch ui --api-url URL`).")
         return None
     except ApiError as exc:
-        st.error(f"The API could not list its collections (error {exc.status}): {exc.detail}")
+        st.error(refusal_advice(api, exc) or f"The API could not list its collections (error {exc.status}): "
+                 f"{exc.detail}")
         return None
     if not collections:
         st.info("There are no collections yet. Index a folder with `clipsearch index FOLDER`, then reload "

@@ -34,7 +34,24 @@ def call(func: Callable[..., T], *args: Any, what: str = "") -> T | None:
     except ApiUnreachable as exc:
         st.error(f"{prefix}the API is unreachable: {exc.detail}. Is `clipsearch serve` running?")
     except ApiError as exc:
-        st.error(f"{prefix}API error{f' {exc.status}' if exc.status else ''}: {exc.detail}")
+        client = getattr(func, "__self__", None)
+        advice = refusal_advice(client, exc) if isinstance(client, ApiClient) else None
+        st.error(prefix + (advice or f"API error{f' {exc.status}' if exc.status else ''}: {exc.detail}"))
+    return None
+
+
+def refusal_advice(api: ApiClient, exc: ApiError) -> str | None:
+    """What to do when the API refuses the UI's key (401) or lets it only read (403); None otherwise."""
+    if exc.status == 401 and not api.api_key:
+        return (f"The API at `{api.base_url}` wants an API key, and the UI has none. Start the UI with "
+                "`clipsearch ui --api-key KEY` (or set `CLIPSEARCH_API_KEY` where it runs), using the key "
+                "the server was started with.")
+    if exc.status == 401:
+        return (f"The API at `{api.base_url}` refused the UI's API key. Start the UI again with the key the "
+                "server was started with: `clipsearch ui --api-key KEY` (or `CLIPSEARCH_API_KEY`).")
+    if exc.status == 403:
+        return (f"The UI's API key may only read: {exc.detail}. Give it a key with write access "
+                "(`clipsearch ui --api-key KEY`) to change anything.")
     return None
 
 
