@@ -24,7 +24,7 @@ from tqdm import tqdm
 from indexer.errors import CollectionBusy, CollectionNotFound, ModelMismatchError
 from indexer.ingest.batches import Decoded, decode_item, decoded_batches
 from indexer.ingest.decode import IMAGE_EXTENSIONS
-from indexer.ingest.sources import SourceItem, WalkProblem, item_id, walk_folder
+from indexer.ingest.sources import SourceItem, WalkProblem, item_id, source_roots, walk_folder
 from indexer.locking import collection_lock
 from indexer.models.loading import (
     ClipModel,
@@ -110,7 +110,7 @@ def _under(uri: str, roots: Iterable[str]) -> bool:
 
 def _walk_sources(sources: Sequence[str | Path], problems: list[WalkProblem]) -> dict[str, SourceItem]:
     items: dict[str, SourceItem] = {}
-    for source in sources:
+    for source in dict.fromkeys(os.path.realpath(source) for source in sources):  # each folder walked once
         for item in walk_folder(Path(source), problems):
             items.setdefault(item.id, item)
     return items
@@ -191,7 +191,7 @@ def index_sources(
     collection, drop vanished ones. An existing collection uses the models recorded with it."""
     collection = collection or settings.collection
     started = time.perf_counter()
-    roots = [os.path.abspath(source) for source in sources]
+    roots = source_roots(sources)
     with collection_lock(settings.home, collection):
         try:
             store, models = open_for_indexing(settings, collection, model)
@@ -226,7 +226,7 @@ def sync_store(
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
     holds the collection lock and has checked the models (`collection_models`). `embedder`: where
     decoding and encoding run (default `embed_here`; indexer.ingest.ray_run runs them on Ray)."""
-    roots = [os.path.abspath(root) for root in roots]
+    roots = source_roots(roots)
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
     stored = {record.id: record.payload for record in store.scan()}
@@ -244,7 +244,7 @@ def sync_paths(
     `serve --watch` runs on file events. An image file is embedded if new or changed and dropped if
     gone; an existing folder is walked and its files treated so; a gone path without an image
     extension may have been a folder, so every stored item under it is dropped (that one scans)."""
-    paths = sorted({os.path.abspath(path) for path in paths})
+    paths = sorted(set(source_roots(paths)))
     files = [p for p in paths if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS and not os.path.isdir(p)]
     folders = [p for p in paths if os.path.isdir(p)]
     gone_folders = [p for p in paths if p not in files and not os.path.lexists(p)]
