@@ -362,6 +362,12 @@ def status(collection: str | None, as_json: bool) -> None:
             f"vector:     {v['name']}{active}: {describe_model(v.get('model'))}, {v.get('precision')}, "
             f"{v.get('state')}, {v.get('count')} embedded"
         )
+    watch = report.get("watch")
+    if watch:  # a `serve --watch` holds the collection
+        total = "?" if watch.get("total") is None else watch["total"]
+        syncing = watch["state"] == "syncing"
+        progress = f" (first sync: {watch.get('done')} of {total} files)" if syncing else ""
+        click.echo(f"watch:      {watch['state']}{progress}: {', '.join(watch.get('folders', []))}")
     click.echo(f"failed:     {len(report['failed'])}")
     for entry in report["failed"]:
         click.echo(f"  {entry['uri']}: {entry['reason']}")

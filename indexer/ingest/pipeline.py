@@ -221,16 +221,19 @@ def sync_store(
     roots: Sequence[str | Path],
     progress: bool,
     embedder: Embedder | None = None,
+    on_progress: Progress | None = None,
 ) -> IndexReport:
     """The ingest on an already open store with the model of each vector loaded: what `index_sources`
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
     holds the collection lock and has checked the models (`collection_models`). `embedder`: where
-    decoding and encoding run (default `embed_here`; indexer.ingest.ray_run runs them on Ray)."""
+    decoding and encoding run (default `embed_here`; indexer.ingest.ray_run runs them on Ray).
+    `on_progress(done, total)`: called once the folders are walked, then after each batch."""
     roots = source_roots(roots)
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
     stored = {record.id: record.payload for record in store.scan()}
-    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress, embedder)
+    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress, embedder,
+                          on_progress)
 
 
 def sync_paths(
@@ -272,6 +275,7 @@ def _bring_in_line(
     problems: list[WalkProblem],
     progress: bool,
     embedder: Embedder | None = None,
+    on_progress: Progress | None = None,
 ) -> IndexReport:
     """Drop the stored items under `roots` that are not in `items`, embed the new and changed items."""
     report = IndexReport(collection=store.name)
@@ -298,6 +302,9 @@ def _bring_in_line(
     bar = tqdm(
         total=len(to_embed), unit="img", desc=f"indexing {store.name}", disable=not progress, smoothing=0.1
     )
+    done = 0
+    if on_progress is not None:
+        on_progress(done, len(to_embed))
     # One writer thread: the store write of batch n overlaps the encoding of batch n+1.
     with ThreadPoolExecutor(max_workers=1) as writer:
         last_write: Future[None] | None = None
@@ -321,6 +328,9 @@ def _bring_in_line(
             last_write = writer.submit(_write, store, records, stale)
             report.embedded += len(records)
             bar.update(len(batch))
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(done, len(to_embed))
         if last_write is not None:
             last_write.result()
     bar.close()
@@ -332,6 +342,7 @@ def _bring_in_line(
     return report
 
 
+Progress = Callable[[int, int], None]  # (files embedded or failed so far, files to embed in this run)
 Embedded = Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]
 # (settings, models by vector name, the active vector's model, items) -> batches of decoded items, each
 # with its good items' (pixels not None, in order) vectors by name: where decoding and encoding run.
