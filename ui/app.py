@@ -39,10 +39,13 @@ ICONS = {"Search": ":material/search:", "Search by image": ":material/image_sear
 ICONS["Curation"] = ":material/content_copy:"
 
 # Grid thumbnails get no full-screen button (the detail view shows the original instead), and image
-# captions (file names) stay on one line, cut with an ellipsis rather than broken mid-word.
+# captions (file names) and paths stay on one line, cut with an ellipsis rather than broken mid-word.
 CSS = f"""<style>
 [class*="st-key-{RESULTS_KEY}-"] [data-testid="stElementToolbar"] {{ display: none; }}
 [data-testid="stImageCaption"] {{ white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
+.cs-path, .cs-facts {{ font-size: 0.8rem; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
+.cs-path {{ font-family: monospace; }}
+.cs-facts {{ color: rgba(49, 51, 63, 0.6); }}
 </style>"""
 
 
