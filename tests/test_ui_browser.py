@@ -25,7 +25,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 GRID_IMAGES = '[data-testid="stMain"] [class*="st-key-results-"] [data-testid="stImage"] img'
-GRID_CAPTIONS = '[class*="st-key-results-"] [data-testid="stImageCaption"]'
+GRID_CAPTIONS = '[class*="st-key-results-"] .cs-path'  # a photo's last folders and name; the path on hover
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} absent (apt-get install -y chromium)", allow_module_level=True)
@@ -111,7 +111,10 @@ def test_search_grid(page, photos: Path, shots: Path) -> None:
     assert widths == [320] * K
     captions = page.locator(GRID_CAPTIONS)
     names = captions.all_inner_texts()
-    assert len(names) == K and all((photos / name).is_file() for name in names)  # file names, not paths
+    assert len(names) == K and all(name == f"{photos.parent.name}/{photos.name}/{Path(name).name}"
+                                   for name in names)  # two folders and the name tell files apart
+    hover = captions.evaluate_all("els => els.map(e => e.title)")
+    assert hover == [str(photos / Path(name).name) for name in names]  # the whole path on hover
     # One line each: a long name is cut with an ellipsis, never broken mid-word.
     styles = captions.evaluate_all("els => els.map(e => getComputedStyle(e).whiteSpace)")
     assert styles == ["nowrap"] * K
@@ -127,7 +130,7 @@ def test_search_grid(page, photos: Path, shots: Path) -> None:
 def test_details_show_and_download_the_original(page, photos: Path, shots: Path) -> None:
     search(page, "a bird on a branch")
     name = page.locator(GRID_CAPTIONS).nth(1).inner_text()
-    original = photos / name
+    original = photos / Path(name).name
     page.get_by_role("button", name="Details").nth(1).click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
@@ -139,7 +142,7 @@ def test_details_show_and_download_the_original(page, photos: Path, shots: Path)
     page.screenshot(path=str(shots / "details.png"))
     with page.expect_download() as download:
         dialog.get_by_role("button", name="Download original").click()
-    assert download.value.suggested_filename == name
+    assert download.value.suggested_filename == original.name
     assert Path(download.value.path()).read_bytes() == original.read_bytes()
     dialog.get_by_role("button", name="Find similar").click()
     page.get_by_text(f"Images similar to {name}").wait_for(timeout=30_000)
