@@ -111,7 +111,8 @@ def result_captions(at: AppTest) -> list[str]:
 
 
 PATH_LINE = re.compile(
-    r'<div class="cs-path" title="([^"]*)">([^<]*)</div>(?:<div class="cs-facts">([^<]*)</div>)?'
+    r'<div class="cs-path" title="([^"]*)">([^<]*)</div>'
+    r'(?:<div class="cs-facts" title="[^"]*">([^<]*)</div>)?'
 )
 
 
@@ -424,5 +425,6 @@ def test_words() -> None:
     assert camera({"camera_make": "Canon", "camera_model": "Canon EOS 10D"}) == "Canon EOS 10D"
     assert camera({"camera_make": "Apple", "camera_model": "iPhone 12"}) == "Apple iPhone 12"
     assert photo_facts({"taken": "2005-01-30T13:40:31Z", "width": 500, "height": 375,
-                        "camera_make": "Canon", "camera_model": "Canon EOS 10D"}) == [
-        "2005-01-30 13:40", "Canon EOS 10D", "500 × 375 px"]
+                        "camera_make": "Canon", "camera_model": "Canon EOS 10D",
+                        "location": {"lat": 38.7223, "lon": -9.1393}}) == [
+        "2005-01-30 13:40", "Canon EOS 10D", "500 × 375 px", "38.722, -9.139"]

@@ -69,12 +69,12 @@ def resolution(metadata: Mapping[str, Any]) -> str | None:
 
 
 def photo_facts(metadata: Mapping[str, Any]) -> list[str]:
-    """What a photo's card says besides its name: date taken, camera, place, resolution (those known)."""
+    """What a photo's card says besides its name: date taken, camera, resolution, place (those known)."""
     place = metadata.get("location")
     where = (f"{place['lat']:.3f}, {place['lon']:.3f}"
              if isinstance(place, Mapping) and isinstance(place.get("lat"), int | float)
              and isinstance(place.get("lon"), int | float) else None)
-    facts = [taken_date(metadata.get("taken")), camera(metadata), where, resolution(metadata)]
+    facts = [taken_date(metadata.get("taken")), camera(metadata), resolution(metadata), where]
     return [fact for fact in facts if fact]
 
 

@@ -114,7 +114,8 @@ def path_line(uri: str, facts: list[str] | None = None) -> None:
     short = html.escape(short_path(uri))
     line = f'<div class="cs-path" title="{html.escape(uri, quote=True)}">{short}</div>'
     if facts:
-        line += f'<div class="cs-facts">{html.escape(" · ".join(facts))}</div>'
+        text = html.escape(" · ".join(facts))
+        line += f'<div class="cs-facts" title="{text}">{text}</div>'
     st.markdown(line, unsafe_allow_html=True)
 
 

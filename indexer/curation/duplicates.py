@@ -163,6 +163,9 @@ class _Item:
         return [width, height] if isinstance(width, int) and isinstance(height, int) else None
 
     def date(self) -> str | None:
+        taken = self.metadata.get("taken")
+        if isinstance(taken, str) and taken:
+            return taken  # as the camera wrote it (its clock, with its zone when known)
         age = self._age()
         if age == float("inf"):
             return None
