@@ -469,6 +469,7 @@ def ui(host: str, port: int, api_url: str | None, api_key: str | None) -> None:
     import ui as ui_package
 
     settings = settings_from_flags()
+    listening_socket(host, port).close()  # a port in use is one `error:` line here, not Streamlit's
     env = {**os.environ, "CLIPSEARCH_API_URL": api_url or settings.api.url}
     if api_key is not None:  # the child reads it from its environment, never from its command line (ps)
         env["CLIPSEARCH_API_KEY"] = api_key

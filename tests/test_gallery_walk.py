@@ -60,13 +60,15 @@ def test_a_symlinked_folder_indexes_each_photo_once(tmp_path: Path, tiny_checkpo
     assert sorted(hit["uri"] for hit in hits) == sorted(str(p) for p in photos)  # real paths, once each
 
 
-def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_serve_and_ui_on_a_port_in_use_are_one_line(tmp_path: Path, tiny_checkpoint: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with cli_home(tmp_path / "home", tiny_checkpoint):
             done = run("serve", "--port", str(port), check=False, timeout=120)
-    assert done.returncode == 5  # conflict or busy (indexer.errors.ERROR_KINDS)
-    [line] = done.stderr.strip().splitlines()
-    assert line.startswith("error: ") and f":{port}" in line and "--port" in line
+            ui = run("ui", "--port", str(port), check=False, timeout=120)
+    for answer in (done, ui):
+        assert answer.returncode == 5  # conflict or busy (indexer.errors.ERROR_KINDS)
+        [line] = answer.stderr.strip().splitlines()
+        assert line.startswith("error: ") and f":{port}" in line and "--port" in line
