@@ -97,15 +97,16 @@ async def healthz(vlm: VlmDep) -> HealthResponse:
 )
 def readyz(engines: EnginesDep, request: Request) -> JSONResponse:
     watch = _watch_state(request, engines.default)
+    extra = {} if watch is None else {"watch": watch}  # only a server with --watch folders says more
     reason = engines.readiness()
     if reason is not None:
-        return JSONResponse({"status": "not ready", "reason": reason, "watch": watch}, status_code=503)
+        return JSONResponse({"status": "not ready", "reason": reason, **extra}, status_code=503)
     if watch is not None and watch["state"] == "syncing":  # a replica with part of the folders: not yet
         total = "?" if watch["total"] is None else watch["total"]
         reason = (f"the first sync of the --watch folders is running: {watch['done']} of {total} files "
                   "to embed done" + (f" (last error: {watch['last_error']})" if watch["last_error"] else ""))
-        return JSONResponse({"status": "syncing", "reason": reason, "watch": watch}, status_code=503)
-    return JSONResponse({"status": "ready", "reason": None, "watch": watch})
+        return JSONResponse({"status": "syncing", "reason": reason, **extra}, status_code=503)
+    return JSONResponse({"status": "ready", "reason": None, **extra})
 
 
 def _watch_state(request: Request, collection: str) -> dict[str, Any] | None:
