@@ -351,6 +351,13 @@ def test_index_is_refused_while_serve_watch_writes_the_collection(server: Server
     assert "Traceback" not in refused.stderr
 
 
+def test_status_through_the_server_says_it_watches_the_folder(server: Server) -> None:
+    text = run("status", "--collection", "watched").stdout
+    assert f"watch:      watching: {server.folder}" in text
+    ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    assert ready["status"] == "ready" and ready["watch"]["state"] == "watching"
+
+
 @dataclass
 class Searcher:
     """Fires searches one after another until stopped, remembering every answer."""
