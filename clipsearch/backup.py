@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.stores import transfer
 from indexer.stores.transfer import TransferReport
@@ -23,7 +25,16 @@ def snapshot(out: Path, collection: str | None, as_json: bool) -> None:
     OUT is a tar file, gzip-compressed when its name ends in .gz or .tgz; it can be restored into
     any store (edge, qdrant, faiss). The collection's write lock is held meanwhile."""
     settings = settings_from_flags(collection=collection)
-    report = transfer.snapshot_collection(settings, settings.collection, out, progress=not as_json)
+
+    def through(shop: Any) -> TransferReport:
+        done = shop.snapshot(out)
+        return TransferReport(done.collection, done.store, done.points, done.vectors, 0.0, archive=str(out),
+                              bytes=out.stat().st_size)
+
+    report = remote.local_or_through_server(
+        settings, settings.collection,
+        lambda: transfer.snapshot_collection(settings, settings.collection, out, progress=not as_json),
+        remote.through_client(settings, settings.collection, through))
     _done(report, as_json, f"wrote {report.points} points of {report.collection!r} to {out}")
 
 
@@ -40,6 +51,9 @@ def restore(archive: Path, collection: str | None, replace: bool, as_json: bool)
     The whole archive is verified before anything is created or replaced; a failed restore leaves
     no collection behind."""
     settings = settings_from_flags()
+    if collection is not None:
+        _refuse_if_served(settings, collection, "restore replaces the collection, which the running server "
+                          "holds: restore under another name (--collection NEW), or stop the server first")
     report = transfer.restore(settings, archive, collection, replace=replace, progress=not as_json)
     _done(report, as_json, f"restored {report.points} points into {report.collection!r} ({settings.store})")
 
@@ -58,6 +72,9 @@ def copy(
 
     The target uses the same settings with the store replaced (for qdrant: CLIPSEARCH_QDRANT_URL)."""
     source = settings_from_flags(collection=collection)
+    _refuse_if_served(source, source.collection, "copy reads the whole collection, which the running "
+                      "server holds: `clipsearch snapshot OUT` (through the server) then `clipsearch restore "
+                      "OUT` into the other store, or stop the server first")
     target = source.with_flags(store=to_store)
     name = to_collection or source.collection
     report = transfer.copy_collection(
@@ -74,3 +91,10 @@ def _done(report: TransferReport, as_json: bool, line: str) -> None:
 
 
 COMMANDS = [snapshot, restore, copy]
+
+
+def _refuse_if_served(settings: Any, collection: str, advice: str) -> None:
+    from indexer.errors import Conflict
+
+    if remote.serving_url(settings, collection) is not None:
+        raise Conflict(advice)

@@ -132,7 +132,10 @@ def index(
     )
     mapping = ColumnMapping.from_flags(id_column, image_columns, text_columns, fields)
     progress = not as_json or sys.stderr.isatty()
-    if ray_address is not None:
+    name = collection or settings.collection
+    if remote.serving_url(settings, name) is not None:
+        report = _index_through_server(settings, name, sources)
+    elif ray_address is not None:
         from indexer.ingest.catalog import is_catalog
         from indexer.ingest.ray_run import index_on_ray
 
@@ -296,11 +299,15 @@ class _Classifier:
     def __init__(self, settings: Settings, collection: str | None, explicit: bool) -> None:
         self.settings, self.collection, self.explicit = settings, collection, explicit
         self.engine: Any = None
+        self.client: Any = None
 
     def __enter__(self) -> Callable[[list[str], list[str]], Labelled]:
         from indexer.stores import collection_exists
 
         name = self.collection or self.settings.collection
+        url = None if self.explicit else remote.serving_url(self.settings, name)
+        if url is not None:  # the server that holds the collection classifies with its model
+            return self._through(url, name)
         # A collection named on the command line must exist; the default one is used when it does.
         if not self.explicit and (self.collection or collection_exists(self.settings, name)):
             from indexer.search.engine import SearchEngine
@@ -308,6 +315,20 @@ class _Classifier:
             self.engine = SearchEngine(self.settings, name)
             return self.engine.classify
         return self._with_model()
+
+    def _through(self, url: str, name: str) -> Callable[[list[str], list[str]], Labelled]:
+        from clipsearch.client import RemoteCollection
+
+        self.client = RemoteCollection(url, name, key=self.settings.api.key)
+
+        def run(paths: list[str], labels: list[str]) -> Labelled:
+            try:
+                found = self.client.classify(paths, labels)
+            except BadInput as exc:  # the server could not read an image: the per-file fallback says which
+                raise ImageDecodeError(exc.message) from None
+            return [[(s.label, s.score) for s in each.labels] for each in found]
+
+        return run
 
     def _with_model(self) -> Callable[[list[str], list[str]], Labelled]:
         from indexer.ingest.decode import decode_image
@@ -326,6 +347,8 @@ class _Classifier:
     def __exit__(self, *exc: object) -> None:
         if self.engine is not None:
             self.engine.close()
+        if self.client is not None:
+            self.client.close()
 
 
 @main.command()
@@ -432,6 +455,26 @@ def serve(
         uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal: a normal stop
         pass
+
+
+def _index_through_server(settings: Settings, name: str, sources: tuple[Path, ...]) -> Any:
+    """`index` while a server holds the collection: it syncs its --watch folders now, if SOURCES are
+    among them (else the server says what to do)."""
+    from indexer.errors import Conflict
+    from indexer.ingest.catalog import is_catalog
+    from indexer.ingest.pipeline import IndexReport
+
+    if any(is_catalog(source) for source in sources):
+        raise Conflict(f"the running server holds collection {name!r}: stop it to index catalogs into it "
+                       "(its --watch indexes folders only)")
+
+    def through(shop: Any) -> IndexReport:
+        done = shop.index(list(sources))
+        return IndexReport(done.collection, done.embedded, done.unchanged, done.removed, done.failed,
+                           done.seconds)
+
+    url = remote.serving_url(settings, name) or ""
+    return remote.through_client(settings, name, through)(url)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -546,7 +589,8 @@ COMMAND_MODULES = {
     "clipsearch.vectors": ["reembed", "vectors", "activate", "drop-vector"],
     "clipsearch.backup": ["snapshot", "restore", "copy"],
     "clipsearch.curate": ["label", "export", "eval"],
-    "clipsearch.dedupe": ["duplicates", "clusters"],
+    "clipsearch.dedupe": ["duplicates", "clusters", "outliers"],
+    "clipsearch.items": ["item", "review"],
 }
 for _module, _names in COMMAND_MODULES.items():
     main.add_lazy_commands(_module, _names)

@@ -16,15 +16,16 @@ from typing import Any, TypeVar
 
 import click
 
+from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
-from indexer.errors import BadInput
+from indexer.errors import BadInput, Conflict
 
 F = TypeVar("F", bound=Callable[..., Any])
 TOP_COUNTS = 20  # labels listed by the human-readable summary
 
 
 def filter_options(func: F) -> F:
-    """--where FIELD=VALUE (repeatable, all must hold; FIELD!=VALUE excludes) and --filter JSON."""
+    """--where (the search grammar; repeatable, all must hold) and --filter JSON."""
     func = click.option(
         "--filter", "filter_json", default=None,
         help='A filter as JSON in the API\'s shape, e.g. \'{"must": [{"key": "label", "match": {"value": '
@@ -32,30 +33,22 @@ def filter_options(func: F) -> F:
     )(func)
     return click.option(
         "--where", "where", multiple=True,
-        help="FIELD=VALUE (or FIELD!=VALUE) on a declared field, e.g. 'label = cat'; repeatable, all "
-             "must hold.",
+        help="A condition on a declared field, as in `clipsearch search`: 'label = cat', 'label != dog', "
+             "'price < 50', 'brand in (acme, zenith)', 'taken_at >= 2024-01-01'; repeatable, all must hold.",
     )(func)
 
 
 def query_filter(where: tuple[str, ...], filter_json: str | None) -> dict[str, Any] | None:
     """The query filter (field names) of --where and --filter together; None for neither."""
-    must: list[Any] = []
-    must_not: list[Any] = []
-    for clause in where:
-        negated = "!=" in clause
-        field, sep, value = clause.partition("!=" if negated else "=")
-        if not sep or not field.strip() or not value.strip():
-            raise BadInput(f"--where {clause!r}: expected FIELD=VALUE or FIELD!=VALUE")
-        condition = {"key": field.strip(), "match": {"value": value.strip().strip("'\"")}}
-        (must_not if negated else must).append(condition)
+    from indexer.search.options import combined_filter
+
+    given = None
     if filter_json:
         try:
-            must.append(json.loads(filter_json))
+            given = json.loads(filter_json)
         except ValueError as exc:
             raise BadInput(f"--filter is not valid JSON: {exc}") from exc
-    if not must and not must_not:
-        return None
-    return {"must": must, "must_not": must_not}
+    return combined_filter(list(where), given)
 
 
 # --- label ----------------------------------------------------------------------------------------
@@ -88,15 +81,30 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
 
     The labels go into each item's metadata as indexed fields named after --run, so `--where label=cat`
     and counts work on them; review them in the UI's Review page."""
-    from indexer.curation.labels import label_collection, load_labels, load_templates
+    from indexer.curation.labels import BUILTIN_TEMPLATES, label_collection, load_labels, load_templates
 
-    settings = settings_from_flags(device=device)
-    report = label_collection(
-        settings, collection, load_labels(labels, labels_file), query_filter=query_filter(where, filter_json),
-        templates=load_templates(templates), run=run, top_k=top_k, threshold=threshold, vector=vector,
-        progress=not as_json or sys.stderr.isatty(),
-    )
-    summary = report.summary()
+    settings = settings_from_flags(device=device, collection=collection)
+    names, wanted = load_labels(labels, labels_file), query_filter(where, filter_json)
+
+    def local() -> dict[str, Any]:
+        return label_collection(
+            settings, None, names, query_filter=wanted, templates=load_templates(templates), run=run,
+            top_k=top_k, threshold=threshold, vector=vector, progress=not as_json or sys.stderr.isatty(),
+        ).summary()
+
+    def through(shop: Any) -> dict[str, Any]:
+        if templates is not None and templates.strip().lower() not in BUILTIN_TEMPLATES:
+            raise BadInput(f"--templates {templates}: the server that holds the collection takes a "
+                           f"built-in set ({', '.join(BUILTIN_TEMPLATES)}); give one, or stop the server to "
+                           "use a file")
+        chosen = templates.strip().lower() if templates else None
+        done = shop.label(names, run=run, top_k=top_k, threshold=threshold, templates=chosen, filter=wanted,
+                          vector=vector)
+        return {"run": done.run, "labeled": done.labeled, "unsure": done.unsure, "counts": done.counts,
+                "seconds": done.seconds}
+
+    summary = remote.local_or_through_server(settings, settings.collection, local,
+                                             remote.through_client(settings, settings.collection, through))
     if as_json:
         emit(summary)
         return
@@ -132,15 +140,40 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
            as_json: bool) -> None:
     """Export a collection, a label run, a duplicate report or a query's results to OUT (labels: a
     person's decision first)."""
+    if duplicates and (query or where or filter_json or run):
+        raise click.UsageError("--duplicates exports the whole report: no --query, --where, --filter, --run")
+
+    settings = settings_from_flags(collection=collection)
+    wanted = query_filter(where, filter_json)
+
+    def through(shop: Any) -> dict[str, Any]:
+        if duplicates or query is not None or copy or fmt not in ("csv", "jsonl", "coco"):
+            raise Conflict("the running server holds the collection: through it, export takes --format csv, "
+                           "jsonl or coco with --where/--filter/--run (no --query, --duplicates, --copy, "
+                           "folders); for the others, stop the server first")
+        chosen = run if run is not None else ("label" if "label" in shop.label_runs() else None)
+        done = shop.export(out, fmt, filter=wanted, run=chosen)
+        return {"format": done.format, "out": done.out, "items": done.items, "labelled": done.labelled,
+                "files": 0, "missing": 0}
+
+    report = remote.local_or_through_server(
+        settings, settings.collection,
+        lambda: _export_here(settings, out, fmt, wanted, run, query, k, duplicates, copy, as_json),
+        remote.through_client(settings, settings.collection, through))
+    if as_json:
+        emit(report)
+        return
+    missing = f", {report['missing']} files missing" if report["missing"] else ""
+    click.echo(f"{report['items']} items ({report['labelled']} labelled) exported to {out} as {fmt}{missing}")
+
+
+def _export_here(settings: Any, out: Path, fmt: str, wanted: dict[str, Any] | None, run: str | None,
+                 query: str | None, k: int, duplicates: bool, copy: bool, as_json: bool) -> dict[str, Any]:
     from indexer.curation.export import DUPLICATES, collect, duplicate_items
     from indexer.curation.export import export as write_export
     from indexer.curation.labels import DEFAULT_RUN, label_runs
 
-    if duplicates and (query or where or filter_json or run):
-        raise click.UsageError("--duplicates exports the whole report: no --query, --where, --filter, --run")
-
-    settings = settings_from_flags()
-    wanted = query_filter(where, filter_json)
+    collection = settings.collection
     with _opened(settings, collection, query is not None) as (store, engine):
         if duplicates:
             from indexer.curation.duplicates import find_duplicates
@@ -155,12 +188,7 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
             items = collect(store, _store_filter(store, wanted))
         if run is None and DEFAULT_RUN in label_runs(store):
             run = DEFAULT_RUN
-        report = write_export(store, items, fmt, out, run=run, copy=copy).summary()
-    if as_json:
-        emit(report)
-        return
-    missing = f", {report['missing']} files missing" if report["missing"] else ""
-    click.echo(f"{report['items']} items ({report['labelled']} labelled) exported to {out} as {fmt}{missing}")
+        return write_export(store, items, fmt, out, run=run, copy=copy).summary()
 
 
 def _store_filter(store: Any, wanted: dict[str, Any] | None) -> Any:
@@ -272,6 +300,9 @@ def _vector_systems(settings: Any, collection: str | None, vectors: tuple[str, .
     from indexer.stores import open_store
 
     name = collection or settings.collection
+    if remote.serving_url(settings, name) is not None:
+        raise Conflict(f"eval reads the stored vectors of collection {name!r}, which the running server "
+                       "holds: evaluate a model instead (--model, --pretrained), or stop the server first")
     store = open_store(settings, name)
     try:
         systems = []

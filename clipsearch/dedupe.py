@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,9 +12,10 @@ from typing import Any
 
 import click
 
+from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
-from indexer.errors import BadInput
+from indexer.errors import BadInput, Conflict
 
 
 @contextmanager
@@ -80,15 +82,30 @@ def duplicates(
     for which, out in lists.items():  # a wrong name is refused before the work, not after
         if out is not None and out.suffix.lower() not in (".csv", ".json"):
             raise BadInput(f"--{which}-list {out} must end in .csv or .json (its format)")
-    with _writable(collection, "duplicates") as store:
-        report = find_duplicates(
-            store,
-            threshold=threshold,
-            hash_distance=hash_distance,
-            vector=vector,
-            progress=not as_json or sys.stderr.isatty(),
-        )
-        rows = duplicate_lists(store, report) if keep_list or remove_list else {}
+    settings = settings_from_flags(collection=collection)
+
+    def local() -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        with _writable(collection, "duplicates") as store:
+            found = find_duplicates(store, threshold=threshold, hash_distance=hash_distance, vector=vector,
+                                    progress=not as_json or sys.stderr.isatty())
+            items = [(r.id, str(r.payload.get("uri", ""))) for r in store.scan()] if keep_list else []
+            return found, items
+
+    def through(url: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        params = {"threshold": threshold, "hash_distance": hash_distance,
+                  **({"vector": vector} if vector else {})}
+        found = remote.call(settings, url, "GET", f"/v1/collections/{settings.collection}/duplicates",
+                            params=params)
+        items = []
+        if keep_list:  # every item's id and uri, for the keep list: the server's JSON Lines export
+            answer = remote.call(settings, url, "POST", f"/v1/collections/{settings.collection}/export",
+                                 json={"format": "jsonl"})
+            rows = (json.loads(line) for line in str(answer["document"]).splitlines() if line.strip())
+            items = [(str(row["id"]), str(row.get("uri", ""))) for row in rows]
+        return found, items
+
+    report, items = remote.local_or_through_server(settings, settings.collection, local, through)
+    rows = duplicate_lists(report, items) if keep_list or remove_list else {}
     for which, out in lists.items():
         if out is not None:
             write_list(rows[which], which, out)
@@ -109,7 +126,7 @@ def duplicates(
 
 
 @click.command()
-@click.option("--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Clusters.")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="Clusters.")
 @click.option("--central", type=click.IntRange(min=0), default=5, show_default=True,
               help="Most central images listed per cluster.")
 @click.option("--outliers", type=click.IntRange(min=0), default=20, show_default=True,
@@ -137,11 +154,29 @@ def clusters(
     central images, and the most isolated images (outliers) first."""
     from indexer.curation.clusters import cluster_collection
 
-    with _writable(collection, "clusters") as store:
-        report = cluster_collection(
-            store, k, vector=vector, central=central, outliers=outliers, neighbours_k=neighbours,
-            save=save, seed=seed, progress=not as_json or sys.stderr.isatty(),
-        )
+    settings = settings_from_flags(collection=collection)
+
+    def local() -> dict[str, Any]:
+        with _writable(collection, "clusters") as store:
+            return cluster_collection(
+                store, k, vector=vector, central=central, outliers=outliers, neighbours_k=neighbours,
+                save=save, seed=seed, progress=not as_json or sys.stderr.isatty(),
+            )
+
+    def through(url: str) -> dict[str, Any]:
+        if save:
+            raise Conflict("clusters --store writes every item, which the running server holds: run "
+                           "`clipsearch clusters` without --store now, or with it once the server is stopped")
+        base = f"/v1/collections/{settings.collection}"
+        given = {"vector": vector} if vector else {}
+        found = remote.call(settings, url, "GET", f"{base}/clusters",
+                            params={"k": k, "central": central, "seed": seed, **given})
+        isolated = remote.call(settings, url, "GET", f"{base}/outliers",
+                               params={"limit": max(outliers, 1), "neighbours": neighbours, **given})
+        return {"k": found["k"], "clusters": found["clusters"], "outliers": isolated["outliers"][:outliers],
+                "stored": False}
+
+    report = remote.local_or_through_server(settings, settings.collection, local, through)
     if as_json:
         emit(report)
         return
@@ -153,4 +188,23 @@ def clusters(
         click.echo(f"    {item['score']:.4f}  {item['uri']}")
 
 
-COMMANDS = [duplicates, clusters]
+@click.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many.")
+@click.option("--neighbours", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="Outlier score: 1 - mean cosine to this many nearest images.")
+@click.option("--vector", default=None, help="This named vector [default: the active one].")
+@collection_option
+@json_option
+def outliers(limit: int, neighbours: int, vector: str | None, collection: str | None, as_json: bool) -> None:
+    """The most isolated images of the collection first (through the server that holds it, if one does)."""
+    settings = settings_from_flags(collection=collection)
+    found = remote.on_collection(settings, settings.collection,
+                                 lambda c: c.outliers(limit, neighbours=neighbours, vector=vector))
+    if as_json:
+        emit({"outliers": [{"id": o.id, "uri": o.uri, "score": o.score} for o in found]})
+        return
+    for item in found:
+        click.echo(f"{item.score:.4f}  {item.uri}")
+
+
+COMMANDS = [duplicates, clusters, outliers]

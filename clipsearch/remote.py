@@ -13,11 +13,12 @@ from indexer.settings import Settings
 
 T = TypeVar("T")
 TIMEOUT_S = 60.0
+WORK_TIMEOUT_S = 600.0  # a label run or a duplicate search over a large collection, through the server
 
 
 def serving_url(settings: Settings, collection: str) -> str | None:
     """The URL of the live server that holds `collection` (an embedded store), or None."""
-    if settings.store == "qdrant" and settings.qdrant.path is None:
+    if settings.store_shared:
         return None  # a Qdrant server is shared: every process opens it directly
     return server_address(settings.collection_dir(collection))
 
@@ -55,3 +56,27 @@ def local_or_through_server(
         if url is None:
             raise
         return through(url)
+
+
+def through_client(settings: Settings, collection: str, fn: Callable[[Any], T]) -> Callable[[str], T]:
+    """`through` for local_or_through_server: fn with the collection of the server at the URL, through
+    the Python API's client (clipsearch.client.RemoteCollection)."""
+    from clipsearch.client import RemoteCollection
+
+    def through(url: str) -> T:
+        with RemoteCollection(url, collection, key=settings.api.key, timeout=WORK_TIMEOUT_S) as remote:
+            return fn(remote)
+
+    return through
+
+
+def on_collection(settings: Settings, collection: str, fn: Callable[[Any], T]) -> T:
+    """fn with the collection (indexer.collection.CollectionAPI): the local one, or, when a live server
+    holds it, the server's through the client. The same fn either way."""
+    from indexer.collection import Collection
+
+    def local() -> T:
+        with Collection(settings, collection) as opened:
+            return fn(opened)
+
+    return local_or_through_server(settings, collection, local, through_client(settings, collection, fn))

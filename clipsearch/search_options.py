@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from indexer.errors import BadInput
+from indexer.search.options import SearchOptions
 from indexer.search.query import Term, keyword_text, parse_terms
 from indexer.search.where import where_filter
 from indexer.stores.filters import Filter
@@ -64,8 +65,8 @@ class SearchAsk:
     where: list[str]
     near: str | None
     near_field: str | None
-    # mode, min_score, group_by, diversity, offset, facets
-    options: dict[str, Any] = field(default_factory=dict)
+    # mode, min_score, group_by, diversity, offset, facets (the filter and vector come later)
+    options: SearchOptions = field(default_factory=SearchOptions)
 
     @classmethod
     def from_flags(cls, query: tuple[str, ...], image: Path | None, flags: dict[str, Any]) -> SearchAsk:
@@ -81,9 +82,9 @@ class SearchAsk:
             raise click.UsageError("--like/--unlike rank by vector: no --search-mode keyword or hybrid, "
                                    "no --diversity")
         where, near, near_field = list(flags.pop("where")), flags.pop("near"), flags.pop("near_field")
-        options = {"mode": flags.pop("search_mode"), "min_score": flags.pop("min_score"),
-                   "group_by": flags.pop("group_by"), "diversity": flags.pop("diversity"),
-                   "offset": flags.pop("offset"), "facets": list(flags.pop("facets"))}
+        options = SearchOptions(mode=flags.pop("search_mode"), min_score=flags.pop("min_score"),
+                                group_by=flags.pop("group_by"), diversity=flags.pop("diversity"),
+                                offset=flags.pop("offset"), facets=tuple(flags.pop("facets")))
         return cls(terms, like, unlike, where, near, near_field, options)
 
     @property
@@ -95,11 +96,10 @@ class SearchAsk:
 
     def run(self, engine: Any, k: int, vector: str | None) -> Any:
         """The search on an engine of this process: a SearchOutcome."""
-        options = {**self.options, "filter": self.filter(dict(engine.schema.fields)), "vector": vector}
+        options = replace(self.options, filter=self.filter(dict(engine.schema.fields)), vector=vector)
         if self.like:
-            kept = {name: value for name, value in options.items() if name not in ("mode", "diversity")}
-            return engine.recommend(self.like, self.unlike, k, **kept)
-        return engine.search_query(self.terms, k, **options)
+            return engine.recommend(self.like, self.unlike, k, **options.recommend_kwargs())
+        return engine.search_query(self.terms, k, **options.engine_kwargs())
 
     def vlm_query(self, image_of: Callable[[str], Any]) -> Any:
         """What the VLM is told the search was for: the words, else the first example image
@@ -120,10 +120,8 @@ class SearchAsk:
         """(path, keyword arguments of httpx.request) for a server; `fields` gives the collection's
         declared fields (asked only when there is a filter, to check it here)."""
         query_filter = self.filter(fields()) if self.filtered else None
-        options = {name_: value for name_, value in self.options.items() if value is not None and value != []}
-        body: dict[str, Any] = {"k": k, "collection": name, "vector": vector, **options}
-        if query_filter is not None:
-            body["filter"] = query_filter.to_json()
+        options = replace(self.options, filter=query_filter, vector=vector).to_json()
+        body: dict[str, Any] = {"k": k, "collection": name, **{n: v for n, v in options.items() if v != []}}
         if self.like:
             body.update({"positive": self.like, **({"negative": self.unlike} if self.unlike else {})})
             return "/v1/search", {"json": body}

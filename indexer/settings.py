@@ -240,6 +240,20 @@ class Settings(BaseSettings):
     def collection_dir(self, name: str) -> Path:
         return self.home / "collections" / name
 
+    @property
+    def store_shared(self) -> bool:
+        """Whether the store's collections are shared between processes (a Qdrant server, which every
+        process opens directly), rather than embedded (edge, FAISS, qdrant-client's local mode: open
+        in one process at a time, so others go through the server that holds one)."""
+        return self.store == "qdrant" and self.qdrant.path is None
+
+    def store_location(self) -> str:
+        """Where the store keeps its collections: the Qdrant server's URL or local folder, else the home."""
+        if self.store == "qdrant":
+            return self.qdrant.url if self.store_shared and self.qdrant.url else \
+                str(Path(self.qdrant.path or ".").resolve())
+        return str(self.home.resolve())
+
     def with_flags(self, **flags: Any) -> Settings:
         """A copy with the flags that were given (not None); nested ones as `section={"field": value}`."""
         given = {name: value for name, value in flags.items() if value is not None}

@@ -8,18 +8,20 @@ the collection's lock, on the store its engine holds.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from indexer.curation.labels import label_counts, label_runs, review, review_items
 from search_api.deps import EnginesDep
+from search_api.engines import collection as collection_of
 from search_api.schemas import ErrorResponse
 
 router = APIRouter(prefix="/v1/collections/{collection}/labels", tags=["labels"])
 MAX_PAGE = 500
 MAX_SELECTION = 10_000
+MAX_LABELS = 1000  # a label run's classes (ImageNet's 1000): each costs one text encode per template
 
 CollectionPath = Annotated[str, Path(description="Collection name (see GET /v1/collections).")]
 RunPath = Annotated[str, Path(description="Label run name (the field `clipsearch label --run` wrote).")]
@@ -101,7 +103,7 @@ class ReviewResponse(BaseModel):
 @router.get("", response_model=LabelRunsResponse, responses=_errors(400, 404, 409, 503),
             operation_id="list_label_runs", summary="A collection's label runs")
 def runs(collection: CollectionPath, engines: EnginesDep) -> LabelRunsResponse:
-    found = engines.call(collection, lambda engine: label_runs(engine.store))
+    found = collection_of(engines, collection).label_runs()
     known = set(LabelRun.model_fields)
     return LabelRunsResponse(runs=[LabelRun(run=name, **{k: v for k, v in run.items() if k in known})
                                    for name, run in sorted(found.items())])
@@ -110,7 +112,7 @@ def runs(collection: CollectionPath, engines: EnginesDep) -> LabelRunsResponse:
 @router.get("/{run}", response_model=LabelCounts, responses=_errors(400, 404, 409, 503),
             operation_id="label_counts", summary="Items per label of a run, people's decisions first")
 def counts(collection: CollectionPath, run: RunPath, engines: EnginesDep) -> LabelCounts:
-    return LabelCounts(**engines.call(collection, lambda engine: label_counts(engine.store, run)))
+    return LabelCounts(**asdict(collection_of(engines, collection).label_counts(run)))
 
 
 @router.get("/{run}/items", response_model=ReviewPage, responses=_errors(400, 404, 409, 503),
@@ -124,10 +126,9 @@ def items(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 48,
 ) -> ReviewPage:
-    total, page = engines.call(collection, lambda engine: review_items(
-        engine.store, run, label, pending=pending, offset=offset, limit=limit))
-    return ReviewPage(run=run, label=label, total=total, offset=offset, limit=limit,
-                      items=[ReviewItem(**item) for item in page])
+    page = collection_of(engines, collection).review_items(run, label, pending=pending, offset=offset,
+                                                           limit=limit)
+    return ReviewPage(**asdict(page))
 
 
 @router.post("/{run}/review", response_model=ReviewResponse, responses=_errors(400, 404, 409, 422, 503),
@@ -135,7 +136,36 @@ def items(
 def decide(
     collection: CollectionPath, run: RunPath, body: ReviewRequest, engines: EnginesDep
 ) -> ReviewResponse:
-    done = engines.call(
-        collection, lambda engine: review(engine.store, run, body.ids, body.action, body.label)
-    )
-    return ReviewResponse(updated=len(done), items=[ReviewItem(**item) for item in done])
+    done = collection_of(engines, collection).review(run, body.ids, body.action, body.label)
+    return ReviewResponse(updated=len(done), items=[ReviewItem(**asdict(item)) for item in done])
+
+
+class LabelRunRequest(BaseModel):
+    """A zero-shot label run over the collection (what `clipsearch label` does)."""
+
+    labels: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]] = Field(
+        min_length=1, max_length=MAX_LABELS, description="Class names (each prompt is encoded once a run).")
+    run: str = Field("label", min_length=1, max_length=64, description="The run's name (its fields' prefix).")
+    top_k: int = Field(3, ge=1, le=100)
+    threshold: float = Field(0.0, ge=0.0, le=1.0, description='Best score under this: "unsure".')
+    templates: Literal["imagenet", "imagenet-full", "cifar10"] | None = Field(
+        None, description="A built-in prompt-template set [default: the built-in ensemble].")
+    filter: dict[str, Any] | None = Field(None, description="Only the items passing this filter.")
+    vector: str | None = Field(None, description="The stored vector to read [default: the active one].")
+
+
+class LabelRunResponse(BaseModel):
+    run: str
+    labeled: int
+    unsure: int
+    counts: dict[str, int]
+    seconds: float
+
+
+@router.post("", response_model=LabelRunResponse, responses=_errors(400, 404, 409, 422, 503),
+             operation_id="label_run", summary="Label the collection zero-shot from its stored vectors")
+def label_run(collection: CollectionPath, body: LabelRunRequest, engines: EnginesDep) -> LabelRunResponse:
+    done = collection_of(engines, collection).label(
+        body.labels, run=body.run, top_k=body.top_k, threshold=body.threshold, templates=body.templates,
+        filter=body.filter, vector=body.vector)
+    return LabelRunResponse(**asdict(done))

@@ -7,13 +7,17 @@ written. Reports are computed on request: the UI caches them.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, BackgroundTasks, Path, Query
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from indexer.curation.clusters import cluster_collection, load_vectors, neighbours, outlier_scores
-from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE, find_duplicates
+from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
+from indexer.curation.export import TEXT_FORMATS
 from search_api.deps import EnginesDep
+from search_api.engines import collection as collection_of
 from search_api.schemas import ErrorResponse
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["curation"])
@@ -37,8 +41,9 @@ def duplicates(
 ) -> dict[str, Any]:
     """`{"groups": [{"kind": "exact"|"near", "keep", "others", "scores", "ids"}], ...}`: `ids` are the
     keeper's then the others' (for GET /v1/images/{id})."""
-    return engines.call(collection, lambda engine: find_duplicates(
-        engine.store, threshold=threshold, hash_distance=hash_distance, vector=vector))
+    found = collection_of(engines, collection).duplicates(threshold=threshold, hash_distance=hash_distance,
+                                                          vector=vector)
+    return asdict(found)
 
 
 @router.get("/clusters", responses=_ERRORS, operation_id="clusters",
@@ -52,8 +57,8 @@ def clusters(
     vector: VectorQuery = None,
 ) -> dict[str, Any]:
     """`{"k", "clusters": [{"cluster", "size", "central": [{"id", "uri", "score"}]}], "outliers", ...}`."""
-    return engines.call(collection, lambda engine: cluster_collection(
-        engine.store, k, vector=vector, central=central, outliers=0, seed=seed))
+    clusters = collection_of(engines, collection).clusters(k, central=central, seed=seed, vector=vector)
+    return {"k": clusters.k, "clusters": [asdict(c) for c in clusters.clusters], "outliers": []}
 
 
 @router.get("/outliers", responses=_ERRORS, operation_id="outliers",
@@ -67,15 +72,54 @@ def outliers(
     vector: VectorQuery = None,
 ) -> dict[str, Any]:
     """`{"outliers": [{"id", "uri", "score"}]}`, most isolated first."""
+    found = collection_of(engines, collection).outliers(limit, neighbours=neighbours_k, vector=vector)
+    return {"outliers": [asdict(o) for o in found.outliers]}
 
-    def run(engine: Any) -> dict[str, Any]:
-        ids, payloads, x = load_vectors(engine.store, vector)
-        if len(ids) < 2:
-            return {"outliers": []}
-        _, near = neighbours(engine.store, ids, x, min(neighbours_k, len(ids) - 1), using=vector)
-        scores = outlier_scores(near)
-        order = sorted(range(len(ids)), key=lambda i: (-scores[i], i))[:limit]
-        return {"outliers": [{"id": ids[i], "uri": payloads[i].get("uri", ""),
-                              "score": round(float(scores[i]), 6)} for i in order]}
 
-    return engines.call(collection, run)
+class ExportRequest(BaseModel):
+    """Which items, in which one-document format (folders are exported where the collection is)."""
+
+    format: str = Field("csv", description=f"One of {', '.join(TEXT_FORMATS)}.")
+    filter: dict[str, Any] | None = Field(None, description="A filter, as in /v1/search.")
+    run: str | None = Field(None, max_length=200, description="A label run whose labels to include "
+                            '("@duplicates": the duplicate groups).')
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExportResponse(BaseModel):
+    format: str
+    items: int
+    labelled: int
+    document: str = Field(description="The csv, jsonl or COCO JSON document, as text.")
+
+
+@router.post("/export", response_model=ExportResponse, responses=_ERRORS, operation_id="export",
+             summary="The items passing a filter as one csv, jsonl or COCO document")
+def export(collection: CollectionPath, body: ExportRequest, engines: EnginesDep) -> ExportResponse:
+    document, report = collection_of(engines, collection).export_document(body.format, filter=body.filter,
+                                                                          run=body.run)
+    return ExportResponse(format=report.format, items=report.items, labelled=report.labelled,
+                          document=document)
+
+
+@router.post("/snapshot", response_class=FileResponse, responses=_ERRORS, operation_id="snapshot",
+             summary="A portable archive of every point (vectors, payloads, schema), as a .tar download")
+def snapshot(
+    collection: CollectionPath, engines: EnginesDep, tasks: BackgroundTasks,
+    gzip: Annotated[bool, Query(description="A gzip-compressed tar (.tar.gz).")] = False,
+) -> FileResponse:
+    import tempfile
+    from pathlib import Path as FilePath
+
+    folder = FilePath(tempfile.mkdtemp(prefix="snapshot-", dir=engines.settings.home))
+    archive = folder / f"{collection}.tar{'.gz' if gzip else ''}"
+    collection_of(engines, collection).snapshot(archive)
+
+    def remove() -> None:
+        archive.unlink(missing_ok=True)
+        folder.rmdir()
+
+    tasks.add_task(remove)
+    return FileResponse(archive, media_type="application/gzip" if gzip else "application/x-tar",
+                        filename=archive.name)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from indexer.collection import Collection
 from indexer.errors import CollectionBusy, CollectionNotFound, StoreError
 from indexer.locking import remove_server_address, write_server_address
 from indexer.models.loading import ClipModel, ModelCache
@@ -121,7 +122,7 @@ class Engines:
     @property
     def embedded(self) -> bool:
         """Whether the store's collections can be open in one process only (this one, while it serves)."""
-        return self.settings.store != "qdrant" or self.settings.qdrant.path is not None
+        return not self.settings.store_shared
 
     def loaded(self, collection: str | None = None) -> SearchEngine | None:
         """The collection's engine if it is open; never opens it (metrics, readiness)."""
@@ -246,3 +247,29 @@ class LockedStore:
 
     def close(self) -> None:
         """The engine owns the store: it stays open."""
+
+
+class ServerAccess:
+    """How a Collection in the server reaches its engine: through `Engines.call`, so it takes turns with
+    every other request and the server's writers on the one open store."""
+
+    def __init__(self, engines: Engines, name: str) -> None:
+        self._engines, self._name = engines, name
+
+    def call(self, fn: Callable[[SearchEngine], T]) -> T:
+        return self._engines.call(self._name, fn)
+
+    def exclusive(self, fn: Callable[[], T], what: str) -> T:
+        from indexer.errors import Conflict
+
+        raise Conflict(f"{what} opens the collection itself, which this server holds: run it where no "
+                       "server holds the collection, or through the server's own route for it")
+
+    def close(self) -> None:
+        """The server owns the engine: it stays open."""
+
+
+def collection(engines: Engines, name: str | None) -> Collection:
+    """The Collection `name` (default: the server's) as the routes call it."""
+    chosen = name or engines.default
+    return Collection(engines.settings, chosen, access=ServerAccess(engines, chosen))

@@ -17,16 +17,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from indexer.errors import Conflict
-from indexer.ingest.reembed import activate, drop_vector
+from indexer.errors import BadInput, Conflict
 from indexer.search.engine import SearchEngine, SearchOutcome
 from indexer.search.query import Term, keyword_text
 from indexer.settings import Settings
 from indexer.vlm import Query as VlmQuery
 from search_api import vlm as stage
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep
+from search_api.engines import collection as collection_of
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
     ClassifyForm,
@@ -531,7 +531,7 @@ def activate_vector(
     # Load (and warm) the vector's model before switching, so no query waits for it afterwards.
     spec = engines.call(collection, lambda engine: engine.schema.vector(name))
     engines.models.query(spec.model)
-    engines.call(collection, lambda engine: activate(engine.store, name))
+    collection_of(engines, collection).activate(name)
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
 
 
@@ -551,5 +551,44 @@ def delete_vector(
 ) -> VectorsResponse:
     if name in jobs.jobs(collection) and jobs.jobs(collection)[name].state in ("starting", "running"):
         raise Conflict(f"vector {name!r} is being embedded; wait for it to finish")
-    engines.call(collection, lambda engine: drop_vector(engine.store, name))
+    collection_of(engines, collection).drop_vector(name)
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
+
+
+SYNC_WAIT_S = 3600.0  # a full sync of large folders; the sync goes on if the client gives up
+
+
+class SyncRequest(BaseModel):
+    sources: list[str] = Field(default_factory=list, max_length=1000,
+                               description="Folders the client asked to index: each must be a --watch folder "
+                               "of this server (or inside one). Empty: all of them.")
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@api.post(
+    "/collections/{collection}/sync",
+    tags=["collections"],
+    responses=_errors(400, 404, 409, 422, 503),
+    operation_id="sync_watched",
+    summary="Bring the server's --watch folders in line now, and wait for it (`clipsearch index` of a "
+    "watched folder while the server holds the collection)",
+)
+def sync_watched(collection: CollectionPath, body: SyncRequest, request: Request, settings: SettingsDep
+                 ) -> dict[str, Any]:
+    watcher = getattr(request.app.state, "watcher", None)
+    if watcher is None or collection != settings.collection:
+        raise Conflict(f"this server holds collection {collection!r} but watches no folders for it: stop it "
+                       "and run `clipsearch index`, or restart it with `clipsearch serve --watch FOLDER`")
+    outside = [s for s in body.sources if not any(_within(s, folder) for folder in watcher.folders)]
+    if outside:
+        raise BadInput(f"{outside[0]} is not a --watch folder of this server (it watches "
+                       f"{', '.join(watcher.folders)}): add it with --watch (restart the server), or "
+                       "stop the server and run `clipsearch index`")
+    report = watcher.sync_now(timeout=SYNC_WAIT_S)
+    return dict(report.summary())
+
+
+def _within(path: str, folder: str) -> bool:
+    path, folder = os.path.normpath(path), os.path.normpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)

@@ -16,6 +16,7 @@ ones, /docs and /openapi.json too), except /healthz which load balancers probe w
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -41,6 +42,8 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_POSTS = frozenset(
     {"/v1/search", "/v1/search/image", "/v1/classify", "/v1/explain", "/v1/explain/stream"}
 )
+# ... and those under a collection: an export document, a snapshot download.
+READ_POST_PATTERN = re.compile(r"/v1/collections/[^/]+/(export|snapshot)")
 FORBIDDEN = (
     "this API key may only read (search, classify, explain, GET): {method} {path} writes; use the "
     "server's CLIPSEARCH_API_KEY for writes"
@@ -49,7 +52,9 @@ FORBIDDEN = (
 
 def is_read(method: str, path: str) -> bool:
     """Whether a request only reads: what a read key may do."""
-    return method.upper() in READ_METHODS or (method.upper() == "POST" and path.rstrip("/") in READ_POSTS)
+    path = path.rstrip("/")
+    return method.upper() in READ_METHODS or (
+        method.upper() == "POST" and (path in READ_POSTS or READ_POST_PATTERN.fullmatch(path) is not None))
 
 
 def key_matches(headers: Headers, expected: str) -> bool:

@@ -50,7 +50,7 @@ from indexer.stores import collection_exists, open_store
 from search_api.engines import Engines, LockedStore, Stopped
 
 log = logging.getLogger(__name__)
-Trigger = Literal["start", "events", "rescan"]
+Trigger = Literal["start", "events", "rescan", "asked"]
 TRIGGERS: tuple[Trigger, ...] = ("start", "events", "rescan")
 DEFAULT_INTERVAL = 300.0  # events do the work; the rescan walks everything, so not too often
 QUIET = 0.5  # seconds without a new event before syncing: a copy of many files becomes one sync
@@ -94,6 +94,7 @@ class FolderWatcher:
         self.progress: dict[str, float | int | None] = {"done": 0, "total": None, "started_at": None}
         self._logged_at = 0.0
         self._pending: set[str] = set()  # changed paths waiting for a sync
+        self._asked = self._answered = 0  # syncs asked for by `sync_now`, and the last one done
         self._first_event = self._last_event = 0.0
         self._wake = threading.Condition()
         self._stopping = threading.Event()
@@ -217,6 +218,9 @@ class FolderWatcher:
         with self._wake:
             while not self._stopping.is_set():
                 now = time.monotonic()
+                if self._asked > self._answered:  # someone waits for a full sync (sync_now)
+                    self._pending = set()
+                    return "asked", set()
                 if now >= rescan_at:
                     self._pending = set()  # the rescan walks after this moment: it covers them
                     return "rescan", set()
@@ -235,9 +239,15 @@ class FolderWatcher:
         rescan_at = time.monotonic() + self.interval
         while (work := self._next(rescan_at)) is not None:
             trigger, paths = work
-            if not self._sync(trigger, store, models, paths if trigger == "events" else None):
+            asked = self._asked
+            synced = self._sync(trigger, store, models, paths if trigger == "events" else None)
+            if trigger == "asked":
+                with self._wake:
+                    self._answered = asked
+                    self._wake.notify_all()
+            if not synced:
                 return
-            if trigger == "rescan":
+            if trigger in ("rescan", "asked"):
                 rescan_at = time.monotonic() + self.interval
 
     def _sync(
@@ -285,6 +295,21 @@ class FolderWatcher:
             report.seconds,
         )
         return True
+
+    def sync_now(self, timeout: float) -> IndexReport:
+        """Ask the sync thread for a full sync of the folders and wait for it (`clipsearch index` of a
+        watched folder, through this server); its report. Unavailable if it is not done in `timeout`."""
+        from indexer.errors import Unavailable
+
+        with self._wake:
+            self._asked += 1
+            ticket = self._asked
+            self._wake.notify_all()
+            done = self._wake.wait_for(lambda: self._answered >= ticket or self._stopping.is_set(), timeout)
+        if not done or self.last_report is None or self._stopping.is_set():
+            raise Unavailable(f"the sync of the watched folders did not finish within {timeout:g} s "
+                              f"({self.last_error or 'still running'}); it goes on: see `clipsearch status`")
+        return self.last_report
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the event watcher, interrupt the sync between two batches, release the lock."""

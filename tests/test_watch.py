@@ -343,11 +343,17 @@ def server(
     assert "Traceback" not in log.read_text()
 
 
-def test_index_is_refused_while_serve_watch_writes_the_collection(server: Server) -> None:
-    refused = run("index", str(server.folder), "--collection", "watched", check=False)
-    assert refused.returncode == 5  # a conflict (indexer.errors)
-    assert f"(pid {server.process.pid}: clipsearch serve --watch)" in refused.stderr
-    assert "add the folder there" in refused.stderr
+def test_index_of_the_watched_folder_asks_the_server_to_sync_and_of_another_is_refused_with_advice(
+    server: Server, tmp_path: Path
+) -> None:
+    synced = run("index", str(server.folder), "--collection", "watched", "--json")
+    report = json.loads(synced.stdout)
+    assert report["collection"] == "watched" and report["failed"] == 0
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    refused = run("index", str(other), "--collection", "watched", check=False)
+    assert refused.returncode == 3, refused.stderr  # bad input (indexer.errors)
+    assert "not a --watch folder of this server" in refused.stderr and "--watch" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 

@@ -132,9 +132,10 @@ def classes(store: VectorStore, run: str | None, items: Iterable[Item]) -> list[
     return known + sorted(extra)
 
 
-def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
-           copy: bool = False) -> ExportReport:
-    """Write `items` to `out` in format `fmt` (see the module's docstring)."""
+TEXT_FORMATS = ("csv", "jsonl", "coco")  # one document each; the others are folders
+
+
+def _check(store: VectorStore, fmt: str, run: str | None) -> None:
     if fmt not in FORMATS:
         raise BadInput(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if run is not None and run != DUPLICATES and run not in label_runs(store):
@@ -142,16 +143,36 @@ def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, ru
         raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); check --run")
     if fmt == "imagefolder" and run is None:
         raise BadInput("an ImageFolder tree needs labels: give --run NAME of a `clipsearch label` run")
+
+
+def export_document(store: VectorStore, items: Sequence[Item], fmt: str, *, run: str | None = None
+                    ) -> tuple[str, ExportReport]:
+    """The csv, jsonl or COCO document of `items` (what `export` writes to a file), and its report."""
+    _check(store, fmt, run)
+    if fmt not in TEXT_FORMATS:
+        raise BadInput(f"export format {fmt!r} is a folder, not one document: use one of "
+                       f"{', '.join(TEXT_FORMATS)}")
+    report = ExportReport(fmt, "", items=len(items))
+    report.labelled = sum(label_of(item, run) is not None for item in items)
+    writer = {"csv": _csv, "jsonl": _jsonl, "coco": _coco}[fmt]
+    return writer(store, items, run), report
+
+
+def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
+           copy: bool = False) -> ExportReport:
+    """Write `items` to `out` in format `fmt` (see the module's docstring)."""
+    _check(store, fmt, run)
     out = Path(out)
+    if fmt in TEXT_FORMATS:
+        document, report = export_document(store, items, fmt, run=run)
+        report.out = str(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, document.encode("utf-8"))  # a reader never sees half a file
+        return report
     report = ExportReport(fmt, str(out), items=len(items))
     report.labelled = sum(label_of(item, run) is not None for item in items)
-    if fmt in ("imagefolder", "fiftyone"):
-        _fresh_folder(out)
-        (_imagefolder if fmt == "imagefolder" else _fiftyone)(store, items, out, run, copy, report)
-        return report
-    writer = {"csv": _csv, "jsonl": _jsonl, "coco": _coco}[fmt]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, writer(store, items, run).encode("utf-8"))  # a reader never sees half a file
+    _fresh_folder(out)
+    (_imagefolder if fmt == "imagefolder" else _fiftyone)(store, items, out, run, copy, report)
     return report
 
 
@@ -343,11 +364,13 @@ LIST_FIELDS = {
 }
 
 
-def duplicate_lists(store: VectorStore, report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The keep and remove lists of a duplicate report (curation.duplicates.find_duplicates), as fastdup
-    and cleanvision users export them. remove: every group member but its keeper, with the group
-    (1, 2, ...), its kind, the cosine to the keeper and the keeper it duplicates. keep: every other item
-    of the collection, `role` "keeper" (of `group`) or "unique" (in no group). Both in uri order."""
+def duplicate_lists(report: dict[str, Any], items: Iterable[tuple[str, str]]
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """The keep and remove lists of a duplicate report (curation.duplicates.find_duplicates) over the
+    collection's `items` (id, uri), as fastdup and cleanvision users export them. remove: every group
+    member but its keeper, with the group (1, 2, ...), its kind, the cosine to the keeper and the keeper
+    it duplicates. keep: every other item, `role` "keeper" (of `group`) or "unique" (in no group). Both
+    in uri order."""
     removed: dict[str, dict[str, Any]] = {}
     keepers: dict[str, tuple[int, str]] = {}
     for number, group in enumerate(report.get("groups", []), start=1):
@@ -359,12 +382,12 @@ def duplicate_lists(store: VectorStore, report: dict[str, Any]) -> dict[str, lis
             removed[id_] = {"id": id_, "uri": uri, "group": number, "kind": kind, "score": score,
                             "keep_id": ids[0], "keep_uri": group.get("keep", "")}
     keep = []
-    for record in store.scan():
-        if record.id in removed:
+    for id_, uri in items:
+        if id_ in removed:
             continue
-        number, kind = keepers.get(record.id, (None, None))
-        keep.append({"id": record.id, "uri": str(record.payload.get("uri", "")),
-                     "role": "unique" if number is None else "keeper", "group": number, "kind": kind})
+        number, kind = keepers.get(id_, (None, None))
+        keep.append({"id": id_, "uri": uri, "role": "unique" if number is None else "keeper",
+                     "group": number, "kind": kind})
     return {"keep": sorted(keep, key=lambda row: (row["uri"], row["id"])),
             "remove": sorted(removed.values(), key=lambda row: (row["uri"], row["id"]))}
 

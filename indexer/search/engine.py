@@ -9,7 +9,6 @@ repeat and refine the same queries. Not thread-safe: the API serialises calls (s
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import numpy as np
 
 from indexer.errors import BadInput, ItemNotFound
 from indexer.ingest.decode import decode_image
+from indexer.ingest.items import client_point_id, parse_item_id  # noqa: F401  (importable from here too)
 from indexer.models.encoders import QueryEncoder
 from indexer.models.loading import ModelCache
 from indexer.models.zero_shot import classify_embeddings
@@ -28,7 +28,7 @@ from indexer.schema import CollectionSchema, VectorSpec
 from indexer.search.query import Term, check_terms, embed_terms, keyword_text
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
-from indexer.stores.base import Example, canonical_id
+from indexer.stores.base import Example
 from indexer.stores.filters import Filter
 from indexer.stores.keyword import text_fields
 
@@ -83,24 +83,6 @@ class TextEmbeddingCache:
         return vector
 
 
-def parse_item_id(value: str) -> str | None:
-    """The canonical form of an item id, or None if it cannot be one (a path, say)."""
-    try:
-        return canonical_id(value)
-    except Exception:
-        return None
-
-
-# Point ids of items written by their client's id (the write API): uuid5 in this namespace.
-_CLIENT_NAMESPACE = uuid.UUID("5d1c0a7e-8f4b-4c55-9a3e-2b6f1e0c9d42")
-
-
-def client_point_id(item_id: str) -> str:
-    """The point id of a client's item id: the id itself when it is a UUID (an id from results), else
-    uuid5 of it, so that every server maps a SKU to the same point."""
-    return parse_item_id(item_id) or str(uuid.uuid5(_CLIENT_NAMESPACE, item_id))
-
-
 class SearchEngine:
     def __init__(
         self,
@@ -133,6 +115,8 @@ class SearchEngine:
     @property
     def schema(self) -> CollectionSchema:
         """The collection's schema; re-read from a shared server now and then (see SCHEMA_REFRESH_S)."""
+        # Every Qdrant store object, local mode included (its store objects share one client, as processes
+        # share a server: the tests' stand-in), can see schema changes made through another.
         if self.settings.store == "qdrant" and time.monotonic() - self._schema_read > SCHEMA_REFRESH_S:
             self._reopen_if_changed()
         return self.store.schema

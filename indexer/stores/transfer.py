@@ -425,11 +425,7 @@ def portable_schema(schema: CollectionSchema) -> CollectionSchema:
 
 def _location(settings: Settings, name: str) -> tuple[str, ...]:
     """What identifies a collection: the store, where it keeps its data, and the name."""
-    if settings.store == "qdrant":
-        where = settings.qdrant.url or str(Path(settings.qdrant.path or ".").resolve())
-    else:
-        where = str(settings.home.resolve())
-    return (settings.store, where, name)
+    return (settings.store, settings.store_location(), name)
 
 
 @contextmanager

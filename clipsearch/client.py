@@ -1,0 +1,353 @@
+"""`clipsearch.connect`: the Collection interface (indexer.collection.CollectionAPI) over HTTP.
+
+Every method is one or a few requests to a `clipsearch serve`; the answers become the same dataclasses
+(indexer.results) a local Collection returns, and the server's errors the same error classes, of the
+kind its status says (indexer.errors.error_for_status). What runs where the files are (indexing
+folders other than the server's --watch ones, eval on a local dataset, folder exports) is refused
+with what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from indexer.collection import (
+    DEFAULT_THRESHOLD,
+    HASH_DISTANCE,
+    ImageLike,
+    QueryTerms,
+    image_bytes,
+    query_terms,
+)
+from indexer.durable import write_atomic
+from indexer.errors import BadInput, Unavailable, error_for_status
+from indexer.results import (
+    Classified,
+    Clusters,
+    Duplicates,
+    Exported,
+    IndexReport,
+    Item,
+    ItemWritten,
+    LabelCounts,
+    LabelRun,
+    LabelScore,
+    Outliers,
+    ReviewItem,
+    ReviewPage,
+    SearchResults,
+    Status,
+    Transfer,
+    Vectors,
+)
+from indexer.search.options import FACET_LIMIT, SearchOptions, combined_filter
+
+TIMEOUT_S = 120.0
+REEMBED_POLL_S = 0.5
+
+
+class RemoteCollection:
+    """A collection behind a clipsearch server. `key`: an API key (X-API-Key)."""
+
+    def __init__(self, url: str, name: str | None = None, key: str | None = None,
+                 timeout: float = TIMEOUT_S, http: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._http = http or httpx.Client(base_url=self.url, timeout=timeout,
+                                          headers={"X-API-Key": key} if key else {})
+        self.name = name or self._default_name()
+
+    def _default_name(self) -> str:
+        found = self._request("GET", "/v1/collections")["collections"]
+        default = next((c["name"] for c in found if c.get("default")), None)
+        if default is None:
+            raise BadInput(f"the server at {self.url} has no default collection yet: name one, "
+                           "clipsearch.connect(url, collection=NAME)")
+        return str(default)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteCollection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteCollection({self.name!r}, url={self.url!r})"
+
+    # --- indexing ------------------------------------------------------------------------------
+
+    def index(self, sources: Sequence[str | Path], *, id_column: str | None = None,
+              image_columns: Sequence[str] = (), text_columns: str | Sequence[str] | None = None,
+              fields: dict[str, str] | None = None, progress: bool = False) -> IndexReport:
+        """Asks the server to bring its --watch folders in line now; sources must be among them."""
+        if isinstance(sources, (str, Path)):
+            sources = [sources]
+        body = {"sources": [str(Path(s).absolute()) for s in sources]}  # as the server names its folders
+        return IndexReport.from_json(self._post(f"{self._base}/sync", json=body))
+
+    # --- search --------------------------------------------------------------------------------
+
+    def search(self, text: str | None = None, *, image: ImageLike | None = None, like: str | None = None,
+               query: QueryTerms | None = None, k: int = 10, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, mode: str | None = None, keywords: str | None = None,
+               offset: int = 0, min_score: float | None = None, facets: Sequence[str] = (),
+               facet_limit: int = FACET_LIMIT, group_by: str | None = None, diversity: float | None = None,
+               vector: str | None = None) -> SearchResults:
+        terms = query_terms(text, image, like, query)  # checked here as locally: one kind of query
+        options = self._options(where, filter, vector=vector, offset=offset, mode=mode, text=keywords,
+                                min_score=min_score, group_by=group_by, diversity=diversity,
+                                facets=tuple(facets), facet_limit=facet_limit)
+        if image is not None:
+            form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in options.to_json().items()
+                    if k not in ("mode", "facets")}
+            form.update(collection=self.name, k=str(k))
+            if options.mode:
+                form["search_mode"] = options.mode
+            if options.facets:
+                form["facets"] = ",".join(options.facets)
+            answer = self._post("/v1/search/image", data=form,
+                                files={"file": ("image", image_bytes(image), "application/octet-stream")})
+            return SearchResults.from_json(answer)
+        if keywords is not None and keywords != text:
+            raise BadInput("through a server, keywords= goes with image= (a JSON search ranks keywords by "
+                           "its text): search by text=, or by image= with keywords=")
+        body: dict[str, Any] = {**options.to_json(), "collection": self.name, "k": k}
+        body.pop("text", None)
+        if text is not None:
+            body["text"] = text
+        elif like is not None:
+            body["image_id"] = like
+        else:
+            body["query"] = [{key: value for key, value in (("text", t.text), ("image_id", t.image_id),
+                                                           ("weight", t.weight)) if value is not None}
+                             for t in terms]
+        return SearchResults.from_json(self._post("/v1/search", json=body))
+
+    def recommend(self, positive: Sequence[str], negative: Sequence[str] = (), *, k: int = 10,
+                  where: str | Sequence[str] | None = None, filter: dict[str, Any] | None = None,
+                  offset: int = 0, min_score: float | None = None, facets: Sequence[str] = (),
+                  facet_limit: int = FACET_LIMIT, group_by: str | None = None,
+                  vector: str | None = None) -> SearchResults:
+        if isinstance(positive, str) or isinstance(negative, str):
+            raise BadInput("positive and negative are lists of item ids")
+        options = self._options(where, filter, vector=vector, offset=offset, min_score=min_score,
+                                group_by=group_by, facets=tuple(facets), facet_limit=facet_limit)
+        body = {**options.to_json(), "collection": self.name, "k": k, "positive": list(positive),
+                **({"negative": list(negative)} if negative else {})}
+        return SearchResults.from_json(self._post("/v1/search", json=body))
+
+    def classify(self, images: Sequence[ImageLike], labels: Sequence[str]) -> list[Classified]:
+        names = labels if isinstance(labels, str) else ",".join(labels)
+        found = []
+        for image in images:
+            answer = self._post("/v1/classify", data={"labels": names, "collection": self.name},
+                                files={"file": ("image", image_bytes(image), "application/octet-stream")})
+            found.append(Classified([LabelScore(x["label"], float(x["score"])) for x in answer["labels"]]))
+        return found
+
+    # --- items ---------------------------------------------------------------------------------
+
+    def get_item(self, id: str) -> Item:
+        return Item.from_json(self._request("GET", f"{self._base}/items/{_segment(id)}"))
+
+    def put_item(self, id: str, image: ImageLike | None = None, *, image_url: str | None = None,
+                 metadata: dict[str, Any] | None = None,
+                 text: str | dict[str, str] | None = None) -> ItemWritten:
+        path = f"{self._base}/items/{_segment(id)}"
+        if image is not None:
+            form = {"metadata": json.dumps(metadata or {})}
+            if text is not None:
+                form["text"] = text if isinstance(text, str) else json.dumps(text)
+            answer = self._request("PUT", path, data=form,
+                                   files={"file": ("image", image_bytes(image), "application/octet-stream")})
+        else:
+            body = {"image_url": image_url, "metadata": metadata or {}, "text": text}
+            answer = self._request("PUT", path, json={k: v for k, v in body.items() if v is not None})
+        return ItemWritten.from_json(answer)
+
+    def patch_item(self, id: str, metadata: dict[str, Any] | None = None,
+                   text: str | dict[str, str] | None = None) -> ItemWritten:
+        body = {"metadata": metadata or {}, **({"text": text} if text is not None else {})}
+        return ItemWritten.from_json(self._request("PATCH", f"{self._base}/items/{_segment(id)}", json=body))
+
+    def delete_item(self, id: str) -> ItemWritten:
+        return ItemWritten.from_json(self._request("DELETE", f"{self._base}/items/{_segment(id)}"))
+
+    # --- labels --------------------------------------------------------------------------------
+
+    def label(self, labels: str | Sequence[str], *, run: str = "label", top_k: int = 3,
+              threshold: float = 0.0, templates: str | None = None, where: str | Sequence[str] | None = None,
+              filter: dict[str, Any] | None = None, vector: str | None = None) -> LabelRun:
+        from indexer.curation.labels import load_labels
+
+        names = load_labels(labels) if isinstance(labels, str) else list(labels)
+        body = {"labels": names, "run": run, "top_k": top_k, "threshold": threshold, "templates": templates,
+                "filter": self._filter(where, filter), "vector": vector}
+        return LabelRun.from_json(self._post(f"{self._base}/labels", json=body))
+
+    def label_runs(self) -> dict[str, dict[str, Any]]:
+        runs = self._request("GET", f"{self._base}/labels")["runs"]
+        return {run.pop("run"): run for run in runs}
+
+    def label_counts(self, run: str = "label") -> LabelCounts:
+        return LabelCounts.from_json(self._request("GET", f"{self._base}/labels/{_segment(run)}"))
+
+    def review_items(self, run: str, label: str, *, pending: bool = False, offset: int = 0,
+                     limit: int = 48) -> ReviewPage:
+        params = {"label": label, "pending": str(pending).lower(), "offset": offset, "limit": limit}
+        return ReviewPage.from_json(self._request("GET", f"{self._base}/labels/{_segment(run)}/items",
+                                                  params=params))
+
+    def review(self, run: str, ids: Sequence[str], action: str, label: str | None = None) -> list[ReviewItem]:
+        body = {"ids": list(ids), "action": action, **({"label": label} if label is not None else {})}
+        answer = self._post(f"{self._base}/labels/{_segment(run)}/review", json=body)
+        return [ReviewItem.from_json(item) for item in answer["items"]]
+
+    # --- curation ------------------------------------------------------------------------------
+
+    def duplicates(self, *, threshold: float = DEFAULT_THRESHOLD, hash_distance: int = HASH_DISTANCE,
+                   vector: str | None = None) -> Duplicates:
+        params = _params(threshold=threshold, hash_distance=hash_distance, vector=vector)
+        return Duplicates.from_json(self._request("GET", f"{self._base}/duplicates", params=params))
+
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
+                 ) -> Clusters:
+        params = _params(k=k, central=central, seed=seed, vector=vector)
+        return Clusters.from_json(self._request("GET", f"{self._base}/clusters", params=params))
+
+    def outliers(self, limit: int = 50, *, neighbours: int = 10, vector: str | None = None) -> Outliers:
+        params = _params(limit=limit, neighbours=neighbours, vector=vector)
+        return Outliers.from_json(self._request("GET", f"{self._base}/outliers", params=params))
+
+    def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, run: str | None = None) -> Exported:
+        """csv, jsonl and COCO documents are written to `out` here; folders are exported where the
+        collection is (`clipsearch export` on the server's machine)."""
+        document, report = self.export_document(format, where=where, filter=filter, run=run)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(out), document.encode("utf-8"))
+        return Exported(report.format, str(out), report.items, report.labelled)
+
+    def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
+                        filter: dict[str, Any] | None = None, run: str | None = None
+                        ) -> tuple[str, Exported]:
+        body = {"format": format, "filter": self._filter(where, filter), "run": run}
+        answer = self._post(f"{self._base}/export", json=body)
+        report = Exported(answer["format"], "", int(answer["items"]), int(answer["labelled"]))
+        return answer["document"], report
+
+    def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
+             ) -> dict[str, Any]:
+        raise BadInput("eval reads a labelled dataset's files, which the server does not take: run it with "
+                       "clipsearch.open on the machine that holds the collection, or `clipsearch eval` there")
+
+    # --- vectors -------------------------------------------------------------------------------
+
+    def vectors(self) -> Vectors:
+        return Vectors.from_json(self._request("GET", f"{self._base}/vectors"))
+
+    def reembed(self, model: str, pretrained: str, *, name: str | None = None) -> Vectors:
+        """Starts the re-embedding in the server and waits until it is done (or failed: its error)."""
+        answer = Vectors.from_json(self._post(f"{self._base}/vectors", json={
+            "model": model, "pretrained": pretrained, **({"name": name} if name else {})}))
+        started = {v.name for v in answer.vectors if v.job}
+        while True:
+            vectors = self.vectors()
+            jobs = [v for v in vectors.vectors if v.name in started and v.job]
+            failed = [v for v in jobs if v.job and v.job.get("state") == "failed"]
+            if failed:
+                raise Unavailable(f"re-embedding into {failed[0].name!r} failed: "
+                                  f"{failed[0].job.get('error') if failed[0].job else ''}")
+            if all(v.job and v.job.get("state") not in ("starting", "running") for v in jobs):
+                return vectors
+            time.sleep(REEMBED_POLL_S)
+
+    def activate(self, name: str) -> Vectors:
+        return Vectors.from_json(self._post(f"{self._base}/vectors/{_segment(name)}/activate"))
+
+    def drop_vector(self, name: str) -> Vectors:
+        return Vectors.from_json(self._request("DELETE", f"{self._base}/vectors/{_segment(name)}"))
+
+    # --- the collection ------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        return Status.from_json(self._request("GET", f"{self._base}/status"))
+
+    def snapshot(self, out: str | Path) -> Transfer:
+        """The server writes the archive and sends it; it lands at `out` here."""
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")
+        gzip = target.name.endswith((".gz", ".tgz"))
+        params = {"gzip": str(gzip).lower()}
+        with self._http.stream("POST", f"{self._base}/snapshot", params=params) as response:
+            if not response.is_success:
+                response.read()
+                self._raise(response)
+            with open(partial, "wb") as file:
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+        partial.replace(target)
+        from indexer.stores.transfer import verify
+
+        manifest = verify(target)
+        counts = {name: v["count"] for name, v in manifest["vectors"].items()}
+        return Transfer(self.name, manifest.get("source_store", ""), manifest["points"], counts, str(target))
+
+    # --- internals -----------------------------------------------------------------------------
+
+    @property
+    def _base(self) -> str:
+        return f"/v1/collections/{_segment(self.name)}"
+
+    def _fields(self) -> dict[str, str]:
+        return dict(self._request("GET", f"{self._base}/status")["fields"])
+
+    def _filter(self, where: str | Sequence[str] | None, filter: dict[str, Any] | None
+                ) -> dict[str, Any] | None:
+        """`where` parsed here against the collection's declared fields, as a local Collection does."""
+        return combined_filter(where, filter, self._fields() if where else None)
+
+    def _options(self, where: str | Sequence[str] | None, filter: dict[str, Any] | None,
+                 **options: Any) -> SearchOptions:
+        return SearchOptions(filter=self._filter(where, filter), **options)
+
+    def _post(self, path: str, **kwargs: Any) -> Any:
+        return self._request("POST", path, **kwargs)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"the server at {self.url} does not answer: {exc}") from exc
+        if not response.is_success:
+            self._raise(response)
+        return response.json()
+
+    def _raise(self, response: httpx.Response) -> None:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        if not isinstance(detail, str):  # a validation error's list
+            detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
+                               for d in detail if isinstance(d, dict)) or str(detail)
+        raise error_for_status(response.status_code, f"{detail} (from the server at {self.url})")
+
+
+def _segment(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,638 @@
+"""The local `Collection`: every capability of clipsearch as a method on one object, the one object
+every front end calls (the Python API `clipsearch.open`, the HTTP routes, the CLI).
+
+It wraps the library's parts (the search engine, the ingest pipeline, curation, re-embedding, backups)
+and returns the small dataclasses of indexer.results. `clipsearch.connect` gives the same interface
+over HTTP (`CollectionAPI` below says what both have).
+
+Thread safety: the embedded stores and the models are not safe to call from several threads at once,
+so every call runs through an `Access`: alone under a lock of its own (`LocalAccess`, a script or a
+notebook), or through the server's per-collection lock (search_api.engines.Engines.call), so the HTTP
+routes and the server's own writers take turns on the one open store.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
+from indexer.errors import BadInput
+from indexer.results import (
+    Classified,
+    Clusters,
+    Duplicates,
+    Exported,
+    Hit,
+    IndexReport,
+    Item,
+    ItemWritten,
+    LabelCounts,
+    LabelRun,
+    LabelScore,
+    Outliers,
+    ReviewItem,
+    ReviewPage,
+    SearchResults,
+    Status,
+    Transfer,
+    Vectors,
+)
+from indexer.search.engine import SearchEngine, SearchOutcome
+from indexer.search.options import FACET_LIMIT, SearchOptions, combined_filter
+from indexer.search.query import Term
+from indexer.settings import Settings
+
+T = TypeVar("T")
+# An image to search by or classify: a file path, its bytes, or a PIL image.
+ImageLike = Any
+# Query algebra: (weight, text) pairs, or Terms; an indexed item is {"image_id": ID}.
+QueryTerms = Sequence[Term | tuple[float, str] | dict[str, Any]]
+
+
+class Access(Protocol):
+    """How a Collection reaches its engine: `call` runs fn with it, alone; `exclusive` runs fn with the
+    engine closed (a library run that opens the store itself, under the collection's write lock)."""
+
+    def call(self, fn: Callable[[SearchEngine], T]) -> T: ...
+
+    def exclusive(self, fn: Callable[[], T], what: str) -> T: ...
+
+    def close(self) -> None: ...
+
+
+class LocalAccess:
+    """The engine of one collection in this process, opened on first use, one call at a time."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        import threading
+
+        self.settings, self.name = settings, name
+        self._lock = threading.RLock()
+        self._engine: SearchEngine | None = None
+
+    def call(self, fn: Callable[[SearchEngine], T]) -> T:
+        with self._lock:
+            if self._engine is None:
+                self._engine = SearchEngine(self.settings, self.name, warm=False)
+            return fn(self._engine)
+
+    def exclusive(self, fn: Callable[[], T], what: str) -> T:
+        with self._lock:
+            self.close()
+            return fn()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+
+class Collection:
+    """One collection. `Collection.open(name, settings)`; a collection that does not exist yet is
+    created by its first `index` (or `put_item` is refused with advice). Use it as a context manager,
+    or call `close()`, to let the store go."""
+
+    def __init__(self, settings: Settings, name: str | None = None, access: Access | None = None) -> None:
+        self.settings = settings
+        self.name = name or settings.collection
+        self._access: Access = access or LocalAccess(settings, self.name)
+
+    @classmethod
+    def open(cls, name: str | None = None, settings: Settings | None = None) -> Collection:
+        from indexer.stores import check_collection_name
+
+        settings = settings or Settings()
+        collection = cls(settings, name)
+        check_collection_name(collection.name)
+        return collection
+
+    def close(self) -> None:
+        self._access.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, store={self.settings.store!r}, home={str(self.settings.home)!r})"
+
+    # --- indexing ------------------------------------------------------------------------------
+
+    def index(
+        self,
+        sources: Sequence[str | Path],
+        *,
+        id_column: str | None = None,
+        image_columns: Sequence[str] = (),
+        text_columns: str | Sequence[str] | None = None,
+        fields: dict[str, str] | None = None,
+        progress: bool = False,
+    ) -> IndexReport:
+        """Embed new and changed images under `sources` (folders, image files, .csv/.jsonl/.parquet
+        catalogs), drop the ones that are gone; creates the collection with the settings' model.
+        `progress`: tqdm bars on stderr."""
+        from indexer.ingest.catalog import ColumnMapping
+        from indexer.ingest.catalog_run import index_paths
+
+        if isinstance(sources, (str, Path)):
+            sources = [sources]
+        texts = text_columns if text_columns is None or isinstance(text_columns, str) \
+            else ",".join(text_columns)
+        mapping = ColumnMapping.from_flags(id_column, tuple(image_columns), texts,
+                                           tuple(f"{k}:{v}" for k, v in (fields or {}).items()))
+        report = self._access.exclusive(
+            lambda: index_paths(self.settings, [Path(s) for s in sources], mapping, self.name,
+                                progress=progress),
+            "index",
+        )
+        return IndexReport.from_json(report.summary())
+
+    # --- search --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: ImageLike | None = None,
+        like: str | None = None,
+        query: QueryTerms | None = None,
+        k: int = 10,
+        where: str | Sequence[str] | None = None,
+        filter: dict[str, Any] | None = None,
+        mode: str | None = None,
+        keywords: str | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        facets: Sequence[str] = (),
+        facet_limit: int = FACET_LIMIT,
+        group_by: str | None = None,
+        diversity: float | None = None,
+        vector: str | None = None,
+    ) -> SearchResults:
+        """Search by exactly one of: `text`; an example `image` (path, bytes or PIL image); `like`, the
+        id of an indexed item; `query`, weighted terms [(1, "red dress"), (-0.5, "long sleeves"),
+        {"image_id": ID, "weight": 0.5}]. `where`: the --where grammar ("price < 50", "brand in (a, b)"),
+        one expression or several (ANDed); `filter`: the API's filter JSON; `keywords`: the words of a
+        hybrid/keyword ranking; `diversity`: MMR, 0-1; `facets`: fields to count under the filter."""
+        terms = query_terms(text, image, like, query)
+        options = self.search_options(where, filter, vector=vector, offset=offset, mode=mode, text=keywords,
+                                      min_score=min_score, group_by=group_by, diversity=diversity,
+                                      facets=tuple(facets), facet_limit=facet_limit)
+        return self._call(lambda engine: results(engine.search_query(terms, k, **options.engine_kwargs())))
+
+    def recommend(
+        self,
+        positive: Sequence[str],
+        negative: Sequence[str] = (),
+        *,
+        k: int = 10,
+        where: str | Sequence[str] | None = None,
+        filter: dict[str, Any] | None = None,
+        offset: int = 0,
+        min_score: float | None = None,
+        facets: Sequence[str] = (),
+        facet_limit: int = FACET_LIMIT,
+        group_by: str | None = None,
+        vector: str | None = None,
+    ) -> SearchResults:
+        """More like the items `positive`, less like `negative` (ids); those given are left out."""
+        if isinstance(positive, str) or isinstance(negative, str):
+            raise BadInput("positive and negative are lists of item ids")
+        options = self.search_options(where, filter, vector=vector, offset=offset, min_score=min_score,
+                                      group_by=group_by, facets=tuple(facets), facet_limit=facet_limit)
+        return self._call(lambda engine: results(
+            engine.recommend(list(positive), list(negative), k, **options.recommend_kwargs())))
+
+    def search_options(self, where: str | Sequence[str] | None, filter: dict[str, Any] | None,
+                       **options: Any) -> SearchOptions:
+        """The SearchOptions of a call: `where` checked against the declared fields."""
+        query_filter = None
+        if where or filter:
+            fields = self._call(lambda engine: dict(engine.schema.fields)) if where else None
+            query_filter = combined_filter(where, filter, fields)
+        return SearchOptions(filter=query_filter, **options)
+
+    def classify(self, images: Sequence[ImageLike], labels: Sequence[str]) -> list[Classified]:
+        """Zero-shot labels of each image (path, bytes or PIL image), best first, scores summing to 1."""
+        if isinstance(labels, str):
+            labels = [label.strip() for label in labels.split(",") if label.strip()]
+        pictures = [image_input(image) for image in images]
+        scored = self._call(lambda engine: engine.classify(pictures, list(labels)))
+        return [Classified([LabelScore(label, float(score)) for label, score in each]) for each in scored]
+
+    # --- items ---------------------------------------------------------------------------------
+
+    def get_item(self, id: str) -> Item:
+        payload = self._call(lambda engine: engine.item(id))
+        return Item(id, payload.get("uri", ""), payload.get("metadata", {}))
+
+    def put_item(
+        self,
+        id: str,
+        image: ImageLike | None = None,
+        *,
+        image_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        text: str | dict[str, str] | None = None,
+    ) -> ItemWritten:
+        """Create or replace the item `id` (a SKU, a key): its image (path, bytes, PIL image, or an
+        http(s) `image_url`), metadata and text. Without an image, an existing item keeps its own."""
+        from indexer.ingest.items import check_client_id, put_item, store_image
+
+        check_client_id(id)
+        data = image_bytes(image) if image is not None else None
+        stored = store_image(self.settings, self.name, data, image_url) if data or image_url else None
+
+        def put(engine: SearchEngine) -> ItemWritten:
+            def embed(spec: Any, path: Path) -> Any:
+                model = engine.models.query(spec.model)
+                return model.encode_images([engine.decode(path, model)])[0]
+
+            return _written(put_item(engine.store, embed, id, stored, dict(metadata or {}), text))
+
+        return self._call(put)
+
+    def patch_item(self, id: str, metadata: dict[str, Any] | None = None,
+                   text: str | dict[str, str] | None = None) -> ItemWritten:
+        """Change an item's metadata and text (a None value removes a field); nothing is embedded."""
+        from indexer.ingest.items import patch_item
+
+        return self._call(lambda engine: _written(patch_item(engine.store, id, dict(metadata or {}), text)))
+
+    def delete_item(self, id: str) -> ItemWritten:
+        from indexer.ingest.items import delete_item
+
+        return self._call(lambda engine: _written(delete_item(engine.store, id)))
+
+    # --- labels --------------------------------------------------------------------------------
+
+    def label(
+        self,
+        labels: str | Sequence[str],
+        *,
+        run: str = "label",
+        top_k: int = 3,
+        threshold: float = 0.0,
+        templates: str | None = None,
+        where: str | Sequence[str] | None = None,
+        filter: dict[str, Any] | None = None,
+        vector: str | None = None,
+    ) -> LabelRun:
+        """Label every item (passing the filter) zero-shot from its stored vector: a run's fields
+        `<run>`, `<run>_score`, `<run>_top` in its metadata. `labels`: a list, a comma list, or a
+        built-in set (imagenet, cifar10); items whose best score is under `threshold` are "unsure"."""
+        from indexer.curation.labels import label_store, load_labels, load_templates
+
+        names = load_labels(labels) if isinstance(labels, str) else list(labels)
+        chosen = load_templates(templates)
+
+        def run_labels(engine: SearchEngine) -> LabelRun:
+            spec = engine.schema.vector(vector)
+            query_filter = combined_filter(where, filter, dict(engine.schema.fields))
+            store_filter = engine.store_filter(query_filter)
+            clip = engine.models.get(spec.model)
+            report = label_store(engine.store, clip, names, templates=chosen, run=run, top_k=top_k,
+                                 threshold=threshold, vector=spec.name, store_filter=store_filter,
+                                 progress=False)
+            return LabelRun.from_json(report.summary())
+
+        return self._write(run_labels, "clipsearch label")
+
+    def label_runs(self) -> dict[str, dict[str, Any]]:
+        """Every label run: labels, top_k, threshold, vector, labeled, at."""
+        from indexer.curation.labels import label_runs
+
+        return self._call(lambda engine: label_runs(engine.store))
+
+    def label_counts(self, run: str = "label") -> LabelCounts:
+        from indexer.curation.labels import label_counts
+
+        return LabelCounts.from_json(self._call(lambda engine: label_counts(engine.store, run)))
+
+    def review_items(self, run: str, label: str, *, pending: bool = False, offset: int = 0,
+                     limit: int = 48) -> ReviewPage:
+        """The items of one label (or "unsure") of a run, most confident first, a page at a time."""
+        from indexer.curation.labels import review_items
+
+        total, page = self._call(lambda engine: review_items(engine.store, run, label, pending=pending,
+                                                             offset=offset, limit=limit))
+        return ReviewPage(run, label, total, offset, limit, [ReviewItem.from_json(i) for i in page])
+
+    def review(self, run: str, ids: Sequence[str], action: str, label: str | None = None) -> list[ReviewItem]:
+        """A person's decision on items: accept (the zero-shot label), change (to `label`), reject, clear."""
+        from indexer.curation.labels import review
+
+        if action not in ("accept", "change", "reject", "clear"):
+            raise BadInput(f"review action {action!r}: accept, change, reject or clear")
+        done = self._call(lambda engine: review(engine.store, run, list(ids), action, label))  # type: ignore[arg-type]
+        return [ReviewItem.from_json(item) for item in done]
+
+    # --- curation ------------------------------------------------------------------------------
+
+    def duplicates(self, *, threshold: float = DEFAULT_THRESHOLD, hash_distance: int = HASH_DISTANCE,
+                   vector: str | None = None) -> Duplicates:
+        """Groups of exact (same bytes) and near duplicates (CLIP cosine >= threshold, or perceptual
+        hashes within hash_distance bits), each with the one to keep."""
+        from indexer.curation.duplicates import find_duplicates
+
+        return Duplicates.from_json(self._call(lambda engine: find_duplicates(
+            engine.store, threshold=threshold, hash_distance=hash_distance, vector=vector)))
+
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
+                 ) -> Clusters:
+        """k-means clusters with their sizes and most central items."""
+        from indexer.curation.clusters import cluster_collection
+
+        return Clusters.from_json(self._call(lambda engine: cluster_collection(
+            engine.store, k, vector=vector, central=central, outliers=0, seed=seed)))
+
+    def outliers(self, limit: int = 50, *, neighbours: int = 10, vector: str | None = None) -> Outliers:
+        """The most isolated items first (score: 1 - mean cosine to their nearest `neighbours`)."""
+        from indexer.curation.clusters import load_vectors, outlier_scores
+        from indexer.curation.clusters import neighbours as nearest
+
+        def run(engine: SearchEngine) -> dict[str, Any]:
+            ids, payloads, x = load_vectors(engine.store, vector)
+            if len(ids) < 2:
+                return {"outliers": []}
+            _, near = nearest(engine.store, ids, x, min(neighbours, len(ids) - 1), using=vector)
+            scores = outlier_scores(near)
+            order = sorted(range(len(ids)), key=lambda i: (-scores[i], i))[:limit]
+            return {"outliers": [{"id": ids[i], "uri": payloads[i].get("uri", ""),
+                                  "score": round(float(scores[i]), 6)} for i in order]}
+
+        return Outliers.from_json(self._call(run))
+
+    def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, run: str | None = None) -> Exported:
+        """Write the items passing the filter to `out`: csv, jsonl, coco (a label `run`'s labels as
+        image-level annotations; run="@duplicates": the duplicate groups), or the folders imagefolder
+        and fiftyone."""
+        from indexer.curation.export import collect, export
+
+        def run_export(engine: SearchEngine) -> Exported:
+            query_filter = combined_filter(where, filter, dict(engine.schema.fields))
+            items = collect(engine.store, engine.store_filter(query_filter))
+            report = export(engine.store, items, format, Path(out), run=run)
+            return Exported(report.format, report.out, report.items, report.labelled)
+
+        return self._call(run_export)
+
+    def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
+                        filter: dict[str, Any] | None = None, run: str | None = None) -> tuple[str, Exported]:
+        """The csv, jsonl or COCO document `export` would write, as text, with its counts (the HTTP
+        route's answer; a client writes it where its user asked)."""
+        from indexer.curation.export import collect, export_document
+
+        def render(engine: SearchEngine) -> tuple[str, Exported]:
+            query_filter = combined_filter(where, filter, dict(engine.schema.fields))
+            items = collect(engine.store, engine.store_filter(query_filter))
+            document, report = export_document(engine.store, items, format, run=run)
+            return document, Exported(format, "", report.items, report.labelled)
+
+        return self._call(render)
+
+    def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
+             ) -> dict[str, Any]:
+        """The collection's stored vectors measured on labelled `data` (an ImageFolder tree or a CSV
+        of path,label; its images indexed in this collection): zero-shot top-1/5, text-to-image and
+        image-to-image recall. The same document as `clipsearch eval --json`."""
+        from indexer.curation.evaluate import (
+            Embedded,
+            eval_json,
+            load_dataset,
+            prompt_name,
+            run_eval,
+            stored_images,
+        )
+        from indexer.curation.labels import load_templates, prompt_embeddings
+
+        dataset = load_dataset(Path(data))
+        chosen = load_templates(templates)
+
+        def systems(engine: SearchEngine) -> list[Any]:
+            found = []
+            for name in vectors or (None,):
+                spec = engine.schema.vector(name)
+                clip = engine.models.get(spec.model)
+                classes = prompt_embeddings(clip, [prompt_name(c) for c in dataset.classes], chosen)
+                found.append(Embedded(f"{self.name}:{spec.name}", stored_images(engine.store, dataset.paths,
+                                                                                spec.name), classes))
+            return found
+
+        return eval_json(run_eval(dataset, self._call(systems)))
+
+    # --- vectors -------------------------------------------------------------------------------
+
+    def vectors(self) -> Vectors:
+        """The named vectors, with model, state and progress; the active one answers queries."""
+        return Vectors(self.status().vectors)
+
+    def reembed(self, model: str, pretrained: str, *, name: str | None = None) -> Vectors:
+        """Embed the collection with another model into a new vector (or resume one); waits until it
+        is filled. Queries keep using the active vector until `activate`."""
+        from indexer.ingest.reembed import reembed
+
+        self._access.exclusive(
+            lambda: reembed(self.settings, self.name, model, pretrained, vector=name, progress=False),
+            "reembed",
+        )
+        return self.vectors()
+
+    def activate(self, name: str) -> Vectors:
+        from indexer.ingest.reembed import activate
+
+        self._call(lambda engine: activate(engine.store, name))
+        return self.vectors()
+
+    def drop_vector(self, name: str) -> Vectors:
+        from indexer.ingest.reembed import drop_vector
+
+        self._call(lambda engine: drop_vector(engine.store, name))
+        return self.vectors()
+
+    # --- the collection ------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """Count, model, vectors, declared fields and failed files."""
+        return Status.from_json(self._call(lambda engine: engine.status()))
+
+    def snapshot(self, out: str | Path) -> Transfer:
+        """Every point (vectors, payloads, schema) to a portable archive at `out` (.tar or .tar.gz)."""
+        from indexer.stores.transfer import snapshot
+
+        report = self._call(lambda engine: snapshot(engine.store, out, store_kind=self.settings.store))
+        return Transfer.from_json(report.to_json())
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[SearchEngine], T]) -> T:
+        return self._access.call(fn)
+
+    def _write(self, fn: Callable[[SearchEngine], T], holder: str) -> T:
+        """A write by a library run: under the collection's write lock when this process does not
+        already hold the collection for a server."""
+        if isinstance(self._access, LocalAccess):
+            from indexer.locking import collection_lock
+
+            with collection_lock(self.settings.home, self.name, holder):
+                return self._call(fn)
+        return self._call(fn)
+
+
+# --- restore and copy: they make a collection ----------------------------------------------------
+
+
+def restore(archive: str | Path, name: str | None = None, *, replace: bool = False,
+            settings: Settings | None = None) -> Transfer:
+    """A collection (the archived one's name, or `name`) from a snapshot archive."""
+    from indexer.stores.transfer import restore as restore_archive
+
+    report = restore_archive(settings or Settings(), archive, name, replace=replace)
+    return Transfer.from_json(report.to_json())
+
+
+def copy(name: str, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False,
+         settings: Settings | None = None) -> Transfer:
+    """A copy of collection `name` under `to_name` and/or into another store kind, without re-embedding."""
+    from indexer.stores.transfer import copy_collection
+
+    source = settings or Settings()
+    target = source.with_flags(store=to_store)
+    report = copy_collection(source, name, target, to_name or name, replace=replace)
+    return Transfer.from_json(report.to_json())
+
+
+# --- what both the local and the remote Collection are --------------------------------------------
+
+
+@runtime_checkable
+class CollectionAPI(Protocol):
+    """The interface of `clipsearch.open` (Collection) and `clipsearch.connect` (RemoteCollection):
+    a script runs unchanged against either. tests/test_python_api.py checks both match it."""
+
+    name: str
+
+    def close(self) -> None: ...
+    def index(self, sources: Sequence[str | Path], *, id_column: str | None = None,
+              image_columns: Sequence[str] = (), text_columns: str | Sequence[str] | None = None,
+              fields: dict[str, str] | None = None, progress: bool = False) -> IndexReport: ...
+    def search(self, text: str | None = None, *, image: ImageLike | None = None, like: str | None = None,
+               query: QueryTerms | None = None, k: int = 10, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, mode: str | None = None, keywords: str | None = None,
+               offset: int = 0, min_score: float | None = None, facets: Sequence[str] = (),
+               facet_limit: int = FACET_LIMIT, group_by: str | None = None, diversity: float | None = None,
+               vector: str | None = None) -> SearchResults: ...
+    def recommend(self, positive: Sequence[str], negative: Sequence[str] = (), *, k: int = 10,
+                  where: str | Sequence[str] | None = None, filter: dict[str, Any] | None = None,
+                  offset: int = 0, min_score: float | None = None, facets: Sequence[str] = (),
+                  facet_limit: int = FACET_LIMIT, group_by: str | None = None,
+                  vector: str | None = None) -> SearchResults: ...
+    def classify(self, images: Sequence[ImageLike], labels: Sequence[str]) -> list[Classified]: ...
+    def get_item(self, id: str) -> Item: ...
+    def put_item(self, id: str, image: ImageLike | None = None, *, image_url: str | None = None,
+                 metadata: dict[str, Any] | None = None,
+                 text: str | dict[str, str] | None = None) -> ItemWritten: ...
+    def patch_item(self, id: str, metadata: dict[str, Any] | None = None,
+                   text: str | dict[str, str] | None = None) -> ItemWritten: ...
+    def delete_item(self, id: str) -> ItemWritten: ...
+    def label(self, labels: str | Sequence[str], *, run: str = "label", top_k: int = 3,
+              threshold: float = 0.0, templates: str | None = None, where: str | Sequence[str] | None = None,
+              filter: dict[str, Any] | None = None, vector: str | None = None) -> LabelRun: ...
+    def label_runs(self) -> dict[str, dict[str, Any]]: ...
+    def label_counts(self, run: str = "label") -> LabelCounts: ...
+    def review_items(self, run: str, label: str, *, pending: bool = False, offset: int = 0,
+                     limit: int = 48) -> ReviewPage: ...
+    def review(self, run: str, ids: Sequence[str], action: str,
+               label: str | None = None) -> list[ReviewItem]: ...
+    def duplicates(self, *, threshold: float = DEFAULT_THRESHOLD, hash_distance: int = HASH_DISTANCE,
+                   vector: str | None = None) -> Duplicates: ...
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
+                 ) -> Clusters: ...
+    def outliers(self, limit: int = 50, *, neighbours: int = 10, vector: str | None = None) -> Outliers: ...
+    def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, run: str | None = None) -> Exported: ...
+    def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
+                        filter: dict[str, Any] | None = None, run: str | None = None
+                        ) -> tuple[str, Exported]: ...
+    def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
+             ) -> dict[str, Any]: ...
+    def vectors(self) -> Vectors: ...
+    def reembed(self, model: str, pretrained: str, *, name: str | None = None) -> Vectors: ...
+    def activate(self, name: str) -> Vectors: ...
+    def drop_vector(self, name: str) -> Vectors: ...
+    def status(self) -> Status: ...
+    def snapshot(self, out: str | Path) -> Transfer: ...
+
+
+# --- helpers shared with the HTTP client ---------------------------------------------------------
+
+
+def query_terms(text: str | None, image: ImageLike | None, like: str | None,
+                query: QueryTerms | None) -> list[Term]:
+    """The terms of a search given by exactly one of text, image, like, query."""
+    given = [name for name, value in (("text", text), ("image", image), ("like", like), ("query", query))
+             if value is not None]
+    if len(given) != 1:
+        raise BadInput("search by exactly one of text, image, like (an item id) or query (weighted terms)"
+                       + (f"; got {', '.join(given)}" if given else ""))
+    if text is not None:
+        if not text.strip():
+            raise BadInput("the search text is empty")
+        return [Term(text=text)]
+    if image is not None:
+        return [Term(image=image_input(image))]
+    if like is not None:
+        return [Term(image_id=like)]
+    assert query is not None
+    return [as_term(term) for term in query]
+
+
+def as_term(term: Term | tuple[float, str] | dict[str, Any]) -> Term:
+    if isinstance(term, Term):
+        return term
+    if isinstance(term, dict):
+        weight = float(term.get("weight", 1.0))
+        return Term(text=term.get("text"), image_id=term.get("image_id"), weight=weight)
+    weight, text = term
+    return Term(text=text, weight=float(weight))
+
+
+def image_input(image: ImageLike) -> bytes | str | Path:
+    """What the engine decodes: bytes or a path; a PIL image becomes PNG bytes."""
+    if isinstance(image, (bytes, str, Path)):
+        return image
+    if hasattr(image, "save"):  # a PIL image
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise BadInput(f"an image is a file path, bytes or a PIL image, not {type(image).__name__}")
+
+
+def image_bytes(image: ImageLike) -> bytes:
+    source = image_input(image)
+    if isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read image {source}: {exc.strerror}") from None
+
+
+def results(outcome: SearchOutcome) -> SearchResults:
+    facets = {name: [(str(v), int(n)) for v, n in counts] for name, counts in outcome.facets.items()}
+    hits = [Hit(r.id, r.uri, float(r.score), dict(r.metadata)) for r in outcome.results]
+    return SearchResults(hits, facets, outcome.mode)
+
+
+def _written(write: Any) -> ItemWritten:
+    return ItemWritten(write.id, write.point_id, write.action, write.embedded)
+
+
+__all__ = ["Collection", "CollectionAPI", "LocalAccess", "copy", "restore"]
