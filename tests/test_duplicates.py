@@ -263,6 +263,37 @@ def test_keep_and_remove_lists_through_the_command(
     assert all(copy in others for copy in corpus.byte_copies)
 
 
+def test_the_lists_through_a_running_server_are_the_same(corpus: Corpus, tiny_checkpoint: Path,
+                                                          tmp_path: Path) -> None:
+    """While `clipsearch serve` holds the collection, the command goes through it: same lists."""
+    import httpx
+
+    from tests.clirun import cli_home, run, start, wait_for
+    from tests.helpers import free_port
+
+    with cli_home(corpus.settings.home, tiny_checkpoint):
+        run("duplicates", "--threshold", "1.01", "--keep-list", str(tmp_path / "keep-local.csv"),
+            "--remove-list", str(tmp_path / "remove-local.csv"))
+        port = free_port()
+        server = start("serve", "--port", str(port))
+        try:
+            def ready() -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(ready, 120, "the server", every=0.2)
+            run("duplicates", "--threshold", "1.01", "--keep-list", str(tmp_path / "keep-served.csv"),
+                "--remove-list", str(tmp_path / "remove-served.csv"))
+        finally:
+            server.terminate()
+            server.communicate(timeout=60)
+    for which in ("keep", "remove"):
+        local = (tmp_path / f"{which}-local.csv").read_text()
+        assert (tmp_path / f"{which}-served.csv").read_text() == local and local.count("\n") > 1
+
+
 def test_clip_path_with_random_weights_never_mixes_photos(corpus: Corpus, store) -> None:
     """The tiny model (random weights) finds every photo alike (cosines ~0.95-0.99): the default report
     must still never group different photos, and find what the hashes find."""
