@@ -9,6 +9,7 @@ tests/test_settings.py fails while the README and the fields differ.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -30,12 +31,15 @@ def with_table(readme: str, table: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1, changing nothing, when out of date")
+    check = parser.parse_args(argv).check
     readme = REPO / "README.md"
     text = readme.read_text()
     updated = with_table(text, markdown_table())
     if updated == text:
         return 0
-    if "--check" in argv:
+    if check:
         print("README.md's settings table is out of date: run scripts/settings_table.py", file=sys.stderr)
         return 1
     readme.write_text(updated)

@@ -1,6 +1,17 @@
 """Shared fixtures: a tiny random-initialised open_clip model saved as a real checkpoint, settings
 pointing at a temporary home, and the shared real-image folders (skipped when absent).
-Plain helpers live in tests/helpers.py: import them from there, not from here."""
+Plain helpers live in tests/helpers.py: import them from there, not from here.
+
+Markers (registered in pyproject.toml):
+- `e2e` is set here, at collection, on every test that starts a process (the CLI through
+  tests/clirun.py, any subprocess), a server on a loopback port, a browser, the Streamlit UI or a Ray
+  cluster, or drives the CLI or the API through click's or Starlette's test client, in the test or
+  in any fixture or helper it uses: tests/markers.py reads that from the code,
+  so a new test is classified as it is written, without a list to keep up to date. Reading the code
+  rather than going by file keeps a file's unit checks in the fast loop beside its CLI runs.
+- `slow` is set by hand on the few tests that take minutes on their own (big data sizes).
+`bash scripts/test.sh --fast` runs `-m "not e2e and not slow"`: the unit and contract tests.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +24,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach a model hub
 
 from scripts.benchlib import random_checkpoint  # noqa: E402
 from tests.helpers import TINY_CONFIG, copy_photos, require_imagenet, settings_env  # noqa: E402
+from tests.markers import is_end_to_end  # noqa: E402
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_end_to_end(item):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

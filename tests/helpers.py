@@ -1,6 +1,7 @@
 """Helpers the test modules share; test modules import from here, never from one another.
 
 - paths and settings: the tiny model's config, the shared real photos, settings for a home;
+- waiting: `eventually`, which retries a read-and-check until it passes (never wait, then read);
 - photos: private copies of real photos;
 - a real API server: uvicorn in a thread on a loopback port (`serve`), or over freshly indexed
   photos (`indexed_server`), and raw HTTP for what httpx would normalise away;
@@ -18,12 +19,12 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -82,6 +83,31 @@ def make_settings(home: Path, checkpoint: Path, **overrides: Any) -> Settings:
         section, field = owners[0]
         values[section] = {**values.get(section, {}), field: value}
     return Settings(**values)
+
+
+# --- waiting -------------------------------------------------------------------------------------
+
+Checked = TypeVar("Checked")
+
+
+def eventually(check: Callable[[], Checked], timeout: float = 60, what: str = "",
+               retry_on: tuple[type[BaseException], ...] = (AssertionError,), every: float = 0.1) -> Checked:
+    """Run `check` (a function that reads the state and asserts on what it read, in one step) until it
+    passes, and answer what it returned; at the deadline its last failure is raised.
+
+    For anything that settles in its own time (a page that re-renders, a watcher that syncs, a
+    counter bumped after the write it counts): waiting for one sign and then reading another can see
+    the state between the two; checking the very reading that was waited for cannot. `retry_on` adds
+    errors that mean "not yet" (playwright's Error when an element is replaced mid-read)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except retry_on as failure:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still failing after {timeout}s{f' ({what})' if what else ''}: "
+                                     f"{type(failure).__name__}: {failure}") from failure
+        time.sleep(every)
 
 
 # --- photos --------------------------------------------------------------------------------------

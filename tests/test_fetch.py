@@ -5,7 +5,6 @@ bounded concurrency, and the refusal of loopback, private and metadata-service a
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,17 +93,14 @@ def test_404_fails_at_once_and_500_then_200_succeeds_after_retrying(tmp_path, se
 def test_slow_trickling_and_endless_answers_are_cut_off(tmp_path, server) -> None:
     settings = fetch_settings(tmp_path / "home", read_timeout_s=0.3, deadline_s=1.0, retries=1,
                               max_bytes=1_000_000)
-    with Fetcher(settings) as fetcher:
-        started = time.monotonic()
+    with Fetcher(settings) as fetcher:  # an endless answer that were not cut off would hang the test
         slow = fetcher.fetch(f"{server.url}/slow")
         trickle = fetcher.fetch(f"{server.url}/trickle")
         endless = fetcher.fetch(f"{server.url}/endless")
-        took = time.monotonic() - started
     assert slow.reason == "timed out (read) after 2 tries" and server.requests["/slow"] == 2
     assert trickle.reason == "download took longer than 1 s after 2 tries"
     assert endless.reason == "larger than 1000000 bytes (CLIPSEARCH_FETCH_MAX_BYTES)"
     assert server.requests["/endless"] == 1, "a byte cap is final: no retry"
-    assert took < 8
 
 
 def test_content_is_checked_before_it_is_cached(tmp_path, server) -> None:
@@ -131,12 +127,9 @@ def test_concurrency_is_bounded_and_overlaps_latency(tmp_path, photos) -> None:
     with fetch_server(photos, latency=0.2) as server:
         urls = [server.file_url(n) for n in names(photos, 24)]
         with Fetcher(fetch_settings(tmp_path / "home", concurrency=6)) as fetcher:
-            started = time.monotonic()
             done = fetcher.fetch_all(urls)
-            took = time.monotonic() - started
     assert all(f.ok for f in done.values())
-    assert server.max_in_flight == 6
-    assert took < 24 * 0.2 / 2, f"24 downloads of 0.2 s each, 6 at a time, took {took:.2f} s"
+    assert server.max_in_flight == 6  # the latencies overlapped, six at a time (no timed bound: noisy)
 
 
 # --- what may be fetched at all -------------------------------------------------------------------

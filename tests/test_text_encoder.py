@@ -49,6 +49,7 @@ def vit_b_32() -> ClipModel:
     return ClipModel(clip, preprocess, open_clip.get_tokenizer("ViT-B-32"), identity, "cpu")
 
 
+@pytest.mark.slow  # a full-size ViT-B-32: about a minute on 2 cores; the tiny model's twin stays fast
 def test_prefix_encoding_equals_encode_text_on_vit_b_32(vit_b_32: ClipModel) -> None:
     _check_agrees(vit_b_32)
 

@@ -119,6 +119,7 @@ def vit_b_32_pair():
     return fp32, int8
 
 
+@pytest.mark.slow  # a full-size ViT-B-32: about a minute on 2 cores; the tiny model's twin stays fast
 def test_int8_fast_path_agrees_with_fp32_on_vit_b_32(vit_b_32_pair, imagenet_dir: Path) -> None:
     fp32, int8 = vit_b_32_pair
     assert (fp32.identity.precision, int8.identity.precision) == ("fp32", "int8")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import make_settings, photo_copies, serve, streamlit_ui
+from tests.helpers import eventually, make_settings, photo_copies, serve, streamlit_ui
 
 TESTS = Path(__file__).parent
 APP = TESTS.parent / "ui" / "app.py"
@@ -30,6 +30,7 @@ GRID_CAPTIONS = '[class*="st-key-results-"] .cs-path'  # a photo's last folders 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} absent (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install it)")
+NOT_YET = (AssertionError, sync_api.Error)  # what a read of a page that is still re-rendering may raise
 
 
 @pytest.fixture(scope="module")
@@ -93,52 +94,69 @@ def shots(tmp_path: Path) -> Path:
     return folder
 
 
-def search(page, text: str) -> object:
+# One reading of the result grid, taken in the page in one step: each thumbnail's decoded width (0
+# while it loads), each caption's text and how it wraps.
+GRID_STATE = """([images, captions]) => ({
+    widths: [...document.querySelectorAll(images)].map(e => e.complete ? e.naturalWidth : 0),
+    names: [...document.querySelectorAll(captions)].map(e => e.innerText),
+    titles: [...document.querySelectorAll(captions)].map(e => e.title),
+    wrapping: [...document.querySelectorAll(captions)].map(e => getComputedStyle(e).whiteSpace),
+})"""
+
+
+def settled_grid(page, first: str | None = None) -> dict[str, list]:
+    """The grid once it shows K decoded thumbnails with their captions (`first` first, when given, to
+    tell a new grid from the one it replaces): the reading that was waited for, never a later one."""
+    def shown() -> dict[str, list]:
+        grid = page.evaluate(GRID_STATE, [GRID_IMAGES, GRID_CAPTIONS])
+        assert grid["widths"] == [320] * K and len(grid["names"]) == K, grid  # thumbnail size
+        assert first is None or grid["names"][0] == first, grid
+        return grid
+
+    return eventually(shown, 60, "the result grid", retry_on=NOT_YET)
+
+
+def search(page, text: str) -> dict[str, list]:
     box = page.get_by_label("Describe the images you want")
     box.fill(text)
     box.press("Enter")
-    images = page.locator(GRID_IMAGES)
-    images.nth(K - 1).wait_for(timeout=60_000)
-    page.wait_for_load_state("networkidle")
-    return images
+    return settled_grid(page)
 
 
 def test_search_grid(page, photos: Path, shots: Path) -> None:
-    images = search(page, "a photo of a dog")
-    assert images.count() == K
+    grid = search(page, "a photo of a dog")
     # Every thumbnail decoded in the browser (bytes went API -> Streamlit -> page), at thumbnail size.
-    widths = images.evaluate_all("els => els.map(e => e.complete ? e.naturalWidth : 0)")
-    assert widths == [320] * K
-    captions = page.locator(GRID_CAPTIONS)
-    names = captions.all_inner_texts()
+    assert grid["widths"] == [320] * K
+    names = grid["names"]
     assert len(names) == K and all(name == f"{photos.parent.name}/{photos.name}/{Path(name).name}"
                                    for name in names)  # two folders and the name tell files apart
-    hover = captions.evaluate_all("els => els.map(e => e.title)")
-    assert hover == [str(photos / Path(name).name) for name in names]  # the whole path on hover
+    assert grid["titles"] == [str(photos / Path(name).name) for name in names]  # the whole path on hover
     # One line each: a long name is cut with an ellipsis, never broken mid-word.
-    styles = captions.evaluate_all("els => els.map(e => getComputedStyle(e).whiteSpace)")
-    assert styles == ["nowrap"] * K
+    assert grid["wrapping"] == ["nowrap"] * K
     # No full-screen button on a thumbnail (the detail view shows the original instead).
-    images.first.hover()
+    page.locator(GRID_IMAGES).first.hover()
     toolbars = page.locator('[class*="st-key-results-"] [data-testid="stElementToolbar"]')
-    assert toolbars.count() >= 1 and not any(t.is_visible() for t in toolbars.all())
-    assert page.get_by_text(f"{K} results").count() == 1
-    assert page.get_by_role("button", name="Deploy").count() == 0  # a product, not a demo (ui config)
+    sync_api.expect(toolbars.first).to_be_attached()
+    for toolbar in toolbars.all():
+        sync_api.expect(toolbar).to_be_hidden()
+    sync_api.expect(page.get_by_text(f"{K} results")).to_have_count(1)
+    sync_api.expect(page.get_by_role("button", name="Deploy")).to_have_count(0)  # a product (ui config)
     page.screenshot(path=str(shots / "search.png"), full_page=True)
 
 
 def test_details_show_and_download_the_original(page, photos: Path, shots: Path) -> None:
-    search(page, "a bird on a branch")
-    name = page.locator(GRID_CAPTIONS).nth(1).inner_text()
+    name = search(page, "a bird on a branch")["names"][1]
     original = photos / Path(name).name
     page.get_by_role("button", name="Details").nth(1).click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
     image = dialog.locator('[data-testid="stImage"] img')
-    image.wait_for(timeout=30_000)
-    page.wait_for_load_state("networkidle")
-    size = image.evaluate("e => [e.naturalWidth, e.naturalHeight]")
-    assert tuple(size) == Image.open(original).size  # the original's own pixels, not a 320 px thumbnail
+
+    def the_original_is_shown() -> None:  # its own pixels, not a 320 px thumbnail: read once loaded
+        size = image.evaluate("e => e.complete ? [e.naturalWidth, e.naturalHeight] : null")
+        assert size is not None and tuple(size) == Image.open(original).size, size
+
+    eventually(the_original_is_shown, 30, "the original in the dialog", retry_on=NOT_YET)
     page.screenshot(path=str(shots / "details.png"))
     with page.expect_download() as download:
         dialog.get_by_role("button", name="Download original").click()
@@ -146,9 +164,8 @@ def test_details_show_and_download_the_original(page, photos: Path, shots: Path)
     assert Path(download.value.path()).read_bytes() == original.read_bytes()
     dialog.get_by_role("button", name="Find similar").click()
     page.get_by_text(f"Images similar to {name}").wait_for(timeout=30_000)
-    assert page.get_by_role("dialog").count() == 0
-    page.locator(GRID_IMAGES).nth(K - 1).wait_for(timeout=60_000)
-    assert page.locator(GRID_CAPTIONS).first.inner_text() == name
+    sync_api.expect(page.get_by_role("dialog")).to_have_count(0)
+    settled_grid(page, first=name)  # the photo itself is the most similar
 
 
 def test_failures_page(page, broken: Path, shots: Path) -> None:

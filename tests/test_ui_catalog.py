@@ -21,7 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.catalogs import product_rows, write_catalog
-from tests.helpers import app_test, make_settings, photo_copies, serve, streamlit_ui
+from tests.helpers import app_test, eventually, make_settings, photo_copies, serve, streamlit_ui
 
 PRODUCTS = 36
 COLLECTION = "shop"
@@ -238,13 +238,16 @@ def test_product_cards_in_chromium(ui_url: str, catalog, tmp_path: Path) -> None
             box.wait_for(timeout=60_000)
             box.fill(QUERY)
             box.press("Enter")
-            cards = page.locator('[class*="st-key-results-"] [data-testid="stImage"] img')
-            cards.nth(11).wait_for(timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            captions = page.locator('[class*="st-key-results-"] [data-testid="stImageCaption"]')
-            captions = captions.all_inner_texts()
+            caption_cells = page.locator('[class*="st-key-results-"] [data-testid="stImageCaption"]')
             titles = {row["title"]: row for row in catalog[1]}
-            assert len(captions) == 12 and all(caption in titles for caption in captions)
+
+            def twelve_product_cards() -> list[str]:
+                shown = caption_cells.all_inner_texts()  # one reading, checked as read
+                assert len(shown) == 12 and all(caption in titles for caption in shown), shown
+                return shown
+
+            captions = eventually(twelve_product_cards, 60, "the product cards",
+                                  retry_on=(AssertionError, sync_api.Error))
             first = titles[captions[0]]
             main = page.locator('[data-testid="stMain"]')
             sync_api.expect(main.get_by_text(f"{first['price']:,.2f}").first).to_be_visible()

@@ -12,8 +12,8 @@ recognises each photo it is shown and answers what the test scripted for it.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,13 +222,11 @@ def test_a_failing_vlm_gives_clip_order_with_a_status(served: Served, vlm: FakeV
                                                        kind: str) -> None:
     clip = clip_order(served.url, 6)
     vlm.responder = lambda request: reply
-    started = time.monotonic()
     answer = search(served.url, k=6, rerank=True)
-    assert time.monotonic() - started < DEADLINE_S + 4  # the deadline holds, whatever the VLM does
     assert ids(answer) == clip
     assert answer["rerank"]["status"] == "failed" and answer["rerank"]["reason"]
     assert [hit["rerank"]["status"] for hit in answer["results"]] == ["failed"] * TOP_N + ["skipped"]
-    assert {hit["rerank"]["error"] for hit in answer["results"][:TOP_N]} == {kind}
+    assert {hit["rerank"]["error"] for hit in answer["results"][:TOP_N]} == {kind}  # late: "deadline"
     assert all(hit["vlm_score"] is None for hit in answer["results"])
 
 
@@ -286,9 +284,10 @@ def test_bad_rerank_options_are_422(served: Served, vlm: FakeVlm) -> None:
 # --- explanations --------------------------------------------------------------------------------------
 
 
-def stream_events(url: str, body: dict[str, Any], arrivals: list[float] | None = None
+def stream_events(url: str, body: dict[str, Any], on_event: Callable[[], object] | None = None
                   ) -> list[tuple[str, dict[str, Any]]]:
-    """The server-sent events of /v1/explain/stream, as (event name, data); arrival times if asked."""
+    """The server-sent events of /v1/explain/stream, as (event name, data), calling `on_event` as each
+    arrives."""
     events, name = [], "message"
     with httpx.stream("POST", f"{url}/v1/explain/stream", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -298,8 +297,8 @@ def stream_events(url: str, body: dict[str, Any], arrivals: list[float] | None =
                 name = line.removeprefix("event: ")
             elif line.startswith("data: "):
                 events.append((name, json.loads(line.removeprefix("data: "))))
-                if arrivals is not None:
-                    arrivals.append(time.monotonic())
+                if on_event is not None:
+                    on_event()
                 name = "message"
     return events
 
@@ -321,15 +320,13 @@ def test_explain(served: Served, vlm: FakeVlm, photos: Photos) -> None:
 
 def test_explain_streams_pieces_as_they_come(served: Served, vlm: FakeVlm, photos: Photos) -> None:
     pieces = ["It is ", "a dog ", "on grass, ", "not a beach."]
-    vlm.responder = lambda request: Reply(chunks=pieces, chunk_delay_s=0.3)
-    arrivals: list[float] = []
-    started = time.monotonic()
-    events = stream_events(served.url, {"query": "a dog on a beach", "image_id": served.ids[5]}, arrivals)
+    first_arrived = threading.Event()  # the VLM writes its last piece only once the first reached us
+    vlm.responder = lambda request: Reply(chunks=pieces, hold_last=first_arrived)
+    events = stream_events(served.url, {"query": "a dog on a beach", "image_id": served.ids[5]},
+                           first_arrived.set)  # a stream buffered on the way would stall here and fail
     assert [name for name, _ in events] == ["message"] * 4 + ["done"]
     assert [data["text"] for _, data in events[:4]] == pieces
     assert events[-1][1]["explanation"] == "".join(pieces).strip()
-    assert arrivals[0] - started < 0.9 * (arrivals[-1] - started)  # the first piece came before the end
-    assert arrivals[-1] - arrivals[0] >= 0.6  # not all at once: as the VLM wrote them
 
 
 def test_a_stream_cut_short_ends_with_an_error_event(served: Served, vlm: FakeVlm) -> None:

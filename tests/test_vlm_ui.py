@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from indexer.models.loading import ClipModel
-from tests.helpers import app_test, index_photos, make_settings, serve, streamlit_ui
+from tests.helpers import app_test, eventually, index_photos, make_settings, serve, streamlit_ui
 from tests.vlm_photos import Photos, indexed_photos, scores_by_id
 from tests.vlm_server import FakeVlm, Reply, closed_port_url
 
@@ -28,6 +28,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 def explanation(item_id: str) -> str:
     return f"It shows {item_id}, not quite a dog."
+
+
+WHOLE_EXPLANATION = re.compile(r"It shows (\S+), not quite a dog\.")  # `explanation`, streamed to its end
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +183,6 @@ def test_explanations_appear_in_the_browser(ui_url: str, api_url: str, fake: Fak
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} absent (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    photos_explained = "It shows"
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -189,19 +191,28 @@ def test_explanations_appear_in_the_browser(ui_url: str, api_url: str, fake: Fak
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(ui_url)
             page.get_by_text("Re-rank with the VLM").click()
+            sync_api.expect(page.get_by_role("switch", name="Re-rank with the VLM")).to_be_checked()
             box = page.get_by_label("Describe the images you want")
             box.fill("a dog in the snow")  # a query of its own: nothing cached from the other tests
             box.press("Enter")
             cards = page.locator('[class*="st-key-search-explain-"]')
-            sync_api.expect(cards).to_have_count(12, timeout=60_000)  # the page's default k
-            # Each card's explanation, written under its thumbnail as it streamed in.
-            for index in range(12):
-                sync_api.expect(cards.nth(index)).to_contain_text(photos_explained, timeout=60_000)
-            texts = cards.all_inner_texts()
-            item_ids = [t.split("It shows ", 1)[1].split(",", 1)[0] for t in texts]
-            assert len(set(item_ids)) == 12  # each card explains its own hit
+
+            def every_card_explains_its_own_hit() -> list[str]:
+                # One reading of all the cards (the page re-renders as explanations stream in), checked
+                # as read: a wait on each card and a later read could see a card between two renders.
+                # Whole explanations only: a card part-way through its stream reads "It shows" too.
+                texts = cards.all_inner_texts()
+                assert len(texts) == 12, texts  # the page's default k
+                whole = [re.search(WHOLE_EXPLANATION, text) for text in texts]
+                assert all(whole), texts
+                item_ids = [found.group(1) for found in whole if found]
+                assert len(set(item_ids)) == 12, item_ids  # each card explains its own hit
+                return texts
+
+            eventually(every_card_explains_its_own_hit, 120, "each card's explanation",
+                       retry_on=(AssertionError, sync_api.Error))
             grid = page.locator('[class*="st-key-results-search"] [data-testid="stImage"] img')
-            assert grid.count() == 12
+            sync_api.expect(grid).to_have_count(12)
             page.screenshot(path=str(tmp_path / "explanations.png"), full_page=True)
         finally:
             browser.close()

@@ -3,7 +3,8 @@
 A real HTTP server (Starlette under uvicorn, in a thread) speaking the chat completions API, plain
 and streamed (server-sent events), and GET /v1/models. It records every request (headers, JSON body,
 times) and answers what a responder, a function of the recorded request, scripts: a content, a
-status, a raw body (garbage), a delay, a hang, a stream in given pieces. It can refuse
+status, a raw body (garbage), a delay, a hang, a stream in given pieces (its last held back until
+the test has read the first, if asked). It can refuse
 `response_format` as some servers do, and check a Bearer key.
 
     with FakeVlm(by_color({RED: score(9, "red"), BLUE: score(2, "blue")})) as vlm:
@@ -48,6 +49,9 @@ class Reply:
     hang: bool = False  # answer nothing until the server stops
     chunks: list[str] | None = None  # a stream's pieces (default: the content word by word)
     chunk_delay_s: float = 0.0
+    # The stream's last piece waits until this is set (or the server stops): a test sets it when the
+    # first piece reaches it, which proves the pieces were passed on as written, without a clock.
+    hold_last: threading.Event | None = None
     usage: tuple[int, int] = (100, 10)  # prompt, completion tokens
 
 
@@ -242,7 +246,10 @@ class FakeVlm:
     async def _events(self, recorded: Recorded, reply: Reply) -> AsyncIterator[str]:
         try:
             pieces = reply.chunks if reply.chunks is not None else _words(reply.content)
-            for piece in pieces:
+            for place, piece in enumerate(pieces):
+                if reply.hold_last is not None and place == len(pieces) - 1:
+                    while not (reply.hold_last.is_set() or self._stopping.is_set()):
+                        await asyncio.sleep(0.01)
                 chunk = _chunk(recorded.body, {"content": piece}, None)
                 yield f"data: {json.dumps(chunk)}\n\n"
                 await asyncio.sleep(reply.chunk_delay_s)
