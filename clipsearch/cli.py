@@ -34,7 +34,16 @@ from clipsearch.common import (
 )
 from clipsearch.rerank import VlmFlags, apply_locally, print_results, vlm_options
 from clipsearch.search_options import SearchAsk, facets_json, print_facets, search_options
-from indexer.errors import ERROR_KINDS, BadInput, Conflict, ErrorKind, ImageDecodeError, InvalidFilter
+from indexer.errors import (
+    ERROR_KINDS,
+    BadInput,
+    CollectionCorrupt,
+    CollectionLocked,
+    Conflict,
+    ErrorKind,
+    ImageDecodeError,
+    InvalidFilter,
+)
 from indexer.settings import Settings
 
 
@@ -154,6 +163,10 @@ def index(
     )
     if s["failed"]:
         click.echo("see `clipsearch status` for the failed files and why", err=True)
+    if s.get("unindexed"):
+        names = ", ".join(s["unindexed"][:20])
+        click.echo(f"{len(s['unindexed'])} columns stored but not indexed (not filterable; the collection "
+                   f"has CLIPSEARCH_LIMITS_INDEXED_FIELDS fields): {names}", err=True)
 
 
 @main.command()
@@ -394,6 +407,38 @@ def status(collection: str | None, as_json: bool) -> None:
     click.echo(f"failed:     {len(report['failed'])}")
     for entry in report["failed"]:
         click.echo(f"  {entry['uri']}: {entry['reason']}")
+
+
+@main.command()
+@collection_option
+@click.option("--repair", is_flag=True, help="Drop the corrupt points, so that the next index run embeds "
+              "their files again (not through a running server).")
+@json_option
+def check(collection: str | None, repair: bool, as_json: bool) -> None:
+    """Verify a collection: its vectors, payloads, counts, indexes and files on disk, and say what to do
+    about what is wrong (exit 11 when it is corrupt)."""
+    settings = settings_from_flags()
+    name = collection or settings.collection
+
+    def local() -> dict[str, Any]:
+        from indexer.stores.check import verify_collection
+
+        return verify_collection(settings, name, repair)
+
+    def through(url: str) -> dict[str, Any]:
+        if repair:
+            raise CollectionLocked(f"collection {name!r} is held by the server at {url}: stop it to --repair")
+        return remote.call(settings, url, "GET", f"/v1/collections/{name}/check")
+
+    report = remote.local_or_through_server(settings, name, local, through)
+    if as_json:
+        emit(report)
+    if not report["ok"] and "repaired" not in report:
+        if as_json:
+            sys.exit(ERROR_KINDS[ErrorKind.CORRUPT].exit_code)
+        raise CollectionCorrupt(report["line"])
+    if not as_json:
+        click.echo(report["line"])
 
 
 @main.command()

@@ -228,18 +228,20 @@ class RemoteCollection:
         return Outliers.from_json(self._request("GET", f"{self._base}/outliers", params=params))
 
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
-               filter: dict[str, Any] | None = None, run: str | None = None) -> Exported:
+               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
+               ) -> Exported:
         """csv, jsonl and COCO documents are written to `out` here; folders are exported where the
         collection is (`clipsearch export` on the server's machine)."""
-        document, report = self.export_document(format, where=where, filter=filter, run=run)
+        document, report = self.export_document(format, where=where, filter=filter, run=run,
+                                                formulas=formulas)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(out), document.encode("utf-8"))
         return Exported(report.format, str(out), report.items, report.labelled)
 
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
-                        filter: dict[str, Any] | None = None, run: str | None = None
+                        filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
                         ) -> tuple[str, Exported]:
-        body = {"format": format, "filter": self._filter(where, filter), "run": run}
+        body = {"format": format, "filter": self._filter(where, filter), "run": run, "csv_formulas": formulas}
         answer = self._post(f"{self._base}/export", json=body)
         report = Exported(answer["format"], "", int(answer["items"]), int(answer["labelled"]))
         return answer["document"], report

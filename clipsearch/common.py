@@ -10,12 +10,14 @@ import importlib
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
 
-from indexer.errors import BadInput, ClipsearchError, outcome
+from indexer.durable import disk_full_message, is_disk_full
+from indexer.errors import BadInput, ClipsearchError, DiskFull, outcome
 from indexer.settings import ENV_PREFIX, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,6 +69,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except ClipsearchError as exc:
             fail(exc)
+        except OSError as exc:  # a full disk met outside the stores' checks (a model export, an output file)
+            if not is_disk_full(exc):
+                raise
+            folder = Path(exc.filename).parent if exc.filename else Path.cwd()
+            fail(DiskFull(disk_full_message(folder, "this command", None, None)))
 
     def add_lazy_commands(self, module: str, names: list[str]) -> None:
         """The commands `names`, found in `module`'s COMMANDS when first needed."""

@@ -7,7 +7,6 @@ refused with CollectionBusy: stop the server, or use the review routes it serves
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ import click
 from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.errors import BadInput, Conflict
+from indexer.limits import load_json
+from indexer.settings import LimitsSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 TOP_COUNTS = 20  # labels listed by the human-readable summary
@@ -38,16 +39,12 @@ def filter_options(func: F) -> F:
     )(func)
 
 
-def query_filter(where: tuple[str, ...], filter_json: str | None) -> dict[str, Any] | None:
-    """The query filter (field names) of --where and --filter together; None for neither."""
+def query_filter(where: tuple[str, ...], filter_json: str | None, max_depth: int) -> dict[str, Any] | None:
+    """The query filter (field names) of --where and --filter together; None for neither. `max_depth`:
+    how deeply --filter may nest (CLIPSEARCH_LIMITS_JSON_DEPTH)."""
     from indexer.search.options import combined_filter
 
-    given = None
-    if filter_json:
-        try:
-            given = json.loads(filter_json)
-        except ValueError as exc:
-            raise BadInput(f"--filter is not valid JSON: {exc}") from exc
+    given = load_json(filter_json, "--filter", max_depth) if filter_json else None
     return combined_filter(list(where), given)
 
 
@@ -84,7 +81,8 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
     from indexer.curation.labels import BUILTIN_TEMPLATES, label_collection, load_labels, load_templates
 
     settings = settings_from_flags(device=device, collection=collection)
-    names, wanted = load_labels(labels, labels_file), query_filter(where, filter_json)
+    names = load_labels(labels, labels_file)
+    wanted = query_filter(where, filter_json, settings.limits.json_depth)
 
     def local() -> dict[str, Any]:
         return label_collection(
@@ -133,18 +131,21 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
               help="Export the duplicate groups (as `clipsearch duplicates` finds them) instead: their "
                    "members, with the group as the label.")
 @click.option("--copy", is_flag=True, help="imagefolder, fiftyone: copy the images rather than symlink them.")
+@click.option("--csv-formulas", is_flag=True,
+              help="csv: write cells that start with =, +, -, @, tab or CR as they are (for data pipelines); "
+                   "by default they get a leading ' so a spreadsheet shows them as text.")
 @collection_option
 @json_option
 def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None, run: str | None,
-           query: str | None, k: int, duplicates: bool, copy: bool, collection: str | None,
-           as_json: bool) -> None:
+           query: str | None, k: int, duplicates: bool, copy: bool, csv_formulas: bool,
+           collection: str | None, as_json: bool) -> None:
     """Export a collection, a label run, a duplicate report or a query's results to OUT (labels: a
     person's decision first)."""
     if duplicates and (query or where or filter_json or run):
         raise click.UsageError("--duplicates exports the whole report: no --query, --where, --filter, --run")
 
     settings = settings_from_flags(collection=collection)
-    wanted = query_filter(where, filter_json)
+    wanted = query_filter(where, filter_json, settings.limits.json_depth)
 
     def through(shop: Any) -> dict[str, Any]:
         if duplicates or query is not None or copy or fmt not in ("csv", "jsonl", "coco"):
@@ -152,13 +153,14 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
                            "jsonl or coco with --where/--filter/--run (no --query, --duplicates, --copy, "
                            "folders); for the others, stop the server first")
         chosen = run if run is not None else ("label" if "label" in shop.label_runs() else None)
-        done = shop.export(out, fmt, filter=wanted, run=chosen)
+        done = shop.export(out, fmt, filter=wanted, run=chosen, formulas=csv_formulas)
         return {"format": done.format, "out": done.out, "items": done.items, "labelled": done.labelled,
                 "files": 0, "missing": 0}
 
     report = remote.local_or_through_server(
         settings, settings.collection,
-        lambda: _export_here(settings, out, fmt, wanted, run, query, k, duplicates, copy, as_json),
+        lambda: _export_here(settings, out, fmt, wanted, run, query, k, duplicates, copy, as_json,
+                             csv_formulas),
         remote.through_client(settings, settings.collection, through))
     if as_json:
         emit(report)
@@ -168,7 +170,8 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
 
 
 def _export_here(settings: Any, out: Path, fmt: str, wanted: dict[str, Any] | None, run: str | None,
-                 query: str | None, k: int, duplicates: bool, copy: bool, as_json: bool) -> dict[str, Any]:
+                 query: str | None, k: int, duplicates: bool, copy: bool, as_json: bool,
+                 csv_formulas: bool = False) -> dict[str, Any]:
     from indexer.curation.export import DUPLICATES, collect, duplicate_items
     from indexer.curation.export import export as write_export
     from indexer.curation.labels import DEFAULT_RUN, label_runs
@@ -185,16 +188,16 @@ def _export_here(settings: Any, out: Path, fmt: str, wanted: dict[str, Any] | No
             found = engine.search_text(query, k, filter=wanted).results
             items = collect(store, hits=[(r.id, r.score) for r in found])
         else:
-            items = collect(store, _store_filter(store, wanted))
+            items = collect(store, _store_filter(store, wanted, settings.limits))
         if run is None and DEFAULT_RUN in label_runs(store):
             run = DEFAULT_RUN
-        return write_export(store, items, fmt, out, run=run, copy=copy).summary()
+        return write_export(store, items, fmt, out, run=run, copy=copy, formulas=csv_formulas).summary()
 
 
-def _store_filter(store: Any, wanted: dict[str, Any] | None) -> Any:
+def _store_filter(store: Any, wanted: dict[str, Any] | None, limits: LimitsSettings) -> Any:
     from indexer.stores.filters import Filter
 
-    parsed = Filter.parse(wanted)
+    parsed = Filter.parse(wanted, limits)
     return parsed.resolve(store.schema) if parsed is not None and not parsed.is_empty() else None
 
 

@@ -76,7 +76,9 @@ class LocalAccess:
     def call(self, fn: Callable[[SearchEngine], T]) -> T:
         with self._lock:
             if self._engine is None:
-                self._engine = SearchEngine(self.settings, self.name, warm=False)
+                # The engine lets go of the lock while it encodes a query: threads of one program
+                # searching at once share encoder batches (indexer.models.batching).
+                self._engine = SearchEngine(self.settings, self.name, warm=False, lock=self._lock)
             return fn(self._engine)
 
     def exclusive(self, fn: Callable[[], T], what: str) -> T:
@@ -243,10 +245,13 @@ class Collection:
     ) -> ItemWritten:
         """Create or replace the item `id` (a SKU, a key): its image (path, bytes, PIL image, or an
         http(s) `image_url`), metadata and text. Without an image, an existing item keeps its own."""
-        from indexer.ingest.items import check_client_id, put_item, store_image
+        from indexer.ingest.items import check_put, put_item, store_image
 
-        check_client_id(id)
+        limits = self.settings.limits
+        check_put(id, dict(metadata or {}), text, limits)  # before an image is fetched or anything kept
         data = image_bytes(image) if image is not None else None
+        if image_url and data is None:
+            self._call(lambda engine: None)  # the collection exists (else NotFound) before the fetch
         stored = store_image(self.settings, self.name, data, image_url) if data or image_url else None
 
         def put(engine: SearchEngine) -> ItemWritten:
@@ -254,7 +259,7 @@ class Collection:
                 model = engine.models.query(spec.model)
                 return model.encode_images([engine.decode(path, model)])[0]
 
-            return _written(put_item(engine.store, embed, id, stored, dict(metadata or {}), text))
+            return _written(put_item(engine.store, embed, id, stored, dict(metadata or {}), text, limits))
 
         return self._call(put)
 
@@ -263,7 +268,9 @@ class Collection:
         """Change an item's metadata and text (a None value removes a field); nothing is embedded."""
         from indexer.ingest.items import patch_item
 
-        return self._call(lambda engine: _written(patch_item(engine.store, id, dict(metadata or {}), text)))
+        limits = self.settings.limits
+        return self._call(
+            lambda engine: _written(patch_item(engine.store, id, dict(metadata or {}), text, limits)))
 
     def delete_item(self, id: str) -> ItemWritten:
         from indexer.ingest.items import delete_item
@@ -370,22 +377,25 @@ class Collection:
         return Outliers.from_json(self._call(run))
 
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
-               filter: dict[str, Any] | None = None, run: str | None = None) -> Exported:
+               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
+               ) -> Exported:
         """Write the items passing the filter to `out`: csv, jsonl, coco (a label `run`'s labels as
         image-level annotations; run="@duplicates": the duplicate groups), or the folders imagefolder
-        and fiftyone."""
+        and fiftyone. CSV cells that start like a spreadsheet formula get a leading `'` unless
+        `formulas` (for data pipelines)."""
         from indexer.curation.export import collect, export
 
         def run_export(engine: SearchEngine) -> Exported:
             query_filter = combined_filter(where, filter, dict(engine.schema.fields))
             items = collect(engine.store, engine.store_filter(query_filter))
-            report = export(engine.store, items, format, Path(out), run=run)
+            report = export(engine.store, items, format, Path(out), run=run, formulas=formulas)
             return Exported(report.format, report.out, report.items, report.labelled)
 
         return self._call(run_export)
 
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
-                        filter: dict[str, Any] | None = None, run: str | None = None) -> tuple[str, Exported]:
+                        filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
+                        ) -> tuple[str, Exported]:
         """The csv, jsonl or COCO document `export` would write, as text, with its counts (the HTTP
         route's answer; a client writes it where its user asked)."""
         from indexer.curation.export import collect, export_document
@@ -393,7 +403,7 @@ class Collection:
         def render(engine: SearchEngine) -> tuple[str, Exported]:
             query_filter = combined_filter(where, filter, dict(engine.schema.fields))
             items = collect(engine.store, engine.store_filter(query_filter))
-            document, report = export_document(engine.store, items, format, run=run)
+            document, report = export_document(engine.store, items, format, run=run, formulas=formulas)
             return document, Exported(format, "", report.items, report.labelled)
 
         return self._call(render)
@@ -557,9 +567,10 @@ class CollectionAPI(Protocol):
                  ) -> Clusters: ...
     def outliers(self, limit: int = 50, *, neighbours: int = 10, vector: str | None = None) -> Outliers: ...
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
-               filter: dict[str, Any] | None = None, run: str | None = None) -> Exported: ...
+               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
+               ) -> Exported: ...
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
-                        filter: dict[str, Any] | None = None, run: str | None = None
+                        filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
                         ) -> tuple[str, Exported]: ...
     def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
              ) -> dict[str, Any]: ...
@@ -632,7 +643,7 @@ def results(outcome: SearchOutcome) -> SearchResults:
 
 
 def _written(write: Any) -> ItemWritten:
-    return ItemWritten(write.id, write.point_id, write.action, write.embedded)
+    return ItemWritten(write.id, write.point_id, write.action, write.embedded, list(write.unindexed))
 
 
 __all__ = ["Collection", "CollectionAPI", "LocalAccess", "copy", "restore"]

@@ -19,6 +19,8 @@ class ErrorKind(Enum):
     UNAVAILABLE = "unavailable"
     UNAUTHORISED = "unauthorised"
     FORBIDDEN = "forbidden"
+    DISK_FULL = "disk full"
+    CORRUPT = "corrupt data"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ ERROR_KINDS: dict[ErrorKind, KindOutcome] = {
     ErrorKind.UNAVAILABLE: KindOutcome(exit_code=7, http_status=503),
     ErrorKind.UNAUTHORISED: KindOutcome(exit_code=8, http_status=401),
     ErrorKind.FORBIDDEN: KindOutcome(exit_code=9, http_status=403),
+    ErrorKind.DISK_FULL: KindOutcome(exit_code=10, http_status=507),
+    # 503 as UNAVAILABLE (listed first, so a remote 503 stays Unavailable): served again once repaired.
+    ErrorKind.CORRUPT: KindOutcome(exit_code=11, http_status=503),
 }
 
 
@@ -76,6 +81,21 @@ class Unauthorised(ClipsearchError):
 
 class Forbidden(ClipsearchError):
     kind = ErrorKind.FORBIDDEN
+
+
+class DiskFull(ClipsearchError):
+    """Too little free space to write safely: refused before writing (an engine's memory-mapped files
+    fail with SIGBUS, not an error, when a page cannot be allocated). The message names the folder,
+    what is free and what is needed."""
+
+    kind = ErrorKind.DISK_FULL
+
+
+class CollectionCorrupt(ClipsearchError):
+    """Stored data that cannot be right (a vector not finite or not unit-norm, an impossible score, a
+    count that disagrees): reported, never served. The message says what to do."""
+
+    kind = ErrorKind.CORRUPT
 
 
 # --- the specific errors the library raises -------------------------------------------------------
@@ -150,6 +170,8 @@ _CLASS_OF_KIND: dict[ErrorKind, type[ClipsearchError]] = {
     ErrorKind.UNAVAILABLE: Unavailable,
     ErrorKind.UNAUTHORISED: Unauthorised,
     ErrorKind.FORBIDDEN: Forbidden,
+    ErrorKind.DISK_FULL: DiskFull,
+    ErrorKind.CORRUPT: CollectionCorrupt,
 }
 
 

@@ -107,6 +107,8 @@ class ItemWritten:
     point_id: str  # the item's id in results
     action: str  # created | replaced | updated | deleted
     embedded: bool  # the image was embedded (False: the stored vectors were kept)
+    # New metadata fields stored but not indexed: the collection has CLIPSEARCH_LIMITS_INDEXED_FIELDS.
+    unindexed: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ItemWritten:

@@ -114,6 +114,51 @@ class ApiSettings(BaseModel):
         return value
 
 
+class LimitsSettings(BaseModel):
+    """Bounds on the work one request, write or catalog run may ask for: past them it is refused at
+    once (a 4xx, a recorded bad row), never a hang."""
+
+    item_fields: int = Field(
+        256, ge=1, description="Metadata fields (text fields included) one item may carry; more: 400."
+    )
+    indexed_fields: int = Field(
+        256,
+        ge=1,
+        description="Fields a collection declares and indexes. A new field past it that no `--field` "
+        "declares is stored with the item but not indexed (not filterable), and the write says so.",
+    )
+    metadata_bytes: int = Field(
+        64 * 1024, ge=1, description="Bytes of one item's metadata and text as JSON; more: 400 or a bad row."
+    )
+    catalog_columns: int = Field(
+        1000, ge=1, description="Columns a catalog may have; a wider one is refused before any row is stored."
+    )
+    json_depth: int = Field(
+        32,
+        ge=2,
+        description="Nesting depth of JSON in a request (filters, metadata, form fields) or a flag "
+        "(`--filter`); deeper: 400.",
+    )
+    filter_conditions: int = Field(
+        1000, ge=1, description="Conditions in one filter, nested filters' included; more: 400."
+    )
+    filter_values: int = Field(
+        10_000, ge=1, description="Values in a filter's `match.any`/`match.except` lists together; more: 400."
+    )
+    ids: int = Field(
+        10_000, ge=1, description="Item ids one request may name (a filter's `has_id`, id lists); more: 400."
+    )
+    decode_pixels: int = Field(
+        200_000_000,
+        ge=1,
+        description="Pixels of uploaded images being decoded at once by a server; an upload past it "
+        "waits (see `decode_wait_s`). One image alone is always admitted.",
+    )
+    decode_wait_s: float = Field(
+        10.0, ge=0, description="Seconds an upload waits for `decode_pixels` room before a 503 (retry later)."
+    )
+
+
 VlmMode = Literal["pointwise", "listwise"]
 
 
@@ -215,6 +260,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Larger images (width x height) are refused, files and uploads alike."
     )
+    min_free_disk_mb: int = Field(
+        64, ge=0, description="Writes to an embedded collection are refused (disk full, one line) while its "
+        "disk has less free space than this, before anything is written; reads go on.",
+    )
 
     # Search tuning, chosen for recall first; see docs/benchmarks.md.
     hnsw_ef: int = Field(
@@ -230,11 +279,26 @@ class Settings(BaseSettings):
     oversampling: float = Field(
         2.0, ge=1.0, description="With `int8`: candidates rescored with the originals, per result."
     )
+    query_batch: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most query texts (and, separately, images) encoded in one encoder call when queries "
+        "arrive together (server, or the library from several threads); `1` turns batching off.",
+    )
+    query_batch_wait_ms: float = Field(
+        3.0,
+        ge=0,
+        le=100,
+        description="Milliseconds a query batch may wait for more queries while others are in flight; "
+        "never when a query is alone.",
+    )
 
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     faiss: FaissSettings = Field(default_factory=FaissSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     vlm: VlmSettings = Field(default_factory=VlmSettings)
 
     def collection_dir(self, name: str) -> Path:

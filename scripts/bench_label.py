@@ -13,13 +13,23 @@ expected answer (top-1 ~0.10, top-5 ~0.50); the point is the cost and that the n
 
     .venv/bin/python scripts/bench_label.py --sizes 100000 1000000 --stores edge faiss
     .venv/bin/python scripts/bench_label.py --sizes            # the eval only
+    .venv/bin/python scripts/bench_label.py --sizes 100000 --stores edge --compare-rebuild --skip-eval
+
+Searches during and after each run: a thread searches the open store (k=10, random unit queries) all
+through the run, and the collection is opened again after it (as the next `clipsearch search` or a
+server opens it) for --queries more; each reports p50/p95 and recall@10 against exact search (numpy
+over the same vectors). --compare-rebuild labels two copies of one build: one as the store does it now,
+one as it did before (edge: building the index at the end of the run, `store.optimize()`, as every
+flush and close did after payload updates until the store stopped rebuilding for them).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,20 +78,77 @@ def build(settings: Any, size: int, dim: int, seed: int) -> float:
     return time.perf_counter() - started
 
 
-def label_run(settings: Any, labels: list[str], label_vectors: np.ndarray) -> dict[str, Any]:
+def built_vectors(size: int, dim: int, seed: int) -> np.ndarray:
+    """The vectors `build` wrote, drawn again."""
+    rng = np.random.default_rng(seed)
+    return np.vstack([unit_rows(rng, min(BUILD_BATCH, size - start), dim)
+                      for start in range(0, size, BUILD_BATCH)])
+
+
+class Searcher:
+    """Searches a store with random unit queries, checking each against exact search over `vectors`."""
+
+    def __init__(self, vectors: np.ndarray, seed: int) -> None:
+        self.vectors, self.rng = vectors, np.random.default_rng(seed)
+        self.ms: list[float] = []
+        self.recalls: list[float] = []
+
+    def one(self, store: Any) -> None:
+        query = unit_rows(self.rng, 1, self.vectors.shape[1])[0]
+        clock = time.perf_counter()
+        hits = store.search(query, 10)
+        self.ms.append(1000 * (time.perf_counter() - clock))
+        truth = set(np.argpartition(-(self.vectors @ query), 10)[:10].tolist())
+        found = {int(h.id[-12:]) for h in hits}  # the ids end in the row number
+        self.recalls.append(len(truth & found) / 10)
+
+    def summary(self) -> dict[str, float]:
+        return {"queries": len(self.ms), **bench.percentiles(self.ms, (50, 95)),
+                "recall": float(np.mean(self.recalls)) if self.recalls else float("nan")}
+
+
+def label_run(settings: Any, labels: list[str], label_vectors: np.ndarray, vectors: np.ndarray,
+              queries: int, rebuild: bool = False) -> dict[str, Any]:
     from indexer.curation.labels import label_store
     from indexer.stores import open_store
 
     store = open_store(settings, "bench")
+    during, running = Searcher(vectors, seed=11), threading.Event()
+    running.set()
+
+    def search_meanwhile() -> None:
+        while running.is_set():
+            during.one(store)
+            time.sleep(0.05)
+
+    searcher = threading.Thread(target=search_meanwhile, daemon=True)
+    if getattr(store, "concurrent_reads", False):
+        searcher.start()
     try:
         report = label_store(store, None, labels, label_vectors=label_vectors, logit_scale=100.0, top_k=3,
                              threshold=0.2, progress=False)
     finally:
+        running.clear()
+        if searcher.is_alive():
+            searcher.join()
         clock = time.perf_counter()
+        if rebuild and hasattr(store, "optimize"):
+            store.optimize()  # as before: the index built again for the points the payloads moved
         store.close()  # part of what a user waits for: the command ends after it
         closed = time.perf_counter() - clock
+    after = Searcher(vectors, seed=12)
+    store = open_store(settings, "bench")
+    try:
+        after.one(store)  # the first search after opening pages the store in: not counted
+        after.ms.clear()
+        after.recalls.clear()
+        for _ in range(queries):
+            after.one(store)
+    finally:
+        store.close(**({"optimize": False} if hasattr(store, "optimize") else {}))
     return {"seconds": report.seconds + closed, "labeled": report.labeled, "unsure": report.unsure,
-            "timings": {**report.timings, "close": closed}}
+            "timings": {**report.timings, "close": closed}, "during": during.summary(),
+            "after": after.summary(), "rebuild": rebuild}
 
 
 def matrix_only(size: int, dim: int, label_vectors: np.ndarray, seed: int) -> float:
@@ -111,14 +178,26 @@ def bench_sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
             overrides: dict[str, Any] = {"store": store, "faiss": {"index": "flat"}}
             if store == "qdrant":
                 overrides["qdrant"] = {"path": Path(home) / "qdrant"}
-            settings = make_settings(Path(home), Path(home) / "unused.pt", **overrides)
+            settings = make_settings(Path(home) / "home", Path(home) / "unused.pt", **overrides)
             built = build(settings, size, args.dim, seed=size)
-            log(f"{size:,} vectors built in {built:.0f} s; labelling")
-            run = label_run(settings, labels, label_vectors)
-        matrix = matrix_only(size, args.dim, label_vectors, seed=size)
-        results.append({"store": store, "size": size, "build": built, "matrix": matrix, **run})
-        log(f"{store} {size:,}: whole run {run['seconds']:.1f} s, matrix alone {matrix:.1f} s, stages "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in run["timings"].items()))
+            vectors = built_vectors(size, args.dim, seed=size)
+            variants = [False, True] if args.compare_rebuild and store == "edge" else [False]
+            pristine = Path(home) / "pristine"
+            if len(variants) > 1:
+                shutil.copytree(settings.home, pristine)
+            for rebuild in variants:
+                if rebuild:
+                    shutil.rmtree(settings.home)
+                    shutil.copytree(pristine, settings.home)
+                log(f"{size:,} vectors built in {built:.0f} s; labelling"
+                    + (" (rebuild at the end)" if rebuild else ""))
+                run = label_run(settings, labels, label_vectors, vectors, args.queries, rebuild)
+                matrix = matrix_only(size, args.dim, label_vectors, seed=size)
+                results.append({"store": store, "size": size, "build": built, "matrix": matrix, **run})
+                log(f"{store} {size:,}: whole run {run['seconds']:.1f} s, matrix alone {matrix:.1f} s, "
+                    "stages "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in run["timings"].items())
+                    + f"; searches during {run['during']}, after {run['after']}")
     for size in args.matrix_sizes:
         matrix = matrix_only(size, args.dim, label_vectors, seed=size)
         results.append({"store": "(none)", "size": size, "matrix": matrix})
@@ -155,17 +234,25 @@ def render(args: argparse.Namespace, sizes: list[dict[str, Any]], machine: str) 
              "and the matrix part alone (`top_labels`: float32 products and softmax in batches of 4096) "
              "over as many in-memory vectors. Target: 1M x 1000 in under 2 minutes on 2 cores.", "",
              "| store | vectors | whole run | items/s | read | score + payloads | write | close "
-             "| matrix alone | (build) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| matrix alone | (build) | searches during: n, p50 / p95 ms, recall@10 "
+             "| searches after: n, p50 / p95 ms, recall@10 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+
+    def searches(found: dict[str, float]) -> str:
+        if not found["queries"]:
+            return "not measured"
+        return f"{found['queries']}, {found['p50']:.1f} / {found['p95']:.1f}, {found['recall']:.4f}"
+
     for r in sizes:
         if "timings" not in r:  # --matrix-sizes: the matrix part alone
-            lines.append(f"| (none) | {r['size']:,} | | | | | | | {r['matrix']:.1f} s | |")
+            lines.append(f"| (none) | {r['size']:,} | | | | | | | {r['matrix']:.1f} s | | | |")
             continue
         t = r["timings"]
         speed = f"{r['size'] / r['seconds']:,.0f}"
-        cells = [r["store"], f"{r['size']:,}", f"{r['seconds']:.1f} s", speed,
+        name = r["store"] + (" (index rebuilt at the end, as before)" if r["rebuild"] else "")
+        cells = [name, f"{r['size']:,}", f"{r['seconds']:.1f} s", speed,
                  *(f"{t[stage]:.1f} s" for stage in ("read", "score", "write", "close")),
-                 f"{r['matrix']:.1f} s", f"{r['build']:.0f} s"]
+                 f"{r['matrix']:.1f} s", f"{r['build']:.0f} s", searches(r["during"]), searches(r["after"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -200,6 +287,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--stores", choices=["edge", "faiss", "qdrant"], nargs="+", default=["edge"])
     parser.add_argument("--skip-eval", action="store_true", help="Only the label runs.")
+    parser.add_argument("--compare-rebuild", action="store_true",
+                        help="edge: label two copies of one build, as now and with the index rebuilt "
+                             "at the end (as before).")
+    parser.add_argument("--queries", type=int, default=50, help="Searches after each run [50].")
     parser.add_argument("--out", type=Path, default=bench.DOC, help="The Markdown file for the section.")
     args = parser.parse_args()
     load_before = bench.loadavg()

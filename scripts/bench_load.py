@@ -20,6 +20,17 @@ answer. It prints throughput and p50/p95/p99 per operation and overall, and writ
 --model tiny (default) is the test suite's tiny architecture (tests/tiny-clip.json); ViT-B-32 (or any
 open_clip architecture name) gets fixed random weights: the same compute as trained weights, offline.
 `run_load` is also what tests/test_load_smoke.py runs against its in-test server.
+
+Batching of query encoding (settings query_batch, query_batch_wait_ms) compared within one run:
+
+    .venv/bin/python scripts/bench_load.py --model ViT-B-32 --clients 50 --seconds 30 \
+        --mix text mixed --batching compare --rounds 2
+
+--mix: `text` (text searches only), `image` (image searches only), `mixed` (the mix above); several
+run one after another against each server. --batching compare restarts the server for each round,
+alternately with batching on (the default settings) and off (CLIPSEARCH_QUERY_BATCH=1), in the order
+on, off, off, on, on, ... so that neither side always runs first; the ratio on/off is taken per pair
+of rounds, and its median reported.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
 from scripts import benchlib as bench  # noqa: E402
@@ -52,6 +64,8 @@ SECTION = "## Load test (bench_load)"
 OPERATIONS = ("text", "image", "classify")
 OPERATION_NAMES = {"text": "text search", "image": "image search", "classify": "classify"}
 DEFAULT_MIX = {"text": 0.5, "image": 0.25, "classify": 0.25}
+MIXES = {"mixed": DEFAULT_MIX, "text": {"text": 1.0}, "image": {"image": 1.0}}
+BATCHING_OFF = {"CLIPSEARCH_QUERY_BATCH": "1"}  # on: the settings' defaults
 REPEATED_TEXTS = tuple(f"a photo of {thing}" for thing in (
     "a dog", "a cat", "a red car", "a fish in the sea", "a mountain", "a bird on a branch", "a beach",
     "a city at night", "a bowl of fruit", "a snake", "a boat", "a person on a bicycle", "a forest",
@@ -242,37 +256,52 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         raise SystemExit(f"clipsearch index did not embed every photo: {report}")
     index_s = time.perf_counter() - started
 
-    log_path = workdir / "server.log"
+    work = Workload([(str(p), p.read_bytes()) for p in photos], len(photos), k=args.k,
+                    headers={"X-API-Key": args.api_key} if args.api_key else {})
+    rounds: list[dict[str, Any]] = []
+    warm: list[Sample] = []
+    for number, batching in enumerate(schedule(args.batching, args.rounds)):
+        log_path = workdir / f"server-{number}.log"
+        round_env = env | (BATCHING_OFF if batching == "off" else {})
 
-    def serve(port: int) -> list[str]:
-        return bench.cli("serve", "--host", "127.0.0.1", "--port", str(port))
+        def serve(port: int) -> list[str]:
+            return bench.cli("serve", "--host", "127.0.0.1", "--port", str(port))
 
-    with bench.serving(serve, env, log_path) as server:
-        url, pid = server.url, server.process.pid
-        work = Workload([(str(p), p.read_bytes()) for p in photos], len(photos), k=args.k,
-                        headers={"X-API-Key": args.api_key} if args.api_key else {})
-        log("warm-up: one request of each kind (the first opens the collection and loads the model)")
-        warm: list[Sample] = []
-        for operation in OPERATIONS:
-            only = Workload(work.photos, work.count, work.k, {operation: 1.0}, work.headers)
-            warm += asyncio.run(run_load(url, only, 1, 300, timeout=300, max_requests=1)).samples
-        if any(s.error for s in warm):
-            raise SystemExit(f"warm-up failed: {[s.error for s in warm]}")
-
-        log(f"load: {args.clients} clients for {args.seconds:g} s")
-        server_cpu = _process_cpu_seconds(pid)
-        driver_cpu = resource.getrusage(resource.RUSAGE_SELF)
-        result = asyncio.run(run_load(url, work, args.clients, args.seconds, timeout=args.timeout,
-                                      max_requests=args.max_requests, seed=args.seed))
-        server_cpu = _process_cpu_seconds(pid) - server_cpu
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        driver_cpu_s = (after.ru_utime - driver_cpu.ru_utime) + (after.ru_stime - driver_cpu.ru_stime)
-        load_after = bench.loadavg()
-        metrics = httpx.get(f"{url}/metrics", headers=work.headers, timeout=60).text
-    with open(workdir / "samples.json", "w") as out:  # for a closer look, with --keep
-        json.dump([vars(sample) for sample in result.samples], out)
-    server_errors = [line for line in log_path.read_text().splitlines()
+        with bench.serving(serve, round_env, log_path) as server:
+            url, pid = server.url, server.process.pid
+            log(f"round {number + 1}, batching {batching}: warm-up, one request of each kind")
+            warm = []
+            for operation in OPERATIONS:
+                only = Workload(work.photos, work.count, work.k, {operation: 1.0}, work.headers)
+                warm += asyncio.run(run_load(url, only, 1, 300, timeout=300, max_requests=1)).samples
+            if any(s.error for s in warm):
+                raise SystemExit(f"warm-up failed: {[s.error for s in warm]}")
+            for mix in args.mix:
+                log(f"  {mix}: {args.clients} clients for {args.seconds:g} s")
+                load_before_round = bench.loadavg()
+                server_cpu = _process_cpu_seconds(pid)
+                driver_cpu = resource.getrusage(resource.RUSAGE_SELF)
+                mixed = Workload(work.photos, work.count, work.k, dict(MIXES[mix]), work.headers)
+                result = asyncio.run(run_load(url, mixed, args.clients, args.seconds, timeout=args.timeout,
+                                              max_requests=args.max_requests, seed=args.seed + number))
+                server_cpu = _process_cpu_seconds(pid) - server_cpu
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                driver_cpu_s = (after.ru_utime - driver_cpu.ru_utime) + (after.ru_stime - driver_cpu.ru_stime)
+                stats = result.stats()["all"]
+                log(f"    {stats['rps']:.1f} req/s, p50 {stats['p50']:.0f} ms, p99 {stats['p99']:.0f} ms, "
+                    f"{stats['errors']} errors")
+                rounds.append({"mix": mix, "batching": batching, "result": result,
+                               "server_cpu_cores": server_cpu / result.elapsed,
+                               "driver_cpu_cores": driver_cpu_s / result.elapsed,
+                               "loadavg": (load_before_round, bench.loadavg())})
+            metrics = httpx.get(f"{url}/metrics", headers=work.headers, timeout=60).text
+        with open(workdir / f"samples-{number}.json", "w") as out:  # for a closer look, with --keep
+            json.dump([{"mix": r["mix"], **vars(sample)} for r in rounds[-len(args.mix):]
+                       for sample in r["result"].samples], out)
+    logs = sorted(workdir.glob("server-*.log"))
+    server_errors = [line for path in logs for line in path.read_text().splitlines()
                      if "Traceback" in line or re.search(r'" (5\d\d)\b', line)]
+    last = rounds[-1]
     return {
         "args": vars(args) | {"data": str(args.data)},
         "machine": bench.machine(),
@@ -280,14 +309,23 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "photos": len(photos),
         "index_s": index_s,
         "warmup_ms": {s.operation: s.ms for s in warm},
-        "result": result,
-        "server_cpu_cores": server_cpu / result.elapsed,
-        "driver_cpu_cores": driver_cpu_s / result.elapsed,
-        "loadavg": (load_before, load_after),
+        "rounds": rounds,
+        "result": last["result"],
+        "server_cpu_cores": last["server_cpu_cores"],
+        "driver_cpu_cores": last["driver_cpu_cores"],
+        "loadavg": (load_before, bench.loadavg()),
         "cache_hits": bench.metric(metrics, "clipsearch_text_cache_hits_total"),
         "cache_misses": bench.metric(metrics, "clipsearch_text_cache_misses_total"),
         "server_log_errors": server_errors[:20],
     }
+
+
+def schedule(batching: str, rounds: int) -> list[str]:
+    """The batching setting of each server round: one setting `rounds` times, or both alternately
+    (on, off, off, on, on, off, ...: each pair starts with the other side than the pair before)."""
+    if batching != "compare":
+        return [batching] * rounds
+    return [side for pair in range(rounds) for side in (("on", "off") if pair % 2 == 0 else ("off", "on"))]
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -306,11 +344,14 @@ def table(result: LoadResult) -> list[str]:
 def command_line(args: argparse.Namespace) -> str:
     parts = [".venv/bin/python scripts/bench_load.py", f"--clients {args.clients}",
              f"--seconds {args.seconds:g}"]
-    defaults = {"model": "tiny", "photos": 200, "k": 10, "timeout": 60.0, "seed": 0}
+    defaults = {"model": "tiny", "photos": 200, "k": 10, "timeout": 60.0, "seed": 0, "batching": "on",
+                "rounds": 1}
     for name, default in defaults.items():
         value = getattr(args, name)
         if value != default:
             parts.append(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}")
+    if args.mix != ["mixed"]:
+        parts.append("--mix " + " ".join(args.mix))
     if args.api_key:
         parts.append("--api-key KEY")
     return " ".join(parts)
@@ -352,6 +393,70 @@ def subsection(run: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison(run: dict[str, Any], args: argparse.Namespace) -> str:
+    """The subsection of a --batching compare run: per mix, each side's rounds, and the on/off ratios."""
+    rounds = run["rounds"]
+    lines = [
+        f"### {run['model']}, random weights, query batching on vs off, {args.clients} clients: "
+        f"{args.rounds} round(s) of {args.seconds:g} s per side",
+        "",
+        f"Command: `{command_line(args)}`",
+        "",
+        f"{bench.machine_line(run['machine'], *run['loadavg'])} Server and load generator on the same "
+        f"machine, over loopback. Run on {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Collection: {run['photos']} real photos (imagenet-samples), indexed in {run['index_s']:.1f} s; "
+        f"k = {args.k}. On: the default settings (query_batch 16, query_batch_wait_ms 3); off: "
+        "CLIPSEARCH_QUERY_BATCH=1 (one encoder call per query, one at a time per tower). A new server per "
+        "round, warmed up by one request of each kind (not counted); order "
+        + ", ".join(schedule("compare", args.rounds)) + ". Latencies pooled over a side's rounds.",
+        "",
+        "| mix | batching | req/s per round | req/s (median) | p50 ms | p95 ms | p99 ms | max ms | requests "
+        "| errors | server CPU cores | load avg (1 min) per round |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    ratios_text = []
+    for mix in args.mix:
+        per_side: dict[str, list[dict[str, Any]]] = {}
+        for found in rounds:
+            if found["mix"] == mix:
+                per_side.setdefault(found["batching"], []).append(found)
+        for side in ("on", "off"):
+            chosen = per_side.get(side, [])
+            if not chosen:
+                continue
+            samples = [s for r in chosen for s in r["result"].samples]
+            ok = [s.ms for s in samples if s.error is None]
+            rps = [r["result"].stats()["all"]["rps"] for r in chosen]
+            pct = bench.percentiles(ok)
+            cpu = sum(r["server_cpu_cores"] for r in chosen) / len(chosen)
+            loads = ", ".join(f"{r['loadavg'][0][0]:.1f}" for r in chosen)
+            lines.append(
+                f"| {mix} | {side} | {', '.join(f'{x:.1f}' for x in rps)} | {float(np.median(rps)):.1f} | "
+                f"{pct['p50']:.0f} | {pct['p95']:.0f} | {pct['p99']:.0f} | "
+                f"{max(ok, default=float('nan')):.0f} | "
+                f"{len(samples)} | {len(samples) - len(ok)} | {cpu:.2f} | {loads} |")
+        pairs = list(zip(per_side.get("on", []), per_side.get("off", []), strict=False))
+        if pairs:
+            rps_ratios = [a["result"].stats()["all"]["rps"] / max(b["result"].stats()["all"]["rps"], 1e-9)
+                          for a, b in pairs]
+            p50_ratios = [a["result"].stats()["all"]["p50"] / max(b["result"].stats()["all"]["p50"], 1e-9)
+                          for a, b in pairs]
+            ratios_text.append(
+                f"- {mix}: req/s on/off per pair {', '.join(f'{x:.2f}' for x in rps_ratios)}, median "
+                f"**{float(np.median(rps_ratios)):.2f}x**; p50 on/off per pair "
+                f"{', '.join(f'{x:.2f}' for x in p50_ratios)}")
+    errors = Counter(s.error for r in rounds for s in r["result"].samples if s.error is not None)
+    error_text = ("none" if not errors else
+                  "; ".join(f"{count} x {message}" for message, count in errors.most_common(10)))
+    lines += ["", "Ratios (rounds paired in order):", "", *ratios_text, "",
+              f"Errors: {error_text}; every answer was checked."]
+    if run["server_log_errors"]:
+        found = "; ".join(f"`{line.strip()}`" for line in run["server_log_errors"])
+        lines += ["", f"Server log errors: {found}"]
+    return "\n".join(lines) + "\n"
+
+
 INTRO = """\
 `scripts/bench_load.py` indexes real photos with `clipsearch index`, starts `clipsearch serve` as a
 separate process and drives it on loopback with N concurrent clients (asyncio + httpx, one keep-alive
@@ -363,8 +468,10 @@ checked: the status, and its content (k results best first; the uploaded photo a
 hits; exactly the labels sent, best first, summing to 1). An error is any non-2xx status, any
 exception (a timeout at 60 s included) or any wrong answer. req/s counts requests answered right,
 over the whole run; latencies are measured by the client, from sending to the checked answer, so they
-include the time a request waits its turn: the server runs one model or store call at a time
-(search_api/engines.py), so with 50 clients most of a latency is queueing. Queued calls are admitted
+include the time a request waits its turn: until issue 17 the server ran one model or store call at a
+time per collection (search_api/engines.py), so with 50 clients most of a latency was queueing; since
+then queries encode outside the collection's lock, concurrent ones batched together (settings
+query_batch, query_batch_wait_ms; the "batching on vs off" subsections compare). Queued calls are admitted
 in arrival order (`FifoLock`): with a plain `threading.Lock`, a ViT-B-32 run (2026-11-22, torch on the
 query path) had a median of 14 s but a maximum of 57 s, a request overtaken again and again by later
 ones, near the 60 s client timeout (in arrival order: 26 and 27 s at most in two runs). The runs of
@@ -390,13 +497,21 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many [1000000]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clients' random choices [0]")
     parser.add_argument("--api-key", default=None, help="serve with this API key and send it")
+    parser.add_argument("--mix", nargs="+", choices=list(MIXES), default=["mixed"],
+                        help="text (text searches only), image (image searches only), mixed (the mix "
+                             "above); several run one after another on each server [mixed]")
+    parser.add_argument("--batching", choices=["on", "off", "compare"], default="on",
+                        help="query batching on (the defaults), off (CLIPSEARCH_QUERY_BATCH=1), or both "
+                             "in alternating rounds with the on/off ratio [on]")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="servers started per setting (each runs every --mix once) [1]")
     parser.add_argument("--out", type=Path, default=bench.DOC,
                         help=f"the doc whose section is rewritten [{bench.DOC}]")
     parser.add_argument("--no-doc", action="store_true", help="print the section, leave the doc alone")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log, collection)")
     args = parser.parse_args()
-    if args.clients < 1 or args.seconds <= 0:
-        parser.error("--clients and --seconds must be positive")
+    if args.clients < 1 or args.seconds <= 0 or args.rounds < 1:
+        parser.error("--clients, --seconds and --rounds must be positive")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_load-"))
     try:
@@ -406,13 +521,13 @@ def main() -> None:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    result: LoadResult = run["result"]
-    text = subsection(run, args)
+    errors = sum(len(r["result"].errors) for r in run["rounds"])
+    text = comparison(run, args) if args.batching == "compare" else subsection(run, args)
     print(text)
     if not args.no_doc:
         bench.write_subsection(args.out, SECTION, INTRO, text.split(":", 1)[0] + ":", text)
         log(f"updated {args.out}")
-    if result.errors:
+    if errors:
         sys.exit(1)
 
 

@@ -24,7 +24,7 @@ from search_api import curation, dedupe, items, routes
 from search_api.engines import Engines
 from search_api.errors import install_error_handlers
 from search_api.jobs import VectorJobs
-from search_api.limits import BodyLimitMiddleware, body_limit
+from search_api.limits import BodyLimitMiddleware, Utf8PathMiddleware, body_limit
 from search_api.metrics import Metrics, MetricsMiddleware
 from search_api.security import ApiKeyMiddleware, document_security
 from search_api.watch import DEFAULT_INTERVAL, watching
@@ -69,6 +69,7 @@ def create_app(
         ):
             metrics.watcher = app.state.watcher
             await run_in_threadpool(engines.open_default)
+            await run_in_threadpool(jobs.resume, settings.collection)
             try:
                 yield
             finally:
@@ -106,6 +107,7 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware, max_body=body_limit(settings), max_upload=settings.api.max_upload_bytes
     )
+    app.add_middleware(Utf8PathMiddleware)
     if settings.api.key or settings.api.read_keys:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api.key, read_keys=settings.api.read_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

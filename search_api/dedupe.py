@@ -83,6 +83,8 @@ class ExportRequest(BaseModel):
     filter: dict[str, Any] | None = Field(None, description="A filter, as in /v1/search.")
     run: str | None = Field(None, max_length=200, description="A label run whose labels to include "
                             '("@duplicates": the duplicate groups).')
+    csv_formulas: bool = Field(False, description="csv: cells that start with =, +, -, @, tab or CR as they "
+                               "are (data pipelines); by default they get a leading ' (shown as text).")
 
     model_config = ConfigDict(extra="forbid")
 
@@ -97,8 +99,8 @@ class ExportResponse(BaseModel):
 @router.post("/export", response_model=ExportResponse, responses=_ERRORS, operation_id="export",
              summary="The items passing a filter as one csv, jsonl or COCO document")
 def export(collection: CollectionPath, body: ExportRequest, engines: EnginesDep) -> ExportResponse:
-    document, report = collection_of(engines, collection).export_document(body.format, filter=body.filter,
-                                                                          run=body.run)
+    document, report = collection_of(engines, collection).export_document(
+        body.format, filter=body.filter, run=body.run, formulas=body.csv_formulas)
     return ExportResponse(format=report.format, items=report.items, labelled=report.labelled,
                           document=document)
 

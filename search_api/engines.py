@@ -1,18 +1,20 @@
 """The server's collections: one SearchEngine per collection, opened at start for the default one
 and on first use for the others, all sharing one ModelCache (collections that record the same model
-share one copy), each used by one thread at a time.
+share one copy, and their concurrent queries one batching encoder: settings query_batch*).
 
-The embedded stores and the models are not safe to call from several threads at once, and routes run
-in a thread pool, so every engine call goes through `Engines.call`, which holds that collection's
-lock. Writers inside the server (`serve --watch`, re-embedding through the API) see the engine's open
-store through `LockedStore`, whose every call takes the lock for that call only, so searches
-interleave with their batches.
+Routes run in a thread pool, so every engine call goes through `Engines.call`, which holds that
+collection's lock; the engine itself lets go of it while it encodes a query, and while it searches a
+store that may be searched concurrently (indexer.search.engine), so that queries in flight meet in
+the encoder's batches. Writers inside the server (`serve --watch`, re-embedding through the API) see
+the engine's open store through `LockedStore`, whose every call takes the lock for that call only, so
+searches interleave with their batches.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ import numpy as np
 
 from indexer.collection import Collection
 from indexer.errors import CollectionBusy, CollectionNotFound, StoreError
+from indexer.limits import PixelBudget
 from indexer.locking import remove_server_address, write_server_address
 from indexer.models.loading import ClipModel, ModelCache
 from indexer.schema import CollectionSchema
@@ -70,6 +73,10 @@ class _Slot:
     def __init__(self) -> None:
         self.lock = FifoLock()
         self.engine: SearchEngine | None = None
+        # Calls in progress, the lock held or not: a query lets go of the lock while it encodes, and
+        # closing waits for it to finish rather than closing the store under it.
+        self.calls = 0
+        self.calls_lock = threading.Lock()
 
 
 class Engines:
@@ -78,8 +85,10 @@ class Engines:
         `url`: where this server answers, left in each embedded collection it holds for the CLI."""
         self.settings = settings
         self.url = url
+        # Uploads of every collection share one budget: decoding costs the process's CPU and memory.
+        self.pixel_budget = PixelBudget(settings.limits.decode_pixels, settings.limits.decode_wait_s)
         self.default = settings.collection
-        self.models = ModelCache(settings.device, settings.home)
+        self.models = ModelCache.for_settings(settings)
         if model is not None:
             self.models.add(model)
         self._slots: dict[str, _Slot] = {}
@@ -93,7 +102,12 @@ class Engines:
     def _open(self, collection: str, slot: _Slot) -> SearchEngine:
         if slot.engine is None:
             try:
-                slot.engine = SearchEngine(self.settings, collection, models=self.models)
+                slot.engine = SearchEngine(self.settings, collection, models=self.models, lock=slot.lock)
+                # An edge collection whose points bulk payload updates (a label run) left unindexed gets
+                # its index built in a thread, while searches answer exactly (indexer.stores.edge).
+                optimize_in_background = getattr(slot.engine.store, "optimize_in_background", None)
+                if optimize_in_background is not None:
+                    optimize_in_background()
                 if self.url and self.embedded:
                     write_server_address(self.settings.collection_dir(collection), self.url)
             except CollectionNotFound as exc:
@@ -108,8 +122,14 @@ class Engines:
         """Run fn with the collection's engine (opening it if needed), alone."""
         name = collection or self.default
         slot = self._slot(name)
-        with slot.lock:
-            return fn(self._open(name, slot))
+        with slot.calls_lock:
+            slot.calls += 1
+        try:
+            with slot.lock:
+                return fn(self._open(name, slot))
+        finally:
+            with slot.calls_lock:
+                slot.calls -= 1
 
     def open_default(self) -> None:
         """At start: open the default collection and warm its model, if it exists (else it is a 404
@@ -183,12 +203,17 @@ class Engines:
             return self._open(name, slot).status()
 
     def close(self) -> None:
+        """Close every open collection, each once the calls in progress on it have finished."""
         for name, slot in list(self._slots.items()):
-            with slot.lock:
-                if slot.engine is not None:
-                    slot.engine.close()
-                    slot.engine = None
-                    remove_server_address(self.settings.collection_dir(name))
+            while True:
+                with slot.lock:
+                    if slot.calls == 0 or slot.engine is None:
+                        if slot.engine is not None:
+                            slot.engine.close()
+                            slot.engine = None
+                            remove_server_address(self.settings.collection_dir(name))
+                        break
+                time.sleep(0.01)  # a query between its encoding and its search needs the lock back
 
 
 class Stopped(Exception):

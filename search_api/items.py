@@ -13,7 +13,6 @@ the collection's lock like every other call on it.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Request
@@ -21,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from indexer.ingest.decode import pixel_count
 from indexer.ingest.items import MAX_ID_CHARS
+from indexer.limits import load_json
 from indexer.results import ItemWritten as Written
 from search_api.deps import EnginesDep, SettingsDep
 from search_api.engines import collection as collection_of
@@ -73,6 +74,11 @@ class ItemWritten(BaseModel):
     point_id: str = Field(description="The item's id in results (`id`), /v1/images/{id} and image_id.")
     action: Literal["created", "replaced", "updated", "deleted"]
     embedded: bool = Field(description="Whether the image was embedded (false: stored vectors kept).")
+    unindexed: list[str] = Field(
+        default_factory=list,
+        description="New metadata fields stored with the item but not indexed (not filterable): the "
+        "collection has as many fields as CLIPSEARCH_LIMITS_INDEXED_FIELDS allows.",
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -120,8 +126,9 @@ async def put_item(
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "file: required, an image file (multipart field `file`)")
         data = read_upload(upload, settings.api.max_upload_bytes)  # type: ignore[arg-type]
-        metadata = _json_object(form.get("metadata"), "metadata")
-        text = _text_field(form.get("text"))
+        depth = settings.limits.json_depth
+        metadata = _json_object(form.get("metadata"), "metadata", depth)
+        text = _text_field(form.get("text"), depth)
         return await run_in_threadpool(_put, engines, collection, id, data, None, metadata, text)
     if kind == "application/json":
         try:
@@ -161,35 +168,33 @@ def _put(
     engines: EnginesDep, collection: str, client_id: str, data: bytes | None, image_url: str | None,
     metadata: dict[str, Any], text: Any,
 ) -> ItemWritten:
-    written = collection_of(engines, collection).put_item(client_id, data, image_url=image_url,
-                                                          metadata=metadata, text=text)
+    with engines.pixel_budget.admit(pixel_count(data) if data is not None else 0):
+        written = collection_of(engines, collection).put_item(client_id, data, image_url=image_url,
+                                                              metadata=metadata, text=text)
     return _answer(written)
 
 
 def _answer(written: Written) -> ItemWritten:
     return ItemWritten(id=written.id, point_id=written.point_id, action=written.action,  # type: ignore[arg-type]
-                       embedded=written.embedded)
+                       embedded=written.embedded, unindexed=written.unindexed)
 
 
-def _json_object(value: Any, name: str) -> dict[str, Any]:
+def _json_object(value: Any, name: str, max_depth: int) -> dict[str, Any]:
     if value is None or value == "":
         return {}
-    try:
-        parsed = json.loads(str(value))
-    except ValueError as exc:
-        raise HTTPException(400, f"{name} is not valid JSON: {exc}") from None
+    parsed = load_json(str(value), name, max_depth)
     if not isinstance(parsed, dict):
         raise HTTPException(400, f"{name} must be a JSON object, not {type(parsed).__name__}")
     return parsed
 
 
-def _text_field(value: Any) -> Texts | None:
+def _text_field(value: Any, max_depth: int) -> Texts | None:
     """The form's `text`: a JSON object {field: text}, or plain words."""
     if value is None or value == "":
         return None
     text = str(value)
     if text.lstrip().startswith("{"):
-        parsed = _json_object(text, "text")
+        parsed = _json_object(text, "text", max_depth)
         if not all(isinstance(v, str) for v in parsed.values()):
             raise HTTPException(400, "text: every value of the object must be a string")
         return parsed

@@ -11,6 +11,8 @@ Not FastAPI's own `max_body_size`: that sits outside every user middleware (an o
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -105,3 +107,25 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = BodyTooLarge(self.max_upload)
         await JSONResponse({"detail": error.detail}, 413, headers=error.headers)(scope, receive, send)
+
+
+class Utf8PathMiddleware:
+    """400 for a path whose percent-encoded bytes are not UTF-8.
+
+    The server decodes such bytes to U+FFFD, so `%ff%fe` and `%ef%bf%bd%ef%bf%bd` would name the same
+    item: an id is taken byte-exact or refused, never altered."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                await drain_body(receive)
+                detail = f"the path is not UTF-8 (at decoded byte {exc.start}): ids are used byte-exact"
+                await JSONResponse({"detail": detail}, 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -6,7 +6,6 @@ encode never blocks the event loop (and /healthz stays responsive).
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 import time
@@ -20,15 +19,19 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from indexer.errors import BadInput, Conflict
+from indexer.ingest.decode import pixel_count
+from indexer.limits import load_json
 from indexer.search.engine import SearchEngine, SearchOutcome
 from indexer.search.query import Term, keyword_text
 from indexer.settings import Settings
+from indexer.stores.check import check_collection
 from indexer.vlm import Query as VlmQuery
 from search_api import vlm as stage
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep
 from search_api.engines import collection as collection_of
 from search_api.metrics import CONTENT_TYPE
 from search_api.schemas import (
+    CheckResponse,
     ClassifyForm,
     ClassifyResponse,
     CollectionInfo,
@@ -240,13 +243,15 @@ def search_image(
     ask = stage.VlmAsk.of(form.rerank_options(), form.explain, settings)
     window = ask.window(k, settings.api.max_k) if ask else k
     data = read_upload(form.file, settings.api.max_upload_bytes)
-    terms = [Term(image=data, weight=form.weight), *_form_terms(form.query)]
+    depth = settings.limits.json_depth
+    terms = [Term(image=data, weight=form.weight), *_form_terms(form.query, depth)]
     options = {
-        "filter": _form_filter(form.filter), "vector": form.vector, "offset": form.offset,
+        "filter": _form_filter(form.filter, depth), "vector": form.vector, "offset": form.offset,
         "mode": form.search_mode, "text": form.text, "min_score": form.min_score, "group_by": form.group_by,
         "diversity": form.diversity, "facets": form.facet_list(), "facet_limit": form.facet_limit,
     }
-    outcome = engines.call(form.collection, lambda engine: engine.search_query(terms, window, **options))
+    with engines.pixel_budget.admit(pixel_count(data)):
+        outcome = engines.call(form.collection, lambda engine: engine.search_query(terms, window, **options))
     images = stage.item_images(engines, form.collection)
     answer = stage.run(vlm, ask, VlmQuery(image=data), outcome.results, images, k)
     return _response(outcome, started, metrics, answer)
@@ -268,26 +273,21 @@ def _vlm_query(terms: list[Term], images: Callable[[str], str | None]) -> VlmQue
     return VlmQuery(image=images(first))
 
 
-def _form_terms(text: str | None) -> list[Term]:
+def _form_terms(text: str | None, max_depth: int) -> list[Term]:
     """The `query` form field: a JSON list of terms, checked as /v1/search checks its `query`."""
     if not text:
         return []
+    raw = load_json(text, "query", max_depth)
     try:
-        raw = json.loads(text)
         parsed = TypeAdapter(list[QueryTerm]).validate_python(raw)
-    except ValueError as exc:  # JSON and validation errors alike
+    except ValueError as exc:
         raise HTTPException(400, f"query is not a JSON list of terms ({{\"text\"|\"image_id\", "
                                  f"\"weight\"}}): {' '.join(str(exc).split())[:300]}") from exc
     return [Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in parsed]
 
 
-def _form_filter(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise HTTPException(400, f"filter is not valid JSON: {exc}") from exc
+def _form_filter(text: str | None, max_depth: int) -> Any:
+    return load_json(text, "filter", max_depth) if text else None
 
 
 @api.post(
@@ -304,7 +304,8 @@ def classify(
     started = time.perf_counter()
     labels = form.label_list
     data = read_upload(form.file, settings.api.max_upload_bytes)
-    scored = engines.call(form.collection, lambda engine: engine.classify([data], labels))
+    with engines.pixel_budget.admit(pixel_count(data)):
+        scored = engines.call(form.collection, lambda engine: engine.classify([data], labels))
     metrics.observe_stages({"encode": time.perf_counter() - started})
     return ClassifyResponse(labels=[LabelScore(label=label, score=score) for label, score in scored[0]])
 
@@ -466,6 +467,18 @@ def collection_status(collection: CollectionPath, engines: EnginesDep, jobs: Job
     status = engines.status(collection)
     return CollectionStatus(**{**status, "vectors": _with_jobs(status, jobs),
                                "watch": _watch_state(request, status["collection"])})
+
+
+@api.get(
+    "/collections/{collection}/check",
+    response_model=CheckResponse,
+    tags=["collections"],
+    responses=_errors(400, 404, 409, 503),
+    operation_id="check_collection",
+    summary="Verify a collection's vectors, payloads, counts, indexes and files (reads every point)",
+)
+def check(collection: CollectionPath, engines: EnginesDep) -> CheckResponse:
+    return CheckResponse(**engines.call(collection, lambda engine: check_collection(engine.store).summary()))
 
 
 @api.get(

@@ -538,7 +538,8 @@ class VectorInfo(BaseModel):
     count: int = Field(description="Items that have this vector.")
     active: bool = Field(description="Whether queries use it unless they name another.")
     job: dict[str, Any] | None = Field(
-        None, description="The re-embedding running in this server, if any: state, embedded, failed, error."
+        None, description="The re-embedding in this server, if any: state (starting, running, ready, "
+        "incomplete, stopped, failed, interrupted), embedded, failed, remaining, error, resumed."
     )
 
 
@@ -562,6 +563,26 @@ class CollectionStatus(BaseModel):
 
 class VectorsResponse(BaseModel):
     vectors: list[VectorInfo]
+
+
+class CheckProblem(BaseModel):
+    kind: str = Field(description="vectors, missing_vector, payload, count, index or files.")
+    severity: Literal["corrupt", "stale"] = Field(description="stale: image files gone, not corruption.")
+    message: str
+    count: int = Field(description="How many points have it.")
+    ids: list[str] = Field(description="The first 20 of their ids.")
+    advice: str = Field(description="What to do about it.")
+
+
+class CheckResponse(BaseModel):
+    """`clipsearch check`: a collection's stored data verified (indexer.stores.check)."""
+
+    collection: str
+    ok: bool = Field(description="No corruption found.")
+    points: int
+    vectors: dict[str, int] = Field(description="Vector name -> points that have it.")
+    problems: list[CheckProblem]
+    line: str = Field(description="The verdict in one sentence, with what to do.")
 
 
 class NewVectorRequest(BaseModel):

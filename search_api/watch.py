@@ -39,12 +39,13 @@ from typing import Literal
 import watchfiles
 from starlette.concurrency import run_in_threadpool
 
-from indexer.errors import StoreError
+from indexer.errors import ClipsearchError
 from indexer.ingest.decode import IMAGE_EXTENSIONS
 from indexer.ingest.pipeline import IndexReport, folder_schema, sync_paths, sync_store
 from indexer.ingest.sources import _JUNK_DIRS, _is_hidden
 from indexer.locking import collection_lock
 from indexer.models.loading import ClipModel, check_same_precision, load_model
+from indexer.schema import VectorSpec
 from indexer.settings import Settings
 from indexer.stores import collection_exists, open_store
 from search_api.engines import Engines, LockedStore, Stopped
@@ -138,19 +139,14 @@ class FolderWatcher:
         try:
             self._create_if_missing(name)
             store = LockedStore(self.engines, name, self._stopping)
-            vectors = store.schema.vectors.values()
-            models = {spec.name: self.engines.models.get(spec.model) for spec in vectors}
-            # Queries may use another precision than the collection (fp32 on CUDA for an int8-built one),
-            # but what the watcher adds must match what is stored.
-            for spec in vectors:
-                check_same_precision(spec.model, models[spec.name].identity, name)
+            self._models(store)
         except BaseException:
             self._lock.close()
             raise
         # Events first, so that what changes during the start sync is synced after it.
         self._threads = [
             threading.Thread(target=self._watch_events, name="watch-events", daemon=True),
-            threading.Thread(target=self._run, args=(store, models), name="watch", daemon=True),
+            threading.Thread(target=self._run, args=(store,), name="watch", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -160,6 +156,18 @@ class FolderWatcher:
             "watching %s for collection %r: file events, and a full rescan every %gs",
             ", ".join(self.folders), name, self.interval,
         )
+
+    def _model_of(self, spec: VectorSpec) -> ClipModel:
+        model = self.engines.models.get(spec.model)
+        # Queries may use another precision than the collection (fp32 on CUDA for an int8-built one),
+        # but what the watcher adds must match what is stored.
+        check_same_precision(spec.model, model.identity, self.settings.collection)
+        return model
+
+    def _models(self, store: LockedStore) -> dict[str, ClipModel]:
+        """The model of every vector the schema has now, a vector being built (re-embedded) included: read
+        at each sync, so that what it writes carries every vector (and those added during it: pipeline)."""
+        return {spec.name: self._model_of(spec) for spec in store.schema.vectors.values()}
 
     def _create_if_missing(self, name: str) -> None:
         if not collection_exists(self.settings, name):
@@ -233,14 +241,14 @@ class FolderWatcher:
                 self._wake.wait(due - now)
         return None
 
-    def _run(self, store: LockedStore, models: dict[str, ClipModel]) -> None:
-        if not self._sync("start", store, models, None):
+    def _run(self, store: LockedStore) -> None:
+        if not self._sync("start", store, None):
             return
         rescan_at = time.monotonic() + self.interval
         while (work := self._next(rescan_at)) is not None:
             trigger, paths = work
             asked = self._asked
-            synced = self._sync(trigger, store, models, paths if trigger == "events" else None)
+            synced = self._sync(trigger, store, paths if trigger == "events" else None)
             if trigger == "asked":
                 with self._wake:
                     self._answered = asked
@@ -250,29 +258,32 @@ class FolderWatcher:
             if trigger in ("rescan", "asked"):
                 rescan_at = time.monotonic() + self.interval
 
-    def _sync(
-        self, trigger: Trigger, store: LockedStore, models: dict[str, ClipModel], paths: set[str] | None
-    ) -> bool:
+    def _sync(self, trigger: Trigger, store: LockedStore, paths: set[str] | None) -> bool:
         """One sync (all folders, or just `paths`), logged and counted; False once the server stops."""
         started = time.perf_counter()
         try:
+            models = self._models(store)
             if paths is None:
                 first = not self.first_sync_done
                 if first:
                     self.progress.update(done=0, total=None, started_at=time.time())
                     log.info("watch: first sync of collection %r: walking %s", store.name,
                              ", ".join(self.folders))
-                report = sync_store(self.settings, store, models, self.folders, progress=False,
-                                    on_progress=self._on_progress if first else None)
+                report = sync_store(
+                    self.settings, store, models, self.folders, progress=False, model_of=self._model_of,
+                    on_progress=self._on_progress if first else None,
+                )
             else:
-                report = sync_paths(self.settings, store, models, sorted(paths), progress=False)
+                report = sync_paths(
+                    self.settings, store, models, sorted(paths), progress=False, model_of=self._model_of
+                )
         except Stopped:
             return False
         except Exception as exc:  # never let the thread die while the API keeps serving
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             # A folder unmounted, a disk full: expected, one line. Anything else: with its traceback.
-            expected = isinstance(exc, StoreError | OSError)
+            expected = isinstance(exc, ClipsearchError | OSError)
             log.error(
                 "watch: %s sync of collection %r failed: %s (the next rescan tries again)",
                 trigger, store.name, self.last_error, exc_info=not expected,

@@ -50,6 +50,7 @@ OPERATIONS = {  # every operation the API documents; the run fails if the schema
     "POST /v1/search", "POST /v1/search/image", "POST /v1/classify", "GET /v1/images/{id}",
     "POST /v1/explain", "POST /v1/explain/stream",
     "GET /v1/collections", "GET /v1/collections/{collection}/status",
+    "GET /v1/collections/{collection}/check",
     "GET /v1/collections/{collection}/items/{id}", "PUT /v1/collections/{collection}/items/{id}",
     "PATCH /v1/collections/{collection}/items/{id}", "DELETE /v1/collections/{collection}/items/{id}",
     "GET /v1/collections/{collection}/vectors", "POST /v1/collections/{collection}/vectors",

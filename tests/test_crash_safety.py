@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from indexer.durable import RESERVE_FILE
 from indexer.settings import Settings
 from indexer.stores import open_store
 from tests.clirun import CLI, REPO, cli_home, run, run_json, wait_for
@@ -201,7 +202,8 @@ def test_a_first_run_killed_and_rerun_equals_an_uninterrupted_one(
     assert report["embedded"] + report["unchanged"] == PHOTOS
     assert_same_state(snapshot(settings, collection), want)
     # A kill while the store was being created leaves a temporary shard; the next creation removes it.
-    left = {p.name for p in settings.collection_dir(collection).iterdir()} - {".create.lock"}  # a lock file
+    # less the creation lock and the disk reserve
+    left = {p.name for p in settings.collection_dir(collection).iterdir()} - {".create.lock", RESERVE_FILE}
     assert left == {"info.json", "shard"}
     print(f"seed {seed}: killed at {[round(k, 2) for k in kills]} of the images, then {report}")
 
@@ -253,7 +255,7 @@ def test_a_store_half_created_by_a_killed_run_is_cleaned_up(settings: Settings, 
     noise().save(tmp_path / "photos" / "a.png")
 
     assert run_json("index", str(tmp_path / "photos"), "--collection", "half")["embedded"] == 1
-    left = {p.name for p in settings.collection_dir("half").iterdir()} - {".create.lock"}
+    left = {p.name for p in settings.collection_dir("half").iterdir()} - {".create.lock", RESERVE_FILE}
     assert left == {"info.json", "shard"}
 
 

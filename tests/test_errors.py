@@ -14,7 +14,9 @@ Specification:
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -87,6 +89,19 @@ def cli_cases(settings: Settings, other_checkpoint: Path) -> Cases:
     def nothing(patch: pytest.MonkeyPatch) -> AbstractContextManager[object]:
         return nullcontext()
 
+    def no_room(patch: pytest.MonkeyPatch) -> AbstractContextManager[object]:
+        patch.setenv("CLIPSEARCH_MIN_FREE_DISK_MB", str(1 << 40))  # more than any disk has free
+        return nullcontext()
+
+    def damaged(patch: pytest.MonkeyPatch) -> AbstractContextManager[object]:
+        target = settings.collection_dir("damaged")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(settings.collection_dir("built"), target)
+        for chunk in target.glob("shard/segments/*/vector_storage-*/vectors/chunk_*.mmap"):
+            with chunk.open("r+b") as f:
+                f.write(os.urandom(64 << 10))
+        return nullcontext()
+
     return {
         ErrorKind.BAD_INPUT: [
             ("a setting with a bad value", bad_variable, ["status"]),
@@ -101,6 +116,10 @@ def cli_cases(settings: Settings, other_checkpoint: Path) -> Cases:
         ErrorKind.MODEL_MISMATCH: [
             ("another model", nothing, ["index", photos, "-c", "built", "--pretrained", other])
         ],
+        ErrorKind.DISK_FULL: [
+            ("a disk with less free space than asked", no_room, ["index", photos, "-c", "new"])
+        ],
+        ErrorKind.CORRUPT: [("random bytes in the vectors", damaged, ["check", "--collection", "damaged"])],
         ErrorKind.UNAVAILABLE: [  # a real tag whose weights are not downloaded, with no hub (HF_HUB_OFFLINE)
             ("weights not downloaded", nothing,
              ["index", photos, "-c", "new", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"])

@@ -96,7 +96,9 @@ def test_reembed_through_the_api_while_serving_then_activate_without_restart(
             def vectors() -> dict[str, dict]:
                 return {v["name"]: v for v in client.get("/v1/collections/default/vectors").json()["vectors"]}
 
-            wait_for(lambda: (vectors()["wide"]["job"] or {}).get("state") == "done", 120, "the re-embedding")
+            wait_for(
+                lambda: (vectors()["wide"]["job"] or {}).get("state") == "ready", 120, "the re-embedding"
+            )
             during = len(statuses) - searches_before
         finally:
             stop.set()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
+from indexer.durable import RESERVE_FILE
 from indexer.errors import CollectionBusy, SchemaError
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec
 from indexer.settings import Settings
@@ -511,7 +512,7 @@ def test_edge_create_removes_abandoned_creations(tmp_path: Path, opened) -> None
     new_store("edge", tmp_path, opened)
     assert not leftover.exists()
     assert sorted(p.name for p in settings.collection_dir("photos").iterdir()) == [
-        ".create.lock", "info.json", "shard"
+        ".create.lock", RESERVE_FILE, "info.json", "shard"
     ]
 
 

@@ -120,7 +120,8 @@ def code_text() -> str:
 
 
 def is_read(path: str, variable: str, code: str) -> bool:
-    return bool(re.search(rf"\.{re.escape(path)}\b", code)) or f'"{variable}"' in code
+    # `settings.api.key`, or a section handed on and read as `limits.ids`
+    return bool(re.search(rf"(?:\.|\b){re.escape(path)}\b", code)) or f'"{variable}"' in code
 
 
 def test_every_setting_is_read_somewhere() -> None:

@@ -70,7 +70,8 @@ def test_put_creates_an_item_that_search_finds_by_image_text_and_filter(writable
                           text=json.dumps({"title": "Acme crimson pelican"}))
     assert answer.status_code == 200, answer.text
     point = client_point_id("SKU-1")
-    assert answer.json() == {"id": "SKU-1", "point_id": point, "action": "created", "embedded": True}
+    assert answer.json() == {"id": "SKU-1", "point_id": point, "action": "created",
+                             "embedded": True, "unindexed": []}
     item = writable.client.get("/v1/collections/default/items/SKU-1").json()  # by the client's id too
     assert item["metadata"]["item_id"] == "SKU-1" and item["metadata"]["launched"] == "2024-05-01T00:00:00Z"
     assert item["metadata"]["width"] > 0
@@ -93,7 +94,8 @@ def test_put_of_the_same_image_keeps_the_vector_and_a_new_image_replaces_it(writ
     point = client_point_id("SKU-2")
     before, calls = writable.vector(point), writable.encodes[0]
     same = writable.put("SKU-2", writable.photos[1], metadata={"brand": "acme"})
-    assert same.json() == {"id": "SKU-2", "point_id": point, "action": "replaced", "embedded": False}
+    assert same.json() == {"id": "SKU-2", "point_id": point, "action": "replaced", "embedded": False,
+                           "unindexed": []}
     assert np.array_equal(writable.vector(point), before) and writable.encodes[0] == calls
     other = writable.put("SKU-2", writable.photos[2], metadata={"brand": "acme"})
     assert other.json()["embedded"] is True and writable.encodes[0] == calls + 1
@@ -107,7 +109,8 @@ def test_patch_changes_metadata_only_and_embeds_nothing(writable: Writable) -> N
     before, calls = writable.vector(point), writable.encodes[0]
     patched = writable.client.patch("/v1/collections/default/items/SKU-3",
                                     json={"metadata": {"price": 9.0, "brand": None, "colour": "teal"}})
-    assert patched.json() == {"id": "SKU-3", "point_id": point, "action": "updated", "embedded": False}
+    assert patched.json() == {"id": "SKU-3", "point_id": point, "action": "updated", "embedded": False,
+                              "unindexed": []}
     assert np.array_equal(writable.vector(point), before) and writable.encodes[0] == calls
     metadata = writable.client.get(f"/v1/collections/default/items/{point}").json()["metadata"]
     assert metadata["price"] == 9.0 and "brand" not in metadata and metadata["colour"] == "teal"
@@ -125,7 +128,7 @@ def test_delete_removes_the_item(writable: Writable) -> None:
     writable.put("SKU-4", writable.photos[0])
     deleted = writable.client.delete("/v1/collections/default/items/SKU-4")
     assert deleted.json() == {"id": "SKU-4", "point_id": client_point_id("SKU-4"), "action": "deleted",
-                              "embedded": False}
+                              "embedded": False, "unindexed": []}
     assert_error(writable.client.get("/v1/collections/default/items/SKU-4"), 404)
     assert_error(writable.client.delete("/v1/collections/default/items/SKU-4"), 404, "SKU-4")
 

@@ -5,7 +5,9 @@ decision first (`curation.labels.effective_label`), the zero-shot label otherwis
 items have no label. CSV and JSON Lines also carry every metadata field (clusters, outlier scores and
 duplicate groups included, when those runs wrote them); COCO keeps them on each image.
 
-- csv, jsonl: one row per item, OUT is a file.
+- csv, jsonl: one row per item, OUT is a file. A CSV cell that a spreadsheet would run as a formula
+  (it starts with =, +, -, @, a tab or a carriage return: the OWASP list) gets a leading `'`, unless
+  `formulas=True` (a data pipeline that reads the values as they are).
 - coco: images, categories (the run's labels) and one image-level annotation per labelled image with
   its score (bbox = the whole image, so that tools wanting boxes load it), OUT is a file.
 - imagefolder: OUT/<label>/<file>, symlinks to the originals (copies with `copy=True`).
@@ -140,31 +142,34 @@ def _check(store: VectorStore, fmt: str, run: str | None) -> None:
         raise BadInput(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if run is not None and run != DUPLICATES and run not in label_runs(store):
         known = ", ".join(sorted(label_runs(store))) or "none yet"
-        raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); check --run")
+        raise BadInput(f"no label run {run!r} in collection {store.name!r} (runs: {known}); fix --run")
     if fmt == "imagefolder" and run is None:
         raise BadInput("an ImageFolder tree needs labels: give --run NAME of a `clipsearch label` run")
 
 
-def export_document(store: VectorStore, items: Sequence[Item], fmt: str, *, run: str | None = None
-                    ) -> tuple[str, ExportReport]:
-    """The csv, jsonl or COCO document of `items` (what `export` writes to a file), and its report."""
+def export_document(store: VectorStore, items: Sequence[Item], fmt: str, *, run: str | None = None,
+                    formulas: bool = False) -> tuple[str, ExportReport]:
+    """The csv, jsonl or COCO document of `items` (what `export` writes to a file), and its report;
+    `formulas`: CSV cells as they are, formulas included (default: neutralised)."""
     _check(store, fmt, run)
     if fmt not in TEXT_FORMATS:
         raise BadInput(f"export format {fmt!r} is a folder, not one document: use one of "
                        f"{', '.join(TEXT_FORMATS)}")
     report = ExportReport(fmt, "", items=len(items))
     report.labelled = sum(label_of(item, run) is not None for item in items)
-    writer = {"csv": _csv, "jsonl": _jsonl, "coco": _coco}[fmt]
-    return writer(store, items, run), report
+    if fmt == "csv":
+        return _csv(store, items, run, formulas), report
+    return {"jsonl": _jsonl, "coco": _coco}[fmt](store, items, run), report
 
 
 def export(store: VectorStore, items: Sequence[Item], fmt: str, out: Path, *, run: str | None = None,
-           copy: bool = False) -> ExportReport:
-    """Write `items` to `out` in format `fmt` (see the module's docstring)."""
+           copy: bool = False, formulas: bool = False) -> ExportReport:
+    """Write `items` to `out` in format `fmt` (see the module's docstring); `formulas`: CSV cells as
+    they are, formulas included (default: neutralised)."""
     _check(store, fmt, run)
     out = Path(out)
     if fmt in TEXT_FORMATS:
-        document, report = export_document(store, items, fmt, run=run)
+        document, report = export_document(store, items, fmt, run=run, formulas=formulas)
         report.out = str(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, document.encode("utf-8"))  # a reader never sees half a file
@@ -187,20 +192,33 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _csv(store: VectorStore, items: Sequence[Item], run: str | None) -> str:
+# What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralised(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting like a formula gets a leading `'`.
+    Numbers are left as they are (a negative price is no formula)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _csv(store: VectorStore, items: Sequence[Item], run: str | None, formulas: bool = False) -> str:
     fields = sorted({name for item in items for name in item.metadata})
     query = any(item.query_score is not None for item in items)
     header = ["id", "uri", "path", *(["query_score"] if query else []),
               *(["effective_label", "effective_score", "label_source"] if run else []), *fields]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    cell = (lambda value: value) if formulas else neutralised
+    writer.writerow([cell(name) for name in header])
     for item in items:
         labelled = label_of(item, run)
         row: list[Any] = [item.id, item.uri, item.path, *([_cell(item.query_score)] if query else [])]
         if run:
             row += [labelled.name, labelled.score, labelled.source] if labelled else ["", "", ""]
-        writer.writerow(row + [_cell(item.metadata.get(name)) for name in fields])
+        writer.writerow([cell(value) for value in row + [_cell(item.metadata.get(name)) for name in fields]])
     return buffer.getvalue()
 
 

@@ -443,7 +443,7 @@ def label_collection(
         store = open_store(settings, collection)
         try:
             spec = store.schema.vector(options.get("vector"))
-            parsed = Filter.parse(query_filter)
+            parsed = Filter.parse(query_filter, settings.limits)
             store_filter = parsed.resolve(store.schema) if parsed and not parsed.is_empty() else None
             clip = model or load_recorded_model(spec.model, settings.device)
             return label_store(store, clip, labels, store_filter=store_filter, progress=progress, **options)

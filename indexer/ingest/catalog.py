@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from indexer.errors import BadInput
+from indexer.ingest.bounds import check_metadata
 from indexer.schema import FIELD_TYPES, FieldType
+from indexer.settings import LimitsSettings
 
 CATALOG_FORMATS: dict[str, str] = {
     ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"
@@ -101,6 +103,8 @@ class Catalog:
     bad: list[BadRow]
     fields: dict[str, FieldType]  # every field the rows may carry, with its type
     text_fields: tuple[str, ...]  # the fields holding the text columns
+    # Fields the mapping names (the id, --text-columns, --field): indexed whatever the field cap.
+    named_fields: tuple[str, ...] = ()
 
     def text_of(self, row: CatalogRow) -> str:
         """The row's text columns as one string (what decides, with the image, whether to re-embed)."""
@@ -108,9 +112,13 @@ class Catalog:
 
 
 def read_catalog(
-    path: str | os.PathLike[str], mapping: ColumnMapping, declared: Mapping[str, FieldType] | None = None
+    path: str | os.PathLike[str], mapping: ColumnMapping, declared: Mapping[str, FieldType] | None = None,
+    limits: LimitsSettings | None = None,
 ) -> Catalog:
-    """Read and type a catalog; `declared`: the collection's fields, whose types are kept."""
+    """Read and type a catalog; `declared`: the collection's fields, whose types are kept. `limits`
+    (the settings' by default): a catalog with more columns than they allow is refused before its rows
+    are typed, and a row whose metadata is larger is a bad row."""
+    limits = limits or LimitsSettings()
     path = Path(os.path.abspath(path))
     kind = CATALOG_FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -118,6 +126,9 @@ def read_catalog(
     if not path.is_file():
         raise BadInput(f"no such catalog file: {path}")
     columns, records = _READERS[kind](path)
+    if len(columns) > limits.catalog_columns:
+        raise BadInput(f"{path}: {len(columns)} columns; a catalog may have {limits.catalog_columns} "
+                       "(CLIPSEARCH_LIMITS_CATALOG_COLUMNS)")
     layout = _Layout(columns, mapping, dict(declared or {}), path)
     types = layout.types(record for _, record in records if not isinstance(record, str))
     rows, bad = [], []
@@ -128,7 +139,8 @@ def read_catalog(
             continue
         try:
             row = layout.row(number, record, types)
-        except ValueError as exc:
+            check_metadata(row.metadata, limits)
+        except (ValueError, BadInput) as exc:
             bad.append(BadRow(number, str(exc)))
             continue
         duplicate = next((seen[(row.product_id, i)] for i in row.images if (row.product_id, i) in seen), None)
@@ -139,7 +151,9 @@ def read_catalog(
         seen.update({(row.product_id, image): number for image in row.images})
         rows.append(row)
     fields = {PRODUCT_ID: "keyword", **types}
-    return Catalog(path, rows, bad, fields, layout.text_fields)
+    overridden = [layout.names[c] for c in layout.overrides if c in layout.names]
+    named = (PRODUCT_ID, *layout.text_fields, *overridden)
+    return Catalog(path, rows, bad, fields, layout.text_fields, tuple(dict.fromkeys(named)))
 
 
 # --- reading each format: (columns, [(row number, record or the reason it is unreadable)]) -------

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from indexer.errors import CollectionBusy, CollectionNotFound
 from indexer.ingest.batches import decoded_batches
+from indexer.ingest.bounds import indexable_fields
 from indexer.ingest.catalog import Catalog, ColumnMapping, is_catalog, read_catalog
 from indexer.ingest.fetch import Fetcher
 from indexer.ingest.pipeline import (
@@ -55,6 +56,8 @@ class CatalogReport(IndexReport):
     updated: int = 0  # points whose metadata alone changed: payload replaced, nothing embedded
     downloaded: int = 0  # images fetched over the network (the rest came from the revalidated cache)
     fetch_seconds: float = 0.0  # spent fetching and revalidating images by URL
+    # Columns kept with the items, not indexed: past CLIPSEARCH_LIMITS_INDEXED_FIELDS, named by no --field.
+    unindexed: list[str] = field(default_factory=list)
 
 
 def point_id(catalog: Path, product_id: str, image: str) -> str:
@@ -110,7 +113,7 @@ def _open(
             f"it and index again, or index into another --collection"
         ) from exc
     try:
-        catalog = read_catalog(path, mapping, store.schema.fields if store else None)
+        catalog = read_catalog(path, mapping, store.schema.fields if store else None, settings.limits)
         if store is None:
             s = settings
             model = model or load_model(s.model, s.pretrained, s.device, s.precision)
@@ -141,7 +144,9 @@ def sync_catalog(
     """The sync on an open store (the caller holds the collection lock and checked the models)."""
     report = CatalogReport(collection=store.name)
     fields = {**{k: v for k, v in V1_IMAGE_FIELDS.items() if k not in catalog.fields}, **catalog.fields}
-    missing = {name: kind for name, kind in fields.items() if name not in store.schema.fields}
+    missing, report.unindexed = indexable_fields(
+        store.schema.fields, fields, settings.limits.indexed_fields, (*catalog.named_fields, *V1_IMAGE_FIELDS)
+    )
     if missing:
         store.set_schema(store.schema.with_fields(missing))
 
@@ -319,4 +324,5 @@ def index_paths(
         for name in ("embedded", "unchanged", "removed", "failed", "seconds", "updated", "downloaded"):
             setattr(total, name, getattr(total, name) + getattr(report, name, 0))
         total.failures.extend(report.failures)
+        total.unindexed.extend(n for n in getattr(report, "unindexed", []) if n not in total.unindexed)
     return total

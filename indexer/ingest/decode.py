@@ -104,6 +104,16 @@ def image_size(source: str | os.PathLike | bytes) -> tuple[int, int]:
         return (height, width) if _orientation(im) in (5, 6, 7, 8) else (width, height)
 
 
+def pixel_count(source: str | os.PathLike | bytes) -> int:
+    """width x height from the header, what decoding will cost (`limits.PixelBudget`); 0 for what is
+    not an image (the decode that follows says why)."""
+    try:
+        width, height = image_size(source)
+    except ImageDecodeError:
+        return 0
+    return width * height
+
+
 @contextlib.contextmanager
 def _open(source: str | os.PathLike | bytes) -> Iterator[Image.Image]:
     """Image.open with the file handled by us, PIL's global pixel limit lifted and all errors mapped."""

@@ -21,18 +21,22 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from indexer.durable import disk_errors
 from indexer.errors import BadInput, ItemNotFound
+from indexer.ingest.bounds import check_item_write, indexable_fields
 from indexer.ingest.catalog import convert
+from indexer.limits import check_item_id
 from indexer.schema import FieldType, VectorSpec, check_name
-from indexer.settings import Settings
+from indexer.settings import LimitsSettings, Settings
 from indexer.stores import Record, VectorStore
 from indexer.stores.base import canonical_id
 from indexer.stores.filters import parse_datetime
@@ -61,7 +65,7 @@ def parse_item_id(value: str) -> str | None:
 def client_point_id(item_id: str) -> str:
     """The point id of a client's item id: the id itself when it is a UUID (an id from results), else
     uuid5 of it, so that every server maps a SKU to the same point."""
-    return parse_item_id(item_id) or str(uuid.uuid5(_CLIENT_NAMESPACE, item_id))
+    return parse_item_id(item_id) or str(uuid.uuid5(_CLIENT_NAMESPACE, check_item_id(item_id)))
 
 
 @dataclass
@@ -72,9 +76,11 @@ class ItemWrite:
     point_id: str  # the item's id in results
     action: str  # created | replaced | updated | deleted
     embedded: bool  # whether the image was embedded (False: stored vectors kept)
+    unindexed: list[str] = field(default_factory=list)  # new fields kept unindexed (the collection's cap)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "point_id": self.point_id, "action": self.action, "embedded": self.embedded}
+        return {"id": self.id, "point_id": self.point_id, "action": self.action, "embedded": self.embedded,
+                "unindexed": list(self.unindexed)}
 
 
 @dataclass
@@ -85,6 +91,7 @@ class StoredImage:
     path: str
     fingerprint: str
     size: dict[str, int]
+    data: bytes | None = None  # an upload's bytes, kept at `path` only when the write is stored
 
 
 def check_client_id(client_id: str) -> None:
@@ -94,8 +101,9 @@ def check_client_id(client_id: str) -> None:
 
 
 def store_image(settings: Settings, collection: str, data: bytes | None, url: str | None) -> StoredImage:
-    """The item's image: an upload kept by content under the home, or a URL fetched into the fetch cache
-    (with the catalog fetcher's protections). Not an image: BadInput."""
+    """The item's image: an upload, to be kept by content under the home when the write is stored
+    (`put_item`; nothing is written here), or a URL fetched into the fetch cache (with the catalog
+    fetcher's protections). Not an image: BadInput."""
     if data is None:
         if url is None:
             raise BadInput("an item's image is its bytes or an image_url")
@@ -109,27 +117,66 @@ def store_image(settings: Settings, collection: str, data: bytes | None, url: st
         return StoredImage(url, str(got.path), f"sha256:{got.sha256}", size)
     size = _size(data)
     digest = hashlib.sha256(data).hexdigest()
-    folder = settings.home / "items" / collection
+    path = settings.home / "items" / collection / f"{digest}{_suffix(data)}"
+    return StoredImage(str(path), str(path), f"sha256:{digest}", size, data)
+
+
+@contextmanager
+def _kept_upload(image: StoredImage | None) -> Iterator[None]:
+    """An upload kept at its path (by content) while the write runs; removed again, with the folder
+    made for it, when the write fails: a refused write leaves no file behind."""
+    if image is None or image.data is None:
+        yield
+        return
+    path = Path(image.path)
+    folder = path.parent
+    made_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}{_suffix(data)}"
-    if not path.exists():
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    return StoredImage(str(path), str(path), f"sha256:{digest}", size)
+    made_file = not path.exists()
+    if made_file:
+        with disk_errors(folder, "keeping an upload"):
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
+            try:
+                with os.fdopen(handle, "wb") as file:
+                    file.write(image.data)
+                os.replace(temporary, path)
+            except BaseException:  # a full disk: no partial upload stays behind
+                Path(temporary).unlink(missing_ok=True)
+                if made_folder:
+                    with suppress(OSError):
+                        folder.rmdir()
+                raise
+    try:
+        yield
+    except BaseException:
+        if made_file:
+            path.unlink(missing_ok=True)
+        if made_folder:
+            with suppress(OSError):  # another write may have kept a file there meanwhile
+                folder.rmdir()
+        raise
+
+
+def check_put(client_id: str, metadata: dict[str, Any], text: Texts | None, limits: LimitsSettings) -> None:
+    """What a put is checked for before its image is fetched or anything stored: the id (byte-exact),
+    the metadata's and text's names, nesting, size and number (`ingest.bounds`), no derived field."""
+    check_client_id(client_id)
+    values = {**metadata, **_texts(text)}
+    check_item_write(client_id, values, limits)
+    _refuse_derived(values)
 
 
 def put_item(
     store: VectorStore, embed: Embed, client_id: str, image: StoredImage | None,
-    metadata: dict[str, Any], text: Texts | None,
+    metadata: dict[str, Any], text: Texts | None, limits: LimitsSettings | None = None,
 ) -> ItemWrite:
-    """Create or replace an item; without `image`, an existing item keeps its image and vectors."""
-    check_client_id(client_id)
+    """Create or replace an item; without `image`, an existing item keeps its image and vectors.
+    Everything is checked before anything is stored; an upload is kept only with a stored write."""
+    limits = limits or LimitsSettings()
+    check_put(client_id, metadata, text, limits)
     point = client_point_id(client_id)
     texts = _texts(text)
     values = {**metadata, **texts}
-    _refuse_derived(values)
     found = store.retrieve([point], with_vectors=True)
     old = found[0] if found else None
     if image is None and old is None:
@@ -140,24 +187,29 @@ def put_item(
         image = StoredImage(old.payload.get("uri", ""), old.payload.get("path", ""),
                             old.payload.get("fingerprint", ""),
                             {k: old_metadata[k] for k in ("width", "height") if k in old_metadata})
-    typed = typed_metadata(store, {k: v for k, v in values.items() if v is not None}, set(texts))
+    typed, unindexed = typed_metadata(store, {k: v for k, v in values.items() if v is not None}, set(texts),
+                                      limits.indexed_fields)
     payload = {"uri": image.uri, "path": image.path, "fingerprint": image.fingerprint, "source": "api",
                "metadata": {**typed, **image.size, ITEM_ID: client_id}}
     action = "replaced" if old is not None else "created"
     schema = store.schema
-    if old is not None and old.payload.get("fingerprint") == image.fingerprint and \
-            set(schema.vectors) <= set(old.vectors):
-        store.set_payloads({point: payload})
+    with _kept_upload(image):
+        if old is not None and old.payload.get("fingerprint") == image.fingerprint and \
+                set(schema.vectors) <= set(old.vectors):
+            store.set_payloads({point: payload})
+            store.flush()
+            return ItemWrite(client_id, point, action, embedded=False, unindexed=unindexed)
+        vectors = {spec.name: embed(spec, Path(image.path)) for spec in schema.vectors.values()}
+        store.upsert([Record(point, vectors, payload)])
         store.flush()
-        return ItemWrite(client_id, point, action, embedded=False)
-    vectors = {spec.name: embed(spec, Path(image.path)) for spec in schema.vectors.values()}
-    store.upsert([Record(point, vectors, payload)])
-    store.flush()
-    return ItemWrite(client_id, point, action, embedded=True)
+    return ItemWrite(client_id, point, action, embedded=True, unindexed=unindexed)
 
 
-def patch_item(store: VectorStore, client_id: str, metadata: dict[str, Any], text: Texts | None) -> ItemWrite:
+def patch_item(store: VectorStore, client_id: str, metadata: dict[str, Any], text: Texts | None,
+               limits: LimitsSettings | None = None) -> ItemWrite:
     """Change an item's metadata and text (a None value removes the field); nothing is embedded."""
+    limits = limits or LimitsSettings()
+    check_put(client_id, metadata, text, limits)
     point = client_point_id(client_id)
     found = store.retrieve([point])
     if not found:
@@ -167,10 +219,11 @@ def patch_item(store: VectorStore, client_id: str, metadata: dict[str, Any], tex
     changes = {**metadata, **texts}
     _refuse_derived(changes)
     merged = {k: v for k, v in {**payload.get("metadata", {}), **changes}.items() if v is not None}
-    payload["metadata"] = typed_metadata(store, merged, set(texts))
+    check_item_write(client_id, {k: v for k, v in merged.items() if k not in DERIVED}, limits)
+    payload["metadata"], unindexed = typed_metadata(store, merged, set(texts), limits.indexed_fields)
     store.set_payloads({point: payload})
     store.flush()
-    return ItemWrite(client_id, point, "updated", embedded=False)
+    return ItemWrite(client_id, point, "updated", embedded=False, unindexed=unindexed)
 
 
 def delete_item(store: VectorStore, client_id: str) -> ItemWrite:
@@ -182,10 +235,12 @@ def delete_item(store: VectorStore, client_id: str) -> ItemWrite:
     return ItemWrite(client_id, point, "deleted", embedded=False)
 
 
-def typed_metadata(store: VectorStore, metadata: dict[str, Any], texts: set[str]) -> dict[str, Any]:
-    """Values converted to their declared field's type; new fields declared with the type inferred
-    (`texts`: names given as text, declared as text fields). BadInput for a bad name or a value that
-    does not fit its declared type."""
+def typed_metadata(store: VectorStore, metadata: dict[str, Any], texts: set[str], cap: int
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """(values converted to their declared field's type, new fields kept unindexed); new fields are
+    declared with the type inferred (`texts`: names given as text, declared as text fields) while the
+    collection has fewer than `cap` (CLIPSEARCH_LIMITS_INDEXED_FIELDS). BadInput for a bad name or a
+    value that does not fit its declared type, before anything is declared."""
     schema = store.schema
     new: dict[str, FieldType] = {}
     typed: dict[str, Any] = {}
@@ -202,9 +257,10 @@ def typed_metadata(store: VectorStore, metadata: dict[str, Any], texts: set[str]
         if name not in schema.fields:
             new[name] = kind
         typed[name] = converted
-    if new:
-        store.set_schema(schema.with_fields(new))
-    return typed
+    to_declare, unindexed = indexable_fields(schema.fields, new, cap)
+    if to_declare:
+        store.set_schema(schema.with_fields(to_declare))
+    return typed, unindexed
 
 
 def infer_type(value: Any) -> FieldType:

@@ -34,7 +34,7 @@ from indexer.models.loading import (
     set_torch_threads,
     usable_cpus,
 )
-from indexer.schema import IMAGE_FIELDS, CollectionSchema
+from indexer.schema import IMAGE_FIELDS, CollectionSchema, VectorSpec
 from indexer.settings import Settings
 from indexer.stores import Record, VectorStore, open_store
 
@@ -214,6 +214,9 @@ def index_sources(
     return report
 
 
+ModelOf = Callable[[VectorSpec], ClipModel]  # the model that embeds a vector (added while a sync runs)
+
+
 def sync_store(
     settings: Settings,
     store: VectorStore,
@@ -221,19 +224,23 @@ def sync_store(
     roots: Sequence[str | Path],
     progress: bool,
     embedder: Embedder | None = None,
+    model_of: ModelOf | None = None,
     on_progress: Progress | None = None,
 ) -> IndexReport:
     """The ingest on an already open store with the model of each vector loaded: what `index_sources`
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
     holds the collection lock and has checked the models (`collection_models`). `embedder`: where
     decoding and encoding run (default `embed_here`; indexer.ingest.ray_run runs them on Ray).
-    `on_progress(done, total)`: called once the folders are walked, then after each batch."""
+    `model_of`: the model of a vector added while the sync runs (a re-embedding inside the server); by
+    default loaded from what the schema records. `on_progress(done, total)`: called once the folders
+    are walked, then after each batch."""
     roots = source_roots(roots)
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
     stored = {record.id: record.payload for record in store.scan()}
-    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress, embedder,
-                          on_progress)
+    return _bring_in_line(
+        settings, store, models, roots, items, stored, problems, progress, embedder, model_of, on_progress
+    )
 
 
 def sync_paths(
@@ -242,6 +249,7 @@ def sync_paths(
     models: dict[str, ClipModel],
     paths: Sequence[str | Path],
     progress: bool = False,
+    model_of: ModelOf | None = None,
 ) -> IndexReport:
     """`sync_store` for just these paths, without walking the folders or scanning the store: what
     `serve --watch` runs on file events. An image file is embedded if new or changed and dropped if
@@ -262,7 +270,7 @@ def sync_paths(
     if gone_folders:
         stored.update({r.id: r.payload for r in store.scan() if _under(r.payload["uri"], gone_folders)})
     roots = [*files, *folders, *gone_folders]
-    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress)
+    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress, None, model_of)
 
 
 def _bring_in_line(
@@ -275,9 +283,12 @@ def _bring_in_line(
     problems: list[WalkProblem],
     progress: bool,
     embedder: Embedder | None = None,
+    model_of: ModelOf | None = None,
     on_progress: Progress | None = None,
 ) -> IndexReport:
-    """Drop the stored items under `roots` that are not in `items`, embed the new and changed items."""
+    """Drop the stored items under `roots` that are not in `items`, embed the new and changed items.
+    Every record carries every vector the schema has when it is written, one being built included: a
+    vector added meanwhile (a re-embedding in the server) is embedded from the batch's pixels."""
     report = IndexReport(collection=store.name)
     missing = {name: kind for name, kind in IMAGE_FIELDS.items() if name not in store.schema.fields}
     if missing:  # a collection made before these fields existed: declare (and index) them first
@@ -318,6 +329,7 @@ def _bring_in_line(
             ]  # a file that went bad loses its old vector
             records = []
             if good:
+                vectors = _every_vector(settings, store, models, primary, good, vectors, model_of)
                 records = [
                     _record(d, {name: v[i] for name, v in vectors.items()}) for i, d in enumerate(good)
                 ]
@@ -343,6 +355,28 @@ def _bring_in_line(
 
 
 Progress = Callable[[int, int], None]  # (files embedded or failed so far, files to embed in this run)
+
+
+def _every_vector(
+    settings: Settings, store: VectorStore, models: dict[str, ClipModel], primary: ClipModel,
+    good: list[Decoded], vectors: dict[str, np.ndarray], model_of: ModelOf | None,
+) -> dict[str, np.ndarray]:
+    """A batch's vectors for the schema as it is now: a vector added since the sync began is embedded
+    here (its model joins `models` for the batches that follow), one dropped meanwhile is left out."""
+    specs = store.schema.vectors
+    added = {name: spec for name, spec in specs.items() if name not in models}
+    for name, spec in added.items():
+        models[name] = model_of(spec) if model_of else _load_for(settings, spec)
+    if added:
+        fresh = embed_all(settings, {name: models[name] for name in added}, primary, good)
+        vectors = {**vectors, **fresh}
+    return {name: v for name, v in vectors.items() if name in specs}
+
+
+def _load_for(settings: Settings, spec: VectorSpec) -> ClipModel:
+    return load_model(spec.model.model, spec.model.pretrained, settings.device, spec.precision)
+
+
 Embedded = Iterator[tuple[list[Decoded], dict[str, np.ndarray]]]
 # (settings, models by vector name, the active vector's model, items) -> batches of decoded items, each
 # with its good items' (pixels not None, in order) vectors by name: where decoding and encoding run.

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import ModelLoadError, ModelMismatchError, UnknownModel
+from indexer.models.batching import BatchingEncoder, QueryBatching
 from indexer.models.encoders import QueryEncoder
 from indexer.schema import ModelIdentity
+from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -511,14 +513,23 @@ class ModelCache:
     missing), or the torch model when there is no `home`, the weights are random, the device is CUDA,
     or the export cannot be made (one warning; the failure is remembered under `home`)."""
 
-    def __init__(self, device: str = "auto", home: Path | None = None) -> None:
+    def __init__(self, device: str = "auto", home: Path | None = None,
+                 batching: QueryBatching | None = None) -> None:
+        """`batching`: how `query` encoders batch concurrent calls (indexer.models.batching); None: each
+        call encodes on its own, in the caller's thread."""
         import threading
 
         self.device = device
         self.home = Path(home) if home is not None else None
+        self.batching = batching
         self._models: dict[tuple[str, str, int, str], ClipModel] = {}
         self._encoders: dict[tuple[str, str, int, str], QueryEncoder] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ModelCache:
+        """A cache on the settings' device and home, its query encoders batching as they say."""
+        return cls(settings.device, settings.home, QueryBatching.from_settings(settings))
 
     @staticmethod
     def _key(identity: ModelIdentity) -> tuple[str, str, int, str]:
@@ -548,7 +559,10 @@ class ModelCache:
         with self._lock:
             key = self._key(identity)
             if key not in self._encoders:
-                self._encoders[key] = self._onnx(identity) or self._torch_for_queries(identity)
+                encoder = self._onnx(identity) or self._torch_for_queries(identity)
+                if self.batching is not None:
+                    encoder = BatchingEncoder(encoder, self.batching)
+                self._encoders[key] = encoder
             return self._encoders[key]
 
     def _onnx(self, identity: ModelIdentity) -> QueryEncoder | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from indexer.models.encoders import QueryEncoder
@@ -26,21 +28,25 @@ def parse_labels(text: str) -> list[str]:
     return list(dict.fromkeys(label for label in labels if label))
 
 
-def label_embeddings(model: QueryEncoder, labels: list[str]) -> np.ndarray:
-    """One normalised embedding per label: the mean of its prompt embeddings, renormalised."""
+TextEncode = Callable[[list[str]], np.ndarray]
+
+
+def label_embeddings(model: QueryEncoder, labels: list[str], encode: TextEncode | None = None) -> np.ndarray:
+    """One normalised embedding per label: the mean of its prompt embeddings, renormalised. `encode`:
+    what embeds the prompts (a cache of them, say); the model's text encoder by default."""
     prompts = [template.format(label) for label in labels for template in PROMPT_TEMPLATES]
-    per_prompt = model.encode_texts(prompts).reshape(len(labels), len(PROMPT_TEMPLATES), -1)
+    per_prompt = (encode or model.encode_texts)(prompts).reshape(len(labels), len(PROMPT_TEMPLATES), -1)
     mean = per_prompt.mean(axis=1)
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
 
 def classify_embeddings(
-    model: QueryEncoder, image_embeddings: np.ndarray, labels: list[str]
+    model: QueryEncoder, image_embeddings: np.ndarray, labels: list[str], encode: TextEncode | None = None
 ) -> list[list[tuple[str, float]]]:
     """For each image, (label, probability) pairs best first; probabilities sum to 1."""
     if not labels:
         raise ValueError("at least one label is needed")
-    logits = model.logit_scale * image_embeddings @ label_embeddings(model, labels).T
+    logits = model.logit_scale * image_embeddings @ label_embeddings(model, labels, encode).T
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)

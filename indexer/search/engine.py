@@ -3,22 +3,28 @@
 It opens the collection, loads the model of the vector a query uses (through a shared ModelCache),
 decodes query images exactly as the index run decoded files, resolves filters against the
 collection's schema, and times every stage. Text embeddings are cached (bounded), since people
-repeat and refine the same queries. Not thread-safe: the API serialises calls (search_api.engines).
+repeat and refine the same queries.
+
+Threads: callers that share an engine hold its `lock` for every call (search_api.engines does, per
+collection); the engine lets go of it while it decodes and encodes a query, so that concurrent queries
+meet in the model's batching encoder (indexer.models.batching) instead of queueing one by one, and
+while it searches a store whose `concurrent_reads` says it may be searched from several threads.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from indexer.errors import BadInput, ItemNotFound
+from indexer.errors import BadInput, CollectionCorrupt, ItemNotFound
 from indexer.ingest.decode import decode_image
 from indexer.ingest.items import client_point_id, parse_item_id  # noqa: F401  (importable from here too)
 from indexer.models.encoders import QueryEncoder
@@ -29,6 +35,7 @@ from indexer.search.query import Term, check_terms, embed_terms, keyword_text
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
 from indexer.stores.base import Example
+from indexer.stores.check import impossible_cosine
 from indexer.stores.filters import Filter
 from indexer.stores.keyword import text_fields
 
@@ -62,25 +69,38 @@ class SearchOutcome:
 
 
 class TextEmbeddingCache:
-    """A small LRU of (model, query text) -> embedding."""
+    """A small LRU of (model, query text) -> embedding; thread-safe, and a miss encodes without holding
+    the cache, so that concurrent misses can be batched together."""
 
     def __init__(self, size: int = 1024):
         self._size = size
         self._entries: OrderedDict[tuple[Any, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, model: QueryEncoder, text: str) -> np.ndarray:
-        key = (model.identity.weights, model.identity.architecture, text)
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return self._entries[key]
-        self.misses += 1
-        vector = model.encode_texts([text])[0]
-        self._entries[key] = vector
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        return vector
+        return self.get_many(model, [text])[0]
+
+    def get_many(self, model: QueryEncoder, texts: list[str]) -> np.ndarray:
+        """The texts' embeddings, those not cached encoded together in one call."""
+        keys = [(model.identity.weights, model.identity.architecture, text) for text in texts]
+        found: dict[Any, np.ndarray] = {}
+        with self._lock:
+            for key in keys:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    found[key] = self._entries[key]
+            self.hits += sum(key in found for key in keys)
+            missing = list(dict.fromkeys(key for key in keys if key not in found))
+            self.misses += len(missing)
+        if missing:
+            vectors = model.encode_texts([key[2] for key in missing])
+            with self._lock:
+                for key, vector in zip(missing, vectors, strict=True):
+                    found[key] = self._entries[key] = vector
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+        return np.stack([found[key] for key in keys])
 
 
 class SearchEngine:
@@ -91,13 +111,17 @@ class SearchEngine:
         models: ModelCache | None = None,
         store: VectorStore | None = None,
         warm: bool = True,
+        lock: AbstractContextManager[Any] | None = None,
     ):
         """`store`: an already open store of the collection (the server's watcher shares it).
         `warm`: run `warm_up` now (a server, for its first query). Without it (a one-shot CLI search) the
-        store opens in the background while the query encoder loads, and no throw-away query runs."""
+        store opens in the background while the query encoder loads, and no throw-away query runs.
+        `lock`: the lock that callers sharing this engine across threads hold for every call (see the
+        module); the engine releases it (exit) and takes it back (enter) around query encoding."""
         self.settings = settings
         self.collection = collection or settings.collection
-        self.models = models or ModelCache(settings.device, settings.home)
+        self.lock = lock
+        self.models = models or ModelCache.for_settings(settings)
         self.store: VectorStore = store or open_store(settings, self.collection, background=not warm)
         self._schema_read = time.monotonic()
         self.text_cache = TextEmbeddingCache()
@@ -204,12 +228,15 @@ class SearchEngine:
             query = None
         else:
             query = embed_terms(terms, lambda term: self._embed(term, spec, clock))
-        hits = self._timed(
-            clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter, offset=offset,
-            mode=mode, text=words if mode != "vector" else None, min_score=min_score, group_by=group_by,
-            diversity=diversity,
-        )
-        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        with self._reading():
+            hits = self._timed(
+                clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter,
+                offset=offset, mode=mode, text=words if mode != "vector" else None, min_score=min_score,
+                group_by=group_by, diversity=diversity,
+            )
+            if mode == "vector" and diversity is None:  # a cosine score each (hybrid ranks; MMR mixes)
+                self._refuse_impossible_scores(hits)
+            counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, mode)
 
     def recommend(
@@ -245,6 +272,17 @@ class SearchEngine:
         counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, "recommend")
 
+    def _refuse_impossible_scores(self, hits: list[Hit]) -> None:
+        """Damaged stored vectors score outside [-1, 1] (random bytes: 1e38): refused, never served."""
+        wrong = next((hit for hit in hits if impossible_cosine(hit.score)), None)
+        if wrong is not None:
+            name = self.collection
+            raise CollectionCorrupt(
+                f"collection {name!r} is corrupt: a search scored {wrong.score:.3g} for item {wrong.id}, but "
+                f"cosine scores lie in [-1, 1], so stored vectors are damaged. Run `clipsearch check "
+                f"--collection {name}` for which ones and what to do"
+            )
+
     def default_mode(self, words: str | None) -> str:
         """hybrid when the collection has declared text fields and the query has words, else vector."""
         return "hybrid" if words and text_fields(self.schema) else "vector"
@@ -261,11 +299,29 @@ class SearchEngine:
                 raise ItemNotFound(term.image_id)
             return records[0].vectors[spec.name]
         model = self.models.query(spec.model)
-        if term.text is not None:
-            return self._timed(clock, "encode", self.text_cache.get, model, term.text)
-        assert term.image is not None
-        picture = self._timed(clock, "decode", self.decode, term.image, model)
-        return self._timed(clock, "encode", model.encode_images, [picture])[0]
+        with self._unlocked():
+            if term.text is not None:
+                return self._timed(clock, "encode", self.text_cache.get, model, term.text)
+            assert term.image is not None
+            picture = self._timed(clock, "decode", self.decode, term.image, model)
+            return self._timed(clock, "encode", model.encode_images, [picture])[0]
+
+    @contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """Without the callers' lock (when there is one) for the block: work that touches no shared
+        state but thread-safe objects (the encoders, the text cache)."""
+        if self.lock is None:
+            yield
+            return
+        self.lock.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            self.lock.__enter__()
+
+    def _reading(self) -> AbstractContextManager[None]:
+        """For a store search: without the callers' lock when the store may be searched concurrently."""
+        return self._unlocked() if getattr(self.store, "concurrent_reads", False) else nullcontext()
 
     def _facets(
         self, fields: list[str] | tuple[str, ...], store_filter: Filter | None, limit: int
@@ -275,7 +331,7 @@ class SearchEngine:
 
     def store_filter(self, query_filter: Filter | dict[str, Any] | None) -> Filter | None:
         """A query filter (field names) checked against the schema and turned into a store filter."""
-        parsed = Filter.parse(query_filter)
+        parsed = Filter.parse(query_filter, self.settings.limits)
         return None if parsed is None or parsed.is_empty() else parsed.resolve(self.schema)
 
     def decode(self, image: ImageInput, model: QueryEncoder | None = None) -> Any:
@@ -295,8 +351,11 @@ class SearchEngine:
     def classify(self, images: list[ImageInput], labels: list[str]) -> list[list[tuple[str, float]]]:
         """Zero-shot labels for each image with the active vector's model."""
         model = self.model_for()[1]
-        pictures = [self.decode(image, model) for image in images]
-        return classify_embeddings(model, model.encode_images(pictures), labels)
+        with self._unlocked():
+            pictures = [self.decode(image, model) for image in images]
+            # The labels' prompts through the text cache: clients ask for the same labels again and again.
+            return classify_embeddings(model, model.encode_images(pictures), labels,
+                                       lambda prompts: self.text_cache.get_many(model, prompts))
 
     def status(self) -> dict[str, Any]:
         return collection_status(self.store)

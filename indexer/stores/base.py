@@ -69,6 +69,9 @@ class VectorStore(Protocol):
     (upsert, update_vectors, set_payloads, delete, set_schema or write_info)."""
 
     name: str
+    # Whether searches may run from several threads at once, and beside writes, without the callers
+    # serialising them (indexer.search.engine); each store says why where it sets it.
+    concurrent_reads: bool
 
     @property
     def schema(self) -> CollectionSchema:

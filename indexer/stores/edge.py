@@ -12,6 +12,20 @@ Edge facts this module relies on (qdrant-edge-py 0.9):
   fails until the first is closed.
 - There is no background optimizer: new points sit in plain segments searched by brute force
   (exact) until `optimize()` builds HNSW for segments above the indexing threshold.
+- Every payload update (set or overwrite, indexed field or not) moves the point out of its indexed,
+  immutable segment into an appendable one, vector included (qdrant's segment holder,
+  `apply_points_with_conditional_move`): a label run over every point leaves every point unindexed,
+  and building HNSW for them again cost 467 s of a 523 s label run over 100k points. So writes that
+  change payloads only (labels, reviews, metadata edits) do not make flush() or close() rebuild the
+  index: the moved points are searched exactly, by brute force, until the next write of vectors
+  rebuilds it, or a server (`optimize_in_background`) does, while it answers. The shard's own count
+  of indexed vectors does not see such moves (it counts the moved points' old, deleted copies), so
+  the store keeps the number of points moved since the index was built in `MOVED_FILE`.
+- The shard's files are memory-mapped and preallocated sparse (32 MB WAL segments, vector chunks,
+  payload pages): a write that touches a page the full disk cannot back kills the process with SIGBUS
+  instead of raising, so every write first checks for `min_free_disk_mb` of free space (DiskFull), and
+  a collection keeps a small reserve file that a load on a full disk releases (loading writes a few
+  small files), so reads go on while the disk is full.
 - Loading copies the int8 vectors, id tracker and HNSW links into memory through page faults on
   mmaps, and closing drops the files from the page cache (posix_fadvise DONTNEED): every open
   reads them from disk again, and fault-driven reads run ~10x slower than sequential ones, so
@@ -24,16 +38,27 @@ import concurrent.futures
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
-from indexer.durable import fsync_dir, write_atomic
-from indexer.errors import CollectionBusy, StoreError
+from indexer.durable import (
+    MB,
+    disk_errors,
+    fsync_dir,
+    is_disk_full,
+    keep_reserve,
+    release_reserve,
+    require_free_space,
+    write_atomic,
+)
+from indexer.errors import CollectionBusy, DiskFull, StoreError
 from indexer.locking import process_alive
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.settings import Settings
@@ -61,8 +86,11 @@ from indexer.stores.qdrant_common import (
     using_name,
 )
 
+log = logging.getLogger(__name__)
+
 SHARD_DIR = "shard"
 INFO_FILE = "info.json"
+MOVED_FILE = "moved.json"  # {"points": N}: points payload updates moved out of the index since it was built
 CREATE_LOCK = ".create.lock"
 
 # Segments under this size (KB) stay plain, so search on them is exact; ~10k 512-d vectors,
@@ -72,7 +100,8 @@ INDEXING_THRESHOLD_KB = 20_000
 # them into (and re-indexing) everything; the automatic count is 2 on a 2-CPU machine.
 SEGMENTS = 8
 # flush() builds the index once this many vectors (per named vector) are searched by brute force,
-# so a long ingest does not leave a huge unindexed tail; close() builds it whenever anything changed.
+# so a long ingest does not leave a huge unindexed tail; close() builds it whenever vectors were written.
+# A server opening a collection with this many unindexed vectors builds the index in a thread.
 OPTIMIZE_BACKLOG = 20_000
 WRITE_BATCH = 512
 
@@ -153,7 +182,8 @@ def create(settings: Settings, name: str, schema: CollectionSchema) -> EdgeStore
         _remove_abandoned_creations(final)
         tmp = final.with_name(f"{SHARD_DIR}.creating-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        with store_errors(_label(name), "create"):
+        _require_room(settings, directory, f"creating {_label(name)}")
+        with _disk_errors(directory, f"creating {_label(name)}", tmp), store_errors(_label(name), "create"):
             shard = qe.EdgeShard.create(str(tmp), _config(settings, _keys(schema)))
             try:
                 for field_name, kind in schema.fields.items():
@@ -169,6 +199,7 @@ def create(settings: Settings, name: str, schema: CollectionSchema) -> EdgeStore
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"{_label(name)}: cannot create {final}: {exc}; remove {final}") from exc
         fsync_dir(directory)
+        keep_reserve(directory)
     return load(settings, name)
 
 
@@ -190,11 +221,22 @@ def _open_shard(settings: Settings, name: str) -> qe.EdgeShard:
     path = shard_path(settings, name)
     _warm_page_cache(path)
     try:
-        # Passing the config applies tuning changes made here since the shard was created.
+        try:
+            # Passing the config applies tuning changes made here since the shard was created.
+            return qe.EdgeShard.load(str(path), _config(settings, shard_vectors(path, name)))
+        except Exception as exc:
+            # Loading writes a few small files: on a full disk, give back the reserve kept for this.
+            if not (is_disk_full(exc) and release_reserve(path.parent)):
+                raise
         return qe.EdgeShard.load(str(path), _config(settings, shard_vectors(path, name)))
     except StoreError:
         raise
     except Exception as exc:  # qdrant_edge raises bare Exception
+        if is_disk_full(exc):
+            raise DiskFull(
+                f"disk full: collection {name!r} cannot be opened, as opening writes a few small files in "
+                f"{path} and no space is left there (nor a reserve). Free some space and run again"
+            ) from exc
         if "WouldBlock" in str(exc):
             raise CollectionBusy(
                 f"{_label(name)} is open in another process or store (an index run, `clipsearch serve`); "
@@ -261,6 +303,8 @@ def drop(settings: Settings, name: str) -> None:
     shutil.rmtree(directory / SHARD_DIR)
     (directory / INFO_FILE).unlink(missing_ok=True)
     (directory / CREATE_LOCK).unlink(missing_ok=True)
+    (directory / MOVED_FILE).unlink(missing_ok=True)
+    release_reserve(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()
 
@@ -313,8 +357,33 @@ def _read_stored(directory: Path, name: str) -> StoredInfo:
         raise StoreError(f"{_label(name)}: unreadable {path}: {exc}") from exc
 
 
+def _read_moved(directory: Path) -> int:
+    try:
+        return int(json.loads((directory / MOVED_FILE).read_text())["points"])
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, KeyError, TypeError):  # a count only: unreadable means "maybe many"
+        return OPTIMIZE_BACKLOG
+
+
 def _write_document(directory: Path, document: dict[str, Any]) -> None:
-    write_atomic(directory / INFO_FILE, json.dumps(document, indent=2, sort_keys=True).encode())
+    with disk_errors(directory, f"the info document of collection {directory.name!r}"):
+        write_atomic(directory / INFO_FILE, json.dumps(document, indent=2, sort_keys=True).encode())
+
+
+def _require_room(settings: Settings, directory: Path, what: str) -> None:
+    require_free_space(directory, settings.min_free_disk_mb * MB, what)
+
+
+@contextlib.contextmanager
+def _disk_errors(directory: Path, what: str, partial: Path) -> Iterator[None]:
+    """disk_errors, removing `partial` (what was being made) when the disk filled up meanwhile."""
+    try:
+        with disk_errors(directory, what):
+            yield
+    except DiskFull:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -324,6 +393,11 @@ class EdgeStore(QdrantFamilyStore):
     """A VectorStore over one open Edge shard."""
 
     write_batch = WRITE_BATCH
+    # The shard is Rust behind one handle: its calls take it shared (queries, reads) and synchronise
+    # segments with their own locks (as a Qdrant server's threads search while updates land), so
+    # searches run from several threads at once, beside writes. What this class keeps in Python (the
+    # schema, the dirty flag) is replaced whole, never changed in place.
+    concurrent_reads = True
 
     def __init__(
         self, name: str, shard: qe.EdgeShard | concurrent.futures.Future[qe.EdgeShard], directory: Path,
@@ -335,7 +409,10 @@ class EdgeStore(QdrantFamilyStore):
         self._opening = shard if isinstance(shard, concurrent.futures.Future) else None
         self._shard: qe.EdgeShard | None = None if self._opening else shard
         self._dir = directory
-        self._dirty = False
+        self._index_stale = False  # vectors or points were written since the index was last built
+        self._moved = _read_moved(directory)
+        self._moved_saved = self._moved
+        self._optimizer: threading.Thread | None = None
 
     @property
     def shard(self) -> qe.EdgeShard:
@@ -347,18 +424,52 @@ class EdgeStore(QdrantFamilyStore):
         return self._shard
 
     def flush(self) -> None:
-        with store_errors(self._label, "flush"):
+        with disk_errors(self._dir, f"flushing {self._label}"), store_errors(self._label, "flush"):
             self.shard.flush()
-            info = self.shard.info()
-            vectors = len(self.schema.vectors)
-            if info.points_count * vectors - info.indexed_vectors_count >= OPTIMIZE_BACKLOG * vectors:
+            if self._index_stale and self.unindexed() >= OPTIMIZE_BACKLOG:
                 self.optimize()
+            self._save_moved()
+        keep_reserve(self._dir)  # given back by a load on a full disk: taken again once there is room
+
+    def unindexed(self) -> int:
+        """Points searched by brute force until the index is built: new ones (per the shard) and those
+        that payload updates moved (an upper bound: a point updated twice counts twice, up to all)."""
+        info = self.shard.info()
+        new = info.points_count - info.indexed_vectors_count // max(1, len(self.schema.vectors))
+        return min(info.points_count, max(0, new) + self._moved)
 
     def optimize(self) -> None:
         """Build HNSW for large segments and vacuum deletions; blocking."""
-        with store_errors(self._label, "optimize"):
+        self._index_stale = False  # before: a write while it runs (a server's) leaves it stale again
+        moved = self._moved
+        _require_room(self._settings, self._dir, f"building the index of {self._label}")
+        with disk_errors(self._dir, f"optimizing {self._label}"), store_errors(self._label, "optimize"):
             self.shard.optimize()
             self.shard.flush()
+        self._moved -= moved  # those are indexed now; points moved meanwhile are not
+        self._save_moved()
+
+    def _save_moved(self) -> None:
+        if self._moved != self._moved_saved:
+            write_atomic(self._dir / MOVED_FILE, json.dumps({"points": self._moved}).encode())
+            self._moved_saved = self._moved
+
+    def optimize_in_background(self, backlog: int = OPTIMIZE_BACKLOG) -> bool:
+        """When at least `backlog` points are unindexed (after bulk payload updates, see the module),
+        build the index in a thread; searches keep answering meanwhile (exactly until the shard swaps
+        the built segments in). close() waits for it. Whether it started."""
+        if self._optimizer is not None or self.unindexed() < backlog:
+            return False
+
+        def run() -> None:
+            try:
+                self.optimize()
+            except StoreError as exc:  # the next close (or write) builds it again
+                log.warning("%s: building the index in the background failed: %s", self._label, exc)
+
+        self._optimizer = threading.Thread(target=run, name="clipsearch-optimize", daemon=True)
+        self._optimizer.start()
+        return True
 
     def close(self, optimize: bool = True) -> None:
         """Release the shard (and its lock); after writes, first build the index."""
@@ -371,20 +482,30 @@ class EdgeStore(QdrantFamilyStore):
                 self._opening = None
         if self._shard is None:
             return
+        if self._optimizer is not None:
+            self._optimizer.join()
+            self._optimizer = None
         try:
-            if optimize and self._dirty:
-                self.optimize()
-            with store_errors(self._label, "flush"):
+            if optimize and self._index_stale:
+                with contextlib.suppress(DiskFull):  # the index is built at the next close with room
+                    self.optimize()
+            with disk_errors(self._dir, f"flushing {self._label}"), store_errors(self._label, "flush"):
                 self._shard.flush()
+            self._save_moved()
         finally:
             self._shard.close()
             self._shard = None
 
     # --- engine calls -----------------------------------------------------------------------
 
-    def _update(self, operation: qe.UpdateOperation) -> None:
-        self.shard.update(operation)
-        self._dirty = True
+    def _update(self, operation: qe.UpdateOperation, index_stale: bool = True) -> None:
+        """`index_stale`: the operation writes vectors or points (the next flush or close builds the
+        index); False for payload updates and payload indexes (see the module)."""
+        # Checked before every write: the engine's mmap'd files kill the process (SIGBUS) on a full disk.
+        _require_room(self._settings, self._dir, f"writing {self._label}")
+        with disk_errors(self._dir, f"writing {self._label}"):
+            self.shard.update(operation)
+        self._index_stale = self._index_stale or index_stale
 
     def _put_points(self, points: Sequence[tuple[str, Vectors, dict[str, Any]]]) -> None:
         self._update(qe.UpdateOperation.upsert_points(
@@ -397,7 +518,8 @@ class EdgeStore(QdrantFamilyStore):
 
     def _put_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
         for point_id, payload in payloads.items():  # one payload per point: one operation each
-            self._update(qe.UpdateOperation.overwrite_payload([point_id], payload))
+            self._update(qe.UpdateOperation.overwrite_payload([point_id], payload), index_stale=False)
+        self._moved += len(payloads)
 
     def _delete_points(self, ids: Sequence[str]) -> None:
         self._update(qe.UpdateOperation.delete_points(list(ids)))
@@ -496,5 +618,10 @@ class EdgeStore(QdrantFamilyStore):
     def _drop_vector(self, key: str) -> None:
         self._update(qe.UpdateOperation.delete_vector_name(key))
 
+    def indexed_fields(self) -> set[str]:
+        """The declared fields whose payload index the shard has (for `indexer.stores.check`)."""
+        paths = set(self.shard.info().payload_schema)
+        return {name for name in self.schema.fields if payload_path(name) in paths}
+
     def _index_field(self, path: str, kind: FieldType) -> None:
-        self._update(_field_index(path, kind))
+        self._update(_field_index(path, kind), index_stale=False)  # indexes payloads where they are

@@ -28,7 +28,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from indexer.errors import InvalidFilter, SchemaError
+from indexer.limits import check_depth
 from indexer.schema import CollectionSchema, payload_path
+from indexer.settings import LimitsSettings
 
 EARTH_RADIUS_M = 6_371_008.8
 Scalar = str | int | bool
@@ -191,14 +193,52 @@ class Filter(_Strict):
     must_not: list[Condition] = Field(default_factory=list)
 
     @classmethod
-    def parse(cls, data: Filter | dict[str, Any] | None) -> Filter | None:
-        """A filter from its JSON shape; InvalidFilter saying what is wrong."""
-        if data is None or isinstance(data, Filter):
-            return data
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidFilter(f"invalid filter: {_first_error(exc)}") from exc
+    def parse(
+        cls, data: Filter | dict[str, Any] | None, limits: LimitsSettings | None = None
+    ) -> Filter | None:
+        """A filter from its JSON shape; InvalidFilter saying what is wrong. With `limits`, also
+        InvalidFilter when it is larger than they allow (`check_bounds`)."""
+        if data is None:
+            return None
+        if not isinstance(data, Filter):
+            if limits is not None:  # before validating: the validator recurses once per level
+                check_depth(data, limits.json_depth, "filter")
+            try:
+                data = cls.model_validate(data)
+            except ValidationError as exc:
+                raise InvalidFilter(f"invalid filter: {_first_error(exc)}") from exc
+        return data if limits is None else data.check_bounds(limits)
+
+    def check_bounds(self, limits: LimitsSettings) -> Filter:
+        """This filter, or InvalidFilter when it nests deeper (as JSON), has more conditions, more
+        match.any/except values or more has_id ids than `limits` allow: counted without recursion,
+        before any of it is resolved or sent to a store."""
+        conditions = values = ids = deepest = 0
+        stack: list[tuple[Any, int]] = [(self, 0)]
+        while stack:
+            condition, depth = stack.pop()
+            if isinstance(condition, Filter):
+                children = condition.conditions()
+                conditions += len(children)
+                deepest = max(deepest, depth + (2 if children else 1))  # the object and its lists
+                stack.extend((child, depth + 2) for child in children)
+                continue
+            deepest = max(deepest, depth + _json_depth_of(condition))
+            if isinstance(condition, HasIdCondition):
+                ids += len(condition.has_id)
+            elif isinstance(condition, FieldCondition) and isinstance(condition.match, MatchAny):
+                values += len(condition.match.any)
+            elif isinstance(condition, FieldCondition) and isinstance(condition.match, MatchExcept):
+                values += len(condition.match.except_)
+        for count, bound, what, variable in (
+            (deepest, limits.json_depth, "levels deep", "CLIPSEARCH_LIMITS_JSON_DEPTH"),
+            (conditions, limits.filter_conditions, "conditions", "CLIPSEARCH_LIMITS_FILTER_CONDITIONS"),
+            (values, limits.filter_values, "match.any/except values", "CLIPSEARCH_LIMITS_FILTER_VALUES"),
+            (ids, limits.ids, "has_id ids", "CLIPSEARCH_LIMITS_IDS"),
+        ):
+            if count > bound:
+                raise InvalidFilter(f"filter too large: {count} {what}; the limit is {bound} ({variable})")
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
@@ -220,6 +260,17 @@ class Filter(_Strict):
 
 
 Filter.model_rebuild()
+
+
+def _json_depth_of(condition: Any) -> int:
+    """How deeply a condition other than a filter nests as JSON."""
+    if isinstance(condition, FieldCondition):
+        if condition.range is not None:
+            return 2  # {"key", "range": {...}}
+        return 3  # {"match": {"any": [...]}}, {"geo_radius": {"center": {...}}}
+    if isinstance(condition, HasVectorCondition):
+        return 1
+    return 2  # {"has_id": [...]}, {"is_empty": {"key"}}
 
 
 def both(first: Filter | None, second: Filter | None) -> Filter | None:

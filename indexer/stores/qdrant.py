@@ -209,6 +209,10 @@ class QdrantStore(common.QdrantFamilyStore):
         self._client: QdrantClient | None = client
         # Local mode always searches exactly and warns about search params, so send none there.
         self._local = settings.qdrant.path is not None
+        # A server's client sends each call over HTTP and the server synchronises them: searches may run
+        # from several threads at once. Local mode is qdrant-client's in-process test double, plain Python
+        # dicts and arrays with no locks of its own: its callers take turns.
+        self.concurrent_reads = not self._local
         self._ef = settings.hnsw_ef
         self._quantization = models.QuantizationSearchParams(rescore=True, oversampling=settings.oversampling)
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from indexer.errors import SchemaError, StoreError
+from indexer.errors import ClipsearchError, SchemaError, StoreError
 from indexer.schema import CollectionSchema, FieldType, VectorSpec, payload_path
 from indexer.stores.base import (
     Hit,
@@ -81,10 +81,10 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 @contextlib.contextmanager
 def store_errors(label: str, action: str) -> Iterator[None]:
     """Engine errors (qdrant_edge raises bare Exception; qdrant-client HTTP, connection and
-    local-mode errors) become StoreError naming the collection."""
+    local-mode errors) become StoreError naming the collection; our own errors (DiskFull, ...) pass."""
     try:
         yield
-    except StoreError:
+    except ClipsearchError:
         raise
     except Exception as exc:
         raise StoreError(f"{label}: {action} failed: {exc}") from exc

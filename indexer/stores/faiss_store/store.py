@@ -53,6 +53,10 @@ class FaissStore(SearchMixin):
     """A VectorStore over SQLite (the truth) and one FAISS index per vector; thread-safe (one lock).
     Searches are in search.py."""
 
+    # Every call takes the store's own lock (SQLite and the in-memory indexes change together), so
+    # callers need not serialise it; concurrent searches then run one at a time here.
+    concurrent_reads = True
+
     def __init__(
         self, name: str, path: Path, db: Database, lock_fd: int, config: FaissConfig, stored: StoredInfo
     ) -> None:
