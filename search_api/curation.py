@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
@@ -152,6 +152,15 @@ class LabelRunRequest(BaseModel):
         None, description="A built-in prompt-template set [default: the built-in ensemble].")
     filter: dict[str, Any] | None = Field(None, description="Only the items passing this filter.")
     vector: str | None = Field(None, description="The stored vector to read [default: the active one].")
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("top_k", "threshold", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:  # JSON true is no number (lax mode would take it as 1)
+        if isinstance(value, bool):
+            raise ValueError("a number, not a boolean")
+        return value
 
 
 class LabelRunResponse(BaseModel):

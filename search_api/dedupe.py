@@ -8,14 +8,13 @@ written. Reports are computed on request: the UI caches them.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
-from indexer.curation.export import TEXT_FORMATS
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
 from search_api.schemas import ErrorResponse
@@ -79,14 +78,14 @@ def outliers(
 class ExportRequest(BaseModel):
     """Which items, in which one-document format (folders are exported where the collection is)."""
 
-    format: str = Field("csv", description=f"One of {', '.join(TEXT_FORMATS)}.")
+    format: Literal["csv", "jsonl", "coco"] = Field("csv", description="The document's format.")
     filter: dict[str, Any] | None = Field(None, description="A filter, as in /v1/search.")
     run: str | None = Field(None, max_length=200, description="A label run whose labels to include "
                             '("@duplicates": the duplicate groups).')
     csv_formulas: bool = Field(False, description="csv: cells that start with =, +, -, @, tab or CR as they "
                                "are (data pipelines); by default they get a leading ' (shown as text).")
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ExportResponse(BaseModel):
@@ -105,7 +104,13 @@ def export(collection: CollectionPath, body: ExportRequest, engines: EnginesDep)
                           document=document)
 
 
-@router.post("/snapshot", response_class=FileResponse, responses=_ERRORS, operation_id="snapshot",
+_ARCHIVE = {"schema": {"type": "string", "format": "binary"}}
+
+
+@router.post("/snapshot", response_class=FileResponse, operation_id="snapshot",
+             responses={**_ERRORS, 200: {
+                 "content": {"application/x-tar": _ARCHIVE, "application/gzip": _ARCHIVE},
+                 "description": "The archive (`clipsearch restore` reads it)"}},
              summary="A portable archive of every point (vectors, payloads, schema), as a .tar download")
 def snapshot(
     collection: CollectionPath, engines: EnginesDep, tasks: BackgroundTasks,

@@ -576,7 +576,7 @@ class SyncRequest(BaseModel):
                                description="Folders the client asked to index: each must be a --watch folder "
                                "of this server (or inside one). Empty: all of them.")
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @api.post(

@@ -61,12 +61,15 @@ OPERATIONS = {  # every operation the API documents; the run fails if the schema
     "POST /v1/collections/{collection}/labels/{run}/review",
     "GET /v1/collections/{collection}/duplicates", "GET /v1/collections/{collection}/clusters",
     "GET /v1/collections/{collection}/outliers",
+    "POST /v1/collections/{collection}/labels", "POST /v1/collections/{collection}/export",
+    "POST /v1/collections/{collection}/snapshot", "POST /v1/collections/{collection}/sync",
 }
 # Operations whose success the fuzzer cannot reach on its own, and why (every other one must answer 200
 # at least once): starting a re-embedding needs a real model name; dropping a vector needs one that is
 # not the active one; a label run's routes need a run's name that random text never is; random bytes are
 # never an image (uploads: their 200s are specified with real photos in test_api.py, test_write_api.py);
-# k clusters need k items, and random k is larger than the 12 served photos (test_clusters.py has the 200s).
+# k clusters need k items, and random k is larger than the 12 served photos (test_clusters.py has the 200s);
+# a sync needs a server with --watch folders.
 # Real photos are not put into generated uploads: schemathesis then counted some altered cases as
 # invalid data that was accepted.
 SUCCESS_NOT_REQUIRED = {
@@ -75,6 +78,7 @@ SUCCESS_NOT_REQUIRED = {
     "POST /v1/collections/{collection}/vectors", "DELETE /v1/collections/{collection}/vectors/{name}",
     "GET /v1/collections/{collection}/labels/{run}", "GET /v1/collections/{collection}/labels/{run}/items",
     "POST /v1/collections/{collection}/labels/{run}/review",
+    "POST /v1/collections/{collection}/sync",  # a server started with --watch (test_watch.py has the 200s)
 }
 # Every check schemathesis has (`--checks all`). Valid data may still get 400 (an upload that is not an
 # image, a filter naming an undeclared field), 404 (an id or collection that does not exist) or 409 (a
