@@ -7,6 +7,7 @@ An error a user can act on is one line, `error: <message>`, and the exit code of
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ from indexer.errors import (
     BadInput,
     CollectionCorrupt,
     CollectionLocked,
+    Conflict,
     ErrorKind,
     ImageDecodeError,
     InvalidFilter,
@@ -418,6 +420,12 @@ def status(collection: str | None, as_json: bool) -> None:
             f"vector:     {v['name']}{active}: {describe_model(v.get('model'))}, {v.get('precision')}, "
             f"{v.get('state')}, {v.get('count')} embedded"
         )
+    watch = report.get("watch")
+    if watch:  # a `serve --watch` holds the collection
+        total = "?" if watch.get("total") is None else watch["total"]
+        syncing = watch["state"] == "syncing"
+        progress = f" (first sync: {watch.get('done')} of {total} files)" if syncing else ""
+        click.echo(f"watch:      {watch['state']}{progress}: {', '.join(watch.get('folders', []))}")
     click.echo(f"failed:     {len(report['failed'])}")
     for entry in report["failed"]:
         click.echo(f"  {entry['uri']}: {entry['reason']}")
@@ -540,7 +548,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, its connections without Nagle's algorithm: asyncio turns it off only on
     sockets made with proto=IPPROTO_TCP, which create_server's are not, and with it on, delayed ACKs
     held each response ~40 ms. Accepted connections inherit the option."""
-    sock = socket.create_server((host, port))
+    try:
+        sock = socket.create_server((host, port))
+    except OSError as exc:  # the port taken, a host not on this machine: the user's to fix, one line
+        if exc.errno == errno.EADDRINUSE:
+            raise Conflict(
+                f"cannot listen on {host}:{port}: the port is in use; give another --port, or stop what "
+                "uses it"
+            ) from None
+        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port") \
+            from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -551,12 +568,21 @@ def listening_socket(host: str, port: int) -> socket.socket:
 )
 @click.option("--port", type=int, default=8501, show_default=True)
 @click.option("--api-url", default=None, help="Where the API runs [default: CLIPSEARCH_API_URL].")
-def ui(host: str, port: int, api_url: str | None) -> None:
+@click.option(
+    "--api-key",
+    default=None,
+    help="The key the UI sends to an API that wants one (`serve` with CLIPSEARCH_API_KEY set) "
+    "[default: CLIPSEARCH_API_KEY].",
+)
+def ui(host: str, port: int, api_url: str | None, api_key: str | None) -> None:
     """Run the Streamlit UI (it talks to the API over HTTP). It stops when this command stops."""
     import ui as ui_package
 
     settings = settings_from_flags()
+    listening_socket(host, port).close()  # a port in use is one `error:` line here, not Streamlit's
     env = {**os.environ, "CLIPSEARCH_API_URL": api_url or settings.api.url}
+    if api_key is not None:  # the child reads it from its environment, never from its command line (ps)
+        env["CLIPSEARCH_API_KEY"] = api_key
     app = Path(ui_package.__file__).with_name("app.py")
     command = [
         sys.executable,

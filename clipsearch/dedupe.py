@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,7 +15,7 @@ import click
 from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
-from indexer.errors import Conflict
+from indexer.errors import BadInput, Conflict
 
 
 @contextmanager
@@ -47,30 +49,67 @@ def _writable(collection: str | None, command: str) -> Iterator[Any]:
     help="Perceptual-hash bits (of 64) within which two images are the same picture; -1 turns it off.",
 )
 @click.option("--vector", default=None, help="Compare this named vector [default: the active one].")
+@click.option(
+    "--keep-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the images to keep (every image but the duplicates of a keeper) to this .csv or .json.",
+)
+@click.option(
+    "--remove-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the duplicates (every group member but its keeper) to this .csv or .json.",
+)
 @collection_option
 @json_option
 def duplicates(
-    threshold: float, hash_distance: int, vector: str | None, collection: str | None, as_json: bool
+    threshold: float,
+    hash_distance: int,
+    vector: str | None,
+    keep_list: Path | None,
+    remove_list: Path | None,
+    collection: str | None,
+    as_json: bool,
 ) -> None:
     """Groups of exact (same bytes) and near duplicates, each with the image to keep: the largest,
     then the oldest. Never deletes anything. Files indexed before hashes were taken are hashed now
     (and their hashes stored)."""
     from indexer.curation.duplicates import find_duplicates
+    from indexer.curation.export import duplicate_lists, write_list
 
+    lists = {"keep": keep_list, "remove": remove_list}
+    for which, out in lists.items():  # a wrong name is refused before the work, not after
+        if out is not None and out.suffix.lower() not in (".csv", ".json"):
+            raise BadInput(f"--{which}-list {out} must end in .csv or .json (its format)")
     settings = settings_from_flags(collection=collection)
 
-    def local() -> dict[str, Any]:
+    def local() -> tuple[dict[str, Any], list[tuple[str, str]]]:
         with _writable(collection, "duplicates") as store:
-            return find_duplicates(store, threshold=threshold, hash_distance=hash_distance, vector=vector,
-                                   progress=not as_json or sys.stderr.isatty())
+            found = find_duplicates(store, threshold=threshold, hash_distance=hash_distance, vector=vector,
+                                    progress=not as_json or sys.stderr.isatty())
+            items = [(r.id, str(r.payload.get("uri", ""))) for r in store.scan()] if keep_list else []
+            return found, items
 
-    def through(url: str) -> dict[str, Any]:
+    def through(url: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         params = {"threshold": threshold, "hash_distance": hash_distance,
                   **({"vector": vector} if vector else {})}
-        return remote.call(settings, url, "GET", f"/v1/collections/{settings.collection}/duplicates",
-                           params=params)
+        found = remote.call(settings, url, "GET", f"/v1/collections/{settings.collection}/duplicates",
+                            params=params)
+        items = []
+        if keep_list:  # every item's id and uri, for the keep list: the server's JSON Lines export
+            answer = remote.call(settings, url, "POST", f"/v1/collections/{settings.collection}/export",
+                                 json={"format": "jsonl"})
+            rows = (json.loads(line) for line in str(answer["document"]).splitlines() if line.strip())
+            items = [(str(row["id"]), str(row.get("uri", ""))) for row in rows]
+        return found, items
 
-    report = remote.local_or_through_server(settings, settings.collection, local, through)
+    report, items = remote.local_or_through_server(settings, settings.collection, local, through)
+    rows = duplicate_lists(report, items) if keep_list or remove_list else {}
+    for which, out in lists.items():
+        if out is not None:
+            write_list(rows[which], which, out)
+            click.echo(f"{which} list: {len(rows[which])} images written to {out}", err=True)
     if as_json:
         emit(report)
         return

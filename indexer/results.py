@@ -264,6 +264,9 @@ class DuplicateGroup:
     others: list[str]
     scores: list[float]  # the others' cosine to the keeper
     ids: list[str]  # the keeper's, then the others'
+    # What the keeper rule compared, in the order of ids: [width, height], and the date (taken, else mtime)
+    sizes: list[list[int] | None] = field(default_factory=list)
+    dates: list[str | None] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DuplicateGroup:

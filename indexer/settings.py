@@ -92,7 +92,7 @@ class ApiSettings(BaseModel):
     key: str | None = Field(
         None,
         description="When set, every API route but `/healthz` and `/readyz` needs it "
-        "(`X-API-Key` or `Authorization: Bearer`).",
+        "(`X-API-Key` or `Authorization: Bearer`). The UI sends it too (`clipsearch ui --api-key`).",
     )
     url: str = Field("http://127.0.0.1:8000", description="Where the UI finds the API.")
     cors_origins: list[str] = Field(

@@ -67,6 +67,11 @@ class ReviewItem(BaseModel):
     human_label: str | None = Field(description='A person\'s label, or "rejected"; null before review.')
     human_label_at: str | None
     effective_label: str | None = Field(description="What every reader uses: a person's label first.")
+    width: int | None = Field(None, description="Pixels, as indexed.")
+    height: int | None = None
+    taken: str | None = Field(None, description="EXIF date taken (RFC 3339), when the photo has one.")
+    camera_make: str | None = None
+    camera_model: str | None = None
 
 
 class ReviewPage(BaseModel):

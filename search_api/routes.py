@@ -100,11 +100,26 @@ async def healthz(vlm: VlmDep) -> HealthResponse:
     responses={503: {"model": ReadinessResponse}},
     summary="Readiness probe: 200 once the default collection's model is loaded and warm (no key)",
 )
-def readyz(engines: EnginesDep) -> JSONResponse:
+def readyz(engines: EnginesDep, request: Request) -> JSONResponse:
+    watch = _watch_state(request, engines.default)
+    extra = {} if watch is None else {"watch": watch}  # only a server with --watch folders says more
     reason = engines.readiness()
-    if reason is None:
-        return JSONResponse({"status": "ready", "reason": None})
-    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+    if reason is not None:
+        return JSONResponse({"status": "not ready", "reason": reason, **extra}, status_code=503)
+    if watch is not None and watch["state"] == "syncing":  # a replica with part of the folders: not yet
+        total = "?" if watch["total"] is None else watch["total"]
+        reason = (f"the first sync of the --watch folders is running: {watch['done']} of {total} files "
+                  "to embed done" + (f" (last error: {watch['last_error']})" if watch["last_error"] else ""))
+        return JSONResponse({"status": "syncing", "reason": reason, **extra}, status_code=503)
+    return JSONResponse({"status": "ready", "reason": None, **extra})
+
+
+def _watch_state(request: Request, collection: str) -> dict[str, Any] | None:
+    """The --watch sync's state when the server keeps `collection` in line with folders, else None."""
+    watcher = getattr(request.app.state, "watcher", None)
+    if watcher is None or watcher.settings.collection != collection:
+        return None
+    return watcher.state()
 
 
 @meta.get(
@@ -470,9 +485,11 @@ def _with_jobs(status: dict[str, Any], jobs: JobsDep) -> list[VectorInfo]:
     operation_id="collection_status",
     summary="A collection's size, vectors, fields and failed files",
 )
-def collection_status(collection: CollectionPath, engines: EnginesDep, jobs: JobsDep) -> CollectionStatus:
+def collection_status(collection: CollectionPath, engines: EnginesDep, jobs: JobsDep,
+                      request: Request) -> CollectionStatus:
     status = engines.status(collection)
-    return CollectionStatus(**{**status, "vectors": _with_jobs(status, jobs)})
+    return CollectionStatus(**{**status, "vectors": _with_jobs(status, jobs),
+                               "watch": _watch_state(request, status["collection"])})
 
 
 @api.get(

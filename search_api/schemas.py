@@ -421,11 +421,28 @@ class ClassifyForm(BaseModel):
         return parse_labels(self.labels)
 
 
+class WatchState(BaseModel):
+    """`serve --watch`: the folders' sync, as /readyz and the collection's status report it."""
+
+    state: str = Field(description="`syncing` until the first full sync of the folders completes, then "
+                       "`watching`.")
+    folders: list[str]
+    done: int = Field(description="Files of the first sync embedded (or failed) so far.")
+    total: int | None = Field(
+        description="Files the first sync has to embed; null while it walks the folders."
+    )
+    syncs: int = Field(description="Syncs completed.")
+    last_sync_at: float | None = Field(description="Unix time the last sync completed.")
+    last_error: str | None = Field(description="Why the last sync failed, if it did.")
+
+
 class ReadinessResponse(BaseModel):
     """Whether the server can answer searches now."""
 
-    status: str = Field(description="`ready`, or `not ready`.")
+    status: str = Field(description="`ready`; `syncing` (503) while `serve --watch` runs its first sync; "
+                        "or `not ready` (503).")
     reason: str | None = Field(None, description="Why not, when not ready.")
+    watch: WatchState | None = Field(None, description="With `serve --watch`: the folders' sync.")
 
 
 class HitRerank(BaseModel):
@@ -588,6 +605,8 @@ class CollectionStatus(BaseModel):
         "newest first: /items/{id}, /v1/images/{id} and image_id take such a value."
     )
     failed: list[FailedFile]
+    watch: WatchState | None = Field(None, description="When the server keeps this collection in line "
+                                     "with folders (`serve --watch`): their sync.")
 
 
 class VectorsResponse(BaseModel):

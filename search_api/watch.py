@@ -11,7 +11,10 @@ very store and models the API uses, in one background thread, one sync at a time
 - every `interval` seconds, a full rescan: the safety net for events that were missed (a folder
   with a dot in its name moved away, a network share, an overflowing event queue);
 - each sync logs one INFO line with its counts when it changed something (DEBUG otherwise), and
-  its counts feed the /metrics of the app (search_api.metrics);
+  its counts feed the /metrics of the app (search_api.metrics); the first full sync also logs its
+  progress (every PROGRESS_EVERY seconds), and until it completes /readyz answers 503 "syncing" with
+  the counts (a load balancer sends no one to a replica that finds only part of the folders; searches
+  sent straight to it are answered over what is indexed so far);
 - each store call of a sync takes the collection's lock for that call only (LockedStore), so
   searches interleave with the writes and see every batch as soon as it is written;
 - the server holds the collection's write lock for its lifetime, so a `clipsearch index` on the same
@@ -53,6 +56,7 @@ TRIGGERS: tuple[Trigger, ...] = ("start", "events", "rescan")
 DEFAULT_INTERVAL = 300.0  # events do the work; the rescan walks everything, so not too often
 QUIET = 0.5  # seconds without a new event before syncing: a copy of many files becomes one sync
 MAX_DELAY = 3.0  # but never wait longer than this while events keep coming
+PROGRESS_EVERY = 10.0  # seconds between two progress lines of the first sync
 # What a `clipsearch index` on the served collection is told.
 HOLDER = "clipsearch serve --watch"
 ADVICE = "it indexes its --watch folders itself: add the folder there (restart it), or stop it"
@@ -85,6 +89,11 @@ class FolderWatcher:
         self.last_report: IndexReport | None = None
         self.last_error: str | None = None
         self.events_error: str | None = None  # why file events stopped, if they did
+        # The first sync (the start's, or the rescan that retries it): until it completes, the server
+        # answers searches over what is indexed so far, and /readyz says "syncing" with these counts.
+        self.first_sync_done = False
+        self.progress: dict[str, float | int | None] = {"done": 0, "total": None, "started_at": None}
+        self._logged_at = 0.0
         self._pending: set[str] = set()  # changed paths waiting for a sync
         self._asked = self._answered = 0  # syncs asked for by `sync_now`, and the last one done
         self._first_event = self._last_event = 0.0
@@ -96,6 +105,30 @@ class FolderWatcher:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def state(self) -> dict[str, object]:
+        """What /readyz and the collection's status report: `syncing` until the first full sync of the
+        folders completes (with its progress: files embedded so far of those to embed; `total` is None
+        while the folders are still being walked), `watching` after it."""
+        return {
+            "state": "watching" if self.first_sync_done else "syncing",
+            "folders": list(self.folders),
+            "done": int(self.progress["done"] or 0),
+            "total": None if self.progress["total"] is None else int(self.progress["total"]),
+            "syncs": self.syncs,
+            "last_sync_at": self.last_sync_at,
+            "last_error": self.last_error,
+        }
+
+    def _on_progress(self, done: int, total: int) -> None:
+        """The first sync's progress, kept for /readyz and logged every PROGRESS_EVERY seconds."""
+        self.progress.update(done=done, total=total)
+        now = time.monotonic()
+        if done == 0 or done == total or now - self._logged_at >= PROGRESS_EVERY:
+            self._logged_at = now
+            share = f" ({100 * done / total:.0f}%)" if total else ""
+            log.info("watch: first sync of collection %r: %d of %d files to embed done%s",
+                     self.settings.collection, done, total, share)
 
     def start(self) -> None:
         """Take the collection's write lock, create the collection if needed, open the engine and
@@ -231,8 +264,14 @@ class FolderWatcher:
         try:
             models = self._models(store)
             if paths is None:
+                first = not self.first_sync_done
+                if first:
+                    self.progress.update(done=0, total=None, started_at=time.time())
+                    log.info("watch: first sync of collection %r: walking %s", store.name,
+                             ", ".join(self.folders))
                 report = sync_store(
-                    self.settings, store, models, self.folders, progress=False, model_of=self._model_of
+                    self.settings, store, models, self.folders, progress=False, model_of=self._model_of,
+                    on_progress=self._on_progress if first else None,
                 )
             else:
                 report = sync_paths(
@@ -257,6 +296,8 @@ class FolderWatcher:
         self.removed += report.removed
         self.failed += report.failed
         self.last_report, self.last_error, self.last_sync_at = report, None, time.time()
+        if paths is None:
+            self.first_sync_done = True
         changed = report.embedded or report.removed or report.failed
         log.log(
             logging.INFO if changed else logging.DEBUG,

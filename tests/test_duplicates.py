@@ -13,7 +13,9 @@ framed by a 10-px black border, saved as PNG; plus byte copies of a few. Then:
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -225,6 +227,71 @@ def test_duplicates_command_json(corpus: Corpus, tiny_checkpoint: Path) -> None:
         assert text.stdout.count("keep ") == len(report["groups"])
         bad = run("duplicates", "--threshold", "2", check=False)
         assert bad.returncode != 0 and "--threshold" in bad.stderr
+
+
+def test_keep_and_remove_lists_through_the_command(
+    corpus: Corpus, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`duplicates --keep-list --remove-list`: what fastdup and cleanvision users hand to a delete or copy
+    script. remove holds every group member but its keeper; keep holds every other image, once."""
+    from tests.clirun import cli_home, run, run_json
+
+    with cli_home(corpus.settings.home, tiny_checkpoint):
+        report = run_json("duplicates", "--threshold", "1.01", "--keep-list", str(tmp_path / "keep.csv"),
+                          "--remove-list", str(tmp_path / "remove.json"))
+        bad = run("duplicates", "--remove-list", str(tmp_path / "remove.txt"), check=False)
+    assert bad.returncode == 3 and bad.stderr.startswith("error: ") and ".csv or .json" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    with open(tmp_path / "keep.csv", newline="") as f:
+        keep = list(csv.DictReader(f))
+    remove = json.loads((tmp_path / "remove.json").read_text())
+    others = {uri for group in report["groups"] for uri in group["others"]}
+    keepers = {group["keep"]: number for number, group in enumerate(report["groups"], start=1)}
+    assert {row["uri"] for row in remove} == others and len(remove) == len(others)
+    assert {row["uri"] for row in keep} == set(corpus.source) - others  # every image is on one list
+    assert len(keep) + len(remove) == len(corpus.source)
+    for row in remove:  # each names the keeper of its group, and that keeper is kept
+        group = report["groups"][row["group"] - 1]
+        assert row["keep_uri"] == group["keep"] and row["uri"] in group["others"]
+        assert row["kind"] == group["kind"] and corpus.source[row["uri"]] == corpus.source[row["keep_uri"]]
+    for row in keep:
+        if row["uri"] in keepers:
+            assert (row["role"], row["group"]) == ("keeper", str(keepers[row["uri"]]))
+        else:
+            assert (row["role"], row["group"], row["kind"]) == ("unique", "", "")
+    # Every byte copy is removed in favour of its (older) original.
+    assert all(copy in others for copy in corpus.byte_copies)
+
+
+def test_the_lists_through_a_running_server_are_the_same(corpus: Corpus, tiny_checkpoint: Path,
+                                                          tmp_path: Path) -> None:
+    """While `clipsearch serve` holds the collection, the command goes through it: same lists."""
+    import httpx
+
+    from tests.clirun import cli_home, run, start, wait_for
+    from tests.helpers import free_port
+
+    with cli_home(corpus.settings.home, tiny_checkpoint):
+        run("duplicates", "--threshold", "1.01", "--keep-list", str(tmp_path / "keep-local.csv"),
+            "--remove-list", str(tmp_path / "remove-local.csv"))
+        port = free_port()
+        server = start("serve", "--port", str(port))
+        try:
+            def ready() -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(ready, 120, "the server", every=0.2)
+            run("duplicates", "--threshold", "1.01", "--keep-list", str(tmp_path / "keep-served.csv"),
+                "--remove-list", str(tmp_path / "remove-served.csv"))
+        finally:
+            server.terminate()
+            server.communicate(timeout=60)
+    for which in ("keep", "remove"):
+        local = (tmp_path / f"{which}-local.csv").read_text()
+        assert (tmp_path / f"{which}-served.csv").read_text() == local and local.count("\n") > 1
 
 
 def test_clip_path_with_random_weights_never_mixes_photos(corpus: Corpus, store) -> None:

@@ -135,17 +135,23 @@ def test_fiftyone_image_classification_directory(store: VectorStore, tmp_path: P
     assert report.files == 5
     document = json.loads((tmp_path / "fo" / "labels.json").read_text())
     assert document["classes"] == ["cat", "dog", "car", "lion"]
-    # FiftyOneImageClassificationDataset: data/<uuid>.<ext>, labels keyed by uuid, class index targets.
+    # FiftyOneImageClassificationDataset: data/<file>, labels keyed by the file's name without extension
+    # (FiftyOne's key), class index targets. The files keep their own names; the second photo1.jpg (item 1:
+    # items go in uri order, and item 2's is images/a/photo1.jpg) gets its id prefix.
     data = sorted(p.name for p in (tmp_path / "fo" / "data").iterdir())
-    assert data == sorted(f"{item_id(n)}.jpg" for n in ITEMS)
-    assert set(document["labels"]) == {item_id(n) for n in ITEMS}
+    assert data == ["photo1-00000000.jpg", "photo1.jpg", "photo3.jpg", "photo4.jpg", "photo5.jpg"]
+    key = {1: "photo1-00000000", 2: "photo1", 3: "photo3", 4: "photo4", 5: "photo5"}
+    assert set(document["labels"]) == set(key.values())
     for n in ITEMS:
-        target = document["labels"][item_id(n)]
+        assert os.path.samefile(tmp_path / "fo" / "data" / f"{key[n]}.jpg",
+                                store.retrieve([item_id(n)])[0].payload["path"])
+        target = document["labels"][key[n]]
         if n not in EXPECTED:
             assert target is None
             continue
         assert document["classes"][target["label"]] == EXPECTED[n][0]
         assert 0 < target["confidence"] <= 1 and target["attributes"]["source"] == EXPECTED[n][1]
+    assert not (tmp_path / "fo" / "tags.json").exists()  # tags are a duplicate report's
 
 
 def test_csv_and_jsonl_rows(store: VectorStore, tmp_path: Path) -> None:
@@ -206,3 +212,18 @@ def test_export_command_of_a_query_and_of_duplicates(tmp_path: Path, tiny_checkp
     group = [row for row in rows if row["duplicate_group"] == "1"]
     assert {Path(r["uri"]).name for r in group} >= {photos[0].name, "copy.JPEG"}
     assert sorted(r["duplicate_keep"] for r in group).count("True") == 1
+
+    # The FiftyOne export of the report: original file names, and tags saying keep or remove.
+    with cli_home(tmp_path / "home", tiny_checkpoint):
+        run_json("export", str(tmp_path / "fo"), "--format", "fiftyone", "--duplicates")
+    tags = json.loads((tmp_path / "fo" / "tags.json").read_text())
+    labels = json.loads((tmp_path / "fo" / "labels.json").read_text())
+    files = {p.stem: p for p in (tmp_path / "fo" / "data").iterdir()}
+    assert set(tags) == set(labels["labels"]) == set(files)
+    first = {stem: t for stem, t in tags.items() if "group-0001" in t}
+    assert {files[stem].name for stem in first} >= {photos[0].name, "copy.JPEG"}
+    assert sorted(t[0] for t in first.values()).count("keep") == 1
+    assert all(t[0] in ("keep", "remove") and t[2] in ("exact", "near") for t in tags.values())
+    for stem, target in labels["labels"].items():
+        assert labels["classes"][target["label"]] in tags[stem]  # the group is the label too
+        assert target["attributes"]["source"] == tags[stem][0]

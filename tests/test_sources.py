@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from indexer.ingest.sources import SourceItem, WalkProblem, item_id, walk_folder
+from indexer.ingest.sources import SourceItem, WalkProblem, item_id, source_roots, walk_folder
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -72,3 +72,20 @@ def test_symlink_loops_and_dangling_links_are_reported_not_fatal(tmp_path: Path)
     assert found == [str(tmp_path / "real.jpg")]
     assert sorted(Path(p.uri).name for p in problems) == ["dangling.jpg", "self.jpg"]
     assert all(p.reason for p in problems)
+
+
+def test_a_photo_reached_through_symlinks_is_one_item_under_its_real_path(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "photos"
+    touch(real / "2024" / "a.jpg")
+    touch(real / "b.jpg")
+    (tmp_path / "Pictures").symlink_to(real)  # the folder a user indexes is a link
+    (real / "b-again.jpg").symlink_to(real / "b.jpg")  # a second name for one file, inside the root
+    outside = touch(tmp_path / "elsewhere" / "c.jpg")
+    (real / "c.jpg").symlink_to(outside)  # a link out of the root keeps its own path
+    through_link = uris(list(walk_folder(tmp_path / "Pictures")))
+    direct = uris(list(walk_folder(real)))
+    expected = sorted([str(real / "2024" / "a.jpg"), str(real / "b.jpg"), str(real / "b.jpg"),
+                       str(real / "c.jpg")])
+    assert sorted(through_link) == sorted(direct) == expected
+    assert source_roots([tmp_path / "Pictures"]) == [str(real), str(tmp_path / "Pictures")]
+    assert source_roots([real, real]) == [str(real)]

@@ -9,6 +9,8 @@ background thread for the whole module; each test points the UI at it through CL
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.helpers import app_test, free_port, photo_copies
 from ui.client import ApiClient, ApiError, ApiUnreachable
-from ui.format import display_name, file_name, plural
+from ui.format import camera, display_name, file_name, photo_facts, plural, short_path
 
 PHOTOS = 40
 TITLE = "Harbour at dusk"
@@ -102,8 +104,27 @@ def photo(photos: Path, index: int = 0) -> Path:
 
 
 def result_captions(at: AppTest) -> list[str]:
-    """Captions of the result thumbnails (an uploaded query image is captioned "your image")."""
-    return [caption for image in at.main.image for caption in image.captions if caption != "your image"]
+    """Captions of the result thumbnails (an uploaded query image is captioned "your image"): a product's
+    title; a photo has none (its path line says what it is)."""
+    return [caption for image in at.main.image for caption in image.captions
+            if caption not in ("your image", "")]
+
+
+PATH_LINE = re.compile(
+    r'<div class="cs-path" title="([^"]*)">([^<]*)</div>'
+    r'(?:<div class="cs-facts" title="[^"]*">([^<]*)</div>)?'
+)
+
+
+def card_names(at: AppTest) -> list[str]:
+    """What each result card is called: a product's title, a photo's path as shown."""
+    return result_captions(at) + [shown for _, shown, _ in path_lines(at)]
+
+
+def path_lines(at: AppTest) -> list[tuple[str, str, str]]:
+    """(full path on hover, path shown, facts) of each photo card, in grid order."""
+    return [(html.unescape(m.group(1)), html.unescape(m.group(2)), html.unescape(m.group(3) or ""))
+            for block in at.main.markdown if (m := PATH_LINE.search(block.value))]
 
 
 def scores(at: AppTest) -> list[float]:
@@ -147,7 +168,7 @@ def test_search_uses_the_picked_collection(app: AppTest, single: Path) -> None:
     assert result_captions(app) == [TITLE]  # the collection's one item, captioned by its title
     assert app.main.caption[0].value.startswith("1 result ")  # singular
     app.selectbox(key="collection").set_value("default").run()
-    assert len(result_captions(app)) == 5
+    assert len(card_names(app)) == 5
 
 
 def test_empty_collection_says_so(app: AppTest) -> None:
@@ -176,11 +197,16 @@ def test_unreachable_api_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 # --- result grid -----------------------------------------------------------------------------------------
 
 
-def test_results_are_captioned_by_file_name(app: AppTest, photos: Path) -> None:
+def test_results_are_named_by_their_last_folders_with_the_path_on_hover(app: AppTest, photos: Path) -> None:
     search(app, "a photo of a dog", 5)
-    captions = result_captions(app)
-    assert len(captions) == 5 == len(app.main.image)
-    assert all("/" not in caption and (photos / caption).is_file() for caption in captions)
+    lines = path_lines(app)
+    assert len(lines) == 5 == len(app.main.image) and result_captions(app) == []
+    for full, shown, facts in lines:
+        path = Path(full)
+        assert path.is_file() and path.parent == photos
+        assert shown == f"{photos.parent.name}/{photos.name}/{path.name}"  # two folders and the name
+        with Image.open(path) as image:
+            assert f"{image.width} × {image.height} px" in facts  # the resolution, as indexed
     found = scores(app)
     assert len(found) == 5 and found == sorted(found, reverse=True)
     assert app.main.caption[0].value.startswith("5 results")
@@ -188,14 +214,14 @@ def test_results_are_captioned_by_file_name(app: AppTest, photos: Path) -> None:
 
 def test_similar_button_searches_by_image(app: AppTest) -> None:
     search(app, "a red car", 4)
-    chosen = result_captions(app)[2]
+    chosen = card_names(app)[2]
     similar = buttons(app, "Similar")
     assert len(similar) == 4
     similar[2].click().run()
     assert not app.exception and not app.error
     assert any(m.value == f"Images similar to **{chosen}**" for m in app.main.markdown)
     # Self-retrieval: an indexed image's own vector finds it first, with cosine ~1.
-    assert result_captions(app)[0] == chosen
+    assert card_names(app)[0] == chosen
     assert scores(app)[0] == pytest.approx(1.0, abs=1e-3)
     buttons(app, "Back to text search")[0].click().run()
     assert not any(m.value.startswith("Images similar to") for m in app.main.markdown)
@@ -208,8 +234,8 @@ def test_search_by_uploaded_image(app: AppTest, photos: Path) -> None:
     app.file_uploader(key="query_image").upload(query.name, query.read_bytes(), "image/jpeg")
     app.run()
     assert not app.exception and not app.error
-    captions = result_captions(app)
-    assert len(captions) == 6 and captions[0] == query.name  # an indexed photo finds itself first
+    names = card_names(app)
+    assert len(names) == 6 and names[0] == f"{photos.parent.name}/{photos.name}/{query.name}"  # itself first
 
 
 def test_api_error_detail_is_shown(app: AppTest) -> None:
@@ -239,13 +265,13 @@ def walk(node: Any) -> Iterator[Any]:
 
 def test_details_show_the_original_its_metadata_and_a_download(app: AppTest, photos: Path) -> None:
     search(app, "a bird on a branch", 4)
-    name = result_captions(app)[1]
+    name = card_names(app)[1]
     assert open_dialog(app) is None
     buttons(app, "Details")[1].click().run()
     assert not app.exception and not app.error
     dialog = open_dialog(app)
     assert dialog.proto.dialog.title == name
-    original = photos / name
+    original = photos / Path(name).name
     width, height = Image.open(original).size
     [image] = dialog.image
     assert image.captions[0].startswith(f"{width} × {height} px · image/jpeg")
@@ -256,12 +282,12 @@ def test_details_show_the_original_its_metadata_and_a_download(app: AppTest, pho
     [download] = dialog.get("download_button")
     assert download.proto.label == "Download original"
     assert download.proto.url.endswith(".jpg")  # served as image/jpeg (the browser test downloads it)
-    assert len(result_captions(app)) == 4  # the results stay on the page under the dialog
+    assert len(card_names(app)) == 4  # the results stay on the page under the dialog
     next(button for button in dialog.button if button.label == "Find similar").click().run()
     assert not app.exception and not app.error
     assert open_dialog(app) is None
     assert any(m.value == f"Images similar to **{name}**" for m in app.main.markdown)
-    assert result_captions(app)[0] == name
+    assert card_names(app)[0] == name
 
 
 def test_details_of_another_collection(app: AppTest, single: Path) -> None:
@@ -392,4 +418,13 @@ def test_words() -> None:
     assert file_name("https://cdn.example.com/p/red%20shoe.jpg?sig=abc") == "red shoe.jpg"
     assert file_name("C:\\Users\\me\\cat.png") == "cat.png"
     assert display_name("/x/a.jpg", {"title": "  Red shoe "}) == "Red shoe"
-    assert display_name("/x/a.jpg", {"title": ""}) == display_name("/x/a.jpg", {}) == "a.jpg"
+    assert display_name("/x/a.jpg", {"title": ""}) == display_name("/x/a.jpg", {}) == "x/a.jpg"
+    assert short_path("/data/imagenet/n01440764/0009.jpg") == "imagenet/n01440764/0009.jpg"
+    assert short_path("0009.jpg") == "0009.jpg"
+    assert short_path("C:\\Users\\me\\Pics\\a.jpg") == "me/Pics/a.jpg"
+    assert camera({"camera_make": "Canon", "camera_model": "Canon EOS 10D"}) == "Canon EOS 10D"
+    assert camera({"camera_make": "Apple", "camera_model": "iPhone 12"}) == "Apple iPhone 12"
+    assert photo_facts({"taken": "2005-01-30T13:40:31Z", "width": 500, "height": 375,
+                        "camera_make": "Canon", "camera_model": "Canon EOS 10D",
+                        "location": {"lat": 38.7223, "lon": -9.1393}}) == [
+        "2005-01-30 13:40", "Canon EOS 10D", "500 × 375 px", "38.722, -9.139"]

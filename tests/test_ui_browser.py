@@ -25,7 +25,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 GRID_IMAGES = '[data-testid="stMain"] [class*="st-key-results-"] [data-testid="stImage"] img'
-GRID_CAPTIONS = '[class*="st-key-results-"] [data-testid="stImageCaption"]'
+GRID_CAPTIONS = '[class*="st-key-results-"] .cs-path'  # a photo's last folders and name; the path on hover
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} absent (apt-get install -y chromium)", allow_module_level=True)
@@ -99,6 +99,7 @@ def shots(tmp_path: Path) -> Path:
 GRID_STATE = """([images, captions]) => ({
     widths: [...document.querySelectorAll(images)].map(e => e.complete ? e.naturalWidth : 0),
     names: [...document.querySelectorAll(captions)].map(e => e.innerText),
+    titles: [...document.querySelectorAll(captions)].map(e => e.title),
     wrapping: [...document.querySelectorAll(captions)].map(e => getComputedStyle(e).whiteSpace),
 })"""
 
@@ -127,7 +128,9 @@ def test_search_grid(page, photos: Path, shots: Path) -> None:
     # Every thumbnail decoded in the browser (bytes went API -> Streamlit -> page), at thumbnail size.
     assert grid["widths"] == [320] * K
     names = grid["names"]
-    assert len(names) == K and all((photos / name).is_file() for name in names)  # file names, not paths
+    assert len(names) == K and all(name == f"{photos.parent.name}/{photos.name}/{Path(name).name}"
+                                   for name in names)  # two folders and the name tell files apart
+    assert grid["titles"] == [str(photos / Path(name).name) for name in names]  # the whole path on hover
     # One line each: a long name is cut with an ellipsis, never broken mid-word.
     assert grid["wrapping"] == ["nowrap"] * K
     # No full-screen button on a thumbnail (the detail view shows the original instead).
@@ -143,7 +146,7 @@ def test_search_grid(page, photos: Path, shots: Path) -> None:
 
 def test_details_show_and_download_the_original(page, photos: Path, shots: Path) -> None:
     name = search(page, "a bird on a branch")["names"][1]
-    original = photos / name
+    original = photos / Path(name).name
     page.get_by_role("button", name="Details").nth(1).click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
@@ -157,7 +160,7 @@ def test_details_show_and_download_the_original(page, photos: Path, shots: Path)
     page.screenshot(path=str(shots / "details.png"))
     with page.expect_download() as download:
         dialog.get_by_role("button", name="Download original").click()
-    assert download.value.suggested_filename == name
+    assert download.value.suggested_filename == original.name
     assert Path(download.value.path()).read_bytes() == original.read_bytes()
     dialog.get_by_role("button", name="Find similar").click()
     page.get_by_text(f"Images similar to {name}").wait_for(timeout=30_000)

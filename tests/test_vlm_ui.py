@@ -6,6 +6,7 @@ against real API servers on loopback whose VLM is the OpenAI-compatible stand-in
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,9 @@ def search(at: AppTest, text: str, k: int) -> AppTest:
 
 
 def result_names(at: AppTest) -> list[str]:
-    return [caption for image in at.main.image for caption in image.captions]
+    """The file name of each photo card, in grid order (its path line's hover title is the whole path)."""
+    return [Path(html.unescape(m.group(1))).name for block in at.main.markdown
+            if (m := re.search(r'<div class="cs-path" title="([^"]*)">', block.value))]
 
 
 def reranked(url: str, k: int) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ Specification:
 - every sync that changed something logs one INFO line on `search_api.watch` with its trigger
   (start, events, rescan) and counts (embedded, unchanged, removed, failed, seconds); one that changed
   nothing logs at DEBUG; through the real `clipsearch serve` command the line reaches stderr;
+- /readyz answers 503 `syncing`, with the files embedded so far and the total, until the first sync
+  is done, then 200; the collection's status says the same; the first sync logs its progress;
 - /metrics exports the syncs by trigger, the items embedded, removed and failed, the last sync's
   time and duration, and the changed paths waiting for a sync;
 - a burst of 20 files waits for the events to be quiet and is synced in one or two syncs;
@@ -263,6 +265,47 @@ def test_stopping_while_syncing_interrupts_the_sync_and_the_next_server_finishes
     assert report.unchanged >= 10 and report.embedded + report.unchanged == 150
 
 
+def test_readyz_says_syncing_with_counts_until_the_first_sync_is_done(
+    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel, imagenet_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A load balancer sends no one to a replica that has only part of its folders: /readyz is 503
+    `syncing` (with the counts) during the first sync, 200 `ready` after; the sync logs its progress."""
+    folder = copy_photos(imagenet_dir, tmp_path / "photos", 6)
+    settings = make_settings(tmp_path / "home", tiny_checkpoint, collection="watched", batch_size=2)
+    # Hold the first sync after its first batch, so that the test reads the state it asserts.
+    release, held = threading.Event(), threading.Event()
+    progress = FolderWatcher._on_progress
+
+    def gated(self: FolderWatcher, done: int, total: int) -> None:
+        progress(self, done, total)
+        if 0 < done < total and not release.is_set():
+            held.set()
+            release.wait(120)
+
+    monkeypatch.setattr(FolderWatcher, "_on_progress", gated)
+    caplog.set_level(logging.INFO, logger="search_api.watch")
+    app = create_app(settings, tiny_model, watch=[folder], watch_interval=300)
+    with serve(app) as url:
+        wait_for(held.is_set, 120, "the first sync's first batch", every=0.05)
+        ready = httpx.get(f"{url}/readyz", timeout=30)
+        status = httpx.get(f"{url}/v1/collections/watched/status", timeout=30).json()
+        release.set()
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=30).status_code == 200, 120, "ready", every=0.05)
+        after = httpx.get(f"{url}/readyz", timeout=30).json()
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "syncing" and "2 of 6 files" in body["reason"]
+    assert (body["watch"]["state"], body["watch"]["done"], body["watch"]["total"]) == ("syncing", 2, 6)
+    assert status["watch"]["state"] == "syncing" and status["watch"]["folders"] == [str(folder)]
+    assert after["status"] == "ready"
+    assert (after["watch"]["state"], after["watch"]["done"], after["watch"]["total"]) == ("watching", 6, 6)
+    lines = [r.getMessage() for r in caplog.records if "first sync" in r.getMessage()]
+    assert any("walking" in line for line in lines)
+    assert any("0 of 6 files to embed done" in line for line in lines)
+    assert any("6 of 6 files to embed done (100%)" in line for line in lines)
+
+
 # --- the real `clipsearch serve --watch` command ----------------------------------------------------
 
 
@@ -330,6 +373,13 @@ def test_index_of_the_watched_folder_asks_the_server_to_sync_and_of_another_is_r
     assert refused.returncode == 3, refused.stderr  # bad input (indexer.errors)
     assert "not a --watch folder of this server" in refused.stderr and "--watch" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_status_through_the_server_says_it_watches_the_folder(server: Server) -> None:
+    text = run("status", "--collection", "watched").stdout
+    assert f"watch:      watching: {server.folder}" in text
+    ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    assert ready["status"] == "ready" and ready["watch"]["state"] == "watching"
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ui.curation import curation_page
 from ui.format import describe_model, plural
 from ui.pages import classify_page, failures_page, image_page, keep_widget_state, search_page
 from ui.review import review_page
-from ui.views import RESULTS_KEY, close_detail, detail_dialog, get_client
+from ui.views import RESULTS_KEY, close_detail, detail_dialog, get_client, refusal_advice
 
 PAGES = {
     "Search": search_page,
@@ -39,10 +39,13 @@ ICONS = {"Search": ":material/search:", "Search by image": ":material/image_sear
 ICONS["Curation"] = ":material/content_copy:"
 
 # Grid thumbnails get no full-screen button (the detail view shows the original instead), and image
-# captions (file names) stay on one line, cut with an ellipsis rather than broken mid-word.
+# captions (file names) and paths stay on one line, cut with an ellipsis rather than broken mid-word.
 CSS = f"""<style>
 [class*="st-key-{RESULTS_KEY}-"] [data-testid="stElementToolbar"] {{ display: none; }}
 [data-testid="stImageCaption"] {{ white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
+.cs-path, .cs-facts {{ font-size: 0.8rem; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
+.cs-path {{ font-family: monospace; }}
+.cs-facts {{ color: rgba(49, 51, 63, 0.6); }}
 </style>"""
 
 
@@ -55,7 +58,8 @@ def load_collections(api: ApiClient) -> list[dict[str, Any]] | None:
                  "at it with `CLIPSEARCH_API_URL` (`clipsearch ui --api-url URL`).")
         return None
     except ApiError as exc:
-        st.error(f"The API could not list its collections (error {exc.status}): {exc.detail}")
+        st.error(refusal_advice(api, exc) or f"The API could not list its collections (error {exc.status}): "
+                 f"{exc.detail}")
         return None
     if not collections:
         st.info("There are no collections yet. Index a folder with `clipsearch index FOLDER`, then reload "

@@ -17,7 +17,7 @@ import streamlit as st
 
 from ui.client import ApiClient, Hit
 from ui.format import display_name
-from ui.views import find_similar, indexed_preview, open_detail
+from ui.views import find_similar, item_caption, open_detail
 
 LIKES = "likes"  # session state: collection -> {"positive": {id: name}, "negative": {id: name}}
 PAGE = "result_page"  # session state: {"signature": the search without its offset, "page": from 0}
@@ -97,7 +97,7 @@ def product_card_for(text_fields: list[str]) -> Callable[[ApiClient, str, Hit, s
 
 def product_card(api: ApiClient, collection: str, hit: Hit, key: str, text_fields: list[str]) -> None:
     name = display_name(hit.uri, hit.metadata)
-    indexed_preview(api, collection, hit.id, name)
+    item_caption(api, collection, hit.id, hit.uri, hit.metadata)
     brand, price = _first(hit.metadata, BRAND_FIELDS), _first(hit.metadata, PRICE_FIELDS)
     facts = [f"**{brand}**"] if brand is not None else []
     facts += [f":green[**{_price(price)}**]"] if price is not None else []

@@ -11,8 +11,8 @@ from urllib.parse import quote
 import streamlit as st
 
 from ui.client import ApiClient
-from ui.format import file_name, plural
-from ui.views import call, get_client, indexed_preview
+from ui.format import plural, resolution, short_path, taken_date
+from ui.views import call, get_client, indexed_preview, path_line
 
 COLUMNS = 5
 
@@ -29,17 +29,30 @@ def _fetch(api: ApiClient, collection: str, kind: str, **params: Any) -> Any:
     return call(report, api.base_url, api.api_key, collection, kind, tuple(sorted(params.items())), what=kind)
 
 
-def _card(api: ApiClient, collection: str, image_id: str, uri: str, caption: str) -> None:
-    indexed_preview(api, collection, image_id, file_name(uri) or image_id)
+def _card(api: ApiClient, collection: str, image_id: str, uri: str, caption: str, facts: list[str]) -> None:
+    indexed_preview(api, collection, image_id, None)
+    path_line(uri or image_id, facts)
     st.caption(caption)
 
 
-def _row(api: ApiClient, collection: str, cards: list[tuple[str, str, str]]) -> None:
+def _row(api: ApiClient, collection: str, cards: list[tuple[str, str, str, list[str]]]) -> None:
     for start in range(0, len(cards), COLUMNS):
-        for column, (image_id, uri, caption) in zip(st.columns(COLUMNS), cards[start:start + COLUMNS],
-                                                    strict=False):
+        for column, (image_id, uri, caption, facts) in zip(st.columns(COLUMNS), cards[start:start + COLUMNS],
+                                                           strict=False):
             with column:
-                _card(api, collection, image_id, uri, caption)
+                _card(api, collection, image_id, uri, caption, facts)
+
+
+def keeper_facts(group: dict[str, Any]) -> list[list[str]]:
+    """Per member: its resolution and date, what the keeper rule (largest, then oldest) compared."""
+    members = len(group.get("ids", []))
+    sizes = group.get("sizes") or [None] * members
+    dates = group.get("dates") or [None] * members
+    facts = []
+    for size, when in zip(sizes, dates, strict=False):
+        facts.append([fact for fact in (resolution({"width": size[0], "height": size[1]}) if size else None,
+                                        taken_date(when)) if fact])
+    return facts + [[] for _ in range(members - len(facts))]
 
 
 def duplicates_tab(api: ApiClient, collection: str) -> None:
@@ -61,10 +74,10 @@ def duplicates_tab(api: ApiClient, collection: str) -> None:
     if not groups:
         st.success("No duplicates found.")
     for n, group in enumerate(groups[:100]):
-        st.markdown(f"**{n + 1}. {group['kind']}** duplicates: keep `{file_name(group['keep'])}`")
+        st.markdown(f"**{n + 1}. {group['kind']}** duplicates: keep `{short_path(group['keep'])}`")
         uris = [group["keep"], *group["others"]]
         captions = ["keep", *(f"similarity {s:.3f}" for s in group["scores"])]
-        _row(api, collection, list(zip(group["ids"], uris, captions, strict=True)))
+        _row(api, collection, list(zip(group["ids"], uris, captions, keeper_facts(group), strict=True)))
     if len(groups) > 100:
         st.caption(f"The first 100 groups of {len(groups)}: `clipsearch duplicates --json` lists them all.")
 
@@ -82,7 +95,7 @@ def clusters_tab(api: ApiClient, collection: str) -> None:
         return
     for cluster in found.get("clusters", []):
         st.markdown(f"**Cluster {cluster['cluster']}** · {plural(cluster['size'], 'image')}")
-        cards = [(i["id"], i["uri"], f"centrality {i['score']:.3f}") for i in cluster["central"]]
+        cards = [(i["id"], i["uri"], f"centrality {i['score']:.3f}", []) for i in cluster["central"]]
         _row(api, collection, cards)
 
 
@@ -95,7 +108,7 @@ def outliers_tab(api: ApiClient, collection: str) -> None:
         found = _fetch(api, collection, "outliers", limit=int(limit))
     if found is None:
         return
-    _row(api, collection, [(i["id"], i["uri"], f"isolation {i['score']:.3f}") for i in found["outliers"]])
+    _row(api, collection, [(i["id"], i["uri"], f"isolation {i['score']:.3f}", []) for i in found["outliers"]])
 
 
 def curation_page(api: ApiClient, collection: str) -> None:

@@ -1,6 +1,8 @@
 """The search page's filter sidebar and the Qdrant filter JSON it builds (the `filter` of POST /v1/search):
-facet checkboxes with counts for keyword fields, range sliders for integer, float and date fields, and
-yes/no for flags; also the ranking choice (hybrid, vector, keyword) for collections with text fields.
+facet checkboxes with counts for keyword fields, range sliders for integer, float and date fields,
+yes/no for flags, and "near a place" for geo fields; the fields that fit the collection (a catalog's own
+columns first; a gallery's date taken, camera and place; pixel sizes last, and never a shop's); also the
+ranking choice (hybrid, vector, keyword) for collections with text fields.
 
 The choices live in session state per collection, not only in the widgets (Streamlit forgets a widget
 on a page that does not draw it), so the filter is known before the search runs and the sidebar, drawn
@@ -35,6 +37,16 @@ MODES = {"hybrid": "Hybrid (words + image)", "vector": "Image similarity", "keyw
 FLAG_OPTIONS = ("any", "yes", "no")
 # What ties a product's images together in collections whose status names no id field (older ones).
 GROUP_FIELD = "product_id"
+# The fields a folder index writes (indexer.schema.IMAGE_FIELDS), in the order a gallery's sidebar offers
+# them; a catalog's own columns come before them, and pixel sizes last (photos only: a shop's filters are
+# its catalog's). File names and hashes are ids, never filters.
+PHOTO_FIELDS = ("taken", "camera_make", "camera_model", "location", "folder")
+PIXEL_FIELDS = ("width", "height")
+NOT_FILTERS = ("file_name", "sha256", "phash")
+LABELS = {"taken": "Date taken", "camera_make": "Camera make", "camera_model": "Camera model",
+          "location": "Place", "folder": "Folder", "width": "Width (px)", "height": "Height (px)"}
+MAX_PLACES = 20  # places offered, most photos first
+PLACE_DECIMALS = 1  # places are the sample's positions rounded to 0.1 degree (about 10 km)
 
 Bounds = tuple[Any, Any]  # (lowest, highest): ints, floats or dates
 
@@ -47,6 +59,8 @@ class Catalog:
     facets: list[str] = field(default_factory=list)  # keyword fields worth counting
     bounds: dict[str, Bounds] = field(default_factory=dict)  # range fields with two or more values
     flags: list[str] = field(default_factory=list)  # bool fields
+    places: dict[str, list[tuple[float, float, int]]] = field(default_factory=dict)  # geo -> (lat, lon, n)
+    order: list[str] = field(default_factory=list)  # the filters in the order the sidebar shows them
     texts: list[str] = field(default_factory=list)  # text fields: words for keyword and hybrid ranking
     sample: int = 0  # how many items the bounds and facets were chosen from
     count: int = 0  # items in the collection
@@ -66,9 +80,10 @@ class Choices:
     values: dict[str, list[str]] = field(default_factory=dict)  # keyword field -> values ticked
     ranges: dict[str, Bounds] = field(default_factory=dict)  # range field -> slider values, when moved
     flags: dict[str, bool] = field(default_factory=dict)
+    near: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # geo field -> lat, lon, km
 
     def __bool__(self) -> bool:
-        return bool(self.values or self.ranges or self.flags)
+        return bool(self.values or self.ranges or self.flags or self.near)
 
 
 # --- the filter JSON (no Streamlit) ---------------------------------------------------------------------
@@ -110,6 +125,10 @@ def build_filter(choices: Choices, catalog: Catalog, skip: str | None = None) ->
     for name, wanted in sorted(choices.flags.items()):
         if name != skip:
             must.append({"key": name, "match": {"value": wanted}})
+    for name, (lat, lon, km) in sorted(choices.near.items()):
+        if name != skip:
+            center = {"lat": lat, "lon": lon}
+            must.append({"key": name, "geo_radius": {"center": center, "radius": km * 1000}})
     return {"must": must} if must else None
 
 
@@ -162,13 +181,48 @@ def profile(kinds: dict[str, str], metadata: list[dict[str, Any]], count: int,
             if numbers and min(numbers) < max(numbers):
                 low, high = min(numbers), max(numbers)
                 bounds[name] = (int(low), int(high)) if kind == "integer" else _float_bounds(low, high)
+    places = {name: _places(seen[name]) for name, kind in kinds.items() if kind == "geo"}
+    places = {name: found for name, found in places.items() if found}
+    flags = [name for name, kind in kinds.items() if kind == "bool"]
+    order = filter_order(kinds, {*facets[:MAX_FACETS], *bounds, *flags, *places}, ids)
     return Catalog(
-        kinds=dict(kinds), facets=facets[:MAX_FACETS], bounds=bounds,
-        flags=[name for name, kind in kinds.items() if kind == "bool"],
+        kinds=dict(kinds), facets=[n for n in order if n in facets[:MAX_FACETS]],
+        bounds={n: bounds[n] for n in order if n in bounds}, flags=[n for n in order if n in flags],
         texts=[name for name, kind in kinds.items() if kind == "text" or name in (searchable or [])
                and name not in ids],
         sample=len(metadata), count=count, id_fields=list(id_fields or []),
+        places={n: places[n] for n in order if n in places}, order=order,
     )
+
+
+def filter_order(kinds: dict[str, str], offered: set[str], ids: set[str] | None = None) -> list[str]:
+    """The filters that fit the collection, in sidebar order: a catalog's own fields (price, brand...)
+    first, as declared; then a folder's photo fields (date taken, camera, place, folder); pixel width and
+    height last, and only for photos (a shop's images' sizes are not what its customers filter by).
+    `ids`: the collection's id fields (a catalog's id column), which mark a catalog and are no filter."""
+    ids = ids or {GROUP_FIELD}
+    catalog = any(name in kinds for name in ids)
+    own = [n for n in kinds if n not in (*PHOTO_FIELDS, *PIXEL_FIELDS, *NOT_FILTERS, *ids)]
+    pixels = [] if catalog else list(PIXEL_FIELDS)
+    return [n for n in (*own, *PHOTO_FIELDS, *pixels) if n in offered and n in kinds]
+
+
+def _places(values: list[Any]) -> list[tuple[float, float, int]]:
+    """The sample's geo points rounded to places (PLACE_DECIMALS), most photos first."""
+    counts: dict[tuple[float, float], int] = {}
+    for value in values:
+        if isinstance(value, dict) and isinstance(value.get("lat"), int | float) \
+                and isinstance(value.get("lon"), int | float):
+            place = (round(float(value["lat"]), PLACE_DECIMALS), round(float(value["lon"]), PLACE_DECIMALS))
+            counts[place] = counts.get(place, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_PLACES]
+    return [(lat, lon, n) for (lat, lon), n in ranked]
+
+
+def place_name(lat: float, lon: float) -> str:
+    """ "38.7°N 9.1°W"."""
+    return f"{abs(lat):.{PLACE_DECIMALS}f}°{'N' if lat >= 0 else 'S'} {abs(lon):.{PLACE_DECIMALS}f}°" \
+           f"{'E' if lon >= 0 else 'W'}"
 
 
 # --- reading the collection ------------------------------------------------------------------------------
@@ -196,7 +250,7 @@ def read_catalog(api: ApiClient, collection: str) -> Catalog:
         status = api.status(collection)
         kinds = {str(k): str(v) for k, v in (status.get("fields") or {}).items()}
         count = int(status.get("count") or 0)
-        filterable = any(kind in (*RANGE_KINDS, "keyword") for kind in kinds.values())
+        filterable = any(kind in (*RANGE_KINDS, "keyword", "geo") for kind in kinds.values())
         sample = _sample(api.base_url, api.api_key, collection, count) if filterable and count else []
     except ApiError:
         return Catalog()
@@ -255,7 +309,20 @@ def _flag(collection: str, name: str, key: str) -> None:
 
 
 def _label(name: str) -> str:
-    return name.replace("_", " ").capitalize()
+    return LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+def place_key(collection: str, name: str) -> str:
+    return f"place|{collection}|{name}"
+
+
+def _near(collection: str, name: str, key: str) -> None:
+    picked, km = st.session_state[key], st.session_state[f"{key}|km"]
+    near = choices_for(collection).near
+    if picked is None:
+        near.pop(name, None)
+    else:
+        near[name] = (picked[0], picked[1], float(km))
 
 
 def ranking_choice(catalog: Catalog) -> str:
@@ -292,7 +359,7 @@ def facet_counts(api: ApiClient, collection: str, catalog: Catalog, body: dict[s
 def sidebar(api: ApiClient, collection: str, catalog: Catalog, body: dict[str, Any],
             response: SearchResponse | None) -> None:
     """The filter widgets, with the counts of `response` (the search made with `body`)."""
-    if not (catalog.facets or catalog.bounds or catalog.flags):
+    if not catalog.order:
         return
     choices = choices_for(collection)
     st.subheader("Filters")
@@ -300,31 +367,57 @@ def sidebar(api: ApiClient, collection: str, catalog: Catalog, body: dict[str, A
         st.button("Clear filters", key="filters-clear", on_click=clear_choices, args=(collection,),
                   icon=":material/filter_alt_off:")
     counts = facet_counts(api, collection, catalog, body, response) if response else {}
-    for name in catalog.facets:
-        chosen = choices.values.get(name, [])
-        listed = counts.get(name, [])
-        shown = listed + [(value, 0) for value in chosen if value not in dict(listed)]
-        with st.expander(_label(name), expanded=True):
-            for value, count in shown:
-                key = facet_key(collection, name, value)
-                st.session_state[key] = value in chosen
-                st.checkbox(f"{value} ({count})", key=key, on_change=_tick,
-                            args=(collection, name, value, key))
-    for name, bounds in catalog.bounds.items():
-        key = range_key(collection, name)
-        low, high = choices.ranges.get(name, bounds)
-        st.session_state[key] = (max(low, bounds[0]), min(high, bounds[1]))  # bounds move with the sample
-        kind = catalog.kinds[name]
-        step = slider_step(*bounds) if kind == "float" else None
-        st.slider(_label(name), min_value=bounds[0], max_value=bounds[1], key=key, step=step,
-                  format="%.2f" if kind == "float" and step and step < 1 else None,
-                  on_change=_slide, args=(collection, name, key, bounds))
-    for name in catalog.flags:
-        key = flag_key(collection, name)
-        wanted = choices.flags.get(name)
-        st.session_state[key] = "any" if wanted is None else "yes" if wanted else "no"
-        st.radio(_label(name), FLAG_OPTIONS, key=key, horizontal=True, on_change=_flag,
-                 args=(collection, name, key))
+    for name in catalog.order:  # the collection's own fields first (filter_order)
+        if name in catalog.facets:
+            _facet_widget(collection, name, choices, counts.get(name, []))
+        elif name in catalog.bounds:
+            _range_widget(collection, name, catalog, choices)
+        elif name in catalog.flags:
+            key = flag_key(collection, name)
+            wanted = choices.flags.get(name)
+            st.session_state[key] = "any" if wanted is None else "yes" if wanted else "no"
+            st.radio(_label(name), FLAG_OPTIONS, key=key, horizontal=True, on_change=_flag,
+                     args=(collection, name, key))
+        elif name in catalog.places:
+            _place_widget(collection, name, catalog, choices)
     if catalog.sample < catalog.count:
         st.caption(f"Slider ranges and facet fields from a sample of {catalog.sample} of {catalog.count} "
                    "items; a slider left at its end leaves that side open.")
+
+
+def _facet_widget(collection: str, name: str, choices: Choices, listed: list[tuple[str, int]]) -> None:
+    chosen = choices.values.get(name, [])
+    shown = listed + [(value, 0) for value in chosen if value not in dict(listed)]
+    with st.expander(_label(name), expanded=True):
+        for value, count in shown:
+            key = facet_key(collection, name, value)
+            st.session_state[key] = value in chosen
+            st.checkbox(f"{value} ({count})", key=key, on_change=_tick, args=(collection, name, value, key))
+
+
+def _range_widget(collection: str, name: str, catalog: Catalog, choices: Choices) -> None:
+    bounds = catalog.bounds[name]
+    key = range_key(collection, name)
+    low, high = choices.ranges.get(name, bounds)
+    st.session_state[key] = (max(low, bounds[0]), min(high, bounds[1]))  # bounds move with the sample
+    kind = catalog.kinds[name]
+    step = slider_step(*bounds) if kind == "float" else None
+    st.slider(_label(name), min_value=bounds[0], max_value=bounds[1], key=key, step=step,
+              format="%.2f" if kind == "float" and step and step < 1 else None,
+              on_change=_slide, args=(collection, name, key, bounds))
+
+
+def _place_widget(collection: str, name: str, catalog: Catalog, choices: Choices) -> None:
+    """A geo field: near one of the places the photos were taken (the sample's, most photos first),
+    within a distance."""
+    key = place_key(collection, name)
+    options = [(lat, lon) for lat, lon, _ in catalog.places[name]]
+    photos = {(lat, lon): n for lat, lon, n in catalog.places[name]}
+    chosen = choices.near.get(name)
+    st.session_state[key] = (chosen[0], chosen[1]) if chosen and (chosen[0], chosen[1]) in photos else None
+    st.session_state[f"{key}|km"] = int(chosen[2]) if chosen else 25
+    with st.expander(_label(name), expanded=True):
+        st.selectbox("Near", options, key=key, index=None, placeholder="anywhere",
+                     format_func=lambda p: f"{place_name(*p)} ({photos[p]})", on_change=_near,
+                     args=(collection, name, key))
+        st.slider("Within (km)", 1, 500, key=f"{key}|km", on_change=_near, args=(collection, name, key))

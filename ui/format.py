@@ -23,12 +23,59 @@ def file_name(uri: str) -> str:
     return name or uri
 
 
+def short_path(uri: str, folders: int = 2) -> str:
+    """The file's name under its last `folders` folders ("/data/imagenet/n01440764/0009.jpg" ->
+    "imagenet/n01440764/0009.jpg"): what tells apart files of one name in different folders."""
+    if "://" in uri:
+        parts = PurePosixPath(unquote(urlsplit(uri).path)).parts
+    elif uri[1:3] == ":\\":
+        parts = PureWindowsPath(uri).parts[1:]
+    else:
+        parts = PurePosixPath(uri).parts
+    kept = [part for part in parts if part not in ("/", "\\")][-(folders + 1):]
+    return "/".join(kept) or uri
+
+
 def display_name(uri: str, metadata: Mapping[str, Any] | None = None) -> str:
-    """What a result is called: the catalog's title when it gave one, else the file's name."""
+    """What a result is called: the catalog's title when it gave one, else the file's name under its
+    last folders (short_path)."""
     title = (metadata or {}).get("title")
     if isinstance(title, str) and title.strip():
         return title.strip()
-    return file_name(uri)
+    return short_path(uri)
+
+
+def taken_date(value: Any) -> str | None:
+    """An RFC 3339 date taken as the camera's clock showed it: "2019-06-01 14:03"."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    return value[:16].replace("T", " ") if len(value) >= 16 else value[:10]
+
+
+def camera(metadata: Mapping[str, Any]) -> str | None:
+    """Make and model in one ("Canon EOS 5D"), the make left out where the model already says it."""
+    make, model = (str(metadata.get(k) or "").strip() for k in ("camera_make", "camera_model"))
+    if model and make and model.lower().startswith(make.split()[0].lower()):
+        return model
+    return " ".join(part for part in (make, model) if part) or None
+
+
+def resolution(metadata: Mapping[str, Any]) -> str | None:
+    """"4032 × 3024 px" from the indexed width and height (what the duplicates' keeper rule compares)."""
+    width, height = metadata.get("width"), metadata.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        return f"{width} × {height} px"
+    return None
+
+
+def photo_facts(metadata: Mapping[str, Any]) -> list[str]:
+    """What a photo's card says besides its name: date taken, camera, resolution, place (those known)."""
+    place = metadata.get("location")
+    where = (f"{place['lat']:.3f}, {place['lon']:.3f}"
+             if isinstance(place, Mapping) and isinstance(place.get("lat"), int | float)
+             and isinstance(place.get("lon"), int | float) else None)
+    facts = [taken_date(metadata.get("taken")), camera(metadata), resolution(metadata), where]
+    return [fact for fact in facts if fact]
 
 
 def describe_model(model: Any) -> str:

@@ -213,12 +213,12 @@ def failures_page(api: ApiClient, collection: str) -> None:
         reasons = Counter(str(entry.get("reason", "")) for entry in failed)
         st.dataframe(pd.DataFrame(reasons.most_common(), columns=["reason", "files"]), hide_index=True,
                      key="failure-reasons")
-        rows = [(file_name(str(e.get("uri", ""))), str(e.get("reason", "")), str(e.get("uri", "")))
+        rows = [(failure_name(str(e.get("uri", ""))), str(e.get("reason", "")), str(e.get("uri", "")))
                 for e in failed]
         st.dataframe(pd.DataFrame(rows, columns=["file", "reason", "path"]), hide_index=True,
                      key="failed-files", width="stretch")
-        st.caption("Fix or remove these files: the next indexing of their folder (`clipsearch index`, or a "
-                   "`serve --watch` sync) tries them again.")
+        for advice in failure_advice([str(e.get("uri", "")) for e in failed], collection):
+            st.caption(advice)
 
     st.subheader("Vectors")
     if not vectors:
@@ -229,6 +229,31 @@ def failures_page(api: ApiClient, collection: str) -> None:
         st.dataframe(pd.DataFrame(rows, columns=["name", "model", "state", "count", "active"]),
                      hide_index=True, key="vectors", width="stretch")
     vlm_section(api)
+
+
+CATALOG_ROW = "#row="  # a catalog row's failure is keyed "<catalog path>#row=<n>" (ingest.catalog_run)
+
+
+def failure_name(uri: str) -> str:
+    """A failed file's name, or a catalog row's: "products.csv, row 12"."""
+    catalog, row = uri.rsplit(CATALOG_ROW, 1) if CATALOG_ROW in uri else (uri, None)
+    return f"{file_name(catalog)}, row {row}" if row is not None else file_name(uri)
+
+
+def failure_advice(uris: list[str], collection: str) -> list[str]:
+    """What to do about the failures, for each kind of source they came from: a catalog's rows are fixed
+    in the catalog, which is then indexed again; files are fixed or removed in their folder."""
+    catalogs = sorted({uri.rsplit(CATALOG_ROW, 1)[0] for uri in uris if CATALOG_ROW in uri})
+    files = [uri for uri in uris if CATALOG_ROW not in uri]
+    target = "" if collection == "default" else f" --collection {collection}"
+    advice = [f"Rows of `{file_name(catalog)}`: fix each row in the catalog (the row number counts as your "
+              f"editor does, the header included for CSV), then run `clipsearch index {catalog}{target}` "
+              "with the same column flags again (unchanged rows are not embedded again)."
+              for catalog in catalogs]
+    if files:
+        advice.append("Files: fix or remove them in their folder; the next indexing of the folder "
+                      f"(`clipsearch index FOLDER{target}`, or a `serve --watch` sync) tries them again.")
+    return advice
 
 
 def vlm_section(api: ApiClient) -> None:

@@ -12,8 +12,8 @@ from urllib.parse import quote
 import streamlit as st
 
 from ui.client import ApiClient, ApiError
-from ui.format import file_name, plural
-from ui.views import COLUMNS, call, indexed_preview
+from ui.format import photo_facts, plural
+from ui.views import COLUMNS, call, indexed_preview, path_line
 
 UNSURE = "unsure"
 PAGE_SIZE = 24
@@ -154,7 +154,8 @@ def selection_bar(api: ApiClient, collection: str, run: str, items: list[dict[st
 
 def card(api: ApiClient, collection: str, run: str, item: dict[str, Any], labels: list[str]) -> None:
     item_id = item["id"]
-    indexed_preview(api, collection, item_id, file_name(str(item.get("uri", ""))))
+    indexed_preview(api, collection, item_id, None)
+    path_line(str(item.get("uri", "")), photo_facts(item))
     guess = ", ".join(f"{top['label']} {top['score']:.2f}" for top in item.get("top", [])[:3])
     st.caption(guess or str(item.get("label")))
     if item.get("human_label"):

@@ -7,6 +7,7 @@ download) by the detail view, so nothing is ever a 320 px picture blown up to fu
 
 from __future__ import annotations
 
+import html
 import io
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ import streamlit as st
 from PIL import Image, ImageOps
 
 from ui.client import ApiClient, ApiError, ApiUnreachable, Hit, Original, SearchResponse
-from ui.format import describe_size, display_name, file_name, plural
+from ui.format import describe_size, display_name, file_name, photo_facts, plural, short_path
 
 T = TypeVar("T")
 COLUMNS = 4
@@ -34,7 +35,24 @@ def call(func: Callable[..., T], *args: Any, what: str = "") -> T | None:
     except ApiUnreachable as exc:
         st.error(f"{prefix}the API is unreachable: {exc.detail}. Is `clipsearch serve` running?")
     except ApiError as exc:
-        st.error(f"{prefix}API error{f' {exc.status}' if exc.status else ''}: {exc.detail}")
+        client = getattr(func, "__self__", None)
+        advice = refusal_advice(client, exc) if isinstance(client, ApiClient) else None
+        st.error(prefix + (advice or f"API error{f' {exc.status}' if exc.status else ''}: {exc.detail}"))
+    return None
+
+
+def refusal_advice(api: ApiClient, exc: ApiError) -> str | None:
+    """What to do when the API refuses the UI's key (401) or lets it only read (403); None otherwise."""
+    if exc.status == 401 and not api.api_key:
+        return (f"The API at `{api.base_url}` wants an API key, and the UI has none. Start the UI with "
+                "`clipsearch ui --api-key KEY` (or set `CLIPSEARCH_API_KEY` where it runs), using the key "
+                "the server was started with.")
+    if exc.status == 401:
+        return (f"The API at `{api.base_url}` refused the UI's API key. Start the UI again with the key the "
+                "server was started with: `clipsearch ui --api-key KEY` (or `CLIPSEARCH_API_KEY`).")
+    if exc.status == 403:
+        return (f"The UI's API key may only read: {exc.detail}. Give it a key with write access "
+                "(`clipsearch ui --api-key KEY`) to change anything.")
     return None
 
 
@@ -72,21 +90,48 @@ def thumbnail(base_url: str, api_key: str | None, collection: str, image_id: str
     return to_thumbnail(get_client(base_url, api_key).image(image_id, collection))
 
 
-def preview(data: bytes | None, caption: str, width: int | str = "stretch") -> None:
+def preview(data: bytes | None, caption: str | None, width: int | str = "stretch") -> None:
     if data is None:
-        st.caption(f"{caption} (no preview)")
+        st.caption(f"{caption} (no preview)" if caption else "(no preview)")
     else:
         st.image(data, caption=caption, width=width)
 
 
-def indexed_preview(api: ApiClient, collection: str, image_id: str, caption: str) -> None:
-    """An indexed image's thumbnail under `caption`; an API error is a warning in its place."""
+def indexed_preview(api: ApiClient, collection: str, image_id: str, caption: str | None) -> None:
+    """An indexed image's thumbnail under `caption` (none: path_line says what it is); an API error is a
+    warning in its place."""
     try:
         data = thumbnail(api.base_url, api.api_key, collection, image_id)
     except ApiError as exc:
         data = None
         st.warning(f"no preview: {exc.detail}")
     preview(data, caption)
+
+
+def path_line(uri: str, facts: list[str] | None = None) -> None:
+    """Under a thumbnail: the file's name with its last folders (the whole path on hover), then `facts`
+    (date taken, camera, resolution...) on a second line."""
+    short = html.escape(short_path(uri))
+    line = f'<div class="cs-path" title="{html.escape(uri, quote=True)}">{short}</div>'
+    if facts:
+        text = html.escape(" · ".join(facts))
+        line += f'<div class="cs-facts" title="{text}">{text}</div>'
+    st.markdown(line, unsafe_allow_html=True)
+
+
+def is_product(metadata: dict[str, Any]) -> bool:
+    """A catalog item (its card shows title, brand and price) rather than a photo from a folder."""
+    return "product_id" in metadata or bool(str(metadata.get("title") or "").strip())
+
+
+def item_caption(api: ApiClient, collection: str, image_id: str, uri: str, metadata: dict[str, Any]) -> None:
+    """An item's thumbnail and what it is: a product by its title; a photo by its path (hover for all of
+    it) with its date taken, camera, place and resolution."""
+    if is_product(metadata):
+        indexed_preview(api, collection, image_id, display_name(uri, metadata))
+        return
+    indexed_preview(api, collection, image_id, None)
+    path_line(uri, photo_facts(metadata))
 
 
 # --- the result grid -----------------------------------------------------------------------------------
@@ -168,7 +213,7 @@ def explain_into(slot: Any, api: ApiClient, collection: str, query: str, image_i
 
 def result_card(api: ApiClient, collection: str, hit: Hit, key: str) -> None:
     name = display_name(hit.uri, hit.metadata)
-    indexed_preview(api, collection, hit.id, name)
+    item_caption(api, collection, hit.id, hit.uri, hit.metadata)
     vlm = f" · VLM **{hit.vlm_score:g}**/10" if hit.vlm_score is not None else ""
     st.markdown(f"score **{hit.score:.3f}**{vlm}", help=(hit.rerank or {}).get("reason"))
     details, similar = st.columns(2)

@@ -158,6 +158,21 @@ class _Item:
         pixels = int(self.metadata.get("width") or 0) * int(self.metadata.get("height") or 0)
         return (-pixels, self._age(), self.payload.get("uri", ""))
 
+    def size(self) -> list[int] | None:
+        width, height = self.metadata.get("width"), self.metadata.get("height")
+        return [width, height] if isinstance(width, int) and isinstance(height, int) else None
+
+    def date(self) -> str | None:
+        taken = self.metadata.get("taken")
+        if isinstance(taken, str) and taken:
+            return taken  # as the camera wrote it (its clock, with its zone when known)
+        age = self._age()
+        if age == float("inf"):
+            return None
+        from datetime import datetime, timezone
+
+        return datetime.fromtimestamp(age, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     def _age(self) -> float:
         taken = self.metadata.get("taken")
         if isinstance(taken, str):
@@ -254,4 +269,8 @@ def _group(kind: str, members: list[_Item], scores: list[float]) -> dict[str, An
         "others": [m.payload.get("uri", "") for m in members[1:]],
         "scores": scores,
         "ids": [m.id for m in members],
+        # What the keeper rule compared, per member (keeper first): [width, height] and the date it
+        # counted (EXIF taken, else the file's modification time; RFC 3339, null when unknown).
+        "sizes": [m.size() for m in members],
+        "dates": [m.date() for m in members],
     }

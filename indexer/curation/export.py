@@ -11,8 +11,10 @@ duplicate groups included, when those runs wrote them); COCO keeps them on each 
 - coco: images, categories (the run's labels) and one image-level annotation per labelled image with
   its score (bbox = the whole image, so that tools wanting boxes load it), OUT is a file.
 - imagefolder: OUT/<label>/<file>, symlinks to the originals (copies with `copy=True`).
-- fiftyone: FiftyOne's FiftyOneImageClassificationDataset: OUT/data/<id>.<ext> and OUT/labels.json
-  {"classes": [...], "labels": {"<id>": {"label": <class index>, "confidence": <score>} | null}}.
+- fiftyone: FiftyOne's FiftyOneImageClassificationDataset: OUT/data/<file name> and OUT/labels.json
+  {"classes": [...], "labels": {"<file stem>": {"label": <class index>, "confidence": <score>} | null}};
+  for a duplicate report also OUT/tags.json {"<file stem>": ["keep"|"remove", "group-0001", kind]}.
+- keep and remove lists of a duplicate report (`duplicate_lists`, `write_list`): CSV or JSON.
 - a duplicate report (`duplicate_items`, run=DUPLICATES): the members of each group, its number, kind,
   keeper and cosine to the keeper as fields, the group ("group-0001") as the label.
 """
@@ -112,8 +114,9 @@ def label_of(item: Item, run: str | None) -> Labelled | None:
         return None
     if run == DUPLICATES:
         group = item.metadata.get("duplicate_group")
-        return None if group is None else Labelled(f"group-{group:04d}", item.metadata["duplicate_score"],
-                                                   "keep" if item.metadata.get("duplicate_keep") else "copy")
+        role = "keep" if item.metadata.get("duplicate_keep") else "remove"
+        score = item.metadata.get("duplicate_score")
+        return None if group is None else Labelled(f"group-{group:04d}", score, role)
     name = effective_label(item.metadata, run)
     if name is None or name == UNSURE:
         return None
@@ -338,15 +341,90 @@ def _fiftyone(store: VectorStore, items: Sequence[Item], out: Path, run: str | N
     data = out / "data"
     data.mkdir()
     labels: dict[str, Any] = {}
+    tags: dict[str, list[str]] = {}
+    taken: set[str] = set()
     for item in items:
         if not os.path.isfile(item.path):
             report.missing.append(item.uri)
             continue
-        _place(item.path, data / f"{item.id}{Path(item.path).suffix.lower()}", copy)
+        # The file's own name; FiftyOne keys a sample by its name without extension, so a second file of
+        # that stem (another folder, or another extension) gets `-<id prefix>`.
+        source = Path(item.path)
+        key = source.stem if source.stem.lower() not in taken else f"{source.stem}-{item.id[:8]}"
+        taken.add(key.lower())
+        _place(item.path, data / f"{key}{source.suffix}", copy)
         report.files += 1
         labelled = label_of(item, run)
-        labels[item.id] = None if labelled is None else {
-            "label": index[labelled.name], "confidence": labelled.score,
-            "attributes": {"source": labelled.source}}
+        attributes: dict[str, Any] = {} if labelled is None else {"source": labelled.source}
+        if run == DUPLICATES:
+            attributes.update(duplicate_kind=item.metadata.get("duplicate_kind"), uri=item.uri)
+            tags[key] = duplicate_tags(item)
+        labels[key] = None if labelled is None else {
+            "label": index[labelled.name], "confidence": labelled.score, "attributes": attributes}
     document = {"classes": names, "labels": labels}
     write_atomic(out / "labels.json", json.dumps(document, ensure_ascii=False).encode("utf-8"))
+    if tags:
+        write_atomic(out / "tags.json", json.dumps(tags, ensure_ascii=False).encode("utf-8"))
+
+
+def duplicate_tags(item: Item) -> list[str]:
+    """A duplicate group member's FiftyOne sample tags: keep or remove, its group, exact or near."""
+    metadata = item.metadata
+    role = "keep" if metadata.get("duplicate_keep") else "remove"
+    return [role, f"group-{metadata['duplicate_group']:04d}", str(metadata.get("duplicate_kind"))]
+
+
+# --- keep and remove lists of a duplicate report --------------------------------------------------------
+
+LIST_FIELDS = {
+    "keep": ("id", "uri", "role", "group", "kind"),
+    "remove": ("id", "uri", "group", "kind", "score", "keep_id", "keep_uri"),
+}
+
+
+def duplicate_lists(report: dict[str, Any], items: Iterable[tuple[str, str]]
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """The keep and remove lists of a duplicate report (curation.duplicates.find_duplicates) over the
+    collection's `items` (id, uri), as fastdup and cleanvision users export them. remove: every group
+    member but its keeper, with the group (1, 2, ...), its kind, the cosine to the keeper and the keeper
+    it duplicates. keep: every other item, `role` "keeper" (of `group`) or "unique" (in no group). Both
+    in uri order."""
+    removed: dict[str, dict[str, Any]] = {}
+    keepers: dict[str, tuple[int, str]] = {}
+    for number, group in enumerate(report.get("groups", []), start=1):
+        ids, kind = group.get("ids", []), group.get("kind")
+        if not ids:
+            continue
+        keepers[ids[0]] = (number, kind)
+        for id_, uri, score in zip(ids[1:], group.get("others", []), group.get("scores", []), strict=True):
+            removed[id_] = {"id": id_, "uri": uri, "group": number, "kind": kind, "score": score,
+                            "keep_id": ids[0], "keep_uri": group.get("keep", "")}
+    keep = []
+    for id_, uri in items:
+        if id_ in removed:
+            continue
+        number, kind = keepers.get(id_, (None, None))
+        keep.append({"id": id_, "uri": uri, "role": "unique" if number is None else "keeper",
+                     "group": number, "kind": kind})
+    return {"keep": sorted(keep, key=lambda row: (row["uri"], row["id"])),
+            "remove": sorted(removed.values(), key=lambda row: (row["uri"], row["id"]))}
+
+
+def write_list(rows: Sequence[dict[str, Any]], which: str, out: Path) -> None:
+    """A keep or remove list (`LIST_FIELDS[which]`) to `out`: CSV for a `.csv` name, else a JSON array
+    of objects for `.json`; written atomically."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=LIST_FIELDS[which], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({name: _cell(row.get(name)) for name in LIST_FIELDS[which]} for row in rows)
+        text = buffer.getvalue()
+    elif suffix == ".json":
+        text = json.dumps([{name: row.get(name) for name in LIST_FIELDS[which]} for row in rows],
+                          ensure_ascii=False, indent=1) + "\n"
+    else:
+        raise BadInput(f"the {which} list {out} must end in .csv or .json (its format)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text.encode("utf-8"))

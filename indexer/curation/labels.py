@@ -346,6 +346,10 @@ def label_counts(store: VectorStore, run: str = DEFAULT_RUN) -> dict[str, Any]:
             "zero_shot": zero_shot, "reviewed": sum(decided.values()), "total": sum(zero_shot.values())}
 
 
+# What a review card says about the photo besides its labels (ui/format.py photo_facts).
+PHOTO_FACTS = ("width", "height", "taken", "camera_make", "camera_model")
+
+
 def item_view(record: Record, run: str) -> dict[str, Any]:
     """What review shows of an item."""
     metadata = record.payload.get("metadata", {})
@@ -358,6 +362,7 @@ def item_view(record: Record, run: str) -> dict[str, Any]:
         "top": [{"label": str(lb), "score": float(s)} for lb, s in zip(top, top_scores, strict=False)],
         "human_label": metadata.get(human), "human_label_at": metadata.get(f"{human}_at"),
         "effective_label": effective_label(metadata, run),
+        **{name: metadata[name] for name in PHOTO_FACTS if metadata.get(name) is not None},
     }
 
 

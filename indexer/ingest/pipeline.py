@@ -24,7 +24,7 @@ from tqdm import tqdm
 from indexer.errors import CollectionBusy, CollectionNotFound, ModelMismatchError
 from indexer.ingest.batches import Decoded, decode_item, decoded_batches
 from indexer.ingest.decode import IMAGE_EXTENSIONS
-from indexer.ingest.sources import SourceItem, WalkProblem, item_id, walk_folder
+from indexer.ingest.sources import SourceItem, WalkProblem, item_id, source_roots, walk_folder
 from indexer.locking import collection_lock
 from indexer.models.loading import (
     ClipModel,
@@ -116,7 +116,7 @@ def _under(uri: str, roots: Iterable[str]) -> bool:
 
 def _walk_sources(sources: Sequence[str | Path], problems: list[WalkProblem]) -> dict[str, SourceItem]:
     items: dict[str, SourceItem] = {}
-    for source in sources:
+    for source in dict.fromkeys(os.path.realpath(source) for source in sources):  # each folder walked once
         for item in walk_folder(Path(source), problems):
             items.setdefault(item.id, item)
     return items
@@ -197,7 +197,7 @@ def index_sources(
     collection, drop vanished ones. An existing collection uses the models recorded with it."""
     collection = collection or settings.collection
     started = time.perf_counter()
-    roots = [os.path.abspath(source) for source in sources]
+    roots = source_roots(sources)
     with collection_lock(settings.home, collection):
         try:
             store, models = open_for_indexing(settings, collection, model)
@@ -231,19 +231,21 @@ def sync_store(
     progress: bool,
     embedder: Embedder | None = None,
     model_of: ModelOf | None = None,
+    on_progress: Progress | None = None,
 ) -> IndexReport:
     """The ingest on an already open store with the model of each vector loaded: what `index_sources`
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
     holds the collection lock and has checked the models (`collection_models`). `embedder`: where
     decoding and encoding run (default `embed_here`; indexer.ingest.ray_run runs them on Ray).
     `model_of`: the model of a vector added while the sync runs (a re-embedding inside the server); by
-    default loaded from what the schema records."""
-    roots = [os.path.abspath(root) for root in roots]
+    default loaded from what the schema records. `on_progress(done, total)`: called once the folders
+    are walked, then after each batch."""
+    roots = source_roots(roots)
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
     stored = {record.id: record.payload for record in store.scan()}
     return _bring_in_line(
-        settings, store, models, roots, items, stored, problems, progress, embedder, model_of
+        settings, store, models, roots, items, stored, problems, progress, embedder, model_of, on_progress
     )
 
 
@@ -259,7 +261,7 @@ def sync_paths(
     `serve --watch` runs on file events. An image file is embedded if new or changed and dropped if
     gone; an existing folder is walked and its files treated so; a gone path without an image
     extension may have been a folder, so every stored item under it is dropped (that one scans)."""
-    paths = sorted({os.path.abspath(path) for path in paths})
+    paths = sorted(set(source_roots(paths)))
     files = [p for p in paths if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS and not os.path.isdir(p)]
     folders = [p for p in paths if os.path.isdir(p)]
     gone_folders = [p for p in paths if p not in files and not os.path.lexists(p)]
@@ -288,6 +290,7 @@ def _bring_in_line(
     progress: bool,
     embedder: Embedder | None = None,
     model_of: ModelOf | None = None,
+    on_progress: Progress | None = None,
 ) -> IndexReport:
     """Drop the stored items under `roots` that are not in `items`, embed the new and changed items.
     Every record carries every vector the schema has when it is written, one being built included: a
@@ -316,6 +319,9 @@ def _bring_in_line(
     bar = tqdm(
         total=len(to_embed), unit="img", desc=f"indexing {store.name}", disable=not progress, smoothing=0.1
     )
+    done = 0
+    if on_progress is not None:
+        on_progress(done, len(to_embed))
     # One writer thread: the store write of batch n overlaps the encoding of batch n+1.
     with ThreadPoolExecutor(max_workers=1) as writer:
         last_write: Future[None] | None = None
@@ -340,6 +346,9 @@ def _bring_in_line(
             last_write = writer.submit(_write, store, records, stale)
             report.embedded += len(records)
             bar.update(len(batch))
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(done, len(to_embed))
         if last_write is not None:
             last_write.result()
     bar.close()
@@ -349,6 +358,9 @@ def _bring_in_line(
     store.write_info({**info, "failed": failed})
     store.flush()
     return report
+
+
+Progress = Callable[[int, int], None]  # (files embedded or failed so far, files to embed in this run)
 
 
 def _every_vector(

@@ -17,7 +17,6 @@ production (`CLIPSEARCH_STORE=qdrant`), an embedded store with a Ray on this mac
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ import numpy as np
 from indexer.errors import CollectionBusy, ModelLoadError
 from indexer.ingest.batches import Decoded, decode_item
 from indexer.ingest.pipeline import Embedded, Embedder, IndexReport, embed_all, open_for_indexing, sync_store
-from indexer.ingest.sources import SourceItem
+from indexer.ingest.sources import SourceItem, source_roots
 from indexer.locking import collection_lock
 from indexer.models.loading import ClipModel, PixelTransform, load_model, set_torch_threads
 from indexer.settings import Settings
@@ -204,7 +203,7 @@ def index_on_ray(
     """`indexer.ingest.pipeline.index_sources`, with decoding and encoding on Ray (see the module doc)."""
     collection = collection or settings.collection
     started = time.perf_counter()
-    roots = [os.path.abspath(source) for source in sources]
+    roots = source_roots(sources)
     ray = connect(address)
     # The driver loads the models on its CPU only to check them against the collection: actors encode.
     local = settings.with_flags(device="cpu") if settings.device != "cpu" else settings

@@ -1,18 +1,19 @@
 """Walking a folder for images, and the stable identity of each file.
 
-An item's id is a UUID derived from its absolute path, so re-runs, crashes and other machines
-agree on it. Its fingerprint (size and modification time, as rclip does) decides whether a
-re-run must embed it again without reading its bytes.
+An item's id is a UUID derived from its real path (symlinked folders on the way resolved), so
+re-runs, crashes and other machines agree on it, and a photo reached through two paths is one item.
+Its fingerprint (size and modification time, as rclip does) decides whether a re-run must embed it
+again without reading its bytes.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISLNK, S_ISREG
 
 from indexer.ingest.decode import IMAGE_EXTENSIONS
 
@@ -50,15 +51,28 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def source_roots(sources: Iterable[str | Path]) -> list[str]:
+    """The folders (or files) whose stored items an index run of `sources` owns: each one's real path,
+    and its absolute path where a symlink on the way makes them differ (items that collections made
+    before paths were resolved keep under it, and are replaced by their real path at the next run)."""
+    roots: dict[str, None] = {}
+    for source in sources:
+        roots[os.path.realpath(source)] = None
+        roots[os.path.abspath(source)] = None
+    return list(roots)
+
+
 def walk_folder(root: Path, problems: list[WalkProblem] | None = None) -> Iterator[SourceItem]:
     """Image files under root, recursively, in a stable order; hidden and junk files skipped.
 
-    Symlinks to files are followed (the file is indexed under the link's path); symlinked folders
-    are not, which rules out loops. Unreadable folders are reported in `problems`, not raised.
+    Every file is named by its real path: the root's symlinks are resolved, and a symlink to a file
+    under the root is the file it points to (one item, however many links). A link to a file outside
+    the root keeps the link's path (the run owns what is under its root). Symlinked folders are not
+    followed, which rules out loops. Unreadable folders are reported in `problems`, not raised.
     """
-    root = Path(os.path.abspath(root))
+    root = Path(os.path.realpath(root))
     if root.is_file():
-        yield from _items([root], problems)
+        yield from _items([root], problems, str(root))
         return
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
@@ -75,7 +89,7 @@ def walk_folder(root: Path, problems: list[WalkProblem] | None = None) -> Iterat
             for name in sorted(filenames)
             if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
         ]
-        yield from _items(candidates, problems)
+        yield from _items(candidates, problems, str(root))
 
 
 def printable_path(path: str | Path) -> str:
@@ -83,14 +97,20 @@ def printable_path(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _items(paths: list[Path], problems: list[WalkProblem] | None) -> Iterator[SourceItem]:
+def _items(paths: list[Path], problems: list[WalkProblem] | None, root: str) -> Iterator[SourceItem]:
     def problem(path: Path, reason: str) -> None:
         if problems is not None:
             problems.append(WalkProblem(printable_path(path), reason))
 
+    inside = root.rstrip(os.sep) + os.sep
     for path in paths:
         try:
-            stat = path.stat()
+            stat = path.lstat()  # one call for a plain file; a link costs a resolve and a second stat
+            if S_ISLNK(stat.st_mode):
+                stat = path.stat()
+                real = os.path.realpath(path)
+                if real == root or real.startswith(inside):
+                    path = Path(real)
         except OSError as exc:  # dangling symlink, symlink loop, vanished file
             problem(path, f"cannot stat: {exc.strerror or exc}")
             continue
