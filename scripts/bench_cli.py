@@ -42,11 +42,12 @@ log = bench.logger("bench_cli")
 
 
 def _identity(spec: dict[str, Any]) -> Any:
-    from indexer.models.loading import file_sha256
+    from indexer.models.loading import checkpoint_sha256
     from indexer.schema import ModelIdentity
 
     checkpoint = str(Path(spec["checkpoint"]).resolve())
-    return ModelIdentity("ViT-B-32", checkpoint, "ViT-B-32", "sha256:" + file_sha256(checkpoint), bq.DIM)
+    digest = "sha256:" + checkpoint_sha256(checkpoint)
+    return ModelIdentity("ViT-B-32", checkpoint, "ViT-B-32", digest, bq.DIM)
 
 
 def step_export(spec: dict[str, Any]) -> dict[str, Any]:

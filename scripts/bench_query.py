@@ -172,7 +172,7 @@ def _rss() -> dict[str, int]:
 
 
 def step_build(spec: dict[str, Any]) -> dict[str, Any]:
-    from indexer.models.loading import file_sha256
+    from indexer.models.loading import checkpoint_sha256
     from indexer.schema import CollectionSchema, ModelIdentity
     from indexer.stores import Record, drop_collection, open_store
 
@@ -181,7 +181,8 @@ def step_build(spec: dict[str, Any]) -> dict[str, Any]:
     data = np.load(spec["vectors"], mmap_mode="r")
     n = spec["n"]
     checkpoint = str(Path(spec["checkpoint"]).resolve())
-    identity = ModelIdentity("ViT-B-32", checkpoint, "ViT-B-32", "sha256:" + file_sha256(checkpoint), DIM)
+    digest = "sha256:" + checkpoint_sha256(checkpoint)
+    identity = ModelIdentity("ViT-B-32", checkpoint, "ViT-B-32", digest, DIM)
     schema = CollectionSchema.new(identity)
     started = time.perf_counter()
     store = open_store(settings, COLLECTION, create=schema)

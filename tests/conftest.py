@@ -15,6 +15,7 @@ Markers (registered in pyproject.toml):
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -65,3 +66,27 @@ def imagenet_dir() -> Path:
 def photo_folder(tmp_path: Path, imagenet_dir: Path) -> Path:
     """A private copy of 40 real photos that a test may add to, rewrite and delete."""
     return copy_photos(imagenet_dir, tmp_path / "photos", 40)
+
+
+# A second tiny architecture (model upgrades: re-embedding into another vector).
+WIDE_CONFIG = {
+    "embed_dim": 48,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 48, "head_width": 24, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(model config path, checkpoint path) of a second tiny architecture with other random weights."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("wide")
+    config = folder / "tiny-wide.json"
+    config.write_text(json.dumps(WIDE_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(1)
+    checkpoint = folder / "tiny-wide.pt"
+    torch.save(open_clip.create_model("tiny-wide", pretrained=None).state_dict(), checkpoint)
+    return str(config), str(checkpoint)

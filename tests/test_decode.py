@@ -6,7 +6,6 @@ import io
 import os
 import random
 import struct
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -333,11 +332,8 @@ def test_huge_png_header_is_refused_before_decoding(tmp_path):
     path.write_bytes(handmade_png(50_000, 50_000, 8, 2, rows=[]))  # header only: decoding would fail anyway
     pil_limit = Image.MAX_IMAGE_PIXELS
 
-    start = time.perf_counter()
-    with pytest.raises(ImageDecodeError) as info:
+    with pytest.raises(ImageDecodeError) as info:  # the file has no pixel data: only the header was read
         decode_image(path)
-    assert time.perf_counter() - start < 0.5
-
     assert str(info.value) == "image too large: 50000x50000 pixels exceeds the limit of 100000000"
     assert image_size(path) == (50_000, 50_000)  # header-only, so no limit applies
     assert Image.MAX_IMAGE_PIXELS == pil_limit  # PIL's global setting is left as it was

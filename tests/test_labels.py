@@ -5,7 +5,6 @@ sets and templates, the command, and a run over the CIFAR-10 test images."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -287,14 +286,11 @@ def test_label_run_over_cifar10(per_class: int, tmp_path: Path, tiny_checkpoint:
     data = cifar_subset(tmp_path / "cifar", per_class)
     settings = make_settings(tmp_path / "home", tiny_checkpoint, batch_size=256)
     assert index_sources(settings, [data], model=tiny_model, progress=False).embedded == per_class * 10
-    started = time.perf_counter()
     names, templates = lb.load_labels("cifar10"), lb.load_templates("cifar10")
     report = lb.label_collection(settings, None, names, model=tiny_model, templates=templates, threshold=0.12,
                                  top_k=3, progress=False)
-    seconds = time.perf_counter() - started
     total = per_class * 10
     assert report.labeled == total and report.unsure + sum(report.counts.values()) == total
-    assert seconds < 60  # the run itself reads vectors, not images: seconds even for 10,000
 
     prompts = np.stack([tiny_model.encode_texts([t.format(n) for t in templates]).mean(axis=0)
                         for n in names])

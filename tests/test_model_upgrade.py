@@ -13,7 +13,6 @@ Specification:
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
@@ -32,28 +31,6 @@ from indexer.stores import open_store
 from search_api import create_app
 from tests.clirun import CLI, REPO, cli_home, run, run_json, wait_for
 from tests.helpers import copy_photos, make_settings, serve
-
-WIDE_CONFIG = {
-    "embed_dim": 48,
-    "vision_cfg": {"image_size": 64, "layers": 1, "width": 48, "head_width": 24, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def wide(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(model config path, checkpoint path) of a second tiny architecture with other random weights."""
-    import open_clip
-    import torch
-
-    folder = tmp_path_factory.mktemp("wide")
-    config = folder / "tiny-wide.json"
-    config.write_text(json.dumps(WIDE_CONFIG))
-    open_clip.add_model_config(config)
-    torch.manual_seed(1)
-    checkpoint = folder / "tiny-wide.pt"
-    torch.save(open_clip.create_model("tiny-wide", pretrained=None).state_dict(), checkpoint)
-    return str(config), str(checkpoint)
 
 
 def stored_vectors(settings: Settings, name: str) -> dict[str, np.ndarray]:

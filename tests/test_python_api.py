@@ -28,7 +28,6 @@ from indexer.errors import BadInput, InvalidFilter, NotFound
 from indexer.settings import Settings
 from tests.clirun import CLI, REPO, cli_home, run_json, wait_for
 from tests.helpers import copy_photos, png_bytes
-from tests.test_model_upgrade import wide  # noqa: F401  (a fixture: a second tiny model)
 
 COLLECTION = "shop"
 

@@ -11,82 +11,21 @@ server on loopback (real indexing with the tiny model; a real catalog run with a
 
 from __future__ import annotations
 
-import csv
 import html
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.clirun import cli_home, run_json
-from tests.helpers import UI_APP, make_settings, serve
-from tests.test_photo_metadata import LISBON, SYDNEY, jpeg_with_exif
+from tests.gallery import KEY, api_url, home  # noqa: F401  (the shared collections' fixtures)
+from tests.helpers import UI_APP
 
-KEY = "gallery-key"
 PATH_LINE = re.compile(
     r'<div class="cs-path" title="([^"]*)">([^<]*)</div>'
     r'(?:<div class="cs-facts" title="[^"]*">([^<]*)</div>)?'
 )
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, imagenet_dir: Path, tiny_checkpoint: Path) -> Path:
-    """Three collections: `default` (a gallery), `shop` (a catalog with one bad row)."""
-    root = tmp_path_factory.mktemp("gallery")
-    photos = sorted(imagenet_dir.glob("*.JPEG"))
-    gallery = root / "Pictures"
-    for n in range(6):  # the same names in two folders
-        for folder in ("2023", "2024"):
-            target = gallery / folder / f"{n:04d}.JPEG"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(photos[n + (0 if folder == "2023" else 6)], target)
-    shutil.copy2(gallery / "2023" / "0000.JPEG", gallery / "2024" / "copy-of-0000.JPEG")  # a byte copy
-    trips = gallery / "trips"
-    trips.mkdir()
-    jpeg_with_exif(trips / "lisbon-1.jpg", (64, 48), where=LISBON)
-    jpeg_with_exif(trips / "lisbon-2.jpg", (48, 64), where=(LISBON[0] + 0.01, LISBON[1]), make="Canon",
-                   model="Canon EOS 5D")
-    jpeg_with_exif(trips / "lisbon-3.jpg", (64, 48), where=(LISBON[0] + 0.02, LISBON[1]))
-    jpeg_with_exif(trips / "sydney-1.jpg", (64, 64), where=SYDNEY, taken="2021:12:24 09:00:00")
-    jpeg_with_exif(trips / "sydney-2.jpg", (64, 64), where=SYDNEY, taken="2021:12:25 10:00:00", make="Canon",
-                   model="Canon EOS 5D")
-    (gallery / "broken.jpg").write_bytes(b"not an image")
-
-    shop = root / "shop"
-    shop.mkdir()
-    rows = []
-    for n, photo in enumerate(photos[20:28]):
-        shutil.copy2(photo, shop / photo.name)
-        rows.append({"sku": f"SKU-{n:03d}", "title": f"{('Red', 'Blue')[n % 2]} thing {n}",
-                     "brand": ("acme", "bolt")[n % 2], "price": f"{10 + 5 * n}.50", "image": photo.name})
-    ghost = {"sku": "SKU-999", "title": "Ghost", "brand": "acme", "price": "1.00", "image": "missing.jpg"}
-    rows.append(ghost)  # row 10 of the file: its image is not there
-    with open(shop / "products.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-    with cli_home(root / "home", tiny_checkpoint):
-        report = run_json("index", str(gallery))
-        assert (report["embedded"], report["failed"]) == (18, 1)
-        report = run_json("index", str(shop / "products.csv"), "--id-column", "sku", "--image-column",
-                          "image", "--text-columns", "title", "--field", "price:float",
-                          "--collection", "shop")
-        assert report["failed"] == 1
-    return root
-
-
-@pytest.fixture(scope="module")
-def api_url(home: Path, tiny_checkpoint: Path, tiny_model: Any) -> Iterator[str]:
-    """The API over the collections, behind an API key."""
-    from search_api.app import create_app
-
-    settings = make_settings(home / "home", tiny_checkpoint, api_key=KEY)
-    with serve(create_app(settings, model=tiny_model)) as url:
-        yield url
 
 
 def start(url: str, monkeypatch: pytest.MonkeyPatch, key: str | None = KEY, **state: Any) -> Any:
@@ -138,7 +77,7 @@ def search(at: Any, text: str, k: int) -> Any:
 
 
 def test_photo_cards_tell_apart_files_of_one_name_and_show_date_camera_and_size(
-        api_url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        api_url: str, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     at = search(start(api_url, monkeypatch), "a photo", 20)
     lines = path_lines(at)
     assert len(lines) == 18
@@ -153,7 +92,7 @@ def test_photo_cards_tell_apart_files_of_one_name_and_show_date_camera_and_size(
     assert shown[str(gallery / "trips" / "sydney-1.jpg")][1].startswith("2021-12-24 09:00 · Fujifilm X-T3")
 
 
-def test_duplicate_cards_show_what_the_keeper_rule_compared(api_url: str, home: Path,
+def test_duplicate_cards_show_what_the_keeper_rule_compared(api_url: str, home: Path,  # noqa: F811
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     at = start(api_url, monkeypatch)
     at.radio(key="page").set_value("Curation").run()
@@ -171,7 +110,7 @@ def test_duplicate_cards_show_what_the_keeper_rule_compared(api_url: str, home: 
 
 
 def test_a_gallerys_filters_are_date_taken_camera_and_place_with_pixel_sizes_last(
-        api_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        api_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     at = search(start(api_url, monkeypatch), "a photo", 20)
     labels = filter_labels(at)
     assert labels[:3] == ["Date taken", "Camera make", "Camera model"]
@@ -188,7 +127,7 @@ def test_a_gallerys_filters_are_date_taken_camera_and_place_with_pixel_sizes_las
 
 
 def test_a_shops_filters_are_its_catalog_fields_without_pixel_sizes(
-        api_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        api_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     at = start(api_url, monkeypatch)
     at.selectbox(key="collection").set_value("shop").run()
     search(at, "a thing", 10)
@@ -200,7 +139,7 @@ def test_a_shops_filters_are_its_catalog_fields_without_pixel_sizes(
 # --- failures --------------------------------------------------------------------------------------------
 
 
-def test_failures_advice_fits_catalog_rows_and_files(api_url: str, home: Path,
+def test_failures_advice_fits_catalog_rows_and_files(api_url: str, home: Path,  # noqa: F811
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     at = start(api_url, monkeypatch)
     at.radio(key="page").set_value("Failures").run()
@@ -226,7 +165,7 @@ def test_failures_advice_fits_catalog_rows_and_files(api_url: str, home: Path,
 
 @pytest.mark.parametrize(("key", "says"), [(None, "wants an API key, and the UI has none"),
                                            ("wrong-key", "refused the UI's API key")])
-def test_a_ui_without_the_right_key_says_what_to_do(api_url: str, monkeypatch: pytest.MonkeyPatch,
+def test_a_ui_without_the_right_key_says_what_to_do(api_url: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
                                                     key: str | None, says: str) -> None:
     at = start(api_url, monkeypatch, key=key)
     assert not at.exception

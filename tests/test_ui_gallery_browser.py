@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from tests.clirun import REPO
+from tests.gallery import KEY, api_url, home  # noqa: F401  (the shared collections' fixtures)
 from tests.helpers import free_port, streamlit_ui
-from tests.test_ui_gallery import KEY, api_url, home  # noqa: F401  (the module's fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

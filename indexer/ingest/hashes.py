@@ -7,24 +7,15 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from PIL import Image
 
+from indexer.durable import file_sha256
 from indexer.schema import FieldType
 
 HASH_FIELDS: dict[str, FieldType] = {"sha256": "keyword", "phash": "keyword"}
 HASH_SIDE = 512  # views are hashed from at most this size: 32x32 is all pHash looks at
 
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _trim_border(gray: np.ndarray) -> tuple[int, int, int, int]:

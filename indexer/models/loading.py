@@ -8,7 +8,6 @@ device, so workers ship 4x fewer bytes and the model's device does the float wor
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.durable import file_sha256
 from indexer.errors import ModelLoadError, ModelMismatchError, UnknownModel
 from indexer.models.batching import BatchingEncoder, QueryBatching
 from indexer.models.encoders import QueryEncoder
@@ -103,12 +103,9 @@ def set_torch_threads(threads: int) -> int:
 
 
 @lru_cache(maxsize=16)
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def checkpoint_sha256(path: str) -> str:
+    """file_sha256, remembered: a process resolves the same checkpoint again and again."""
+    return file_sha256(path)
 
 
 def _architecture_name(model: str) -> tuple[str, str]:
@@ -134,14 +131,14 @@ def _architecture_name(model: str) -> tuple[str, str]:
 
 
 def _hashing(pretrained: str) -> Future[str] | None:
-    """file_sha256 of a checkpoint file, started on a thread (hashlib and reads release the GIL: it runs
+    """checkpoint_sha256 of a checkpoint file, started on a thread (hashlib and reads release the GIL: it runs
     beside the open_clip import and model build, ~1 s for ViT-B-32's 600 MB); None for anything else."""
     path = Path(pretrained).expanduser() if pretrained else None
     if path is None or not path.is_file():
         return None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
     try:
-        return pool.submit(file_sha256, str(path.resolve()))
+        return pool.submit(checkpoint_sha256, str(path.resolve()))
     finally:
         pool.shutdown(wait=False)  # the thread ends with its one task
 
@@ -157,7 +154,7 @@ def _weights(
     path = Path(pretrained).expanduser()
     if path.is_file():
         resolved = str(path.resolve())
-        return resolved, resolved, "sha256:" + (digest.result() if digest else file_sha256(resolved))
+        return resolved, resolved, "sha256:" + (digest.result() if digest else checkpoint_sha256(resolved))
     if pretrained in open_clip.list_pretrained_tags_by_model(architecture):
         return pretrained, pretrained, pretrained
     if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
