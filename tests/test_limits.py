@@ -159,7 +159,7 @@ def test_filters_within_the_limits_are_answered(server: Server) -> None:
 
 def test_a_refused_write_leaves_no_file_behind(server: Server) -> None:
     before = server.files()
-    assert_error(server.put("x", collection="%2e%2e"), 400, "collection name")
+    assert_error(server.put("x", collection="%2e%2e"), 422, "collection")  # the name pattern (the schema)
     assert_error(server.put("x", collection="nosuch"), 404)
     assert_error(server.put("x", metadata={"price": "cheap"}), 400, "price")  # a float field
     assert_error(server.put("x", metadata={"width": 3}), 400, "set by the server")
