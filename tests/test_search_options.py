@@ -241,7 +241,7 @@ BAD_REQUESTS: list[tuple[dict[str, Any], int, str]] = [
     ({"query": []}, 422, "query"),
     ({"query": [{"text": "y", "weight": 0}]}, 422, "weight"),
     ({"query": [{"text": "y", "image_id": "z"}]}, 422, "exactly one"),
-    ({"query": [{"text": "y", "weight": -1}]}, 400, "positive weight"),
+    ({"query": [{"text": "y", "weight": -1}]}, 422, "positive weight"),  # the schema says so (a 422)
     ({"query": [{"image_id": "not-an-id"}]}, 404, "not-an-id"),
     ({"negative": ["00000000-0000-0000-0000-000000000001"]}, 422, "exactly one"),
     ({"text": "x", "negative": ["00000000-0000-0000-0000-000000000001"]}, 422, "positive"),
