@@ -322,6 +322,38 @@ def app_test(api_url: str, monkeypatch: pytest.MonkeyPatch, **state: Any) -> Any
     return at.run()
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's headless Chromium under Playwright (no browser download); closed after."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def wait_until_healthy(process: Any, url: str, log: Path, what: str, timeout: float) -> None:
+    """Wait for a Streamlit process's health answer; fail with its log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def streamlit_ui(api_url: str, log_dir: Path) -> Iterator[str]:
     """`streamlit run app.py` in a subprocess, from ui/ as `clipsearch ui` runs it, pointed at the API;
@@ -340,16 +372,7 @@ def streamlit_ui(api_url: str, log_dir: Path) -> Iterator[str]:
         process = subprocess.Popen(command, cwd=UI_APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_healthy(process, url, log, "streamlit", 60)
         yield url
     finally:
         process.terminate()

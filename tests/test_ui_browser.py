@@ -15,15 +15,20 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import eventually, make_settings, photo_copies, serve, streamlit_ui
+from tests.helpers import (
+    CHROMIUM,
+    chromium_browser,
+    eventually,
+    make_settings,
+    photo_copies,
+    serve,
+    streamlit_ui,
+)
 
 TESTS = Path(__file__).parent
 APP = TESTS.parent / "ui" / "app.py"
 PHOTOS = 40
 K = 12  # the UI's default number of results
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 GRID_IMAGES = '[data-testid="stMain"] [class*="st-key-results-"] [data-testid="stImage"] img'
 GRID_CAPTIONS = '[class*="st-key-results-"] .cs-path'  # a photo's last folders and name; the path on hover
 
@@ -68,12 +73,8 @@ def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture

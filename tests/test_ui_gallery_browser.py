@@ -9,20 +9,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.clirun import REPO
 from tests.gallery import KEY, api_url, home  # noqa: F401  (the shared collections' fixtures)
-from tests.helpers import free_port, streamlit_ui
+from tests.helpers import CHROMIUM, chromium_browser, free_port, streamlit_ui, wait_until_healthy
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 PATHS = '[data-testid="stMain"] .cs-path'
 
 if not CHROMIUM.exists():
@@ -42,16 +37,7 @@ def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"clipsearch ui did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_healthy(process, url, log, "clipsearch ui", 90)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)  # passed on to streamlit
@@ -63,12 +49,8 @@ def ui_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture
