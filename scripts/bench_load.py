@@ -368,12 +368,7 @@ def subsection(run: dict[str, Any], args: argparse.Namespace) -> str:
     mix = ", ".join(f"{OPERATION_NAMES[op]} {share:.0%}" for op, share in DEFAULT_MIX.items())
     lines = [
         f"### {run['model']}, random weights: {result.clients} clients x {result.seconds:g} s",
-        "",
-        f"Command: `{command_line(args)}`",
-        "",
-        f"{bench.machine_line(run['machine'], *run['loadavg'])} Server and load generator on the same "
-        f"machine, over loopback. Run on {time.strftime('%Y-%m-%d')}.",
-        "",
+        *_provenance(run, args),
         f"Collection: {run['photos']} real photos (imagenet-samples), indexed in {run['index_s']:.1f} s. "
         f"Mix: {mix}; k = {args.k}. Warm-up (not counted): "
         + ", ".join(f"{OPERATION_NAMES[op]} {ms:.0f} ms" for op, ms in run["warmup_ms"].items()) + ".",
@@ -393,18 +388,25 @@ def subsection(run: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison(run: dict[str, Any], args: argparse.Namespace) -> str:
-    """The subsection of a --batching compare run: per mix, each side's rounds, and the on/off ratios."""
-    rounds = run["rounds"]
-    lines = [
-        f"### {run['model']}, random weights, query batching on vs off, {args.clients} clients: "
-        f"{args.rounds} round(s) of {args.seconds:g} s per side",
+def _provenance(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The lines under a section's title: its command, the machine and its load, where and when."""
+    return [
         "",
         f"Command: `{command_line(args)}`",
         "",
         f"{bench.machine_line(run['machine'], *run['loadavg'])} Server and load generator on the same "
         f"machine, over loopback. Run on {time.strftime('%Y-%m-%d')}.",
         "",
+    ]
+
+
+def comparison(run: dict[str, Any], args: argparse.Namespace) -> str:
+    """The subsection of a --batching compare run: per mix, each side's rounds, and the on/off ratios."""
+    rounds = run["rounds"]
+    lines = [
+        f"### {run['model']}, random weights, query batching on vs off, {args.clients} clients: "
+        f"{args.rounds} round(s) of {args.seconds:g} s per side",
+        *_provenance(run, args),
         f"Collection: {run['photos']} real photos (imagenet-samples), indexed in {run['index_s']:.1f} s; "
         f"k = {args.k}. On: the default settings (query_batch 16, query_batch_wait_ms 3); off: "
         "CLIPSEARCH_QUERY_BATCH=1 (one encoder call per query, one at a time per tower). A new server per "
