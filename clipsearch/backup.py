@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,13 @@ def snapshot(out: Path, collection: str | None, as_json: bool) -> None:
     any store (edge, qdrant, faiss). The collection's write lock is held meanwhile."""
     settings = settings_from_flags(collection=collection)
 
-    def through(shop: Any) -> TransferReport:
+    def run_snapshot(shop: Any) -> TransferReport:
+        started = time.perf_counter()
         done = shop.snapshot(out)
-        return TransferReport(done.collection, done.store, done.points, done.vectors, 0.0, archive=str(out),
-                              bytes=out.stat().st_size)
+        return TransferReport(done.collection, done.store, done.points, done.vectors,
+                              time.perf_counter() - started, archive=str(out), bytes=out.stat().st_size)
 
-    report = remote.local_or_through_server(
-        settings, settings.collection,
-        lambda: transfer.snapshot_collection(settings, settings.collection, out, progress=not as_json),
-        remote.through_client(settings, settings.collection, through))
+    report = remote.on_collection(settings, settings.collection, run_snapshot, progress=not as_json)
     _done(report, as_json, f"wrote {report.points} points of {report.collection!r} to {out}")
 
 

@@ -129,9 +129,6 @@ def index(
     product catalogs); drop the ones that are gone. See docs/catalogs.md.
 
     An existing collection keeps the model recorded with it unless --model/--pretrained are given."""
-    from indexer.ingest.catalog import ColumnMapping
-    from indexer.ingest.catalog_run import index_paths
-
     settings = settings_from_flags(
         model=model,
         pretrained=pretrained,
@@ -140,21 +137,26 @@ def index(
         workers=workers,
         precision=precision,
     )
-    mapping = ColumnMapping.from_flags(id_column, image_columns, text_columns, fields)
     progress = not as_json or sys.stderr.isatty()
     name = collection or settings.collection
-    if remote.serving_url(settings, name) is not None:
-        report = _index_through_server(settings, name, sources)
-    elif ray_address is not None:
+    if ray_address is not None and remote.serving_url(settings, name) is None:
         from indexer.ingest.catalog import is_catalog
         from indexer.ingest.ray_run import index_on_ray
+        from indexer.results import IndexReport
 
         if any(is_catalog(source) for source in sources):
             raise click.UsageError("--ray indexes folders and image files: index catalogs without --ray")
-        report = index_on_ray(settings, list(sources), collection, address=ray_address, progress=progress)
+        ray_report = index_on_ray(settings, list(sources), collection, address=ray_address, progress=progress)
+        report = IndexReport.from_json(ray_report.summary())
     else:
-        report = index_paths(settings, list(sources), mapping, collection, progress=progress)
-    s = report.summary()
+        fields_given = dict(_field_flag(spec) for spec in fields)
+
+        def run_index(shop: Any) -> Any:
+            return shop.index(list(sources), id_column=id_column, image_columns=image_columns,
+                              text_columns=text_columns, fields=fields_given, progress=progress)
+
+        report = remote.on_collection(settings, name, run_index)
+    s = report.to_json()
     if as_json:
         emit(s)
     else:
@@ -394,20 +396,7 @@ def status(collection: str | None, as_json: bool) -> None:
     holds it, if one does)."""
     settings = settings_from_flags()
     name = collection or settings.collection
-
-    def local() -> dict[str, Any]:
-        from indexer.search.engine import collection_status
-        from indexer.stores import open_store
-
-        store = open_store(settings, name)
-        try:
-            return collection_status(store)
-        finally:
-            store.close()
-
-    report = remote.local_or_through_server(
-        settings, name, local, lambda url: remote.call(settings, url, "GET", f"/v1/collections/{name}/status")
-    )
+    report = remote.on_collection(settings, name, lambda c: c.status()).to_json()
     if as_json:
         emit(report)
         return
@@ -524,24 +513,14 @@ def serve(
         pass
 
 
-def _index_through_server(settings: Settings, name: str, sources: tuple[Path, ...]) -> Any:
-    """`index` while a server holds the collection: it syncs its --watch folders now, if SOURCES are
-    among them (else the server says what to do)."""
-    from indexer.errors import Conflict
-    from indexer.ingest.catalog import is_catalog
-    from indexer.ingest.pipeline import IndexReport
+def _field_flag(spec: str) -> tuple[str, str]:
+    """--field NAME:TYPE as a (name, type) of Collection.index's `fields`."""
+    from indexer.fieldtypes import FIELD_TYPES
 
-    if any(is_catalog(source) for source in sources):
-        raise Conflict(f"the running server holds collection {name!r}: stop it to index catalogs into it "
-                       "(its --watch indexes folders only)")
-
-    def through(shop: Any) -> IndexReport:
-        done = shop.index(list(sources))
-        return IndexReport(done.collection, done.embedded, done.unchanged, done.removed, done.failed,
-                           done.seconds)
-
-    url = remote.serving_url(settings, name) or ""
-    return remote.through_client(settings, name, through)(url)
+    name, _, kind = spec.rpartition(":")
+    if not name.strip() or kind.strip() not in FIELD_TYPES:
+        raise BadInput(f"--field {spec!r}: write NAME:TYPE with TYPE one of {', '.join(FIELD_TYPES)}")
+    return name.strip(), kind.strip()
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from indexer.collection import (
     query_terms,
 )
 from indexer.durable import write_atomic
-from indexer.errors import BadInput, Unavailable, error_for_status
+from indexer.errors import BadInput, Conflict, Unavailable, error_for_status
+from indexer.ingest.progress import IndexProgress
 from indexer.results import (
     Classified,
     Clusters,
@@ -86,12 +87,18 @@ class RemoteCollection:
 
     def index(self, sources: Sequence[str | Path], *, id_column: str | None = None,
               image_columns: Sequence[str] = (), text_columns: str | Sequence[str] | None = None,
-              fields: dict[str, str] | None = None, progress: bool = False) -> IndexReport:
-        """Asks the server to bring its --watch folders in line now; sources must be among them."""
+              fields: dict[str, str] | None = None,
+              progress: bool | Callable[[IndexProgress], None] = False) -> IndexReport:
+        """Asks the server to bring its --watch folders in line now; sources must be among them. A
+        `progress` function is called once, when the server's sync has ended (stage "done")."""
         if isinstance(sources, (str, Path)):
             sources = [sources]
         body = {"sources": [str(Path(s).absolute()) for s in sources]}  # as the server names its folders
-        return IndexReport.from_json(self._post(f"{self._base}/sync", json=body))
+        report = IndexReport.from_json(self._post(f"{self._base}/sync", json=body))
+        if callable(progress):
+            images = report.embedded + report.failed
+            progress(IndexProgress("done", "", images, images, report.embedded, report.failed))
+        return report
 
     # --- search --------------------------------------------------------------------------------
 
@@ -218,8 +225,12 @@ class RemoteCollection:
         params = _params(threshold=threshold, hash_distance=hash_distance, vector=vector)
         return Duplicates.from_json(self._request("GET", f"{self._base}/duplicates", params=params))
 
-    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
-                 ) -> Clusters:
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None,
+                 store: bool = False, neighbours: int = 10) -> Clusters:
+        if store:
+            raise Conflict("storing clusters (store=True, `clipsearch clusters --store`) writes every item, "
+                           "which a server does not do: cluster without storing through it, or store them "
+                           "where no server holds the collection (stop it first)")
         params = _params(k=k, central=central, seed=seed, vector=vector)
         return Clusters.from_json(self._request("GET", f"{self._base}/clusters", params=params))
 
@@ -228,10 +239,18 @@ class RemoteCollection:
         return Outliers.from_json(self._request("GET", f"{self._base}/outliers", params=params))
 
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
-               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
-               ) -> Exported:
+               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False,
+               query: str | None = None, k: int = 100, copy: bool = False) -> Exported:
         """csv, jsonl and COCO documents are written to `out` here; folders are exported where the
         collection is (`clipsearch export` on the server's machine)."""
+        if query is not None:
+            raise Conflict("a server exports the items passing a filter, not a query's results (query=, "
+                           "`clipsearch export --query`): export with where=/--where through it, or export "
+                           "the query where no server holds the collection (stop it first)")
+        if format not in ("csv", "jsonl", "coco"):
+            raise Conflict(f"a server sends csv, jsonl and COCO documents (--format csv, jsonl or coco), not "
+                           f"{format} folders: export {format} where no server holds the collection (stop it "
+                           "first)")
         document, report = self.export_document(format, where=where, filter=filter, run=run,
                                                 formulas=formulas)
         Path(out).parent.mkdir(parents=True, exist_ok=True)

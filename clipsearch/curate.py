@@ -1,8 +1,8 @@
 """`clipsearch label / export / eval`: zero-shot labelling of whole collections, exports, and measuring
 a model on labelled data (docs/curation.md).
 
-label and export work on the collection directly (an embedded collection held by a running server is
-refused with CollectionBusy: stop the server, or use the review routes it serves).
+Each is a call on the collection (indexer.collection.CollectionAPI): the local one, or the running
+server's that holds it (clipsearch.remote.on_collection), the same call either way.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +20,6 @@ from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.errors import BadInput, Conflict
 from indexer.limits import load_json
-from indexer.settings import LimitsSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 TOP_COUNTS = 20  # labels listed by the human-readable summary
@@ -39,13 +39,10 @@ def filter_options(func: F) -> F:
     )(func)
 
 
-def query_filter(where: tuple[str, ...], filter_json: str | None, max_depth: int) -> dict[str, Any] | None:
-    """The query filter (field names) of --where and --filter together; None for neither. `max_depth`:
-    how deeply --filter may nest (CLIPSEARCH_LIMITS_JSON_DEPTH)."""
-    from indexer.search.options import combined_filter
-
-    given = load_json(filter_json, "--filter", max_depth) if filter_json else None
-    return combined_filter(list(where), given)
+def given_filter(filter_json: str | None, max_depth: int) -> dict[str, Any] | None:
+    """--filter's JSON (None without it); `max_depth`: how deeply it may nest (CLIPSEARCH_LIMITS_JSON_DEPTH).
+    --where goes to the collection as it is: it reads the expressions against its declared fields."""
+    return load_json(filter_json, "--filter", max_depth) if filter_json else None
 
 
 # --- label ----------------------------------------------------------------------------------------
@@ -78,31 +75,24 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
 
     The labels go into each item's metadata as indexed fields named after --run, so `--where label=cat`
     and counts work on them; review them in the UI's Review page."""
-    from indexer.curation.labels import BUILTIN_TEMPLATES, label_collection, load_labels, load_templates
+    from indexer.curation.labels import BUILTIN_TEMPLATES, load_labels
 
     settings = settings_from_flags(device=device, collection=collection)
     names = load_labels(labels, labels_file)
-    wanted = query_filter(where, filter_json, settings.limits.json_depth)
+    wanted = given_filter(filter_json, settings.limits.json_depth)
+    builtin = templates is not None and templates.strip().lower() in BUILTIN_TEMPLATES
+    chosen = templates.strip().lower() if templates is not None and builtin else templates
 
-    def local() -> dict[str, Any]:
-        return label_collection(
-            settings, None, names, query_filter=wanted, templates=load_templates(templates), run=run,
-            top_k=top_k, threshold=threshold, vector=vector, progress=not as_json or sys.stderr.isatty(),
-        ).summary()
-
-    def through(shop: Any) -> dict[str, Any]:
-        if templates is not None and templates.strip().lower() not in BUILTIN_TEMPLATES:
+    def run_label(shop: Any) -> dict[str, Any]:
+        if chosen is not None and not builtin and remote.is_remote(shop):
             raise BadInput(f"--templates {templates}: the server that holds the collection takes a "
                            f"built-in set ({', '.join(BUILTIN_TEMPLATES)}); give one, or stop the server to "
                            "use a file")
-        chosen = templates.strip().lower() if templates else None
-        done = shop.label(names, run=run, top_k=top_k, threshold=threshold, templates=chosen, filter=wanted,
-                          vector=vector)
-        return {"run": done.run, "labeled": done.labeled, "unsure": done.unsure, "counts": done.counts,
-                "seconds": done.seconds}
+        return asdict(shop.label(names, run=run, top_k=top_k, threshold=threshold, templates=chosen,
+                                 where=list(where), filter=wanted, vector=vector))
 
-    summary = remote.local_or_through_server(settings, settings.collection, local,
-                                             remote.through_client(settings, settings.collection, through))
+    summary = remote.on_collection(settings, settings.collection, run_label,
+                                   progress=not as_json or sys.stderr.isatty())
     if as_json:
         emit(summary)
         return
@@ -144,84 +134,25 @@ def export(out: Path, fmt: str, where: tuple[str, ...], filter_json: str | None,
     if duplicates and (query or where or filter_json or run):
         raise click.UsageError("--duplicates exports the whole report: no --query, --where, --filter, --run")
 
+    from indexer.curation.export import DUPLICATES
+    from indexer.curation.labels import DEFAULT_RUN
+
     settings = settings_from_flags(collection=collection)
-    wanted = query_filter(where, filter_json, settings.limits.json_depth)
+    wanted = given_filter(filter_json, settings.limits.json_depth)
 
-    def through(shop: Any) -> dict[str, Any]:
-        if duplicates or query is not None or copy or fmt not in ("csv", "jsonl", "coco"):
-            raise Conflict("the running server holds the collection: through it, export takes --format csv, "
-                           "jsonl or coco with --where/--filter/--run (no --query, --duplicates, --copy, "
-                           "folders); for the others, stop the server first")
-        chosen = run if run is not None else ("label" if "label" in shop.label_runs() else None)
-        done = shop.export(out, fmt, filter=wanted, run=chosen, formulas=csv_formulas)
-        return {"format": done.format, "out": done.out, "items": done.items, "labelled": done.labelled,
-                "files": 0, "missing": 0}
+    def run_export(shop: Any) -> dict[str, Any]:
+        chosen = DUPLICATES if duplicates else run
+        if chosen is None and DEFAULT_RUN in shop.label_runs():
+            chosen = DEFAULT_RUN
+        return asdict(shop.export(out, fmt, where=list(where), filter=wanted, run=chosen,
+                                  formulas=csv_formulas, query=query, k=k, copy=copy))
 
-    report = remote.local_or_through_server(
-        settings, settings.collection,
-        lambda: _export_here(settings, out, fmt, wanted, run, query, k, duplicates, copy, as_json,
-                             csv_formulas),
-        remote.through_client(settings, settings.collection, through))
+    report = remote.on_collection(settings, settings.collection, run_export, progress=not as_json)
     if as_json:
         emit(report)
         return
     missing = f", {report['missing']} files missing" if report["missing"] else ""
     click.echo(f"{report['items']} items ({report['labelled']} labelled) exported to {out} as {fmt}{missing}")
-
-
-def _export_here(settings: Any, out: Path, fmt: str, wanted: dict[str, Any] | None, run: str | None,
-                 query: str | None, k: int, duplicates: bool, copy: bool, as_json: bool,
-                 csv_formulas: bool = False) -> dict[str, Any]:
-    from indexer.curation.export import DUPLICATES, collect, duplicate_items
-    from indexer.curation.export import export as write_export
-    from indexer.curation.labels import DEFAULT_RUN, label_runs
-
-    collection = settings.collection
-    with _opened(settings, collection, query is not None) as (store, engine):
-        if duplicates:
-            from indexer.curation.duplicates import find_duplicates
-
-            # Read-only: images hashed at index time (or by `clipsearch duplicates`) are compared by hash.
-            report = find_duplicates(store, compute_missing=False, progress=not as_json)
-            items, run = duplicate_items(store, report), DUPLICATES
-        elif query is not None:
-            found = engine.search_text(query, k, filter=wanted).results
-            items = collect(store, hits=[(r.id, r.score) for r in found])
-        else:
-            items = collect(store, _store_filter(store, wanted, settings.limits))
-        if run is None and DEFAULT_RUN in label_runs(store):
-            run = DEFAULT_RUN
-        return write_export(store, items, fmt, out, run=run, copy=copy, formulas=csv_formulas).summary()
-
-
-def _store_filter(store: Any, wanted: dict[str, Any] | None, limits: LimitsSettings) -> Any:
-    from indexer.stores.filters import Filter
-
-    parsed = Filter.parse(wanted, limits)
-    return parsed.resolve(store.schema) if parsed is not None and not parsed.is_empty() else None
-
-
-class _opened:
-    """The collection's store, and a search engine over it when a query needs the model."""
-
-    def __init__(self, settings: Any, collection: str | None, with_engine: bool) -> None:
-        self.settings, self.collection, self.with_engine = settings, collection, with_engine
-        self.engine: Any = None
-        self.store: Any = None
-
-    def __enter__(self) -> tuple[Any, Any]:
-        if self.with_engine:
-            from indexer.search.engine import SearchEngine
-
-            self.engine = SearchEngine(self.settings, self.collection)
-            return self.engine.store, self.engine
-        from indexer.stores import open_store
-
-        self.store = open_store(self.settings, self.collection or self.settings.collection)
-        return self.store, None
-
-    def __exit__(self, *exc: object) -> None:
-        (self.engine or self.store).close()
 
 
 # --- eval -----------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +15,7 @@ import click
 from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
-from indexer.errors import BadInput, Conflict
-
-
-@contextmanager
-def _writable(collection: str | None, command: str) -> Iterator[Any]:
-    """The collection's store under its write lock: both commands may store fields."""
-    from indexer.locking import collection_lock
-    from indexer.stores import open_store
-
-    settings = settings_from_flags(collection=collection)
-    with collection_lock(settings.home, settings.collection, holder=f"clipsearch {command}"):
-        store = open_store(settings, settings.collection)
-        try:
-            yield store
-        finally:
-            store.close()
+from indexer.errors import BadInput
 
 
 @click.command()
@@ -75,7 +60,6 @@ def duplicates(
     """Groups of exact (same bytes) and near duplicates, each with the image to keep: the largest,
     then the oldest. Never deletes anything. Files indexed before hashes were taken are hashed now
     (and their hashes stored)."""
-    from indexer.curation.duplicates import find_duplicates
     from indexer.curation.export import duplicate_lists, write_list
 
     lists = {"keep": keep_list, "remove": remove_list}
@@ -84,27 +68,17 @@ def duplicates(
             raise BadInput(f"--{which}-list {out} must end in .csv or .json (its format)")
     settings = settings_from_flags(collection=collection)
 
-    def local() -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        with _writable(collection, "duplicates") as store:
-            found = find_duplicates(store, threshold=threshold, hash_distance=hash_distance, vector=vector,
-                                    progress=not as_json or sys.stderr.isatty())
-            items = [(r.id, str(r.payload.get("uri", ""))) for r in store.scan()] if keep_list else []
-            return found, items
-
-    def through(url: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        params = {"threshold": threshold, "hash_distance": hash_distance,
-                  **({"vector": vector} if vector else {})}
-        found = remote.call(settings, url, "GET", f"/v1/collections/{settings.collection}/duplicates",
-                            params=params)
+    def run_duplicates(shop: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        found = asdict(shop.duplicates(threshold=threshold, hash_distance=hash_distance, vector=vector))
         items = []
-        if keep_list:  # every item's id and uri, for the keep list: the server's JSON Lines export
-            answer = remote.call(settings, url, "POST", f"/v1/collections/{settings.collection}/export",
-                                 json={"format": "jsonl"})
-            rows = (json.loads(line) for line in str(answer["document"]).splitlines() if line.strip())
+        if keep_list:  # every item's id and uri, for the keep list: the collection's JSON Lines export
+            document, _ = shop.export_document("jsonl")
+            rows = (json.loads(line) for line in document.splitlines() if line.strip())
             items = [(str(row["id"]), str(row.get("uri", ""))) for row in rows]
         return found, items
 
-    report, items = remote.local_or_through_server(settings, settings.collection, local, through)
+    report, items = remote.on_collection(settings, settings.collection, run_duplicates,
+                                         progress=not as_json or sys.stderr.isatty())
     rows = duplicate_lists(report, items) if keep_list or remove_list else {}
     for which, out in lists.items():
         if out is not None:
@@ -152,31 +126,18 @@ def clusters(
 ) -> None:
     """k-means clusters of the collection's images (FAISS, spherical), each with its size and most
     central images, and the most isolated images (outliers) first."""
-    from indexer.curation.clusters import cluster_collection
-
     settings = settings_from_flags(collection=collection)
 
-    def local() -> dict[str, Any]:
-        with _writable(collection, "clusters") as store:
-            return cluster_collection(
-                store, k, vector=vector, central=central, outliers=outliers, neighbours_k=neighbours,
-                save=save, seed=seed, progress=not as_json or sys.stderr.isatty(),
-            )
+    def run_clusters(shop: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        found = shop.clusters(k, central=central, seed=seed, vector=vector, store=save, neighbours=neighbours)
+        isolated = shop.outliers(outliers, neighbours=neighbours, vector=vector).outliers if outliers else []
+        return {"k": found.k, "clusters": [asdict(c) for c in found.clusters],
+                "outliers": [asdict(o) for o in isolated], "stored": save,
+                "seconds": round(time.perf_counter() - started, 3)}
 
-    def through(url: str) -> dict[str, Any]:
-        if save:
-            raise Conflict("clusters --store writes every item, which the running server holds: run "
-                           "`clipsearch clusters` without --store now, or with it once the server is stopped")
-        base = f"/v1/collections/{settings.collection}"
-        given = {"vector": vector} if vector else {}
-        found = remote.call(settings, url, "GET", f"{base}/clusters",
-                            params={"k": k, "central": central, "seed": seed, **given})
-        isolated = remote.call(settings, url, "GET", f"{base}/outliers",
-                               params={"limit": max(outliers, 1), "neighbours": neighbours, **given})
-        return {"k": found["k"], "clusters": found["clusters"], "outliers": isolated["outliers"][:outliers],
-                "stored": False}
-
-    report = remote.local_or_through_server(settings, settings.collection, local, through)
+    report = remote.on_collection(settings, settings.collection, run_clusters,
+                                  progress=not as_json or sys.stderr.isatty())
     if as_json:
         emit(report)
         return

@@ -70,13 +70,22 @@ def through_client(settings: Settings, collection: str, fn: Callable[[Any], T]) 
     return through
 
 
-def on_collection(settings: Settings, collection: str, fn: Callable[[Any], T]) -> T:
-    """fn with the collection (indexer.collection.CollectionAPI): the local one, or, when a live server
-    holds it, the server's through the client. The same fn either way."""
+def on_collection(settings: Settings, collection: str, fn: Callable[[Any], T], *,
+                  progress: bool = False) -> T:
+    """fn with the collection (indexer.collection.CollectionAPI): the local one (`progress`: its tqdm
+    bars on stderr), or, when a live server holds it, the server's through the client. The same fn
+    either way: every command that reads or changes a collection is one call of this."""
     from indexer.collection import Collection
 
     def local() -> T:
-        with Collection(settings, collection) as opened:
+        with Collection(settings, collection, progress=progress) as opened:
             return fn(opened)
 
     return local_or_through_server(settings, collection, local, through_client(settings, collection, fn))
+
+
+def is_remote(collection: Any) -> bool:
+    """Whether a collection fn was given is a server's (for what only the server's answer lacks)."""
+    from indexer.collection import Collection
+
+    return not isinstance(collection, Collection)

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 from indexer.errors import BadInput
+from indexer.ingest.progress import IndexProgress, ProgressCallback
 from indexer.results import (
     Classified,
     Clusters,
@@ -96,19 +97,23 @@ class LocalAccess:
 class Collection:
     """One collection. `Collection.open(name, settings)`; a collection that does not exist yet is
     created by its first `index` (or `put_item` is refused with advice). Use it as a context manager,
-    or call `close()`, to let the store go."""
+    or call `close()`, to let the store go. `progress`: tqdm bars on stderr for the long runs (label,
+    duplicates, clusters, export of duplicates, reembed, snapshot), as the command line shows them."""
 
-    def __init__(self, settings: Settings, name: str | None = None, access: Access | None = None) -> None:
+    def __init__(self, settings: Settings, name: str | None = None, access: Access | None = None,
+                 *, progress: bool = False) -> None:
         self.settings = settings
         self.name = name or settings.collection
+        self.progress = progress
         self._access: Access = access or LocalAccess(settings, self.name)
 
     @classmethod
-    def open(cls, name: str | None = None, settings: Settings | None = None) -> Collection:
+    def open(cls, name: str | None = None, settings: Settings | None = None, *, progress: bool = False
+             ) -> Collection:
         from indexer.stores import check_collection_name
 
         settings = settings or Settings()
-        collection = cls(settings, name)
+        collection = cls(settings, name, progress=progress)
         check_collection_name(collection.name)
         return collection
 
@@ -134,14 +139,19 @@ class Collection:
         image_columns: Sequence[str] = (),
         text_columns: str | Sequence[str] | None = None,
         fields: dict[str, str] | None = None,
-        progress: bool = False,
+        progress: bool | Callable[[IndexProgress], None] = False,
     ) -> IndexReport:
         """Embed new and changed images under `sources` (folders, image files, .csv/.jsonl/.parquet
         catalogs), drop the ones that are gone; creates the collection with the settings' model.
-        `progress`: tqdm bars on stderr."""
+        `progress`: True for tqdm bars on stderr, or a function called with an IndexProgress (stage,
+        source, done, total, embedded, failed) once each source is read, after each batch, and last
+        with stage "done" and the report's counts."""
         from indexer.ingest.catalog import ColumnMapping
         from indexer.ingest.catalog_run import index_paths
 
+        if not isinstance(progress, bool) and not callable(progress):
+            raise BadInput("progress is True (tqdm bars), False, or a function called with an "
+                           f"IndexProgress; not {type(progress).__name__}")
         if isinstance(sources, (str, Path)):
             sources = [sources]
         texts = text_columns if text_columns is None or isinstance(text_columns, str) \
@@ -307,7 +317,7 @@ class Collection:
             clip = engine.models.get(spec.model)
             report = label_store(engine.store, clip, names, templates=chosen, run=run, top_k=top_k,
                                  threshold=threshold, vector=spec.name, store_filter=store_filter,
-                                 progress=False)
+                                 progress=self.progress)
             return LabelRun.from_json(report.summary())
 
         return self._write(run_labels, "clipsearch label")
@@ -349,16 +359,22 @@ class Collection:
         hashes within hash_distance bits), each with the one to keep."""
         from indexer.curation.duplicates import find_duplicates
 
-        return Duplicates.from_json(self._call(lambda engine: find_duplicates(
-            engine.store, threshold=threshold, hash_distance=hash_distance, vector=vector)))
+        # A write: the hashes of files indexed before hashes were taken are stored.
+        return Duplicates.from_json(self._write(lambda engine: find_duplicates(
+            engine.store, threshold=threshold, hash_distance=hash_distance, vector=vector,
+            progress=self.progress), "clipsearch duplicates"))
 
-    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
-                 ) -> Clusters:
-        """k-means clusters with their sizes and most central items."""
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None,
+                 store: bool = False, neighbours: int = 10) -> Clusters:
+        """k-means clusters with their sizes and most central items. `store`: also write `cluster` and
+        `outlier` (1 - mean cosine to the nearest `neighbours`) into every item's metadata."""
         from indexer.curation.clusters import cluster_collection
 
-        return Clusters.from_json(self._call(lambda engine: cluster_collection(
-            engine.store, k, vector=vector, central=central, outliers=0, seed=seed)))
+        def run(engine: SearchEngine) -> dict[str, Any]:
+            return cluster_collection(engine.store, k, vector=vector, central=central, outliers=0,
+                                      neighbours_k=neighbours, save=store, seed=seed, progress=self.progress)
+
+        return Clusters.from_json(self._write(run, "clipsearch clusters") if store else self._call(run))
 
     def outliers(self, limit: int = 50, *, neighbours: int = 10, vector: str | None = None) -> Outliers:
         """The most isolated items first (score: 1 - mean cosine to their nearest `neighbours`)."""
@@ -378,32 +394,51 @@ class Collection:
         return Outliers.from_json(self._call(run))
 
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
-               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
-               ) -> Exported:
+               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False,
+               query: str | None = None, k: int = 100, copy: bool = False) -> Exported:
         """Write the items passing the filter to `out`: csv, jsonl, coco (a label `run`'s labels as
-        image-level annotations; run="@duplicates": the duplicate groups), or the folders imagefolder
-        and fiftyone. CSV cells that start like a spreadsheet formula get a leading `'` unless
-        `formulas` (for data pipelines)."""
-        from indexer.curation.export import collect, export
+        image-level annotations; run="@duplicates": the duplicate groups, with the group as the label),
+        or the folders imagefolder and fiftyone (images symlinked, or copied with `copy`). `query`: the
+        `k` best results of this text search instead, in their order, with their scores. CSV cells that
+        start like a spreadsheet formula get a leading `'` unless `formulas` (for data pipelines)."""
+        from indexer.curation.export import export
 
         def run_export(engine: SearchEngine) -> Exported:
-            query_filter = combined_filter(where, filter, dict(engine.schema.fields))
-            items = collect(engine.store, engine.store_filter(query_filter))
-            report = export(engine.store, items, format, Path(out), run=run, formulas=formulas)
-            return Exported(report.format, report.out, report.items, report.labelled)
+            items = self._export_items(engine, where, filter, run, query, k)
+            report = export(engine.store, items, format, Path(out), run=run, copy=copy, formulas=formulas)
+            return Exported(report.format, report.out, report.items, report.labelled, report.files,
+                            len(report.missing))
 
         return self._call(run_export)
+
+    def _export_items(self, engine: SearchEngine, where: str | Sequence[str] | None,
+                      filter: dict[str, Any] | None, run: str | None, query: str | None, k: int) -> list[Any]:
+        """What an export writes: the duplicate groups' members, a query's hits, or the filtered items."""
+        from indexer.curation.export import DUPLICATES, collect, duplicate_items
+
+        if run == DUPLICATES:
+            if query is not None or where or filter:
+                raise BadInput("an export of the duplicate groups takes the whole report: no query or filter")
+            from indexer.curation.duplicates import find_duplicates
+
+            # Read-only: images hashed at index time (or by `duplicates`) are compared by their hashes.
+            report = find_duplicates(engine.store, compute_missing=False, progress=self.progress)
+            return duplicate_items(engine.store, report)
+        query_filter = combined_filter(where, filter, dict(engine.schema.fields))
+        if query is not None:
+            found = engine.search_text(query, k, filter=query_filter).results
+            return collect(engine.store, hits=[(r.id, r.score) for r in found])
+        return collect(engine.store, engine.store_filter(query_filter))
 
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
                         filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
                         ) -> tuple[str, Exported]:
         """The csv, jsonl or COCO document `export` would write, as text, with its counts (the HTTP
         route's answer; a client writes it where its user asked)."""
-        from indexer.curation.export import collect, export_document
+        from indexer.curation.export import export_document
 
         def render(engine: SearchEngine) -> tuple[str, Exported]:
-            query_filter = combined_filter(where, filter, dict(engine.schema.fields))
-            items = collect(engine.store, engine.store_filter(query_filter))
+            items = self._export_items(engine, where, filter, run, None, 0)
             document, report = export_document(engine.store, items, format, run=run, formulas=formulas)
             return document, Exported(format, "", report.items, report.labelled)
 
@@ -450,22 +485,29 @@ class Collection:
         is filled. Queries keep using the active vector until `activate`."""
         from indexer.ingest.reembed import reembed
 
-        self._access.exclusive(
-            lambda: reembed(self.settings, self.name, model, pretrained, vector=name, progress=False),
+        report = self._access.exclusive(
+            lambda: reembed(self.settings, self.name, model, pretrained, vector=name, progress=self.progress),
             "reembed",
         )
-        return self.vectors()
+        # The run, as a server's vectors list its re-embedding job: on the vector it filled.
+        job = {"state": "done", **{k: v for k, v in report.summary().items() if k not in ("collection",
+                                                                                       "vector", "state")}}
+        vectors = self.vectors()
+        for info in vectors.vectors:
+            if info.name == report.vector:
+                info.job = job
+        return vectors
 
     def activate(self, name: str) -> Vectors:
         from indexer.ingest.reembed import activate
 
-        self._call(lambda engine: activate(engine.store, name))
+        self._write(lambda engine: activate(engine.store, name), "clipsearch vectors")
         return self.vectors()
 
     def drop_vector(self, name: str) -> Vectors:
         from indexer.ingest.reembed import drop_vector
 
-        self._call(lambda engine: drop_vector(engine.store, name))
+        self._write(lambda engine: drop_vector(engine.store, name), "clipsearch vectors")
         return self.vectors()
 
     # --- the collection ------------------------------------------------------------------------
@@ -478,7 +520,8 @@ class Collection:
         """Every point (vectors, payloads, schema) to a portable archive at `out` (.tar or .tar.gz)."""
         from indexer.stores.transfer import snapshot
 
-        report = self._call(lambda engine: snapshot(engine.store, out, store_kind=self.settings.store))
+        report = self._write(lambda engine: snapshot(engine.store, out, store_kind=self.settings.store,
+                                                     progress=self.progress), "clipsearch snapshot")
         return Transfer.from_json(report.to_json())
 
     # --- internals -----------------------------------------------------------------------------
@@ -533,7 +576,8 @@ class CollectionAPI(Protocol):
     def close(self) -> None: ...
     def index(self, sources: Sequence[str | Path], *, id_column: str | None = None,
               image_columns: Sequence[str] = (), text_columns: str | Sequence[str] | None = None,
-              fields: dict[str, str] | None = None, progress: bool = False) -> IndexReport: ...
+              fields: dict[str, str] | None = None,
+              progress: bool | Callable[[IndexProgress], None] = False) -> IndexReport: ...
     def search(self, text: str | None = None, *, image: ImageLike | None = None, like: str | None = None,
                query: QueryTerms | None = None, k: int = 10, where: str | Sequence[str] | None = None,
                filter: dict[str, Any] | None = None, mode: str | None = None, keywords: str | None = None,
@@ -564,12 +608,12 @@ class CollectionAPI(Protocol):
                label: str | None = None) -> list[ReviewItem]: ...
     def duplicates(self, *, threshold: float = DEFAULT_THRESHOLD, hash_distance: int = HASH_DISTANCE,
                    vector: str | None = None) -> Duplicates: ...
-    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None
-                 ) -> Clusters: ...
+    def clusters(self, k: int = 20, *, central: int = 6, seed: int = 0, vector: str | None = None,
+                 store: bool = False, neighbours: int = 10) -> Clusters: ...
     def outliers(self, limit: int = 50, *, neighbours: int = 10, vector: str | None = None) -> Outliers: ...
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
-               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
-               ) -> Exported: ...
+               filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False,
+               query: str | None = None, k: int = 100, copy: bool = False) -> Exported: ...
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
                         filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
                         ) -> tuple[str, Exported]: ...
@@ -648,4 +692,5 @@ def _written(write: Any) -> ItemWritten:
                        list(write.point_ids))
 
 
-__all__ = ["Collection", "CollectionAPI", "LocalAccess", "copy", "restore"]
+__all__ = ["Collection", "CollectionAPI", "IndexProgress", "LocalAccess", "ProgressCallback", "copy",
+           "restore"]

@@ -131,6 +131,10 @@ class VectorInfo:
     def from_json(cls, data: dict[str, Any]) -> VectorInfo:
         return cls(**_known(cls, data))
 
+    def to_json(self) -> dict[str, Any]:
+        """As `clipsearch vectors --json` lists it: `job` only where a re-embedding ran or runs."""
+        return {k: v for k, v in asdict(self).items() if k != "job" or v is not None}
+
 
 @dataclass
 class Vectors(_Rows):
@@ -157,12 +161,24 @@ class Status:
     vectors: list[VectorInfo]
     fields: dict[str, str]
     failed: list[dict[str, str]]
+    searchable: list[str] = field(default_factory=list)  # the text fields of keyword search
+    id_fields: list[str] = field(default_factory=list)  # a catalog's id column
+    watch: dict[str, Any] | None = None  # the folders a `serve --watch` keeps in line, and its state
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Status:
         return cls(str(data["collection"]), int(data["count"]), dict(data.get("model") or {}),
                    [VectorInfo.from_json(v) for v in data.get("vectors", [])], dict(data.get("fields") or {}),
-                   [dict(f) for f in data.get("failed", [])])
+                   [dict(f) for f in data.get("failed", [])], list(data.get("searchable") or []),
+                   list(data.get("id_fields") or []), data.get("watch"))
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document of `clipsearch status --json` and the HTTP route."""
+        vectors = [info.to_json() for info in self.vectors]
+        data = {"collection": self.collection, "count": self.count, "model": self.model, "vectors": vectors,
+                "fields": self.fields, "searchable": self.searchable, "id_fields": self.id_fields,
+                "failed": self.failed}
+        return {**data, "watch": self.watch} if self.watch is not None else data
 
 
 @dataclass
@@ -173,10 +189,27 @@ class IndexReport:
     removed: int
     failed: int
     seconds: float
+    # What a run with a catalog adds (None after folders alone): items whose metadata alone changed,
+    # images fetched by URL and the seconds it took, columns stored but not indexed (past
+    # CLIPSEARCH_LIMITS_INDEXED_FIELDS), and notes a user should read (values that did not fit a type).
+    updated: int | None = None
+    downloaded: int | None = None
+    fetch_seconds: float | None = None
+    unindexed: list[str] | None = None
+    notes: list[str] | None = None
+
+    @property
+    def nothing_indexed(self) -> bool:
+        """Every row or file failed: nothing embedded, nothing kept unchanged or updated."""
+        return self.failed > 0 and self.embedded + self.unchanged + (self.updated or 0) == 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IndexReport:
         return cls(**_known(cls, data))
+
+    def to_json(self) -> dict[str, Any]:
+        """The document of `clipsearch index --json`."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -348,6 +381,8 @@ class Exported:
     out: str
     items: int
     labelled: int
+    files: int = 0  # imagefolder, fiftyone: images linked or copied
+    missing: int = 0  # imagefolder, fiftyone: images whose file is gone
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Exported:

@@ -28,8 +28,6 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from tqdm import tqdm
-
 from indexer.errors import CollectionBusy, CollectionNotFound
 from indexer.ingest.batches import decoded_batches
 from indexer.ingest.bounds import indexable_fields
@@ -43,6 +41,7 @@ from indexer.ingest.pipeline import (
     index_sources,
     workers_for,
 )
+from indexer.ingest.progress import IndexTracker, Progress
 from indexer.ingest.sources import SourceItem
 from indexer.locking import collection_lock
 from indexer.models.loading import ClipModel, load_model, set_torch_threads, usable_cpus
@@ -81,11 +80,12 @@ def index_catalog(
     mapping: ColumnMapping,
     collection: str | None = None,
     model: ClipModel | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> CatalogReport:
     """Bring `collection` in line with a catalog file. A new collection gets the given model (or the
-    settings'); an existing one uses the models recorded with it."""
+    settings'); an existing one uses the models recorded with it. `progress`: as index_sources's."""
     collection = collection or settings.collection
+    tracker = IndexTracker.of(progress)
     started = time.perf_counter()
     with collection_lock(settings.home, collection):
         store, catalog, models = _open(settings, collection, catalog_path, mapping, model)
@@ -93,13 +93,15 @@ def index_catalog(
             if not any(m.device.startswith("cuda") for m in models.values()):
                 set_torch_threads(usable_cpus())
             with Fetcher(settings) as fetcher:
-                report = sync_catalog(settings, store, models, catalog, fetcher, progress)
+                report = sync_catalog(settings, store, models, catalog, fetcher, tracker)
         finally:
             store.close()
         from indexer.models.onnx_export import export_for_queries  # imports torch: only where indexing runs
 
         export_for_queries(settings.home, models.values())  # the queries that follow need no torch
     report.seconds = time.perf_counter() - started
+    if tracker is not progress:  # the run is this one (not part of a larger one): its last call
+        tracker.finish(report)
     return report
 
 
@@ -145,7 +147,7 @@ def sync_catalog(
     models: dict[str, ClipModel],
     catalog: Catalog,
     fetcher: Fetcher,
-    progress: bool,
+    progress: Progress,
 ) -> CatalogReport:
     """The sync on an open store (the caller holds the collection lock and checked the models)."""
     report = CatalogReport(collection=store.name, notes=list(catalog.notes))
@@ -186,7 +188,7 @@ def sync_catalog(
     report.removed, report.updated = len(vanished), len(payloads)
     report.unchanged = len(points) - len(to_embed) - len(payloads)
 
-    _embed(settings, store, models, to_embed, source, problems, stored, report, progress)
+    _embed(settings, store, models, to_embed, source, problems, stored, report, IndexTracker.of(progress))
 
     info = store.read_info()
     prefix = failure_key(catalog.path, 0).removesuffix("0")
@@ -261,7 +263,7 @@ def _embed(
     problems: dict[int, list[str]],
     stored: dict[str, Any],
     report: CatalogReport,
-    progress: bool,
+    tracker: IndexTracker,
 ) -> None:
     """Decode and embed the points in batches (the folder pipeline's decoders and models), writing
     each batch on one writer thread while the next one is encoded."""
@@ -270,7 +272,7 @@ def _embed(
     items = [p.item for p in points]
     batches = decoded_batches(items, primary.pixel_transform, settings.max_image_pixels, batch_size, workers,
                               primary.draft_size)
-    bar = tqdm(total=len(points), unit="img", desc=f"indexing {store.name}", disable=not progress)
+    tracker.begin(catalog, len(points), f"indexing {store.name}")
     done = 0
     with ThreadPoolExecutor(max_workers=1) as writer:
         last_write: Future[None] | None = None
@@ -296,10 +298,9 @@ def _embed(
             last_write = writer.submit(_write, store, records, stale)
             report.embedded += len(records)
             report.removed += len(stale)
-            bar.update(len(batch))
+            tracker.advance(len(records), len(batch) - len(records))
         if last_write is not None:
             last_write.result()
-    bar.close()
 
 
 def _write(store: VectorStore, records: list[Record], stale: list[str]) -> None:
@@ -317,19 +318,22 @@ def index_paths(
     sources: Sequence[str | os.PathLike[str]],
     mapping: ColumnMapping | None = None,
     collection: str | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> IndexReport:
     """Index folders and image files (one folder sync) and catalog files (one sync each) into one
-    collection; one report, the counts summed."""
+    collection; one report, the counts summed. `progress`: tqdm bars (True), or a callback with
+    IndexProgress (indexer.ingest.progress) over the whole run, its last call with the report's counts."""
+    tracker = IndexTracker.of(progress)
     catalogs = [Path(s) for s in sources if is_catalog(s) and Path(s).is_file()]
     folders = [s for s in sources if Path(s) not in catalogs]
     reports: list[IndexReport] = []
     if folders:
-        reports.append(index_sources(settings, folders, collection, progress=progress))
+        reports.append(index_sources(settings, folders, collection, progress=tracker))
     for path in catalogs:
         mapping = mapping or ColumnMapping()
-        reports.append(index_catalog(settings, path, mapping, collection, progress=progress))
+        reports.append(index_catalog(settings, path, mapping, collection, progress=tracker))
     if len(reports) == 1:
+        tracker.finish(reports[0])
         return reports[0]
     total = CatalogReport(collection=reports[0].collection)
     for report in reports:
@@ -338,4 +342,5 @@ def index_paths(
         total.failures.extend(report.failures)
         total.unindexed.extend(n for n in getattr(report, "unindexed", []) if n not in total.unindexed)
         total.notes.extend(getattr(report, "notes", []))
+    tracker.finish(total)
     return total

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from indexer.errors import CollectionBusy, CollectionNotFound, ModelMismatchError
 from indexer.ingest.batches import Decoded, decode_item, decoded_batches
 from indexer.ingest.decode import IMAGE_EXTENSIONS
+from indexer.ingest.progress import IndexTracker, Progress
 from indexer.ingest.sources import SourceItem, WalkProblem, item_id, source_roots, walk_folder
 from indexer.locking import collection_lock
 from indexer.models.loading import (
@@ -191,11 +191,13 @@ def index_sources(
     sources: Sequence[str | Path],
     collection: str | None = None,
     model: ClipModel | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> IndexReport:
     """Bring `collection` in line with `sources`: embed new and changed files into every vector of the
-    collection, drop vanished ones. An existing collection uses the models recorded with it."""
+    collection, drop vanished ones. An existing collection uses the models recorded with it.
+    `progress`: tqdm bars (True), a callback with IndexProgress, or a larger run's IndexTracker."""
     collection = collection or settings.collection
+    tracker = IndexTracker.of(progress)
     started = time.perf_counter()
     roots = source_roots(sources)
     with collection_lock(settings.home, collection):
@@ -210,13 +212,15 @@ def index_sources(
         if not any(m.device.startswith("cuda") for m in models.values()):
             set_torch_threads(usable_cpus())  # the encoder takes every core; decoding overlaps it
         try:
-            report = sync_store(settings, store, models, roots, progress)
+            report = sync_store(settings, store, models, roots, tracker)
         finally:
             store.close()
         from indexer.models.onnx_export import export_for_queries  # imports torch: only where indexing runs
 
         export_for_queries(settings.home, models.values())  # the queries that follow need no torch
     report.seconds = time.perf_counter() - started
+    if tracker is not progress:  # the run is this one (not part of a larger one): its last call
+        tracker.finish(report)
     return report
 
 
@@ -228,24 +232,25 @@ def sync_store(
     store: VectorStore,
     models: dict[str, ClipModel],
     roots: Sequence[str | Path],
-    progress: bool,
+    progress: Progress,
     embedder: Embedder | None = None,
     model_of: ModelOf | None = None,
-    on_progress: Progress | None = None,
+    on_progress: Counts | None = None,
 ) -> IndexReport:
     """The ingest on an already open store with the model of each vector loaded: what `index_sources`
     runs under the collection lock, and `serve --watch` on the store its API searches. The caller
     holds the collection lock and has checked the models (`collection_models`). `embedder`: where
     decoding and encoding run (default `embed_here`; indexer.ingest.ray_run runs them on Ray).
     `model_of`: the model of a vector added while the sync runs (a re-embedding inside the server); by
-    default loaded from what the schema records. `on_progress(done, total)`: called once the folders
-    are walked, then after each batch."""
+    default loaded from what the schema records. `progress`: as index_sources's. `on_progress(done,
+    total)`: called once the folders are walked, then after each batch."""
     roots = source_roots(roots)
     problems: list[WalkProblem] = []
     items = _walk_sources(roots, problems)
     stored = {record.id: record.payload for record in store.scan()}
     return _bring_in_line(
-        settings, store, models, roots, items, stored, problems, progress, embedder, model_of, on_progress
+        settings, store, models, roots, items, stored, problems, IndexTracker.of(progress), embedder,
+        model_of, on_progress,
     )
 
 
@@ -276,7 +281,8 @@ def sync_paths(
     if gone_folders:
         stored.update({r.id: r.payload for r in store.scan() if _under(r.payload["uri"], gone_folders)})
     roots = [*files, *folders, *gone_folders]
-    return _bring_in_line(settings, store, models, roots, items, stored, problems, progress, None, model_of)
+    return _bring_in_line(settings, store, models, roots, items, stored, problems, IndexTracker.of(progress),
+                          None, model_of)
 
 
 def _bring_in_line(
@@ -287,10 +293,10 @@ def _bring_in_line(
     items: dict[str, SourceItem],
     stored: dict[str, dict[str, Any]],
     problems: list[WalkProblem],
-    progress: bool,
+    tracker: IndexTracker,
     embedder: Embedder | None = None,
     model_of: ModelOf | None = None,
-    on_progress: Progress | None = None,
+    on_progress: Counts | None = None,
 ) -> IndexReport:
     """Drop the stored items under `roots` that are not in `items`, embed the new and changed items.
     Every record carries every vector the schema has when it is written, one being built included: a
@@ -316,9 +322,7 @@ def _bring_in_line(
         failed[problem.uri] = {"reason": problem.reason}
 
     primary = models[store.schema.active]
-    bar = tqdm(
-        total=len(to_embed), unit="img", desc=f"indexing {store.name}", disable=not progress, smoothing=0.1
-    )
+    tracker.begin(", ".join(str(root) for root in roots), len(to_embed), f"indexing {store.name}")
     done = 0
     if on_progress is not None:
         on_progress(done, len(to_embed))
@@ -345,13 +349,12 @@ def _bring_in_line(
                 last_write.result()
             last_write = writer.submit(_write, store, records, stale)
             report.embedded += len(records)
-            bar.update(len(batch))
+            tracker.advance(len(records), len(bad))
             done += len(batch)
             if on_progress is not None:
                 on_progress(done, len(to_embed))
         if last_write is not None:
             last_write.result()
-    bar.close()
 
     report.failed = len([uri for uri in failed if _under(uri, roots)])
     report.failures = [{"uri": uri, "reason": entry["reason"]} for uri, entry in sorted(failed.items())]
@@ -360,7 +363,7 @@ def _bring_in_line(
     return report
 
 
-Progress = Callable[[int, int], None]  # (files embedded or failed so far, files to embed in this run)
+Counts = Callable[[int, int], None]  # (files embedded or failed so far, files to embed in this run)
 
 
 def _every_vector(
