@@ -21,13 +21,14 @@ if TYPE_CHECKING:
 __all__ = ["open", "connect", "restore", "copy", "Collection", "CollectionAPI", "RemoteCollection"]
 
 
-def open(name: str | None = None, **settings: Any) -> Collection:  # noqa: A001  (clipsearch.open)
+def open(name: str | None = None, *, progress: bool = False, **settings: Any) -> Collection:  # noqa: A001
     """The local collection `name` (default: the `collection` setting). `settings`: keyword overrides
     of indexer.settings.Settings (home=, store=, model=, pretrained=, device=, ...; a section as a
-    dict, qdrant={"url": ...}), over the CLIPSEARCH_* variables and the defaults."""
+    dict, qdrant={"url": ...}), over the CLIPSEARCH_* variables and the defaults. `progress`: tqdm bars
+    on stderr for the long runs (label, duplicates, clusters, reembed, snapshot)."""
     from indexer.collection import Collection
 
-    return Collection.open(name, _settings(settings))
+    return Collection.open(name, _settings(settings), progress=progress)
 
 
 def connect(url: str, key: str | None = None, collection: str | None = None) -> RemoteCollection:

@@ -208,46 +208,19 @@ def search(
     settings = settings_from_flags()
     name = collection or settings.collection
     flags = VlmFlags(rerank, top_n, mode, explain)
-
     labels: list[ItemLabels] = []
 
-    def local() -> dict[str, Any]:
-        from indexer.search.engine import SearchEngine
-
-        window = flags.window(k, settings)
-        with SearchEngine(settings, name, warm=False) as engine:
-            found = ask.run(engine, window, vector)
-            if not as_json:
-                schema = engine.schema
-                labels.append(ItemLabels.of({"fields": schema.fields, "searchable": schema.searchable,
-                                             "id_fields": schema.id_fields}))
-            # The files, read now: the VLM stage runs after the engine lets the collection go.
-            paths = {r.id: engine.item(r.id).get("path") for r in found.results} if flags.asked else {}
-            query = ask.vlm_query(lambda item: engine.item(item).get("path")) if flags.asked else None
-        facets = facets_json(found.facets)
-        if flags.asked:
-            answer = {**apply_locally(settings, flags, query, found.results, paths, k), "facets": facets}
-            return {**answer, "mode": found.mode}
-        return {"results": [{"id": r.id, "uri": r.uri, "score": r.score, "metadata": r.metadata}
-                            for r in found.results], "facets": facets, "mode": found.mode}
-
-    def through(url: str) -> dict[str, Any]:
-        def fields() -> dict[str, str]:
-            return remote.call(settings, url, "GET", f"/v1/collections/{name}/status")["fields"]
-
-        path, request = ask.request(fields, k, name, vector)
-        if flags.asked and "files" in request:
-            request["data"].update(flags.form_fields())
-        elif flags.asked:
-            request["json"].update(flags.json_fields())
-        answer = remote.call(settings, url, "POST", path, **request)
-        if not as_json:
-            labels.append(ItemLabels.of(remote.call(settings, url, "GET", f"/v1/collections/{name}/status")))
-        return {"results": answer["results"], "facets": answer.get("facets"), "mode": answer.get("mode"),
-                **({"rerank": answer.get("rerank")} if flags.asked else {})}
+    def run_search(shop: Any) -> dict[str, Any]:
+        status = shop.status() if ask.filtered or not as_json else None
+        if status is not None and not as_json:
+            labels.append(ItemLabels.of(status.to_json()))
+        return _answer(_search_on(shop, ask, k, vector, status.fields if status else None))
 
     try:
-        answer = remote.local_or_through_server(settings, name, local, through)
+        if flags.asked:  # the VLM stage: this process's VLM, or the server's that holds the collection
+            answer = _search_with_vlm(settings, name, ask, flags, k, vector, as_json, labels)
+        else:
+            answer = remote.on_collection(settings, name, run_search)
     except InvalidFilter as exc:  # kept on several lines: its caret points at the bad token
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(ERROR_KINDS[ErrorKind.BAD_INPUT].exit_code)
@@ -262,6 +235,72 @@ def search(
         return
     print_results(answer, flags, labels[0] if labels else None)
     print_facets(answer.get("facets"))
+
+
+def _search_on(shop: Any, ask: SearchAsk, k: int, vector: str | None, fields: dict[str, str] | None) -> Any:
+    """The one call on the collection (indexer.collection.CollectionAPI) that answers a search: a browse,
+    more like items, or a query (its plainest form: a text, an image, an item's id, else weighted terms)."""
+    query_filter = ask.filter(fields) if ask.filtered else None
+    given = query_filter.to_json() if query_filter is not None else None
+    o = ask.options
+    if ask.browse:
+        return shop.browse(k, filter=given, sort=ask.sort, offset=o.offset, facets=o.facets)
+    if ask.like:
+        return shop.recommend(ask.like, ask.unlike, k=k, filter=given, offset=o.offset, min_score=o.min_score,
+                              facets=o.facets, group_by=o.group_by, vector=vector)
+    kind: dict[str, Any] = {"query": ask.terms}
+    if len(ask.terms) == 1 and ask.terms[0].weight == 1.0:
+        [term] = ask.terms
+        kind = {"text": term.text} if term.text is not None else \
+            {"image": term.image} if term.image is not None else {"like": term.image_id}
+    return shop.search(**kind, k=k, filter=given, mode=o.mode, offset=o.offset, min_score=o.min_score,
+                       facets=o.facets, group_by=o.group_by, diversity=o.diversity, vector=vector)
+
+
+def _answer(found: Any) -> dict[str, Any]:
+    """SearchResults as `search --json` prints them (the API's answer shape)."""
+    facets = {name: [{"value": v, "count": n} for v, n in counts] for name, counts in found.facets.items()}
+    return {"results": [{"id": h.id, "uri": h.uri, "score": h.score, "metadata": h.metadata} for h in found],
+            "facets": facets or None, "mode": found.mode}
+
+
+def _search_with_vlm(settings: Settings, name: str, ask: SearchAsk, flags: VlmFlags, k: int,
+                     vector: str | None, as_json: bool, labels: list[ItemLabels]) -> dict[str, Any]:
+    """search --rerank/--explain: the hits with the VLM stage of this process (CLIPSEARCH_VLM_URL) over
+    the collection here, or the stage of the server that holds it (its own VLM settings)."""
+
+    def local() -> dict[str, Any]:
+        from indexer.search.engine import SearchEngine
+
+        window = flags.window(k, settings)
+        with SearchEngine(settings, name, warm=False) as engine:
+            found = ask.run(engine, window, vector)
+            if not as_json:
+                schema = engine.schema
+                labels.append(ItemLabels.of({"fields": schema.fields, "searchable": schema.searchable,
+                                             "id_fields": schema.id_fields}))
+            # The files, read now: the VLM stage runs after the engine lets the collection go.
+            paths = {r.id: engine.item(r.id).get("path") for r in found.results}
+            query = ask.vlm_query(lambda item: engine.item(item).get("path"))
+        answer = apply_locally(settings, flags, query, found.results, paths, k)
+        return {**answer, "facets": facets_json(found.facets), "mode": found.mode}
+
+    def through(url: str) -> dict[str, Any]:
+        def fields() -> dict[str, str]:
+            return remote.call(settings, url, "GET", f"/v1/collections/{name}/status")["fields"]
+
+        path, request = ask.request(fields, k, name, vector)
+        if "files" in request:
+            request["data"].update(flags.form_fields())
+        else:
+            request["json"].update(flags.json_fields())
+        answer = remote.call(settings, url, "POST", path, **request)
+        if not as_json:
+            labels.append(ItemLabels.of(remote.call(settings, url, "GET", f"/v1/collections/{name}/status")))
+        return {"results": answer["results"], "facets": answer.get("facets"), "mode": answer.get("mode"),
+                "rerank": answer.get("rerank")}
+
+    return remote.local_or_through_server(settings, name, local, through)
 
 
 Labelled = list[list[tuple[str, float]]]
@@ -291,11 +330,20 @@ def classify(
     label_list = parse_labels(labels)
     if not label_list:
         raise click.UsageError("--labels needs at least one non-empty label")
+    from indexer.stores import collection_exists
+
     settings = settings_from_flags(model=model, pretrained=pretrained, device=device)
     uris = [str(path.resolve()) for path in images]
+    name = collection or settings.collection
     explicit = model is not None or pretrained is not None
-    with _Classifier(settings, collection, explicit) as run:
-        scored, failures = _classify_each(run, uris, label_list)
+    # The collection's model (a collection named on the command line must exist; the default one is used
+    # when it does), through the server that holds it if one does; else the model of the settings.
+    held = remote.serving_url(settings, name) is not None
+    if not explicit and (collection or held or collection_exists(settings, name)):
+        scored, failures = remote.on_collection(
+            settings, name, lambda shop: _classify_each(_classifier(shop), uris, label_list))
+    else:
+        scored, failures = _classify_each(_with_model(settings), uris, label_list)
     rows = [
         {"uri": uri, "labels": [{"label": lb, "score": s} for lb, s in scored[uri]]}
         for uri in uris
@@ -330,62 +378,37 @@ def _classify_each(
     return scored, failures
 
 
-class _Classifier:
-    """A function (paths, labels) -> labels per image: the collection's engine, or the given model."""
+def _classifier(shop: Any) -> Callable[[list[str], list[str]], Labelled]:
+    """(paths, labels) -> labels per image, by the collection (indexer.collection.CollectionAPI)."""
 
-    def __init__(self, settings: Settings, collection: str | None, explicit: bool) -> None:
-        self.settings, self.collection, self.explicit = settings, collection, explicit
-        self.engine: Any = None
-        self.client: Any = None
+    def run(paths: list[str], labels: list[str]) -> Labelled:
+        try:
+            found = shop.classify(paths, labels)
+        except ImageDecodeError:
+            raise
+        except BadInput as exc:  # the server could not read an image: the per-file fallback says which
+            if not remote.is_remote(shop):
+                raise
+            raise ImageDecodeError(exc.message) from None
+        return [[(s.label, s.score) for s in each.labels] for each in found]
 
-    def __enter__(self) -> Callable[[list[str], list[str]], Labelled]:
-        from indexer.stores import collection_exists
+    return run
 
-        name = self.collection or self.settings.collection
-        url = None if self.explicit else remote.serving_url(self.settings, name)
-        if url is not None:  # the server that holds the collection classifies with its model
-            return self._through(url, name)
-        # A collection named on the command line must exist; the default one is used when it does.
-        if not self.explicit and (self.collection or collection_exists(self.settings, name)):
-            from indexer.search.engine import SearchEngine
 
-            self.engine = SearchEngine(self.settings, name)
-            return self.engine.classify
-        return self._with_model()
+def _with_model(settings: Settings) -> Callable[[list[str], list[str]], Labelled]:
+    """(paths, labels) -> labels per image, by the model of the settings (--model/--pretrained): no
+    collection involved."""
+    from indexer.ingest.decode import decode_image
+    from indexer.models.loading import load_model
+    from indexer.models.zero_shot import classify_embeddings
 
-    def _through(self, url: str, name: str) -> Callable[[list[str], list[str]], Labelled]:
-        from clipsearch.client import RemoteCollection
+    clip = load_model(settings.model, settings.pretrained, settings.device)
 
-        self.client = RemoteCollection(url, name, key=self.settings.api.key)
+    def run(paths: list[str], labels: list[str]) -> Labelled:
+        pictures = [decode_image(p, settings.max_image_pixels, draft_size=clip.draft_size) for p in paths]
+        return classify_embeddings(clip, clip.encode_images(pictures), labels)
 
-        def run(paths: list[str], labels: list[str]) -> Labelled:
-            try:
-                found = self.client.classify(paths, labels)
-            except BadInput as exc:  # the server could not read an image: the per-file fallback says which
-                raise ImageDecodeError(exc.message) from None
-            return [[(s.label, s.score) for s in each.labels] for each in found]
-
-        return run
-
-    def _with_model(self) -> Callable[[list[str], list[str]], Labelled]:
-        from indexer.ingest.decode import decode_image
-        from indexer.models.loading import load_model
-        from indexer.models.zero_shot import classify_embeddings
-
-        s = self.settings
-        clip = load_model(s.model, s.pretrained, s.device)
-
-        def run(paths: list[str], labels: list[str]) -> Labelled:
-            pictures = [decode_image(p, s.max_image_pixels, draft_size=clip.draft_size) for p in paths]
-            return classify_embeddings(clip, clip.encode_images(pictures), labels)
-
-        return run
-
-    def __exit__(self, *exc: object) -> None:
-        if self.engine is not None:
-            self.engine.close()
-        if self.client is not None:
-            self.client.close()
+    return run
 
 
 @main.command()

@@ -112,7 +112,11 @@ class RemoteCollection:
         options = self._options(where, filter, vector=vector, offset=offset, mode=mode, text=keywords,
                                 min_score=min_score, group_by=group_by, diversity=diversity,
                                 facets=tuple(facets), facet_limit=facet_limit)
-        if image is not None:
+        pictures = [t for t in terms if t.image is not None]
+        if pictures:  # an example image (image=, or an image term of a query) goes up as the upload
+            if len(pictures) > 1:
+                raise BadInput("through a server, a query holds at most one image file or bytes (the "
+                               "upload): give the others as indexed items ({'image_id': ID})")
             form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in options.to_json().items()
                     if k not in ("mode", "facets")}
             form.update(collection=self.name, k=str(k))
@@ -120,8 +124,12 @@ class RemoteCollection:
                 form["search_mode"] = options.mode
             if options.facets:
                 form["facets"] = ",".join(options.facets)
+            others = [_term_json(t) for t in terms if t.image is None]
+            if others:
+                form.update(weight=str(pictures[0].weight), query=json.dumps(others))
+            upload = image_bytes(pictures[0].image)
             answer = self._post("/v1/search/image", data=form,
-                                files={"file": ("image", image_bytes(image), "application/octet-stream")})
+                                files={"file": ("image", upload, "application/octet-stream")})
             return SearchResults.from_json(answer)
         if keywords is not None and keywords != text:
             raise BadInput("through a server, keywords= goes with image= (a JSON search ranks keywords by "
@@ -150,6 +158,14 @@ class RemoteCollection:
         body = {**options.to_json(), "collection": self.name, "k": k, "positive": list(positive),
                 **({"negative": list(negative)} if negative else {})}
         return SearchResults.from_json(self._post("/v1/search", json=body))
+
+    def browse(self, k: int = 10, *, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, sort: str | None = None, offset: int = 0,
+               facets: Sequence[str] = (), facet_limit: int = FACET_LIMIT) -> SearchResults:
+        body = {"collection": self.name, "k": k, "offset": offset, "filter": self._filter(where, filter),
+                "sort": sort, "facets": list(facets), "facet_limit": facet_limit}
+        return SearchResults.from_json(self._post("/v1/browse", json={k_: v for k_, v in body.items()
+                                                                       if v is not None}))
 
     def classify(self, images: Sequence[ImageLike], labels: Sequence[str]) -> list[Classified]:
         names = labels if isinstance(labels, str) else ",".join(labels)
@@ -229,8 +245,8 @@ class RemoteCollection:
                  store: bool = False, neighbours: int = 10) -> Clusters:
         if store:
             raise Conflict("storing clusters (store=True, `clipsearch clusters --store`) writes every item, "
-                           "which a server does not do: cluster without storing through it, or store them "
-                           "where no server holds the collection (stop it first)")
+                           "which a server does not do: cluster without --store (store=False) through it, or "
+                           "store them once no server holds the collection (stop it first)")
         params = _params(k=k, central=central, seed=seed, vector=vector)
         return Clusters.from_json(self._request("GET", f"{self._base}/clusters", params=params))
 
@@ -362,6 +378,12 @@ class RemoteCollection:
             detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
                                for d in detail if isinstance(d, dict)) or str(detail)
         raise error_for_status(response.status_code, f"{detail} (from the server at {self.url})")
+
+
+def _term_json(term: Any) -> dict[str, Any]:
+    """A text or indexed-item term of a query, as the API takes it."""
+    kind = {"text": term.text} if term.text is not None else {"image_id": term.image_id}
+    return {**kind, **({"weight": term.weight} if term.weight != 1.0 else {})}
 
 
 def _segment(value: str) -> str:

@@ -221,6 +221,17 @@ class Collection:
         return self._call(lambda engine: results(
             engine.recommend(list(positive), list(negative), k, **options.recommend_kwargs())))
 
+    def browse(self, k: int = 10, *, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, sort: str | None = None, offset: int = 0,
+               facets: Sequence[str] = (), facet_limit: int = FACET_LIMIT) -> SearchResults:
+        """No query: the items passing the filter, ordered by `sort` (a declared field: "price" rising,
+        "-price" or "price:desc" falling; without a value last) or by id, a page at a time. Scores are 0."""
+        options = self.search_options(where, filter, offset=offset, facets=tuple(facets),
+                                      facet_limit=facet_limit)
+        return self._call(lambda engine: results(engine.browse(
+            k, filter=options.filter, sort=sort, offset=offset, facets=list(options.facets),
+            facet_limit=facet_limit)))
+
     def search_options(self, where: str | Sequence[str] | None, filter: dict[str, Any] | None,
                        **options: Any) -> SearchOptions:
         """The SearchOptions of a call: `where` checked against the declared fields."""
@@ -589,6 +600,9 @@ class CollectionAPI(Protocol):
                   offset: int = 0, min_score: float | None = None, facets: Sequence[str] = (),
                   facet_limit: int = FACET_LIMIT, group_by: str | None = None,
                   vector: str | None = None) -> SearchResults: ...
+    def browse(self, k: int = 10, *, where: str | Sequence[str] | None = None,
+               filter: dict[str, Any] | None = None, sort: str | None = None, offset: int = 0,
+               facets: Sequence[str] = (), facet_limit: int = FACET_LIMIT) -> SearchResults: ...
     def classify(self, images: Sequence[ImageLike], labels: Sequence[str]) -> list[Classified]: ...
     def get_item(self, id: str) -> Item: ...
     def put_item(self, id: str, image: ImageLike | None = None, *, image_url: str | None = None,
