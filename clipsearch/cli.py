@@ -1,4 +1,7 @@
-"""The `clipsearch` command line: a thin layer over the library (indexer) and the API (search_api).
+"""The `clipsearch` command line: a thin layer over the Collection interface (indexer.collection.
+CollectionAPI). A command that reads or changes a collection makes one call on it: on the local
+collection, or, when a running `clipsearch serve` holds it, on that server's through the client
+(clipsearch.remote.on_collection), the same call either way.
 
 Results go to stdout (one JSON document with --json); progress, logs and errors go to stderr.
 An error a user can act on is one line, `error: <message>`, and the exit code of its kind

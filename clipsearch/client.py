@@ -91,8 +91,14 @@ class RemoteCollection:
               progress: bool | Callable[[IndexProgress], None] = False) -> IndexReport:
         """Asks the server to bring its --watch folders in line now; sources must be among them. A
         `progress` function is called once, when the server's sync has ended (stage "done")."""
+        from indexer.ingest.catalog import is_catalog
+
         if isinstance(sources, (str, Path)):
             sources = [sources]
+        catalogs = [str(s) for s in sources if is_catalog(s)]
+        if catalogs:
+            raise Conflict(f"the server holds collection {self.name!r} and indexes its --watch folders only, "
+                           f"not catalogs like {catalogs[0]}: stop it to index catalogs into it")
         body = {"sources": [str(Path(s).absolute()) for s in sources]}  # as the server names its folders
         report = IndexReport.from_json(self._post(f"{self._base}/sync", json=body))
         if callable(progress):

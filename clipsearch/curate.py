@@ -1,8 +1,9 @@
 """`clipsearch label / export / eval`: zero-shot labelling of whole collections, exports, and measuring
 a model on labelled data (docs/curation.md).
 
-Each is a call on the collection (indexer.collection.CollectionAPI): the local one, or the running
-server's that holds it (clipsearch.remote.on_collection), the same call either way.
+label and export are each a call on the collection (indexer.collection.CollectionAPI): the local one,
+or the running server's that holds it (clipsearch.remote.on_collection), the same call either way. eval
+measures open_clip models (no collection) and reads a collection's stored vectors here.
 """
 
 from __future__ import annotations

@@ -78,6 +78,41 @@ def test_reading_commands_go_through_the_server(served: tuple[Settings, Path, st
     assert run_json("snapshot", str(archive))["points"] == 17 and archive.stat().st_size > 0
 
 
+def originals(folder: Path) -> list[Path]:
+    """The photos the folder began with (not the exact copy, nor what a test added)."""
+    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(("zz-", "late"))]
+
+
+def test_every_form_of_search_and_the_report_files_go_through_the_server(
+    served: tuple[Settings, Path, str], tmp_path: Path
+) -> None:
+    settings, folder, _ = served
+    browsed = run_json("search", "--where", "width > 10", "--sort", "-width", "-k", "5")
+    widths = [hit["metadata"]["width"] for hit in browsed["results"]]
+    assert browsed["mode"] == "browse" and len(widths) == 5 and widths == sorted(widths, reverse=True)
+    first = browsed["results"][0]["id"]
+    liked = [hit["id"] for hit in run_json("search", "--like", first, "-k", "3")["results"]]
+    assert len(liked) == 3 and first not in liked
+    photo = originals(folder)[1]
+    assert run_json("search", "--image", str(photo), "-k", "1")["results"][0]["uri"] == str(photo)
+    # A text and an image file in one weighted query: the file goes up as the upload (the text weighs
+    # next to nothing, so the photo finds itself first).
+    mixed = run_json("search", "0.000001:a bird", "+", str(photo), "-k", "2")["results"]
+    assert mixed[0]["uri"] == str(photo) and len(mixed) == 2
+    assert run_json("check")["ok"] is True
+
+    keep, remove = tmp_path / "keep.csv", tmp_path / "remove.csv"
+    run("duplicates", "--keep-list", str(keep), "--remove-list", str(remove))
+    count = run_json("status")["count"]
+    kept, removed = (len(path.read_text().splitlines()) - 1 for path in (keep, remove))
+    assert removed >= 1 and kept + removed == count
+    groups = tmp_path / "groups.jsonl"
+    exported = run_json("export", str(groups), "--format", "jsonl", "--duplicates")
+    rows = [json.loads(line) for line in groups.read_text().splitlines()]
+    assert exported["items"] == len(rows) >= 2
+    assert all(row["metadata"]["duplicate_group"] is not None for row in rows)
+
+
 def test_writing_commands_go_through_the_server(served: tuple[Settings, Path, str], tmp_path: Path) -> None:
     settings, folder, _ = served
     labelled = run_json("label", "--labels", "bird,fish,dog", "--run", "kind", "--where", "width >= 1")
@@ -129,6 +164,18 @@ def test_what_cannot_go_through_the_server_says_what_to_do_about_that_command(
     refused("eval", str(data), kind=ErrorKind.CONFLICT, advice="--model")
     line = refused("clusters", "--store", kind=ErrorKind.CONFLICT, advice="clusters")
     assert "--watch" not in line  # about this command, not about indexing
+    line = refused("export", str(tmp_path / "q.csv"), "--format", "csv", "--query", "a bird",
+                   kind=ErrorKind.CONFLICT, advice="--where")
+    assert "--query" in line
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}\n")
+    refused("label", "--labels", "bird,fish", "--templates", str(templates), kind=ErrorKind.BAD_INPUT,
+            advice="built-in set")
+    refused("check", "--repair", kind=ErrorKind.CONFLICT, advice="--repair")
+    catalog = tmp_path / "products.csv"
+    catalog.write_text("id,image\nA,a.png\n")
+    line = refused("index", str(catalog), kind=ErrorKind.CONFLICT, advice="catalogs")
+    assert "stop it" in line
 
 
 def test_the_commands_without_a_server_answer_in_the_same_shapes(
