@@ -41,7 +41,6 @@ from indexer.errors import (
     ERROR_KINDS,
     BadInput,
     CollectionCorrupt,
-    CollectionLocked,
     Conflict,
     ErrorKind,
     ImageDecodeError,
@@ -457,17 +456,7 @@ def check(collection: str | None, repair: bool, as_json: bool) -> None:
     settings = settings_from_flags()
     name = collection or settings.collection
 
-    def local() -> dict[str, Any]:
-        from indexer.stores.check import verify_collection
-
-        return verify_collection(settings, name, repair)
-
-    def through(url: str) -> dict[str, Any]:
-        if repair:
-            raise CollectionLocked(f"collection {name!r} is held by the server at {url}: stop it to --repair")
-        return remote.call(settings, url, "GET", f"/v1/collections/{name}/check")
-
-    report = remote.local_or_through_server(settings, name, local, through)
+    report = remote.on_collection(settings, name, lambda c: c.check(repair=repair))
     if as_json:
         emit(report)
     if not report["ok"] and "repaired" not in report:

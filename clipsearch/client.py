@@ -324,6 +324,12 @@ class RemoteCollection:
     def status(self) -> Status:
         return Status.from_json(self._request("GET", f"{self._base}/status"))
 
+    def check(self, *, repair: bool = False) -> dict[str, Any]:
+        if repair:
+            raise Conflict(f"collection {self.name!r} is held by the server at {self.url}: stop it to "
+                           "--repair (repair=True)")
+        return dict(self._request("GET", f"{self._base}/check"))
+
     def snapshot(self, out: str | Path) -> Transfer:
         """The server writes the archive and sends it; it lands at `out` here."""
         target = Path(out)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
-from indexer.errors import BadInput
+from indexer.errors import BadInput, Conflict
 from indexer.ingest.progress import IndexProgress, ProgressCallback
 from indexer.results import (
     Classified,
@@ -79,7 +79,10 @@ class LocalAccess:
             if self._engine is None:
                 # The engine lets go of the lock while it encodes a query: threads of one program
                 # searching at once share encoder batches (indexer.models.batching).
-                self._engine = SearchEngine(self.settings, self.name, warm=False, lock=self._lock)
+                # No model loaded until a call needs one: status, vectors, snapshot, duplicates... need
+                # none (and work when the recorded model cannot be loaded here).
+                self._engine = SearchEngine(self.settings, self.name, warm=False, lock=self._lock,
+                                            encoder=False)
             return fn(self._engine)
 
     def exclusive(self, fn: Callable[[], T], what: str) -> T:
@@ -414,8 +417,10 @@ class Collection:
         start like a spreadsheet formula get a leading `'` unless `formulas` (for data pipelines)."""
         from indexer.curation.export import export
 
+        hits = self.search(query, k=k, where=where, filter=filter) if query is not None else None
+
         def run_export(engine: SearchEngine) -> Exported:
-            items = self._export_items(engine, where, filter, run, query, k)
+            items = self._export_items(engine, where, filter, run, hits)
             report = export(engine.store, items, format, Path(out), run=run, copy=copy, formulas=formulas)
             return Exported(report.format, report.out, report.items, report.labelled, report.files,
                             len(report.missing))
@@ -423,22 +428,22 @@ class Collection:
         return self._call(run_export)
 
     def _export_items(self, engine: SearchEngine, where: str | Sequence[str] | None,
-                      filter: dict[str, Any] | None, run: str | None, query: str | None, k: int) -> list[Any]:
+                      filter: dict[str, Any] | None, run: str | None, hits: SearchResults | None
+                      ) -> list[Any]:
         """What an export writes: the duplicate groups' members, a query's hits, or the filtered items."""
         from indexer.curation.export import DUPLICATES, collect, duplicate_items
 
         if run == DUPLICATES:
-            if query is not None or where or filter:
+            if hits is not None or where or filter:
                 raise BadInput("an export of the duplicate groups takes the whole report: no query or filter")
             from indexer.curation.duplicates import find_duplicates
 
             # Read-only: images hashed at index time (or by `duplicates`) are compared by their hashes.
             report = find_duplicates(engine.store, compute_missing=False, progress=self.progress)
             return duplicate_items(engine.store, report)
+        if hits is not None:
+            return collect(engine.store, hits=[(hit.id, hit.score) for hit in hits])
         query_filter = combined_filter(where, filter, dict(engine.schema.fields))
-        if query is not None:
-            found = engine.search_text(query, k, filter=query_filter).results
-            return collect(engine.store, hits=[(r.id, r.score) for r in found])
         return collect(engine.store, engine.store_filter(query_filter))
 
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
@@ -449,7 +454,7 @@ class Collection:
         from indexer.curation.export import export_document
 
         def render(engine: SearchEngine) -> tuple[str, Exported]:
-            items = self._export_items(engine, where, filter, run, None, 0)
+            items = self._export_items(engine, where, filter, run, None)
             document, report = export_document(engine.store, items, format, run=run, formulas=formulas)
             return document, Exported(format, "", report.items, report.labelled)
 
@@ -526,6 +531,20 @@ class Collection:
     def status(self) -> Status:
         """Count, model, vectors, declared fields and failed files."""
         return Status.from_json(self._call(lambda engine: engine.status()))
+
+    def check(self, *, repair: bool = False) -> dict[str, Any]:
+        """Verify the collection (vectors, payloads, counts, indexes, files on disk): {"ok", "line" (what
+        is wrong and what to do), ...}, as `clipsearch check --json`. `repair`: drop the corrupt points
+        (under the write lock; `repaired`: their ids), so the next index run embeds their files again."""
+        from indexer.stores.check import check_collection, verify_collection
+
+        if isinstance(self._access, LocalAccess):  # opens the store itself: a corrupt one may not search
+            return self._access.exclusive(lambda: verify_collection(self.settings, self.name, repair),
+                                          "check")
+        if repair:
+            raise Conflict("a server checks the collection it holds but does not repair it: stop it to "
+                           "--repair")
+        return self._call(lambda engine: check_collection(engine.store).summary())
 
     def snapshot(self, out: str | Path) -> Transfer:
         """Every point (vectors, payloads, schema) to a portable archive at `out` (.tar or .tar.gz)."""
@@ -638,6 +657,7 @@ class CollectionAPI(Protocol):
     def activate(self, name: str) -> Vectors: ...
     def drop_vector(self, name: str) -> Vectors: ...
     def status(self) -> Status: ...
+    def check(self, *, repair: bool = False) -> dict[str, Any]: ...
     def snapshot(self, out: str | Path) -> Transfer: ...
 
 

@@ -5,6 +5,7 @@ The real indexer on real photos and the tiny model."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import pytest
 import clipsearch
 from indexer.collection import IndexProgress
 from indexer.results import IndexReport
-from tests.clirun import cli_home
-from tests.helpers import copy_photos
+from tests.clirun import cli_home, run
+from tests.helpers import copy_photos, png_bytes
 
 
 def check_run(calls: list[IndexProgress], report: IndexReport) -> None:
@@ -96,6 +97,18 @@ def test_progress_true_draws_the_tqdm_bar_on_stderr_and_false_draws_nothing(
         with clipsearch.open("shown") as shown:
             shown.index([folder], progress=True)
         assert "indexing shown" in capfd.readouterr().err
+
+
+def test_the_command_line_draws_the_same_bars_and_none_for_json(
+    tmp_path: Path, tiny_checkpoint: Path, imagenet_dir: Path
+) -> None:
+    folder = copy_photos(imagenet_dir, tmp_path / "photos", 3)
+    with cli_home(tmp_path / "home", tiny_checkpoint, COLLECTION="cli"):
+        shown = run("index", str(folder))
+        assert "indexing cli" in shown.stderr and "3/3" in shown.stderr
+        (folder / "new.png").write_bytes(png_bytes((30, 30)))
+        quiet = run("index", str(folder), "--json")
+        assert "indexing" not in quiet.stderr and json.loads(quiet.stdout)["embedded"] == 1
 
 
 def test_a_progress_that_is_neither_a_flag_nor_a_function_is_refused(tmp_path: Path,

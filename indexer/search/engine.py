@@ -113,12 +113,15 @@ class SearchEngine:
         store: VectorStore | None = None,
         warm: bool = True,
         lock: AbstractContextManager[Any] | None = None,
+        encoder: bool = True,
     ):
         """`store`: an already open store of the collection (the server's watcher shares it).
         `warm`: run `warm_up` now (a server, for its first query). Without it (a one-shot CLI search) the
         store opens in the background while the query encoder loads, and no throw-away query runs.
         `lock`: the lock that callers sharing this engine across threads hold for every call (see the
-        module); the engine releases it (exit) and takes it back (enter) around query encoding."""
+        module); the engine releases it (exit) and takes it back (enter) around query encoding.
+        `encoder`: without `warm`, load the query encoder now, beside the store's opening; False: when a
+        query first needs it (a Collection, whose status or snapshot needs no model)."""
         self.settings = settings
         self.collection = collection or settings.collection
         self.lock = lock
@@ -129,7 +132,7 @@ class SearchEngine:
         try:
             if warm:
                 self.warm_up()
-            else:
+            elif encoder:
                 self.model_for()
         except Exception:
             self.store.close()
