@@ -186,7 +186,7 @@ class Collection:
         options = self.search_options(where, filter, vector=vector, offset=offset, mode=mode, text=keywords,
                                       min_score=min_score, group_by=group_by, diversity=diversity,
                                       facets=tuple(facets), facet_limit=facet_limit)
-        return self._call(lambda engine: results(engine.search_query(terms, k, **options.engine_kwargs())))
+        return self.query(terms, k, options)
 
     def recommend(
         self,
@@ -208,8 +208,24 @@ class Collection:
             raise BadInput("positive and negative are lists of item ids")
         options = self.search_options(where, filter, vector=vector, offset=offset, min_score=min_score,
                                       group_by=group_by, facets=tuple(facets), facet_limit=facet_limit)
-        return self._call(lambda engine: results(
-            engine.recommend(list(positive), list(negative), k, **options.recommend_kwargs())))
+        return self.recommend_by(positive, negative, k, options)
+
+    def query(self, terms: Sequence[Term], k: int, options: SearchOptions | None = None) -> SearchResults:
+        """A search by query terms with one SearchOptions (what `search` builds from its arguments; the
+        HTTP routes build it from a request body). The answer carries the stages' timings."""
+        return self._call(lambda engine: results(engine.search_query(list(terms), k, options)))
+
+    def recommend_by(self, positive: Sequence[str], negative: Sequence[str], k: int,
+                     options: SearchOptions | None = None) -> SearchResults:
+        """`recommend` with one SearchOptions."""
+        return self._call(
+            lambda engine: results(engine.recommend(list(positive), list(negative), k, options)))
+
+    def browse(self, k: int = 10, options: SearchOptions | None = None, *, sort: str | None = None
+               ) -> SearchResults:
+        """The items passing `options.filter` without a query, ordered by `sort` (a declared field; "-price"
+        falling) or by id; every score is 0."""
+        return self._call(lambda engine: results(engine.browse(k, options, sort=sort)))
 
     def search_options(self, where: str | Sequence[str] | None, filter: dict[str, Any] | None,
                        **options: Any) -> SearchOptions:
@@ -233,6 +249,13 @@ class Collection:
     def get_item(self, id: str) -> Item:
         payload = self._call(lambda engine: engine.item(id))
         return Item(id, payload.get("uri", ""), payload.get("metadata", {}))
+
+    def image_file(self, id: str) -> str | None:
+        """The file an indexed item's image was read from (its payload's path; None for an item without
+        a local file, e.g. one indexed from a URL); ItemNotFound for an id that is not indexed. Never
+        built from the id: a server serves these files only."""
+        path = self._call(lambda engine: engine.item(id)).get("path")
+        return path if isinstance(path, str) else None
 
     def put_item(
         self,
@@ -459,6 +482,10 @@ class Collection:
     def activate(self, name: str) -> Vectors:
         from indexer.ingest.reembed import activate
 
+        # The vector's query model loaded (and warm) before queries switch to it, outside the call, so
+        # that other callers' queries go on meanwhile.
+        models, spec = self._call(lambda engine: (engine.models, engine.schema.vector(name)))
+        models.query(spec.model)
         self._call(lambda engine: activate(engine.store, name))
         return self.vectors()
 
@@ -473,6 +500,13 @@ class Collection:
     def status(self) -> Status:
         """Count, model, vectors, declared fields and failed files."""
         return Status.from_json(self._call(lambda engine: engine.status()))
+
+    def check(self) -> dict[str, Any]:
+        """The collection's stored data verified (vectors, payloads, counts, indexes, files): `clipsearch
+        check`'s document (indexer.stores.check)."""
+        from indexer.stores.check import check_collection
+
+        return self._call(lambda engine: check_collection(engine.store).summary())
 
     def snapshot(self, out: str | Path) -> Transfer:
         """Every point (vectors, payloads, schema) to a portable archive at `out` (.tar or .tar.gz)."""
@@ -580,6 +614,13 @@ class CollectionAPI(Protocol):
     def activate(self, name: str) -> Vectors: ...
     def drop_vector(self, name: str) -> Vectors: ...
     def status(self) -> Status: ...
+    def check(self) -> dict[str, Any]:
+        """The collection's stored data verified (vectors, payloads, counts, indexes, files): `clipsearch
+        check`'s document (indexer.stores.check)."""
+        from indexer.stores.check import check_collection
+
+        return self._call(lambda engine: check_collection(engine.store).summary())
+
     def snapshot(self, out: str | Path) -> Transfer: ...
 
 
@@ -640,7 +681,7 @@ def image_bytes(image: ImageLike) -> bytes:
 def results(outcome: SearchOutcome) -> SearchResults:
     facets = {name: [(str(v), int(n)) for v, n in counts] for name, counts in outcome.facets.items()}
     hits = [Hit(r.id, r.uri, float(r.score), dict(r.metadata)) for r in outcome.results]
-    return SearchResults(hits, facets, outcome.mode)
+    return SearchResults(hits, facets, outcome.mode, dict(outcome.timings))
 
 
 def _written(write: Any) -> ItemWritten:
