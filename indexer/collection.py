@@ -407,15 +407,43 @@ class Collection:
         image-level annotations; run="@duplicates": the duplicate groups), or the folders imagefolder
         and fiftyone. CSV cells that start like a spreadsheet formula get a leading `'` unless
         `formulas` (for data pipelines)."""
+        return self._export(Path(out), format, where, filter, run, formulas=formulas)
+
+    def _export(self, out: Path, format: str, where: str | Sequence[str] | None,
+                filter: dict[str, Any] | None, run: str | None, *, formulas: bool = False, copy: bool = False
+                ) -> Exported:
         from indexer.curation.export import collect, export
 
         def run_export(engine: SearchEngine) -> Exported:
             query_filter = combined_filter(where, filter, dict(engine.schema.fields))
             items = collect(engine.store, engine.store_filter(query_filter))
-            report = export(engine.store, items, format, Path(out), run=run, formulas=formulas)
+            report = export(engine.store, items, format, out, run=run, formulas=formulas, copy=copy)
             return Exported(report.format, report.out, report.items, report.labelled)
 
         return self._call(run_export)
+
+    def export_archive(self, archive: str | Path, format: str, *, where: str | Sequence[str] | None = None,
+                       filter: dict[str, Any] | None = None, run: str | None = None) -> Exported:
+        """A folder export (imagefolder, fiftyone) as one tar archive at `archive`, the images copied in
+        (not linked): what a server sends a client, which unpacks it (`unpack_export`)."""
+        import shutil
+        import tarfile
+        import tempfile
+
+        from indexer.curation.export import TEXT_FORMATS
+
+        if format in TEXT_FORMATS:
+            raise BadInput(f"{format} is one document, not a folder: use export_document")
+        target = Path(archive)
+        work = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+        try:
+            report = self._export(work / "out", format, where, filter, run, copy=True)
+            with tarfile.open(target, "w") as tar:
+                for path in sorted((work / "out").rglob("*")):
+                    tar.add(path, arcname=path.relative_to(work / "out").as_posix(), recursive=False)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return Exported(report.format, str(target), report.items, report.labelled)
 
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
                         filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
@@ -437,17 +465,37 @@ class Collection:
         """The collection's stored vectors measured on labelled `data` (an ImageFolder tree or a CSV
         of path,label; its images indexed in this collection): zero-shot top-1/5, text-to-image and
         image-to-image recall. The same document as `clipsearch eval --json`."""
+        from indexer.curation.evaluate import labelled_pairs, load_dataset
+
+        pairs = labelled_pairs(load_dataset(Path(data)))
+        return self.eval_labelled([p for p, _ in pairs], [label for _, label in pairs], vectors=vectors,
+                                  templates=templates)
+
+    def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
+                      templates: str | None = None) -> dict[str, Any]:
+        """`eval` of a dataset given as its images' paths and their labels (what `eval` reads from DATA).
+        The paths are only matched against the indexed items' paths, never read (a server takes them
+        from a client); at most the `ids` limit of them (CLIPSEARCH_LIMITS_IDS)."""
         from indexer.curation.evaluate import (
             Embedded,
+            dataset_of,
             eval_json,
-            load_dataset,
             prompt_name,
             run_eval,
             stored_images,
         )
         from indexer.curation.labels import load_templates, prompt_embeddings
 
-        dataset = load_dataset(Path(data))
+        if len(paths) != len(labels):
+            raise BadInput(f"eval: {len(paths)} paths but {len(labels)} labels; give one label per path")
+        limit = self.settings.limits.ids
+        if len(paths) > limit:
+            raise BadInput(f"eval: {len(paths)} labelled images, more than the {limit} one request may name "
+                           "(CLIPSEARCH_LIMITS_IDS): evaluate a sample, or raise the limit")
+        if not paths:
+            raise BadInput("eval: no labelled images (give DATA/<class>/<image> files or a CSV of "
+                           "path,label)")
+        dataset = dataset_of(list(zip(paths, labels, strict=True)))
         chosen = load_templates(templates)
 
         def systems(engine: SearchEngine) -> list[Any]:
@@ -456,8 +504,8 @@ class Collection:
                 spec = engine.schema.vector(name)
                 clip = engine.models.get(spec.model)
                 classes = prompt_embeddings(clip, [prompt_name(c) for c in dataset.classes], chosen)
-                found.append(Embedded(f"{self.name}:{spec.name}", stored_images(engine.store, dataset.paths,
-                                                                                spec.name), classes))
+                images = stored_images(engine.store, dataset.paths, spec.name, resolve=False)
+                found.append(Embedded(f"{self.name}:{spec.name}", images, classes))
             return found
 
         return eval_json(run_eval(dataset, self._call(systems)))
@@ -514,6 +562,20 @@ class Collection:
 
         report = self._call(lambda engine: snapshot(engine.store, out, store_kind=self.settings.store))
         return Transfer.from_json(report.to_json())
+
+    def restore(self, archive: str | Path, *, replace: bool = False) -> Transfer:
+        """This collection made from a snapshot archive (`snapshot`); an existing one is replaced only
+        with `replace`. The module's `restore` names the collection instead (default: the archived one)."""
+        return self._access.exclusive(
+            lambda: restore(archive, self.name, replace=replace, settings=self.settings), "restore")
+
+    def copy(self, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False
+             ) -> Transfer:
+        """A copy of this collection under `to_name` and/or into another store kind (edge, qdrant,
+        faiss), without re-embedding."""
+        return self._access.exclusive(
+            lambda: copy(self.name, to_name, to_store=to_store, replace=replace, settings=self.settings),
+            "copy")
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -609,6 +671,8 @@ class CollectionAPI(Protocol):
                         ) -> tuple[str, Exported]: ...
     def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
              ) -> dict[str, Any]: ...
+    def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
+                      templates: str | None = None) -> dict[str, Any]: ...
     def vectors(self) -> Vectors: ...
     def reembed(self, model: str, pretrained: str, *, name: str | None = None) -> Vectors: ...
     def activate(self, name: str) -> Vectors: ...
@@ -622,6 +686,9 @@ class CollectionAPI(Protocol):
         return self._call(lambda engine: check_collection(engine.store).summary())
 
     def snapshot(self, out: str | Path) -> Transfer: ...
+    def restore(self, archive: str | Path, *, replace: bool = False) -> Transfer: ...
+    def copy(self, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False
+             ) -> Transfer: ...
 
 
 # --- helpers shared with the HTTP client ---------------------------------------------------------

@@ -131,6 +131,21 @@ class Engines:
             with slot.calls_lock:
                 slot.calls -= 1
 
+    def exclusive(self, collection: str | None, fn: Callable[[], T]) -> T:
+        """Run fn with the collection's engine closed (a library run that opens the store itself:
+        restore, copy), once the calls in progress on it have finished; the calls that come meanwhile
+        wait, and the next one opens the collection again."""
+        name = collection or self.default
+        slot = self._slot(name)
+        while True:
+            with slot.lock:
+                if slot.calls == 0:
+                    if slot.engine is not None:
+                        slot.engine.close()
+                        slot.engine = None
+                    return fn()
+            time.sleep(0.01)  # a query between its encoding and its search needs the lock back
+
     def open_default(self) -> None:
         """At start: open the default collection and warm its model, if it exists (else it is a 404
         and /readyz says why until it is indexed)."""
@@ -285,10 +300,7 @@ class ServerAccess:
         return self._engines.call(self._name, fn)
 
     def exclusive(self, fn: Callable[[], T], what: str) -> T:
-        from indexer.errors import Conflict
-
-        raise Conflict(f"{what} opens the collection itself, which this server holds: run it where no "
-                       "server holds the collection, or through the server's own route for it")
+        return self._engines.exclusive(self._name, fn)
 
     def close(self) -> None:
         """The server owns the engine: it stays open."""

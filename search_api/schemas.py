@@ -725,3 +725,59 @@ class VlmStatus(BaseModel):
     status: VlmState = Field(description="`off`, `up`, `down`, or `unknown` (not asked yet).")
     error: str | None = Field(None, description="The last failure, when down.")
     checked_at: float | None = Field(None, description="Unix time of the last request that said so.")
+
+
+class EvalRequest(BaseModel):
+    """A labelled dataset, as its images' paths and labels (the client read them from its DATA: an
+    ImageFolder tree or a CSV of path,label). The server only matches the paths against its items' indexed
+    paths; it reads no file. At most the server's `ids` limit of them (CLIPSEARCH_LIMITS_IDS)."""
+
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        min_length=1, description="Absolute paths of the images, as indexed (links resolved).")
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, description="The label of each path, in the same order.")
+    vectors: list[str] = Field(default_factory=list, max_length=16,
+                               description="Named vectors to measure [default: the active one].")
+    templates: Literal["imagenet", "imagenet-full", "cifar10"] | None = Field(
+        None, description="A built-in prompt-template set [default: the built-in ensemble].")
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+FolderFormat = Literal["imagefolder", "fiftyone"]
+
+
+class FolderExportRequest(BaseModel):
+    """Which items, as which folder export (sent as a tar archive of the folder, images copied in)."""
+
+    format: FolderFormat = Field(description="imagefolder (OUT/<label>/<file>) or fiftyone (a "
+                                 "FiftyOneImageClassificationDataset folder).")
+    filter: dict[str, Any] | None = Field(None, description="A filter, as in /v1/search.")
+    run: str | None = Field(None, max_length=200, description="A label run whose labels name the folders "
+                            '("@duplicates": the duplicate groups).')
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+StoreKind = Literal["edge", "qdrant", "faiss"]
+
+
+class CopyRequest(BaseModel):
+    """Copy the collection, vectors, payloads and schema, under another name and/or into another store
+    kind of this server, without re-embedding."""
+
+    to_collection: str | None = Field(None, pattern=COLLECTION_PATTERN,
+                                      description="The copy's name [default: the same, in another store].")
+    to_store: StoreKind | None = Field(None, description="The copy's store kind [default: the server's].")
+    replace: bool = Field(False, description="Replace an existing collection of that name.")
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TransferResponse(BaseModel):
+    """What a restore or copy made."""
+
+    collection: str
+    store: str
+    points: int
+    vectors: dict[str, int] = Field(description="Vector name -> points that have it.")
