@@ -310,6 +310,10 @@ class RemoteCollection:
     def status(self) -> Status:
         return Status.from_json(self._request("GET", f"{self._base}/status"))
 
+    def check(self) -> dict[str, Any]:
+        """The server verifies the collection's stored data (it reads every point)."""
+        return dict(self._request("GET", f"{self._base}/check"))
+
     def snapshot(self, out: str | Path) -> Transfer:
         """The server writes the archive and sends it; it lands at `out` here."""
         target = Path(out)
