@@ -97,11 +97,15 @@ def test_a_snapshot_restores_through_the_server_and_answers_as_the_original(serv
     assert restored.status().count == snapshot.points
 
 
-def test_a_restore_over_the_size_limit_is_413_and_makes_nothing(served: Served) -> None:
+def test_a_restore_over_the_size_limit_is_413_and_makes_nothing(served: Served, tmp_path: Path) -> None:
     url = f"{served.url}/v1/collections/too-big/restore"
     detail = assert_error(httpx.post(url, content=b"\0" * (RESTORE_LIMIT + 1), headers={"X-API-Key": FULL}),
                           413, str(RESTORE_LIMIT))
     assert "CLIPSEARCH_API_MAX_RESTORE_BYTES" in detail
+    too_big = tmp_path / "too-big.tar"  # through the client: the error of a bad input
+    too_big.write_bytes(b"\0" * (RESTORE_LIMIT + 1))
+    with pytest.raises(BadInput, match="CLIPSEARCH_API_MAX_RESTORE_BYTES"):
+        served.remote("too-big").restore(too_big)
     with pytest.raises(NotFound):
         served.remote("too-big").status()
 
