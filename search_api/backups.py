@@ -56,15 +56,14 @@ async def restore(
              summary="Copy the collection under another name and/or into another store kind")
 def copy(collection: CollectionPath, body: CopyRequest, engines: EnginesDep, settings: SettingsDep
          ) -> TransferResponse:
-    target = body.to_collection or collection
+    held = [collection, body.to_collection or collection] if body.to_store in (None, settings.store) \
+        else [collection]  # the target too, where this server may hold it
 
     def run() -> Any:
         return collection_of(engines, collection).copy(body.to_collection, to_store=body.to_store,
                                                        replace=body.replace)
 
-    if body.to_store in (None, settings.store) and target != collection:  # a target this server may hold
-        return _answer(engines.exclusive(target, run))
-    return _answer(run())
+    return _answer(engines.exclusive(held, run))
 
 
 def _answer(done: Any) -> TransferResponse:
