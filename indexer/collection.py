@@ -612,6 +612,10 @@ def copy(name: str, to_name: str | None = None, *, to_store: str | None = None, 
 
     source = settings or Settings()
     target = source.with_flags(store=to_store)
+    if target.store == "qdrant" and not target.qdrant.url and target.qdrant.path is None:
+        # The one store kind that needs a place given: asked of a server, the request's mistake, not its.
+        raise BadInput("a copy to the qdrant store needs a Qdrant server: set CLIPSEARCH_QDRANT_URL (or "
+                       "CLIPSEARCH_QDRANT_PATH for local mode) where the copy runs")
     report = copy_collection(source, name, target, to_name or name, replace=replace)
     return Transfer.from_json(report.to_json())
 

@@ -135,6 +135,8 @@ def test_a_copy_through_the_server_answers_as_the_original_in_its_store_and_in_a
         assert faiss_copy.search("a dog", k=4).ids == original.search("a dog", k=4).ids
     with pytest.raises(BadInput, match="onto itself"):
         original.copy()
+    with pytest.raises(BadInput, match="CLIPSEARCH_QDRANT_URL"):  # a store this server has no place for
+        original.copy("nowhere", to_store="qdrant")
     with pytest.raises(Conflict):
         original.copy("twin")
 
