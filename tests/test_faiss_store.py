@@ -635,7 +635,7 @@ def test_the_filter_cases_neither_keep_everything_nor_nothing(filtered: tuple[Fa
 FORCED_PATHS = {
     "exact": {"exact_max": 10**9, "post_filter_max": 0},
     "selector": {"exact_max": 0, "exact_fraction": 0.0, "post_filter_max": 0},
-    "post": {"post_filter_max": 10**9},
+    "post": {"post_filter_max": 10**9, "post_filter_min_share": 0.0},
 }
 
 

@@ -58,11 +58,15 @@ class FaissConfig:
     exact_fraction: float = 0.01
     # A filter that keeps many points is applied after an unfiltered search (search.py, post-filtering):
     # the nearest `post_filter_factor` x k are read and those that pass kept; when fewer than k pass,
-    # one more try reads as many as the pass rate seen asks for, up to `post_filter_max` (0: never
-    # post-filter), and past that the filtered path above runs. At 50% kept over 100k points the
-    # id selector path spends most of its time listing the 50k passing ids.
-    post_filter_factor: float = 4.0
-    post_filter_max: int = 1024
+    # the next read is as deep as the pass rate seen asks for, up to `post_filter_max` (0: never
+    # post-filter), and past that the filtered path above runs. Only filters that keep at least
+    # `post_filter_min_share` of the points (or `post_filter_probe` of them: counted in SQL, up to
+    # that many) are tried, so a selective one costs no wasted search. At 50% kept over 100k points
+    # the id selector path spent most of its time listing the 50k passing ids.
+    post_filter_factor: float = 8.0
+    post_filter_max: int = 512
+    post_filter_min_share: float = 0.02
+    post_filter_probe: int = 4096
     use_gpu: bool = True  # only when faiss was built with GPU support and sees a GPU
 
 

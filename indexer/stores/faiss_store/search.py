@@ -158,6 +158,9 @@ class SearchMixin(PlannedSearch):
         goal = min(limit, index.live)
         if goal <= 0 or _names_vectors(store_filter):  # has_vector needs each point's vectors
             return None
+        if not self._keeps_at_least(store_filter, min(cfg.post_filter_probe,
+                                                      math.ceil(cfg.post_filter_min_share * index.live))):
+            return None
         fetch = math.ceil(goal * cfg.post_filter_factor)
         while fetch <= cfg.post_filter_max:
             found = index.nearest(query, fetch)
@@ -170,6 +173,18 @@ class SearchMixin(PlannedSearch):
                 return None
             fetch = max(2 * fetch, math.ceil(2 * goal * len(found) / len(passing)))
         return None
+
+    def _keeps_at_least(self, store_filter: Filter, count: int) -> bool:
+        """Whether at least `count` points pass; reads that many rows at most."""
+        if count <= 0:
+            return True
+        sql, params = self._compiled(store_filter)
+        try:
+            found = self.db.conn.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM ({sql}) LIMIT ?)",
+                                         [*params, count]).fetchone()[0]
+        finally:
+            self.db.clear_pending()
+        return bool(found >= count)
 
     def _within(self, store_filter: Filter | None, column: str) -> tuple[str, list[Any]]:
         """` AND <column> IN (<the filter's SELECT of iids>)` and its parameters; nothing without one."""
