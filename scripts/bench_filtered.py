@@ -4,6 +4,8 @@ keeping 50%, 10%, 1% and 0.1% of the points; and hybrid (keyword + vector) query
 
     .venv/bin/python scripts/bench_filtered.py                      # 100k, every backend, + HTTP
     .venv/bin/python scripts/bench_filtered.py --sizes 1000000 --backends edge faiss --no-http
+    .venv/bin/python scripts/bench_filtered.py --sizes 1000000 --backends faiss --no-http --root R --keep
+    .venv/bin/python scripts/bench_filtered.py --sizes 1000000 --backends faiss --no-http --root R --reuse
 
 Vectors: seeded clusters (1000 centres, unit noise), unit length, `--dim` wide; each point has an
 integer field `bucket` drawn uniformly from 0-999, and a filter `bucket < N` keeps N/1000 of the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import socket
 import sys
@@ -42,6 +45,7 @@ HEADING = "## Filtered search (bench_filtered)"
 KEEPS = (500, 100, 10, 1)  # bucket < N keeps N/1000 of the points
 BATCH = 10_000
 K = 10
+BUILT_FILE = "built.json"  # written when a build finished: --keep and --reuse
 log = bench.logger("bench_filtered")
 
 
@@ -92,7 +96,9 @@ def build(kind: str, root: Path, vectors: np.ndarray, buckets: np.ndarray) -> tu
         if stop % 200_000 == 0:
             log(f"  {kind}: {stop} points")
     store.close()  # as `clipsearch index` ends: the index is built (edge) and everything is on disk
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    (root / BUILT_FILE).write_text(json.dumps({"build_s": seconds, "points": len(vectors)}))
+    return seconds
 
 
 def rss_mib() -> float:
@@ -278,8 +284,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--root", type=Path, default=None, help="Working folder [default: a temporary one].")
+    parser.add_argument("--keep", action="store_true",
+                        help="Keep each build (ROOT/BACKEND-SIZE) to measure again with --reuse.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Measure a finished build kept under --root instead of building again "
+                             "(its build time is the one recorded then).")
     args = parser.parse_args(argv)
     machine, load_before = bench.machine(), bench.loadavg()
+    if (args.keep or args.reuse) and args.root is None:
+        parser.error("--keep and --reuse need --root")
     root = args.root or Path(tempfile.mkdtemp(prefix="bench-filtered-"))
     sections = []
     command = bench.command_line("bench_filtered.py", argv)
@@ -292,14 +305,20 @@ def main(argv: list[str]) -> int:
                 if backend == "qdrant" and size > 100_000:
                     log("  qdrant local mode: skipped above 100k (a test double, not a server)")
                     continue
-                build_s = build(backend, root / f"{backend}-{size}", vectors, buckets)
-                log(f"  {backend}: built in {build_s:.0f} s")
-                asked = args.qdrant_queries if backend == "qdrant" else args.queries
                 built = root / f"{backend}-{size}"
+                if args.reuse and (built / BUILT_FILE).is_file():
+                    build_s = json.loads((built / BUILT_FILE).read_text())["build_s"]
+                    log(f"  {backend}: reusing the build in {built} (built in {build_s:.0f} s)")
+                else:
+                    shutil.rmtree(built, ignore_errors=True)  # an unfinished build is started again
+                    build_s = build(backend, built, vectors, buckets)
+                    log(f"  {backend}: built in {build_s:.0f} s")
+                asked = args.qdrant_queries if backend == "qdrant" else args.queries
                 found = measure_in_child(backend, built, size, args.dim, args.queries, asked)
                 results[backend] = {"build_s": build_s, **found}
                 log(f"  {backend}: opened in {found['open_s']:.1f} s, +{found['rss_mib']:.0f} MiB resident")
-                shutil.rmtree(root / f"{backend}-{size}", ignore_errors=True)
+                if not args.keep:
+                    shutil.rmtree(built, ignore_errors=True)
                 for row in results[backend]["rows"]:
                     log(f"    keep {row['keep']:.1%}: p50 {row['p50']:.2f} ms, recall {row['recall']:.4f}")
             sections.append(table(size, args.dim, results, command, machine, load_before))
