@@ -287,7 +287,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="Keep each build (ROOT/BACKEND-SIZE) to measure again with --reuse.")
     parser.add_argument("--reuse", action="store_true",
-                        help="Measure a finished build kept under --root instead of building again "
+                        help="Measure (and keep) a finished build under --root instead of building again "
                              "(its build time is the one recorded then).")
     args = parser.parse_args(argv)
     machine, load_before = bench.machine(), bench.loadavg()
@@ -317,7 +317,7 @@ def main(argv: list[str]) -> int:
                 found = measure_in_child(backend, built, size, args.dim, args.queries, asked)
                 results[backend] = {"build_s": build_s, **found}
                 log(f"  {backend}: opened in {found['open_s']:.1f} s, +{found['rss_mib']:.0f} MiB resident")
-                if not args.keep:
+                if not (args.keep or args.reuse):
                     shutil.rmtree(built, ignore_errors=True)
                 for row in results[backend]["rows"]:
                     log(f"    keep {row['keep']:.1%}: p50 {row['p50']:.2f} ms, recall {row['recall']:.4f}")
