@@ -135,9 +135,13 @@ class SearchMixin(PlannedSearch):
 
     def _hit_rows(self, source: str, vids: list[int]) -> dict[int, tuple[str, dict[str, Any]]]:
         """vid -> (point id, payload) of the live points among `vids`."""
+        return {vid: (uuid, json.loads(text)) for vid, (uuid, text) in self._hit_texts(source, vids).items()}
+
+    def _hit_texts(self, source: str, vids: list[int]) -> dict[int, tuple[str, str]]:
+        """vid -> (point id, payload JSON) of the live points among `vids`."""
         return {
-            vid: (uuid, json.loads(payload))
-            for vid, uuid, payload in self.db.select_in(
+            vid: (uuid, text)
+            for vid, uuid, text in self.db.select_in(
                 f"SELECT v.vid, p.uuid, p.payload FROM {source} v JOIN points p ON p.iid = v.iid"
                 " WHERE v.vid IN ({})",
                 vids,
@@ -162,11 +166,22 @@ class SearchMixin(PlannedSearch):
                                                       math.ceil(cfg.post_filter_min_share * index.live))):
             return None
         fetch = math.ceil(goal * cfg.post_filter_factor)
+        texts: dict[int, tuple[str, str]] = {}  # vid -> (point id, payload JSON), parsed when checked
+        passes: dict[int, bool] = {}
         while fetch <= cfg.post_filter_max:
             found = index.nearest(query, fetch)
-            rows.update(self._hit_rows(source, [vid for vid, _ in found if vid not in rows]))
-            passing = [(vid, score) for vid, score in found
-                       if vid in rows and matches(store_filter, rows[vid][0], rows[vid][1])]
+            texts.update(self._hit_texts(source, [vid for vid, _ in found if vid not in texts]))
+            passing: list[tuple[int, float]] = []
+            for vid, score in found:  # best first: stop once `limit` pass and the ties with the last
+                if len(passing) >= goal and score < passing[-1][1]:
+                    break
+                if vid not in passes:
+                    row = texts.get(vid)
+                    if row is not None:
+                        rows[vid] = (row[0], json.loads(row[1]))
+                    passes[vid] = row is not None and matches(store_filter, *rows[vid])
+                if passes[vid]:
+                    passing.append((vid, score))
             if len(passing) >= goal or len(found) >= index.live:
                 return passing
             if not passing:
