@@ -72,10 +72,10 @@ def point_ids(n: int) -> list[str]:
     return [str(uuid.UUID(int=i + 1)) for i in range(n)]
 
 
-def store_settings(kind: str, root: Path) -> Any:
+def store_settings(kind: str, root: Path, **tuning: Any) -> Any:
     from indexer.settings import Settings
 
-    return Settings(home=root / "home", store=kind, qdrant={"path": root / "qdrant"})
+    return Settings(home=root / "home", store=kind, qdrant={"path": root / "qdrant"}, **tuning)
 
 
 def build(kind: str, root: Path, vectors: np.ndarray, buckets: np.ndarray) -> tuple[Any, float]:
@@ -108,15 +108,23 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, asked: int) -> dict[str, Any]:
+def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, asked: int,
+                   tuning: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process (so that the build's freed memory does not hide the store's): open the built
-    collection as a server does, measure every cell, and the resident memory the opened store adds."""
+    collection as a server does, measure every cell, and the resident memory the opened store adds.
+    `tuning`: settings (hnsw_ef), and `post_filter` False for FAISS's filtered path only (as before)."""
+    import dataclasses
+
     from indexer.stores import open_store
 
     vectors, buckets, all_queries = data(size, dim, queries)
+    tuning = dict(tuning)
+    post_filter = tuning.pop("post_filter", True)
     before = rss_mib()
     started = time.perf_counter()
-    store = open_store(store_settings(kind, root), "filtered")
+    store = open_store(store_settings(kind, root, **tuning), "filtered")
+    if not post_filter:
+        store.config = dataclasses.replace(store.config, post_filter_max=0)
     store.count()  # edge opens in full before its first answer
     open_s = time.perf_counter() - started
     try:
@@ -126,11 +134,26 @@ def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, ask
         store.close()
 
 
-def measure_in_child(kind: str, root: Path, size: int, dim: int, queries: int, asked: int) -> dict[str, Any]:
+def measure_in_child(kind: str, root: Path, size: int, dim: int, queries: int, asked: int,
+                     tuning: dict[str, Any]) -> dict[str, Any]:
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure_opened, (kind, root, size, dim, queries, asked))
+        return pool.apply(measure_opened, (kind, root, size, dim, queries, asked, tuning))
+
+
+def tunings(backend: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The row label and settings of each measurement of one build: --hnsw-ef values, and FAISS without
+    post-filtering with --compare-post-filter."""
+    found: dict[str, dict[str, Any]] = {}
+    for ef in args.hnsw_ef or [None]:
+        tuning = {} if ef is None else {"hnsw_ef": ef}
+        notes = [] if ef is None else [f"hnsw_ef {ef}"]
+        if backend == "faiss" and args.compare_post_filter:
+            old = ", ".join([*notes, "filtered path only, as before"])
+            found[f"{backend} ({old})"] = {**tuning, "post_filter": False}
+        found[f"{backend} ({', '.join(notes)})" if notes else backend] = tuning
+    return found
 
 
 def exact(vectors: np.ndarray, keep: np.ndarray, query: np.ndarray) -> set[int]:
@@ -284,6 +307,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--root", type=Path, default=None, help="Working folder [default: a temporary one].")
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=None,
+                        help="Measure each build with these hnsw_ef settings in turn [the default].")
+    parser.add_argument("--compare-post-filter", action="store_true",
+                        help="FAISS: also measure the filtered path only (no post-filtering), as before.")
     parser.add_argument("--keep", action="store_true",
                         help="Keep each build (ROOT/BACKEND-SIZE) to measure again with --reuse.")
     parser.add_argument("--reuse", action="store_true",
@@ -314,13 +341,15 @@ def main(argv: list[str]) -> int:
                     build_s = build(backend, built, vectors, buckets)
                     log(f"  {backend}: built in {build_s:.0f} s")
                 asked = args.qdrant_queries if backend == "qdrant" else args.queries
-                found = measure_in_child(backend, built, size, args.dim, args.queries, asked)
-                results[backend] = {"build_s": build_s, **found}
-                log(f"  {backend}: opened in {found['open_s']:.1f} s, +{found['rss_mib']:.0f} MiB resident")
+                for label, tuning in tunings(backend, args).items():
+                    found = measure_in_child(backend, built, size, args.dim, args.queries, asked, tuning)
+                    results[label] = {"build_s": build_s, **found}
+                    log(f"  {label}: opened in {found['open_s']:.1f} s, +{found['rss_mib']:.0f} MiB resident")
+                    for row in found["rows"]:
+                        log(f"    keep {row['keep']:.1%}: p50 {row['p50']:.2f} ms, "
+                            f"recall {row['recall']:.4f}")
                 if not (args.keep or args.reuse):
                     shutil.rmtree(built, ignore_errors=True)
-                for row in results[backend]["rows"]:
-                    log(f"    keep {row['keep']:.1%}: p50 {row['p50']:.2f} ms, recall {row['recall']:.4f}")
             sections.append(table(size, args.dim, results, command, machine, load_before))
         if not args.no_http:
             log(f"hybrid over HTTP, {args.http_points:,} points")
