@@ -14,17 +14,13 @@ expected answer (top-1 ~0.10, top-5 ~0.50); the point is the cost and that the n
     .venv/bin/python scripts/bench_label.py --sizes 100000 1000000 --stores edge faiss
     .venv/bin/python scripts/bench_label.py --sizes            # the eval only
     .venv/bin/python scripts/bench_label.py --sizes 100000 --stores edge --compare-rebuild --skip-eval
-    .venv/bin/python scripts/bench_label.py --sizes 100000 --stores edge faiss --compare-writes 2 --skip-eval
 
 Searches during and after each run: a thread searches the open store (k=10, random unit queries) all
 through the run, and the collection is opened again after it (as the next `clipsearch search` or a
 server opens it) for --queries more; each reports p50/p95 and recall@10 against exact search (numpy
 over the same vectors). --compare-rebuild labels two copies of one build: one as the store does it now,
 one as it did before (edge: building the index at the end of the run, `store.optimize()`, as every
-flush and close did after payload updates until the store stopped rebuilding for them);
---compare-writes R labels copies R times each way in alternating order: as the run does it now (each
-batch written in a thread while the next is read and scored) and as before (written, then the next
-read), and prints the ratio of the median whole runs.
+flush and close did after payload updates until the store stopped rebuilding for them).
 """
 
 from __future__ import annotations
@@ -112,7 +108,7 @@ class Searcher:
 
 
 def label_run(settings: Any, labels: list[str], label_vectors: np.ndarray, vectors: np.ndarray,
-              queries: int, rebuild: bool = False, overlap: bool = True) -> dict[str, Any]:
+              queries: int, rebuild: bool = False) -> dict[str, Any]:
     from indexer.curation.labels import label_store
     from indexer.stores import open_store
 
@@ -130,7 +126,7 @@ def label_run(settings: Any, labels: list[str], label_vectors: np.ndarray, vecto
         searcher.start()
     try:
         report = label_store(store, None, labels, label_vectors=label_vectors, logit_scale=100.0, top_k=3,
-                             threshold=0.2, progress=False, overlap_writes=overlap)
+                             threshold=0.2, progress=False)
     finally:
         running.clear()
         if searcher.is_alive():
@@ -152,7 +148,7 @@ def label_run(settings: Any, labels: list[str], label_vectors: np.ndarray, vecto
         store.close(**({"optimize": False} if hasattr(store, "optimize") else {}))
     return {"seconds": report.seconds + closed, "labeled": report.labeled, "unsure": report.unsure,
             "timings": {**report.timings, "close": closed}, "during": during.summary(),
-            "after": after.summary(), "rebuild": rebuild, "overlap": overlap}
+            "after": after.summary(), "rebuild": rebuild}
 
 
 def matrix_only(size: int, dim: int, label_vectors: np.ndarray, seed: int) -> float:
@@ -185,26 +181,17 @@ def bench_sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
             settings = make_settings(Path(home) / "home", Path(home) / "unused.pt", **overrides)
             built = build(settings, size, args.dim, seed=size)
             vectors = built_vectors(size, args.dim, seed=size)
-            # (rebuild, overlap) per run, on copies of one build; the writes compared in alternating order
-            variants = [(False, True)]
-            if args.compare_rebuild and store == "edge":
-                variants.append((True, True))
-            for round_ in range(args.compare_writes):
-                pair = [(False, False), (False, True)]
-                variants += pair if round_ % 2 == 0 else pair[::-1]
-            if args.compare_writes:
-                variants = variants[1:]
+            variants = [False, True] if args.compare_rebuild and store == "edge" else [False]
             pristine = Path(home) / "pristine"
             if len(variants) > 1:
                 shutil.copytree(settings.home, pristine)
-            for number, (rebuild, overlap) in enumerate(variants):
-                if number:
+            for rebuild in variants:
+                if rebuild:
                     shutil.rmtree(settings.home)
                     shutil.copytree(pristine, settings.home)
                 log(f"{size:,} vectors built in {built:.0f} s; labelling"
-                    + (" (rebuild at the end)" if rebuild else "")
-                    + ("" if overlap else " (writes not overlapped)"))
-                run = label_run(settings, labels, label_vectors, vectors, args.queries, rebuild, overlap)
+                    + (" (rebuild at the end)" if rebuild else ""))
+                run = label_run(settings, labels, label_vectors, vectors, args.queries, rebuild)
                 matrix = matrix_only(size, args.dim, label_vectors, seed=size)
                 results.append({"store": store, "size": size, "build": built, "matrix": matrix, **run})
                 log(f"{store} {size:,}: whole run {run['seconds']:.1f} s, matrix alone {matrix:.1f} s, "
@@ -262,28 +249,12 @@ def render(args: argparse.Namespace, sizes: list[dict[str, Any]], machine: str) 
             continue
         t = r["timings"]
         speed = f"{r['size'] / r['seconds']:,.0f}"
-        name = r["store"] + (" (index rebuilt at the end, as before)" if r["rebuild"] else "") + (
-            "" if r["overlap"] else " (each batch written before the next is read, as before)")
+        name = r["store"] + (" (index rebuilt at the end, as before)" if r["rebuild"] else "")
         cells = [name, f"{r['size']:,}", f"{r['seconds']:.1f} s", speed,
                  *(f"{t[stage]:.1f} s" for stage in ("read", "score", "write", "close")),
                  f"{r['matrix']:.1f} s", f"{r['build']:.0f} s", searches(r["during"]), searches(r["after"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += overlap_ratios(sizes)
     return "\n".join(lines) + "\n"
-
-
-def overlap_ratios(sizes: list[dict[str, Any]]) -> list[str]:
-    """--compare-writes: the median whole run without and with overlapped writes, per store and size."""
-    lines = []
-    for store, size in dict.fromkeys((r["store"], r["size"]) for r in sizes if "overlap" in r):
-        runs = [r for r in sizes if (r.get("store"), r.get("size")) == (store, size) and not r["rebuild"]]
-        before = [r["seconds"] for r in runs if not r["overlap"]]
-        after = [r["seconds"] for r in runs if r["overlap"]]
-        if before and after:
-            lines.append(f"- {store}, {size:,}: whole run {np.median(before):.1f} s as before, "
-                         f"{np.median(after):.1f} s with writes overlapped (medians of {len(before)} and "
-                         f"{len(after)} alternating runs): {np.median(before) / np.median(after):.2f}x")
-    return ["", *lines] if lines else []
 
 
 def render_eval(evaluated: dict[str, Any], machine: str) -> str:
@@ -319,9 +290,6 @@ def main() -> None:
     parser.add_argument("--compare-rebuild", action="store_true",
                         help="edge: label two copies of one build, as now and with the index rebuilt "
                              "at the end (as before).")
-    parser.add_argument("--compare-writes", type=int, default=0, metavar="ROUNDS",
-                        help="Label copies of each build ROUNDS times each way, alternating: each batch "
-                             "written before the next is read (as before) and writes overlapped (now).")
     parser.add_argument("--queries", type=int, default=50, help="Searches after each run [50].")
     parser.add_argument("--out", type=Path, default=bench.DOC, help="The Markdown file for the section.")
     args = parser.parse_args()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -255,11 +254,9 @@ def label_store(
     logit_scale: float | None = None,
     batch: int = BATCH,
     progress: bool = True,
-    overlap_writes: bool = True,
 ) -> LabelReport:
     """Label the items of an open store that pass `store_filter` from their stored `vector`, writing the
-    run's fields into their metadata. `label_vectors` and `logit_scale` replace the model (benchmarks);
-    `overlap_writes=False` writes each batch before reading the next (as before; for comparison)."""
+    run's fields into their metadata. `label_vectors` and `logit_scale` replace the model (benchmarks)."""
     started = time.perf_counter()
     labels = list(labels)
     templates = list(templates or PROMPT_TEMPLATES)
@@ -280,31 +277,31 @@ def label_store(
     declare(store, fields)
     total = store.count(store_filter)
     bar = tqdm(total=total, unit="item", desc=f"labelling {store.name} ({run})", disable=not progress)
-    with _Writer(store, report.timings, overlap_writes) as writer:
-        for chunk in _batches(store.scan(store_filter, with_vectors=[spec.name]), batch, report.timings):
-            have = [r for r in chunk if spec.name in r.vectors]
-            report.skipped += len(chunk) - len(have)
-            if have:
-                clock = time.perf_counter()
-                matrix = np.stack([r.vectors[spec.name] for r in have])
-                best, scores = top_labels(matrix, label_vectors, float(logit_scale or 1.0), top_k, batch)
-                sure = scores[:, 0] >= threshold
-                report.counts.update(labels[i] for i in best[sure, 0].tolist())
-                report.unsure += int((~sure).sum())
-                payloads = {}
-                # Python lists, not numpy scalars: a million items pay for every per-item conversion.
-                rounded = np.round(scores.astype(np.float64), 6).tolist()
-                rows = zip(have, best.tolist(), rounded, sure.tolist(), strict=True)
-                for record, row, row_scores, certain in rows:
-                    top = [labels[i] for i in row]
-                    metadata = {**record.payload.get("metadata", {}), run: top[0] if certain else UNSURE,
-                                f"{run}_score": row_scores[0], f"{run}_top": top,
-                                f"{run}_top_scores": row_scores}
-                    payloads[record.id] = {**record.payload, "metadata": metadata}
-                report.timings["score"] += time.perf_counter() - clock
-                writer.put(payloads)
-                report.labeled += len(have)
-            bar.update(len(chunk))
+    for chunk in _batches(store.scan(store_filter, with_vectors=[spec.name]), batch, report.timings):
+        have = [r for r in chunk if spec.name in r.vectors]
+        report.skipped += len(chunk) - len(have)
+        if have:
+            clock = time.perf_counter()
+            matrix = np.stack([r.vectors[spec.name] for r in have])
+            best, scores = top_labels(matrix, label_vectors, float(logit_scale or 1.0), top_k, batch)
+            sure = scores[:, 0] >= threshold
+            report.counts.update(labels[i] for i in best[sure, 0].tolist())
+            report.unsure += int((~sure).sum())
+            payloads = {}
+            # Python lists, not numpy scalars: a million items pay for every per-item conversion.
+            rounded = np.round(scores.astype(np.float64), 6).tolist()
+            rows = zip(have, best.tolist(), rounded, sure.tolist(), strict=True)
+            for record, row, row_scores, certain in rows:
+                top = [labels[i] for i in row]
+                metadata = {**record.payload.get("metadata", {}), run: top[0] if certain else UNSURE,
+                            f"{run}_score": row_scores[0], f"{run}_top": top, f"{run}_top_scores": row_scores}
+                payloads[record.id] = {**record.payload, "metadata": metadata}
+            report.timings["score"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            store.set_payloads(payloads)
+            report.timings["write"] += time.perf_counter() - clock
+            report.labeled += len(have)
+        bar.update(len(chunk))
     bar.close()
     info = store.read_info()
     info[INFO_KEY] = {**info.get(INFO_KEY, {}), run: {
@@ -317,47 +314,6 @@ def label_store(
     report.timings["write"] += time.perf_counter() - clock
     report.seconds = time.perf_counter() - started
     return report
-
-
-class _Writer:
-    """Writes a run's batches of payloads: with `overlap`, on a store that takes writes beside reads
-    (`concurrent_reads`), in a thread, so that one batch is written while the next is read and scored
-    (the stores' engines and SQLite let go of Python's lock while they work); at most one batch waits,
-    and a failed write stops the run with its error. `timings["write"]`: the seconds spent writing."""
-
-    def __init__(self, store: VectorStore, timings: dict[str, float], overlap: bool = True) -> None:
-        self._store, self._timings = store, timings
-        overlap = overlap and getattr(store, "concurrent_reads", False)
-        self._thread = ThreadPoolExecutor(1, "clipsearch-label-write") if overlap else None
-        self._pending: Future[None] | None = None
-
-    def put(self, payloads: dict[str, dict[str, Any]]) -> None:
-        if self._thread is None:
-            self._write(payloads)
-            return
-        self._wait()
-        self._pending = self._thread.submit(self._write, payloads)
-
-    def _write(self, payloads: dict[str, dict[str, Any]]) -> None:
-        clock = time.perf_counter()
-        self._store.set_payloads(payloads)
-        self._timings["write"] += time.perf_counter() - clock
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()  # raises what the write raised
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if exc[0] is None:
-                self._wait()
-        finally:
-            if self._thread is not None:
-                self._thread.shutdown(wait=True)  # a run that failed still lets a write in flight finish
 
 
 # --- counts and review ---------------------------------------------------------------------------
