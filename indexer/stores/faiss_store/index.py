@@ -103,6 +103,7 @@ class VectorIndex:
         self._dirty = False  # the in-memory index differs from the file
         self._gpu_index: Any = None  # search copy on the GPU, dropped on every change
         self._gpu_failed = False
+        self._ascending_ids: tuple[int, bool] | None = None  # (ntotal, whether id_map ascends) cache
         self._index: Any = self._open()
 
     # --- state ---------------------------------------------------------------------------
@@ -127,6 +128,26 @@ class VectorIndex:
     @property
     def faiss_index(self) -> Any:
         return self._index
+
+    def stored_vectors(self, ids: np.ndarray) -> np.ndarray | None:
+        """The vectors of `ids` (live vids) as a flat or HNSW index holds them, which are the table's
+        (the index is built from it), gathered from the index's memory: ~100x faster than reading them
+        from SQLite (10,000 vectors: a few ms against hundreds). None when the index holds approximations
+        (IVF-PQ) or its ids are not in ascending order (after an open that caught up with the table)."""
+        if self.kind not in ("flat", "hnsw") or not len(ids):
+            return None
+        inner = faiss.downcast_index(self._index.index)
+        storage = inner if isinstance(inner, faiss.IndexFlat) else faiss.downcast_index(inner.storage)
+        n, dim = int(storage.ntotal), int(storage.d)
+        held = faiss.rev_swig_ptr(self._index.id_map.data(), n)  # views, no copies
+        if self._ascending_ids is None or self._ascending_ids[0] != n:
+            self._ascending_ids = (n, bool(n < 2 or (np.diff(held) > 0).all()))
+        if not self._ascending_ids[1]:
+            return None
+        at = np.searchsorted(held, ids)
+        if (at >= n).any() or not np.array_equal(held[np.minimum(at, n - 1)], ids):
+            return None
+        return faiss.rev_swig_ptr(storage.get_xb(), n * dim).reshape(n, dim)[at]
 
     # --- changes -------------------------------------------------------------------------
 
@@ -246,6 +267,7 @@ class VectorIndex:
         return self._gpu_index
 
     def _changed(self) -> None:
+        self._ascending_ids = None
         self._dirty = True
         self._gpu_index = None  # re-copied on the next search
 

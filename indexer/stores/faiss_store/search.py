@@ -124,7 +124,10 @@ class SearchMixin(PlannedSearch):
                 assert store_filter is not None
                 vids = self._filtered_vids(spec, store_filter)
                 if len(vids) <= max(self.config.exact_max, self.config.exact_fraction * index.live):
-                    found = exact_nearest(vids, index.source.vectors_for(vids), query, limit)
+                    vectors = index.stored_vectors(vids)
+                    if vectors is None:
+                        vectors = index.source.vectors_for(vids)
+                    found = exact_nearest(vids, vectors, query, limit)
                 else:
                     found = index.nearest_among(query, limit, vids)
             rows.update(self._hit_rows(source, [vid for vid, _ in found if vid not in rows]))
