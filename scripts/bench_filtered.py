@@ -112,7 +112,8 @@ def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, ask
                    tuning: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process (so that the build's freed memory does not hide the store's): open the built
     collection as a server does, measure every cell, and the resident memory the opened store adds.
-    `tuning`: settings (hnsw_ef), and `post_filter` False for FAISS's filtered path only (as before)."""
+    `tuning`: settings (hnsw_ef), and `post_filter` False for FAISS as before issue 17 (the filtered path
+    only, its exact part reading vectors from SQLite)."""
     import dataclasses
 
     from indexer.stores import open_store
@@ -124,7 +125,7 @@ def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, ask
     started = time.perf_counter()
     store = open_store(store_settings(kind, root, **tuning), "filtered")
     if not post_filter:
-        store.config = dataclasses.replace(store.config, post_filter_max=0)
+        store.config = dataclasses.replace(store.config, post_filter_max=0, exact_from_index=False)
     store.count()  # edge opens in full before its first answer
     open_s = time.perf_counter() - started
     try:
@@ -150,7 +151,7 @@ def tunings(backend: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]
         tuning = {} if ef is None else {"hnsw_ef": ef}
         notes = [] if ef is None else [f"hnsw_ef {ef}"]
         if backend == "faiss" and args.compare_post_filter:
-            old = ", ".join([*notes, "filtered path only, as before"])
+            old = ", ".join([*notes, "as before: filtered path only, vectors from SQLite"])
             found[f"{backend} ({old})"] = {**tuning, "post_filter": False}
         found[f"{backend} ({', '.join(notes)})" if notes else backend] = tuning
     return found
@@ -310,7 +311,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hnsw-ef", type=int, nargs="+", default=None,
                         help="Measure each build with these hnsw_ef settings in turn [the default].")
     parser.add_argument("--compare-post-filter", action="store_true",
-                        help="FAISS: also measure the filtered path only (no post-filtering), as before.")
+                        help="FAISS: also measure as before (no post-filtering, vectors read from SQLite).")
     parser.add_argument("--keep", action="store_true",
                         help="Keep each build (ROOT/BACKEND-SIZE) to measure again with --reuse.")
     parser.add_argument("--reuse", action="store_true",

@@ -634,6 +634,7 @@ def test_the_filter_cases_neither_keep_everything_nor_nothing(filtered: tuple[Fa
 # an unfiltered search read deeper until enough results pass (post-filtering, tried first).
 FORCED_PATHS = {
     "exact": {"exact_max": 10**9, "post_filter_max": 0},
+    "exact, vectors from SQLite": {"exact_max": 10**9, "post_filter_max": 0, "exact_from_index": False},
     "selector": {"exact_max": 0, "exact_fraction": 0.0, "post_filter_max": 0},
     "post": {"post_filter_max": 10**9, "post_filter_min_share": 0.0},
 }

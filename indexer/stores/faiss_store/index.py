@@ -63,6 +63,9 @@ class FaissConfig:
     # `post_filter_min_share` of the points (or `post_filter_probe` of them: counted in SQL, up to
     # that many) are tried, so a selective one costs no wasted search. At 50% kept over 100k points
     # the id selector path spent most of its time listing the 50k passing ids.
+    # The exact path reads the passing points' vectors from a flat or HNSW index's memory (False: from
+    # SQLite, as before; for comparison).
+    exact_from_index: bool = True
     post_filter_factor: float = 8.0
     post_filter_max: int = 512
     post_filter_min_share: float = 0.02
@@ -134,7 +137,7 @@ class VectorIndex:
         (the index is built from it), gathered from the index's memory: ~100x faster than reading them
         from SQLite (10,000 vectors: a few ms against hundreds). None when the index holds approximations
         (IVF-PQ) or its ids are not in ascending order (after an open that caught up with the table)."""
-        if self.kind not in ("flat", "hnsw") or not len(ids):
+        if not self.config.exact_from_index or self.kind not in ("flat", "hnsw") or not len(ids):
             return None
         inner = faiss.downcast_index(self._index.index)
         storage = inner if isinstance(inner, faiss.IndexFlat) else faiss.downcast_index(inner.storage)
