@@ -386,7 +386,9 @@ def exact_nearest(
     """Brute force over the given vectors: the `want` best and every vector tied with the last."""
     if want <= 0 or not len(ids):
         return []
-    scores = vectors @ query.reshape(-1)
+    # Not `@`: OpenBLAS spreads a matrix-vector product over its threads, which on a busy machine
+    # cost ~20 ms for 1,000 x 512 against ~0.05 ms in einsum's own loop (one thread, SIMD).
+    scores = np.einsum("ij,j->i", vectors, query.reshape(-1))
     order = np.argsort(-scores, kind="stable")
     cutoff = scores[order[min(want, len(order)) - 1]]
     kept = order[scores[order] >= cutoff]
