@@ -134,8 +134,8 @@ class VectorInfo:
         return cls(**_known(cls, data))
 
     def to_json(self) -> dict[str, Any]:
-        """As `clipsearch vectors --json` lists it: `job` only where a re-embedding ran or runs."""
-        return {k: v for k, v in asdict(self).items() if k != "job" or v is not None}
+        """As `clipsearch vectors --json` and the HTTP API list it (`job`: None where none ran or runs)."""
+        return asdict(self)
 
 
 @dataclass
@@ -175,12 +175,12 @@ class Status:
                    list(data.get("id_fields") or []), data.get("watch"))
 
     def to_json(self) -> dict[str, Any]:
-        """The status document of `clipsearch status --json` and the HTTP route."""
+        """The status document of `clipsearch status --json`, as the HTTP route answers it (`watch`: None
+        unless a `serve --watch` holds the collection)."""
         vectors = [info.to_json() for info in self.vectors]
-        data = {"collection": self.collection, "count": self.count, "model": self.model, "vectors": vectors,
+        return {"collection": self.collection, "count": self.count, "model": self.model, "vectors": vectors,
                 "fields": self.fields, "searchable": self.searchable, "id_fields": self.id_fields,
-                "failed": self.failed}
-        return {**data, "watch": self.watch} if self.watch is not None else data
+                "failed": self.failed, "watch": self.watch}
 
 
 @dataclass
