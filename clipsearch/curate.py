@@ -187,6 +187,19 @@ def evaluate(data: Path, models: tuple[str, ...], pretrained: tuple[str, ...], c
         raise click.UsageError("each --pretrained goes with a --model")
     started = time.perf_counter()
     settings = settings_from_flags(device=device)
+    if not models and report_dir is None:  # stored vectors only: one call on the collection, or its server's
+        name = collection or settings.collection
+        document = remote.on_collection(
+            settings, name, lambda shop: shop.eval(data, vectors=vectors, templates=templates))
+        if as_json:
+            emit(document)
+            return
+        systems = document["systems"] if "systems" in document else \
+            {f"{name}:{vectors[0] if vectors else 'active vector'}": document}
+        click.echo(f"{len(systems)} system(s), {time.perf_counter() - started:.1f}s")
+        for system_name, result in systems.items():
+            click.echo(f"{system_name}: {_metrics_line(result)}")
+        return
     dataset = load_dataset(data)
     chosen = load_templates(templates)
     progress = not as_json or sys.stderr.isatty()
@@ -205,11 +218,14 @@ def evaluate(data: Path, models: tuple[str, ...], pretrained: tuple[str, ...], c
     seconds = time.perf_counter() - started
     click.echo(f"{evaluated['images']} images, {len(dataset.classes)} classes, {seconds:.1f}s")
     for system in evaluated["systems"]:
-        r = system["result"]
-        parts = [f"zero-shot top-1 {r['zero_shot']['top1']:.4f} top-5 {r['zero_shot']['top5']:.4f}"]
-        for group, title in (("text_to_image", "text-to-image"), ("image_to_image", "image-to-image")):
-            parts.append(title + " " + " ".join(f"{k} {v:.4f}" for k, v in r[group].items()))
-        click.echo(f"{system['name']}: " + " | ".join(parts))
+        click.echo(f"{system['name']}: {_metrics_line(system['result'])}")
+
+
+def _metrics_line(result: dict[str, Any]) -> str:
+    parts = [f"zero-shot top-1 {result['zero_shot']['top1']:.4f} top-5 {result['zero_shot']['top5']:.4f}"]
+    for group, title in (("text_to_image", "text-to-image"), ("image_to_image", "image-to-image")):
+        parts.append(title + " " + " ".join(f"{k} {v:.4f}" for k, v in result[group].items()))
+    return " | ".join(parts)
 
 
 def _model_system(settings: Any, model: str, pretrained: str | None, dataset: Any, templates: list[str],
@@ -236,8 +252,9 @@ def _vector_systems(settings: Any, collection: str | None, vectors: tuple[str, .
 
     name = collection or settings.collection
     if remote.serving_url(settings, name) is not None:
-        raise Conflict(f"eval reads the stored vectors of collection {name!r}, which the running server "
-                       "holds: evaluate a model instead (--model, --pretrained), or stop the server first")
+        raise Conflict(f"eval with --model or --report reads the stored vectors of collection {name!r} here, "
+                       "and the running server holds it: leave out --model and --report (the stored vectors "
+                       "are then measured through the server), or stop the server first")
     store = open_store(settings, name)
     try:
         systems = []

@@ -14,6 +14,7 @@ import click
 
 from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
+from indexer.curation.clusters import MAX_SEED
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 from indexer.errors import BadInput
 
@@ -109,7 +110,7 @@ def duplicates(
               help="Outlier score: 1 - mean cosine to this many nearest images.")
 @click.option("--store", "save", is_flag=True,
               help="Write `cluster` and `outlier` into each image's metadata (filterable, exported).")
-@click.option("--seed", type=int, default=0, show_default=True, help="k-means seed.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="k-means seed.")
 @click.option("--vector", default=None, help="Cluster this named vector [default: the active one].")
 @collection_option
 @json_option

@@ -17,6 +17,7 @@ from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from indexer.curation.clusters import MAX_SEED
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
@@ -54,7 +55,7 @@ def clusters(
     engines: EnginesDep,
     k: Annotated[int, Query(ge=1, le=1000, description="Number of clusters.")] = 20,
     central: Annotated[int, Query(ge=0, le=100, description="Central images per cluster.")] = 6,
-    seed: Annotated[int, Query(description="k-means seed.")] = 0,
+    seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="k-means seed.")] = 0,
     vector: VectorQuery = None,
 ) -> dict[str, Any]:
     """`{"k", "clusters": [{"cluster", "size", "central": [{"id", "uri", "score"}]}], "outliers", ...}`."""

@@ -160,10 +160,15 @@ def test_what_cannot_go_through_the_server_says_what_to_do_about_that_command(
     run("snapshot", str(archive))  # through the server
     refused("restore", str(archive), "--collection", COLLECTION, "--replace", kind=ErrorKind.CONFLICT,
             advice="--collection NEW")
-    data = tmp_path / "eval"
-    (data / "bird").mkdir(parents=True)
-    (data / "bird" / "a.png").write_bytes(png_bytes((20, 20)))
-    refused("eval", str(data), kind=ErrorKind.CONFLICT, advice="--model")
+    photos = sorted(p for p in folder.iterdir() if not p.name.startswith("zz-"))
+    labelled = tmp_path / "labels.csv"  # two classes over the watched photos, by the paths the server indexed
+    labelled.write_text("path,label\n" + "".join(f"{p.resolve()},{'bird' if i % 2 else 'fish'}\n"
+                                                  for i, p in enumerate(photos)))
+    measured = run_json("eval", str(labelled))  # the stored vectors, measured through the server
+    assert set(measured) == {"zero_shot", "text_to_image", "image_to_image"}
+    assert sum(c["count"] for c in measured["zero_shot"]["per_class"].values()) == len(photos)
+    refused("eval", str(labelled), "--report", str(tmp_path / "report"), kind=ErrorKind.CONFLICT,
+            advice="leave out --model and --report")
     line = refused("clusters", "--store", kind=ErrorKind.CONFLICT, advice="clusters")
     assert "--watch" not in line  # about this command, not about indexing
     line = refused("export", str(tmp_path / "q.csv"), "--format", "csv", "--query", "a bird",

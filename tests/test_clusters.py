@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.curation.clusters import cluster_collection, kmeans, load_vectors, neighbours, outlier_scores
+from indexer.curation.clusters import (
+    MAX_SEED,
+    cluster_collection,
+    kmeans,
+    load_vectors,
+    neighbours,
+    outlier_scores,
+)
 from indexer.errors import BadInput
 from indexer.schema import CollectionSchema, ModelIdentity
 from indexer.stores import Record, open_store
@@ -64,6 +71,13 @@ def test_k_out_of_range_is_refused_naming_the_flag() -> None:
         kmeans(x, len(x) + 1)
     with pytest.raises(BadInput, match="--k"):
         kmeans(x, 0)
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**40])
+def test_seed_outside_what_faiss_holds_is_refused_naming_the_flag(seed: int) -> None:
+    x, _, _ = blobs(0)
+    with pytest.raises(BadInput, match="--seed"):
+        kmeans(x, 3, seed=seed)
 
 
 @pytest.fixture

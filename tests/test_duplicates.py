@@ -330,5 +330,6 @@ def test_api_routes_for_the_ui(corpus: Corpus, tiny_model) -> None:
         assert len(outliers) == 7 and [o["score"] for o in outliers] == sorted(
             (o["score"] for o in outliers), reverse=True)
         assert httpx.get(f"{base}/clusters", params={"k": 0}, timeout=30).status_code == 422
+        assert httpx.get(f"{base}/clusters", params={"k": 1, "seed": -1}, timeout=30).status_code == 422
         missing = httpx.get(f"{url}/v1/collections/nothing/duplicates", timeout=30)
         assert missing.status_code == 404

@@ -66,6 +66,10 @@ def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(x[chosen])
 
 
+# FAISS keeps the seed in a C int, and each of the `redo` runs adds one to it.
+MAX_SEED = 2**31 - 1 - 16
+
+
 def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, redo: int = 3) -> Clustering:
     """Spherical k-means of `vectors` (normalised here): the best of `redo` seeded runs by objective."""
     try:
@@ -76,6 +80,8 @@ def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, redo:
     n, dim = x.shape
     if not 1 <= k <= n:
         raise BadInput(f"--k must be between 1 and the number of items ({n}), not {k}")
+    if not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"--seed must be between 0 and {MAX_SEED}, not {seed}")
     rng = np.random.default_rng(seed)
     best: tuple[float, np.ndarray] | None = None
     for attempt in range(redo):
