@@ -386,3 +386,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+_REFUSING: list[socket.socket] = []  # held open for the session: their ports stay taken and refuse
+
+
+def refusing_port() -> int:
+    """A loopback port bound but never listened on, held until the tests end: a connection to it is
+    refused, always (a port bound then released, as free_port's, may be taken by another process)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return sock.getsockname()[1]
