@@ -233,7 +233,8 @@ def test_a_burst_of_files_is_synced_in_one_or_two_syncs(watched: Watched, imagen
 
 
 def test_stopping_while_syncing_interrupts_the_sync_and_the_next_server_finishes(
-    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel, imagenet_dir: Path
+    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel, imagenet_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = copy_photos(imagenet_dir, tmp_path / "photos", 150)
     settings = make_settings(tmp_path / "home", tiny_checkpoint, collection="watched", batch_size=1)
@@ -242,14 +243,29 @@ def test_stopping_while_syncing_interrupts_the_sync_and_the_next_server_finishes
         collections = httpx.get(f"{url}/v1/collections", timeout=30).json()["collections"]
         return next((c["count"] for c in collections if c["name"] == "watched"), 0)
 
+    # The start sync is held once 10 files are written, until the server is stopping: the stop comes
+    # mid-sync whatever the machine's speed (the watcher's own code runs; only its progress report waits).
+    held = threading.Event()
+    report_progress = FolderWatcher._on_progress
+
+    def progress_then_hold(watcher: FolderWatcher, done: int, total: int) -> None:
+        report_progress(watcher, done, total)
+        if done >= 10 and not held.is_set():
+            held.set()
+            watcher._stopping.wait(120)
+
+    monkeypatch.setattr(FolderWatcher, "_on_progress", progress_then_hold)
     app = create_app(settings, tiny_model, watch=[folder], watch_interval=300)
     with serve(app) as url:
-        wait_for(lambda: count(url) >= 10, 120, "the start sync to write something", every=0.05)
+        assert held.wait(120), "the start sync wrote nothing"
+        assert count(url) >= 10
         stopping = time.monotonic()
     took = time.monotonic() - stopping
+    monkeypatch.undo()
     first: FolderWatcher = app.state.watcher
-    # Interrupted between two batches, not after the sync (no timed assertion: machines are noisy).
-    assert first.syncs == 0, "the server stopped after its start sync finished: nothing was interrupted"
+    # Interrupted between two batches, not after the sync: had stopping not interrupted it, it would
+    # have gone on to all 150 files once released.
+    assert first.syncs == 0 and first.last_report is None, "the start sync was not interrupted"
     print(f"stopping while syncing took {took:.2f}s")
     alive = [t.name for t in threading.enumerate() if t.name in ("watch", "watch-events")]
     assert not alive, f"still running after the server stopped: {alive}"
