@@ -26,8 +26,8 @@ from indexer.limits import PixelBudget, load_json
 from indexer.settings import Settings
 from indexer.stores import open_store
 from search_api import create_app
-from tests.clirun import cli_home, run, run_json, start, wait_for
-from tests.helpers import assert_error, free_port, make_settings, png_bytes, serve
+from tests.clirun import cli_home, run, run_json, served_url, start, wait_for
+from tests.helpers import assert_error, make_settings, png_bytes, serve
 from tests.shop import SHOP_FIELDS, build_shop
 
 EXTRA_INDEXED = 2  # fields a write may still add to the shop before the collection's cap
@@ -317,12 +317,11 @@ def test_catalogs_are_bounded_and_exports_neutralise_formulas(tmp_path: Path, ti
 
 def test_a_server_refuses_a_huge_write_answers_meanwhile_and_stops_on_sigint(
         tmp_path: Path, tiny_checkpoint: Path, tiny_model: Any, imagenet_dir: Path) -> None:
-    port = free_port()
     with cli_home(tmp_path / "home", tiny_checkpoint) as settings:
         build_shop(settings, tiny_model, products=6)
-        server = start("serve", "--port", str(port))
+        server = start("serve", "--port", "0")
         try:
-            url = f"http://127.0.0.1:{port}"
+            url = served_url(server, settings)
 
             def up() -> bool:
                 try:
