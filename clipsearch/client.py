@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +326,8 @@ class RemoteCollection:
         return self._request("POST", path, **kwargs)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        for attempt in range(BUSY_RETRIES + 1):
+        replayable = not isinstance(kwargs.get("content"), Iterator)  # a streamed body is sent once
+        for attempt in range(BUSY_RETRIES + 1 if replayable else 1):
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
