@@ -152,7 +152,7 @@ def serve(app: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a bound for failing only: a loaded machine may take seconds
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "API server did not come up"
         time.sleep(0.02)

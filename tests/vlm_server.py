@@ -183,7 +183,7 @@ class FakeVlm:
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a bound for failing only
         while not self._server.started:
             assert self._thread.is_alive() and time.monotonic() < deadline, "fake VLM did not start"
             time.sleep(0.01)
