@@ -2,9 +2,10 @@
 
 Every method is one or a few requests to a `clipsearch serve`; the answers become the same dataclasses
 (indexer.results) a local Collection returns, and the server's errors the same error classes, of the
-kind its status says (indexer.errors.error_for_status). What runs where the files are (indexing
-folders other than the server's --watch ones, eval on a local dataset, folder exports) is refused
-with what to do instead.
+kind its status says (indexer.errors.error_for_status). Files move as the methods say: a folder
+export and a snapshot come down as archives, a restore's archive goes up, eval sends its dataset's
+paths and labels (the server reads no client path); indexing folders other than the server's --watch
+ones is refused with what to do instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from indexer.results import (
 from indexer.search.options import FACET_LIMIT, SearchOptions, combined_filter
 
 TIMEOUT_S = 120.0
+UPLOAD_BLOCK = 1024 * 1024
 REEMBED_POLL_S = 0.5
 
 
@@ -230,8 +233,20 @@ class RemoteCollection:
     def export(self, out: str | Path, format: str = "csv", *, where: str | Sequence[str] | None = None,
                filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
                ) -> Exported:
-        """csv, jsonl and COCO documents are written to `out` here; folders are exported where the
-        collection is (`clipsearch export` on the server's machine)."""
+        """csv, jsonl and COCO documents are written to `out` here; a folder export (imagefolder,
+        fiftyone) comes as a tar archive of the folder, the images copied in, unpacked into `out` (a
+        new or empty folder; an archive with a member outside it, a link or a device is refused)."""
+        from indexer.curation.export import TEXT_FORMATS, unpack_folder
+
+        if format not in TEXT_FORMATS:
+            target = Path(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            body = {"format": format, "filter": self._filter(where, filter), "run": run}
+            path = f"{self._base}/export/archive"
+            with self._download("POST", path, target, json=body) as (archive, headers):
+                unpack_folder(archive, target)
+            return Exported(format, str(target), int(headers.get("x-export-items", 0)),
+                            int(headers.get("x-export-labelled", 0)))
         document, report = self.export_document(format, where=where, filter=filter, run=run,
                                                 formulas=formulas)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -248,8 +263,20 @@ class RemoteCollection:
 
     def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
              ) -> dict[str, Any]:
-        raise BadInput("eval reads a labelled dataset's files, which the server does not take: run it with "
-                       "clipsearch.open on the machine that holds the collection, or `clipsearch eval` there")
+        """DATA (an ImageFolder tree or a CSV of path,label) is read here; the server is sent its images'
+        paths and labels only, and matches them against the paths it indexed (the same files: run it
+        where the server's paths are yours too, e.g. on its machine or a shared mount)."""
+        from indexer.curation.evaluate import labelled_pairs, load_dataset
+
+        pairs = labelled_pairs(load_dataset(Path(data)))
+        return self.eval_labelled([p for p, _ in pairs], [label for _, label in pairs], vectors=vectors,
+                                  templates=templates)
+
+    def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
+                      templates: str | None = None) -> dict[str, Any]:
+        body = {"paths": list(paths), "labels": list(labels), "vectors": list(vectors),
+                "templates": templates}
+        return dict(self._post(f"{self._base}/eval", json=body))
 
     # --- vectors -------------------------------------------------------------------------------
 
@@ -283,28 +310,71 @@ class RemoteCollection:
     def status(self) -> Status:
         return Status.from_json(self._request("GET", f"{self._base}/status"))
 
+    def check(self) -> dict[str, Any]:
+        """The server verifies the collection's stored data (it reads every point)."""
+        return dict(self._request("GET", f"{self._base}/check"))
+
     def snapshot(self, out: str | Path) -> Transfer:
         """The server writes the archive and sends it; it lands at `out` here."""
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.part")
         gzip = target.name.endswith((".gz", ".tgz"))
         params = {"gzip": str(gzip).lower()}
-        with self._http.stream("POST", f"{self._base}/snapshot", params=params) as response:
-            if not response.is_success:
-                response.read()
-                self._raise(response)
-            with open(partial, "wb") as file:
-                for chunk in response.iter_bytes():
-                    file.write(chunk)
-        partial.replace(target)
+        with self._download("POST", f"{self._base}/snapshot", target, params=params) as (partial, _):
+            partial.replace(target)
         from indexer.stores.transfer import verify
 
         manifest = verify(target)
         counts = {name: v["count"] for name, v in manifest["vectors"].items()}
         return Transfer(self.name, manifest.get("source_store", ""), manifest["points"], counts, str(target))
 
+    def restore(self, archive: str | Path, *, replace: bool = False) -> Transfer:
+        """This collection made in the server's store from a snapshot archive here, uploaded (up to the
+        server's CLIPSEARCH_API_MAX_RESTORE_BYTES; its full key)."""
+        source = Path(archive)
+        try:
+            size = source.stat().st_size
+        except OSError as exc:
+            raise BadInput(f"cannot read archive {source}: {exc.strerror}") from None
+
+        def chunks() -> Iterator[bytes]:
+            with open(source, "rb") as file:
+                while block := file.read(UPLOAD_BLOCK):
+                    yield block
+
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        answer = self._post(f"{self._base}/restore", params={"replace": str(replace).lower()},
+                            content=chunks(), headers=headers)
+        return Transfer.from_json(answer)
+
+    def copy(self, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False
+             ) -> Transfer:
+        """A copy of this collection in the server, under `to_name` and/or in another store kind (its
+        full key)."""
+        body = {"to_collection": to_name, "to_store": to_store, "replace": replace}
+        return Transfer.from_json(self._post(f"{self._base}/copy", json=body))
+
     # --- internals -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _download(self, method: str, path: str, target: Path, **kwargs: Any
+                  ) -> Iterator[tuple[Path, httpx.Headers]]:
+        """The response's body in a partial file beside `target` (removed afterwards unless moved),
+        with the response's headers; the server's error as its error class."""
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if not response.is_success:
+                    response.read()
+                    self._raise(response)
+                with open(partial, "wb") as file:
+                    for chunk in response.iter_bytes():
+                        file.write(chunk)
+            yield partial, response.headers
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"the server at {self.url} does not answer: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
 
     @property
     def _base(self) -> str:

@@ -175,6 +175,7 @@ def _export_here(settings: Any, out: Path, fmt: str, wanted: dict[str, Any] | No
     from indexer.curation.export import DUPLICATES, collect, duplicate_items
     from indexer.curation.export import export as write_export
     from indexer.curation.labels import DEFAULT_RUN, label_runs
+    from indexer.search.options import SearchOptions
 
     collection = settings.collection
     with _opened(settings, collection, query is not None) as (store, engine):
@@ -185,7 +186,7 @@ def _export_here(settings: Any, out: Path, fmt: str, wanted: dict[str, Any] | No
             report = find_duplicates(store, compute_missing=False, progress=not as_json)
             items, run = duplicate_items(store, report), DUPLICATES
         elif query is not None:
-            found = engine.search_text(query, k, filter=wanted).results
+            found = engine.search_text(query, k, SearchOptions(filter=wanted)).results
             items = collect(store, hits=[(r.id, r.score) for r in found])
         else:
             items = collect(store, _store_filter(store, wanted, settings.limits))

@@ -119,11 +119,11 @@ class SearchAsk:
         """The search on an engine of this process: a SearchOutcome."""
         options = replace(self.options, filter=self.filter(dict(engine.schema.fields)), vector=vector)
         if self.browse:
-            return engine.browse(k, filter=options.filter, sort=self.sort, offset=options.offset,
-                                 facets=list(options.facets))
+            return engine.browse(k, SearchOptions(filter=options.filter, offset=options.offset,
+                                                  facets=options.facets), sort=self.sort)
         if self.like:
-            return engine.recommend(self.like, self.unlike, k, **options.recommend_kwargs())
-        return engine.search_query(self.terms, k, **options.engine_kwargs())
+            return engine.recommend(self.like, self.unlike, k, options)
+        return engine.search_query(self.terms, k, options)
 
     def vlm_query(self, image_of: Callable[[str], Any]) -> Any:
         """What the VLM is told the search was for: the words, else the first example image

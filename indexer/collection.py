@@ -186,7 +186,7 @@ class Collection:
         options = self.search_options(where, filter, vector=vector, offset=offset, mode=mode, text=keywords,
                                       min_score=min_score, group_by=group_by, diversity=diversity,
                                       facets=tuple(facets), facet_limit=facet_limit)
-        return self._call(lambda engine: results(engine.search_query(terms, k, **options.engine_kwargs())))
+        return self.query(terms, k, options)
 
     def recommend(
         self,
@@ -208,8 +208,24 @@ class Collection:
             raise BadInput("positive and negative are lists of item ids")
         options = self.search_options(where, filter, vector=vector, offset=offset, min_score=min_score,
                                       group_by=group_by, facets=tuple(facets), facet_limit=facet_limit)
-        return self._call(lambda engine: results(
-            engine.recommend(list(positive), list(negative), k, **options.recommend_kwargs())))
+        return self.recommend_by(positive, negative, k, options)
+
+    def query(self, terms: Sequence[Term], k: int, options: SearchOptions | None = None) -> SearchResults:
+        """A search by query terms with one SearchOptions (what `search` builds from its arguments; the
+        HTTP routes build it from a request body). The answer carries the stages' timings."""
+        return self._call(lambda engine: results(engine.search_query(list(terms), k, options)))
+
+    def recommend_by(self, positive: Sequence[str], negative: Sequence[str], k: int,
+                     options: SearchOptions | None = None) -> SearchResults:
+        """`recommend` with one SearchOptions."""
+        return self._call(
+            lambda engine: results(engine.recommend(list(positive), list(negative), k, options)))
+
+    def browse(self, k: int = 10, options: SearchOptions | None = None, *, sort: str | None = None
+               ) -> SearchResults:
+        """The items passing `options.filter` without a query, ordered by `sort` (a declared field; "-price"
+        falling) or by id; every score is 0."""
+        return self._call(lambda engine: results(engine.browse(k, options, sort=sort)))
 
     def search_options(self, where: str | Sequence[str] | None, filter: dict[str, Any] | None,
                        **options: Any) -> SearchOptions:
@@ -233,6 +249,13 @@ class Collection:
     def get_item(self, id: str) -> Item:
         payload = self._call(lambda engine: engine.item(id))
         return Item(id, payload.get("uri", ""), payload.get("metadata", {}))
+
+    def image_file(self, id: str) -> str | None:
+        """The file an indexed item's image was read from (its payload's path; None for an item without
+        a local file, e.g. one indexed from a URL); ItemNotFound for an id that is not indexed. Never
+        built from the id: a server serves these files only."""
+        path = self._call(lambda engine: engine.item(id)).get("path")
+        return path if isinstance(path, str) else None
 
     def put_item(
         self,
@@ -384,15 +407,43 @@ class Collection:
         image-level annotations; run="@duplicates": the duplicate groups), or the folders imagefolder
         and fiftyone. CSV cells that start like a spreadsheet formula get a leading `'` unless
         `formulas` (for data pipelines)."""
+        return self._export(Path(out), format, where, filter, run, formulas=formulas)
+
+    def _export(self, out: Path, format: str, where: str | Sequence[str] | None,
+                filter: dict[str, Any] | None, run: str | None, *, formulas: bool = False, copy: bool = False
+                ) -> Exported:
         from indexer.curation.export import collect, export
 
         def run_export(engine: SearchEngine) -> Exported:
             query_filter = combined_filter(where, filter, dict(engine.schema.fields))
             items = collect(engine.store, engine.store_filter(query_filter))
-            report = export(engine.store, items, format, Path(out), run=run, formulas=formulas)
+            report = export(engine.store, items, format, out, run=run, formulas=formulas, copy=copy)
             return Exported(report.format, report.out, report.items, report.labelled)
 
         return self._call(run_export)
+
+    def export_archive(self, archive: str | Path, format: str, *, where: str | Sequence[str] | None = None,
+                       filter: dict[str, Any] | None = None, run: str | None = None) -> Exported:
+        """A folder export (imagefolder, fiftyone) as one tar archive at `archive`, the images copied in
+        (not linked): what a server sends a client, which unpacks it (`unpack_export`)."""
+        import shutil
+        import tarfile
+        import tempfile
+
+        from indexer.curation.export import TEXT_FORMATS
+
+        if format in TEXT_FORMATS:
+            raise BadInput(f"{format} is one document, not a folder: use export_document")
+        target = Path(archive)
+        work = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+        try:
+            report = self._export(work / "out", format, where, filter, run, copy=True)
+            with tarfile.open(target, "w") as tar:
+                for path in sorted((work / "out").rglob("*")):
+                    tar.add(path, arcname=path.relative_to(work / "out").as_posix(), recursive=False)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return Exported(report.format, str(target), report.items, report.labelled)
 
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
                         filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
@@ -414,17 +465,37 @@ class Collection:
         """The collection's stored vectors measured on labelled `data` (an ImageFolder tree or a CSV
         of path,label; its images indexed in this collection): zero-shot top-1/5, text-to-image and
         image-to-image recall. The same document as `clipsearch eval --json`."""
+        from indexer.curation.evaluate import labelled_pairs, load_dataset
+
+        pairs = labelled_pairs(load_dataset(Path(data)))
+        return self.eval_labelled([p for p, _ in pairs], [label for _, label in pairs], vectors=vectors,
+                                  templates=templates)
+
+    def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
+                      templates: str | None = None) -> dict[str, Any]:
+        """`eval` of a dataset given as its images' paths and their labels (what `eval` reads from DATA).
+        The paths are only matched against the indexed items' paths, never read (a server takes them
+        from a client); at most the `ids` limit of them (CLIPSEARCH_LIMITS_IDS)."""
         from indexer.curation.evaluate import (
             Embedded,
+            dataset_of,
             eval_json,
-            load_dataset,
             prompt_name,
             run_eval,
             stored_images,
         )
         from indexer.curation.labels import load_templates, prompt_embeddings
 
-        dataset = load_dataset(Path(data))
+        if len(paths) != len(labels):
+            raise BadInput(f"eval: {len(paths)} paths but {len(labels)} labels; give one label per path")
+        limit = self.settings.limits.ids
+        if len(paths) > limit:
+            raise BadInput(f"eval: {len(paths)} labelled images, more than the {limit} one request may name "
+                           "(CLIPSEARCH_LIMITS_IDS): evaluate a sample, or raise the limit")
+        if not paths:
+            raise BadInput("eval: no labelled images (give DATA/<class>/<image> files or a CSV of "
+                           "path,label)")
+        dataset = dataset_of(list(zip(paths, labels, strict=True)))
         chosen = load_templates(templates)
 
         def systems(engine: SearchEngine) -> list[Any]:
@@ -433,8 +504,8 @@ class Collection:
                 spec = engine.schema.vector(name)
                 clip = engine.models.get(spec.model)
                 classes = prompt_embeddings(clip, [prompt_name(c) for c in dataset.classes], chosen)
-                found.append(Embedded(f"{self.name}:{spec.name}", stored_images(engine.store, dataset.paths,
-                                                                                spec.name), classes))
+                images = stored_images(engine.store, dataset.paths, spec.name, resolve=False)
+                found.append(Embedded(f"{self.name}:{spec.name}", images, classes))
             return found
 
         return eval_json(run_eval(dataset, self._call(systems)))
@@ -459,6 +530,10 @@ class Collection:
     def activate(self, name: str) -> Vectors:
         from indexer.ingest.reembed import activate
 
+        # The vector's query model loaded (and warm) before queries switch to it, outside the call, so
+        # that other callers' queries go on meanwhile.
+        models, spec = self._call(lambda engine: (engine.models, engine.schema.vector(name)))
+        models.query(spec.model)
         self._call(lambda engine: activate(engine.store, name))
         return self.vectors()
 
@@ -474,12 +549,33 @@ class Collection:
         """Count, model, vectors, declared fields and failed files."""
         return Status.from_json(self._call(lambda engine: engine.status()))
 
+    def check(self) -> dict[str, Any]:
+        """The collection's stored data verified (vectors, payloads, counts, indexes, files): `clipsearch
+        check`'s document (indexer.stores.check)."""
+        from indexer.stores.check import check_collection
+
+        return self._call(lambda engine: check_collection(engine.store).summary())
+
     def snapshot(self, out: str | Path) -> Transfer:
         """Every point (vectors, payloads, schema) to a portable archive at `out` (.tar or .tar.gz)."""
         from indexer.stores.transfer import snapshot
 
         report = self._call(lambda engine: snapshot(engine.store, out, store_kind=self.settings.store))
         return Transfer.from_json(report.to_json())
+
+    def restore(self, archive: str | Path, *, replace: bool = False) -> Transfer:
+        """This collection made from a snapshot archive (`snapshot`); an existing one is replaced only
+        with `replace`. The module's `restore` names the collection instead (default: the archived one)."""
+        return self._access.exclusive(
+            lambda: restore(archive, self.name, replace=replace, settings=self.settings), "restore")
+
+    def copy(self, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False
+             ) -> Transfer:
+        """A copy of this collection under `to_name` and/or into another store kind (edge, qdrant,
+        faiss), without re-embedding."""
+        return self._access.exclusive(
+            lambda: copy(self.name, to_name, to_store=to_store, replace=replace, settings=self.settings),
+            "copy")
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -516,6 +612,10 @@ def copy(name: str, to_name: str | None = None, *, to_store: str | None = None, 
 
     source = settings or Settings()
     target = source.with_flags(store=to_store)
+    if target.store == "qdrant" and not target.qdrant.url and target.qdrant.path is None:
+        # The one store kind that needs a place given: asked of a server, the request's mistake, not its.
+        raise BadInput("a copy to the qdrant store needs a Qdrant server: set CLIPSEARCH_QDRANT_URL (or "
+                       "CLIPSEARCH_QDRANT_PATH for local mode) where the copy runs")
     report = copy_collection(source, name, target, to_name or name, replace=replace)
     return Transfer.from_json(report.to_json())
 
@@ -575,12 +675,18 @@ class CollectionAPI(Protocol):
                         ) -> tuple[str, Exported]: ...
     def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
              ) -> dict[str, Any]: ...
+    def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
+                      templates: str | None = None) -> dict[str, Any]: ...
     def vectors(self) -> Vectors: ...
     def reembed(self, model: str, pretrained: str, *, name: str | None = None) -> Vectors: ...
     def activate(self, name: str) -> Vectors: ...
     def drop_vector(self, name: str) -> Vectors: ...
     def status(self) -> Status: ...
+    def check(self) -> dict[str, Any]: ...
     def snapshot(self, out: str | Path) -> Transfer: ...
+    def restore(self, archive: str | Path, *, replace: bool = False) -> Transfer: ...
+    def copy(self, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False
+             ) -> Transfer: ...
 
 
 # --- helpers shared with the HTTP client ---------------------------------------------------------
@@ -640,7 +746,7 @@ def image_bytes(image: ImageLike) -> bytes:
 def results(outcome: SearchOutcome) -> SearchResults:
     facets = {name: [(str(v), int(n)) for v, n in counts] for name, counts in outcome.facets.items()}
     hits = [Hit(r.id, r.uri, float(r.score), dict(r.metadata)) for r in outcome.results]
-    return SearchResults(hits, facets, outcome.mode)
+    return SearchResults(hits, facets, outcome.mode, dict(outcome.timings))
 
 
 def _written(write: Any) -> ItemWritten:

@@ -191,6 +191,9 @@ _CLASS_OF_KIND: dict[ErrorKind, type[ClipsearchError]] = {
 
 def error_for_status(status: int, message: str) -> ClipsearchError:
     """Our error for an HTTP status our API answered (the CLI going through a server); the first kind
-    in ERROR_KINDS with that status, UNAVAILABLE for any other."""
-    kind = next((k for k, o in ERROR_KINDS.items() if o.http_status == status), ErrorKind.UNAVAILABLE)
+    in ERROR_KINDS with that status; for any other, BAD_INPUT for a request refused as it was sent (413:
+    too large) and UNAVAILABLE for the rest (429: come back later, 5xx)."""
+    refused = 400 <= status < 500 and status != 429
+    default = ErrorKind.BAD_INPUT if refused else ErrorKind.UNAVAILABLE
+    kind = next((k for k, o in ERROR_KINDS.items() if o.http_status == status), default)
     return _CLASS_OF_KIND[kind](message)

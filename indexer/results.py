@@ -65,6 +65,8 @@ class SearchResults(_Rows):
     hits: list[Hit]
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     mode: str = "vector"
+    # seconds per stage (decode, encode, search, fetch) where the search ran; not compared between answers
+    timings: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def rows(self) -> list[Hit]:  # type: ignore[override]

@@ -99,6 +99,10 @@ class ApiSettings(BaseModel):
         default_factory=list, description="JSON list of allowed CORS origins; CORS is off when empty."
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Larger uploads get 413.")
+    max_restore_bytes: int = Field(
+        4 * 1024**3, ge=1, description="Largest snapshot archive `POST /v1/collections/{c}/restore` takes "
+        "(`clipsearch.connect(...).restore`); larger get 413. The archive is kept on disk while it loads.",
+    )
     max_k: int = Field(1000, ge=1, description="Most results one query may ask for.")
     read_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -4,6 +4,8 @@ keeping 50%, 10%, 1% and 0.1% of the points; and hybrid (keyword + vector) query
 
     .venv/bin/python scripts/bench_filtered.py                      # 100k, every backend, + HTTP
     .venv/bin/python scripts/bench_filtered.py --sizes 1000000 --backends edge faiss --no-http
+    .venv/bin/python scripts/bench_filtered.py --sizes 1000000 --backends faiss --no-http --root R --keep
+    .venv/bin/python scripts/bench_filtered.py --sizes 1000000 --backends faiss --no-http --root R --reuse
 
 Vectors: seeded clusters (1000 centres, unit noise), unit length, `--dim` wide; each point has an
 integer field `bucket` drawn uniformly from 0-999, and a filter `bucket < N` keeps N/1000 of the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import socket
 import sys
@@ -42,6 +45,7 @@ HEADING = "## Filtered search (bench_filtered)"
 KEEPS = (500, 100, 10, 1)  # bucket < N keeps N/1000 of the points
 BATCH = 10_000
 K = 10
+BUILT_FILE = "built.json"  # written when a build finished: --keep and --reuse
 log = bench.logger("bench_filtered")
 
 
@@ -68,10 +72,10 @@ def point_ids(n: int) -> list[str]:
     return [str(uuid.UUID(int=i + 1)) for i in range(n)]
 
 
-def store_settings(kind: str, root: Path) -> Any:
+def store_settings(kind: str, root: Path, **tuning: Any) -> Any:
     from indexer.settings import Settings
 
-    return Settings(home=root / "home", store=kind, qdrant={"path": root / "qdrant"})
+    return Settings(home=root / "home", store=kind, qdrant={"path": root / "qdrant"}, **tuning)
 
 
 def build(kind: str, root: Path, vectors: np.ndarray, buckets: np.ndarray) -> tuple[Any, float]:
@@ -92,7 +96,9 @@ def build(kind: str, root: Path, vectors: np.ndarray, buckets: np.ndarray) -> tu
         if stop % 200_000 == 0:
             log(f"  {kind}: {stop} points")
     store.close()  # as `clipsearch index` ends: the index is built (edge) and everything is on disk
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    (root / BUILT_FILE).write_text(json.dumps({"build_s": seconds, "points": len(vectors)}))
+    return seconds
 
 
 def rss_mib() -> float:
@@ -102,15 +108,24 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, asked: int) -> dict[str, Any]:
+def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, asked: int,
+                   tuning: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process (so that the build's freed memory does not hide the store's): open the built
-    collection as a server does, measure every cell, and the resident memory the opened store adds."""
+    collection as a server does, measure every cell, and the resident memory the opened store adds.
+    `tuning`: settings (hnsw_ef), and `post_filter` False for FAISS as before issue 17 (the filtered path
+    only, its exact part reading vectors from SQLite)."""
+    import dataclasses
+
     from indexer.stores import open_store
 
     vectors, buckets, all_queries = data(size, dim, queries)
+    tuning = dict(tuning)
+    post_filter = tuning.pop("post_filter", True)
     before = rss_mib()
     started = time.perf_counter()
-    store = open_store(store_settings(kind, root), "filtered")
+    store = open_store(store_settings(kind, root, **tuning), "filtered")
+    if not post_filter:
+        store.config = dataclasses.replace(store.config, post_filter_max=0, exact_from_index=False)
     store.count()  # edge opens in full before its first answer
     open_s = time.perf_counter() - started
     try:
@@ -120,11 +135,26 @@ def measure_opened(kind: str, root: Path, size: int, dim: int, queries: int, ask
         store.close()
 
 
-def measure_in_child(kind: str, root: Path, size: int, dim: int, queries: int, asked: int) -> dict[str, Any]:
+def measure_in_child(kind: str, root: Path, size: int, dim: int, queries: int, asked: int,
+                     tuning: dict[str, Any]) -> dict[str, Any]:
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure_opened, (kind, root, size, dim, queries, asked))
+        return pool.apply(measure_opened, (kind, root, size, dim, queries, asked, tuning))
+
+
+def tunings(backend: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The row label and settings of each measurement of one build: --hnsw-ef values, and FAISS without
+    post-filtering with --compare-post-filter."""
+    found: dict[str, dict[str, Any]] = {}
+    for ef in args.hnsw_ef or [None]:
+        tuning = {} if ef is None else {"hnsw_ef": ef}
+        notes = [] if ef is None else [f"hnsw_ef {ef}"]
+        if backend == "faiss" and args.compare_post_filter:
+            old = ", ".join([*notes, "as before: filtered path only, vectors from SQLite"])
+            found[f"{backend} ({old})"] = {**tuning, "post_filter": False}
+        found[f"{backend} ({', '.join(notes)})" if notes else backend] = tuning
+    return found
 
 
 def exact(vectors: np.ndarray, keep: np.ndarray, query: np.ndarray) -> set[int]:
@@ -278,8 +308,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--root", type=Path, default=None, help="Working folder [default: a temporary one].")
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=None,
+                        help="Measure each build with these hnsw_ef settings in turn [the default].")
+    parser.add_argument("--compare-post-filter", action="store_true",
+                        help="FAISS: also measure as before (no post-filtering, vectors read from SQLite).")
+    parser.add_argument("--keep", action="store_true",
+                        help="Keep each build (ROOT/BACKEND-SIZE) to measure again with --reuse.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Measure (and keep) a finished build under --root instead of building again "
+                             "(its build time is the one recorded then).")
     args = parser.parse_args(argv)
     machine, load_before = bench.machine(), bench.loadavg()
+    if (args.keep or args.reuse) and args.root is None:
+        parser.error("--keep and --reuse need --root")
     root = args.root or Path(tempfile.mkdtemp(prefix="bench-filtered-"))
     sections = []
     command = bench.command_line("bench_filtered.py", argv)
@@ -292,16 +333,24 @@ def main(argv: list[str]) -> int:
                 if backend == "qdrant" and size > 100_000:
                     log("  qdrant local mode: skipped above 100k (a test double, not a server)")
                     continue
-                build_s = build(backend, root / f"{backend}-{size}", vectors, buckets)
-                log(f"  {backend}: built in {build_s:.0f} s")
-                asked = args.qdrant_queries if backend == "qdrant" else args.queries
                 built = root / f"{backend}-{size}"
-                found = measure_in_child(backend, built, size, args.dim, args.queries, asked)
-                results[backend] = {"build_s": build_s, **found}
-                log(f"  {backend}: opened in {found['open_s']:.1f} s, +{found['rss_mib']:.0f} MiB resident")
-                shutil.rmtree(root / f"{backend}-{size}", ignore_errors=True)
-                for row in results[backend]["rows"]:
-                    log(f"    keep {row['keep']:.1%}: p50 {row['p50']:.2f} ms, recall {row['recall']:.4f}")
+                if args.reuse and (built / BUILT_FILE).is_file():
+                    build_s = json.loads((built / BUILT_FILE).read_text())["build_s"]
+                    log(f"  {backend}: reusing the build in {built} (built in {build_s:.0f} s)")
+                else:
+                    shutil.rmtree(built, ignore_errors=True)  # an unfinished build is started again
+                    build_s = build(backend, built, vectors, buckets)
+                    log(f"  {backend}: built in {build_s:.0f} s")
+                asked = args.qdrant_queries if backend == "qdrant" else args.queries
+                for label, tuning in tunings(backend, args).items():
+                    found = measure_in_child(backend, built, size, args.dim, args.queries, asked, tuning)
+                    results[label] = {"build_s": build_s, **found}
+                    log(f"  {label}: opened in {found['open_s']:.1f} s, +{found['rss_mib']:.0f} MiB resident")
+                    for row in found["rows"]:
+                        log(f"    keep {row['keep']:.1%}: p50 {row['p50']:.2f} ms, "
+                            f"recall {row['recall']:.4f}")
+                if not (args.keep or args.reuse):
+                    shutil.rmtree(built, ignore_errors=True)
             sections.append(table(size, args.dim, results, command, machine, load_before))
         if not args.no_http:
             log(f"hybrid over HTTP, {args.http_points:,} points")

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from indexer.models.loading import ClipModel
 from indexer.settings import Settings
 from indexer.vlm import Vlm
-from search_api import curation, dedupe, items, routes
+from search_api import backups, curation, dedupe, items, routes
 from search_api.engines import Engines
 from search_api.errors import install_error_handlers
 from search_api.jobs import VectorJobs
@@ -99,13 +99,15 @@ def create_app(
     app.include_router(curation.router)
     app.include_router(dedupe.router)
     app.include_router(items.router)
+    app.include_router(backups.router)
     app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
 
     # add_middleware wraps: the last added is outermost. The body limit inside auth, so a request
     # without the key is refused whatever its size; CORS outside auth, so preflights (which carry no
     # key) are answered; metrics outside auth, so 401s are counted too.
     app.add_middleware(
-        BodyLimitMiddleware, max_body=body_limit(settings), max_upload=settings.api.max_upload_bytes
+        BodyLimitMiddleware, max_body=body_limit(settings), max_upload=settings.api.max_upload_bytes,
+        archives=backups.ARCHIVE_PATHS, max_archive=settings.api.max_restore_bytes,
     )
     app.add_middleware(Utf8PathMiddleware)
     if settings.api.key or settings.api.read_keys:

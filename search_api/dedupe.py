@@ -1,4 +1,5 @@
-"""Curation reports for the UI: duplicate groups, clusters and outliers of a collection.
+"""Curation reports for the UI: duplicate groups, clusters and outliers of a collection; exports (a
+document, or a folder export as a tar archive), eval on a labelled dataset, snapshots.
 
 Each runs in the server process on the collection's open store (the engine's), alone like any other
 call on it; duplicates store the hashes of files indexed before hashes were taken, nothing else is
@@ -7,7 +8,9 @@ written. Reports are computed on request: the UI caches them.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query
@@ -17,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from indexer.curation.duplicates import DEFAULT_THRESHOLD, HASH_DISTANCE
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
-from search_api.schemas import CollectionPath, ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse, EvalRequest, FolderExportRequest
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["curation"])
 VectorQuery = Annotated[str | None, Query(description="Named vector [default: the active one].")]
@@ -115,17 +118,56 @@ def snapshot(
     collection: CollectionPath, engines: EnginesDep, tasks: BackgroundTasks,
     gzip: Annotated[bool, Query(description="A gzip-compressed tar (.tar.gz).")] = False,
 ) -> FileResponse:
-    import tempfile
-    from pathlib import Path as FilePath
-
-    folder = FilePath(tempfile.mkdtemp(prefix="snapshot-", dir=engines.settings.home))
-    archive = folder / f"{collection}.tar{'.gz' if gzip else ''}"
-    collection_of(engines, collection).snapshot(archive)
-
-    def remove() -> None:
-        archive.unlink(missing_ok=True)
-        folder.rmdir()
-
-    tasks.add_task(remove)
+    archive = _scratch(engines) / f"{collection}.tar{'.gz' if gzip else ''}"
+    try:
+        collection_of(engines, collection).snapshot(archive)
+    except BaseException:
+        _remove(archive)
+        raise
+    tasks.add_task(_remove, archive)
     return FileResponse(archive, media_type="application/gzip" if gzip else "application/x-tar",
                         filename=archive.name)
+
+
+_FOLDER_EXPORT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS, 422: {"model": ErrorResponse},
+    200: {"content": {"application/x-tar": _ARCHIVE},
+          "description": "The export folder as a tar archive (the images copied in); headers "
+          "`X-Export-Items` and `X-Export-Labelled` count them"},
+}
+
+
+@router.post("/export/archive", response_class=FileResponse, operation_id="export_folder",
+             responses=_FOLDER_EXPORT_ERRORS,
+             summary="The items passing a filter as an imagefolder or fiftyone folder, in a tar archive")
+def export_folder(collection: CollectionPath, body: FolderExportRequest, engines: EnginesDep,
+                  tasks: BackgroundTasks) -> FileResponse:
+    archive = _scratch(engines) / f"{collection}-{body.format}.tar"
+    try:
+        report = collection_of(engines, collection).export_archive(archive, body.format, filter=body.filter,
+                                                                   run=body.run)
+    except BaseException:
+        _remove(archive)
+        raise
+    tasks.add_task(_remove, archive)
+    counts = {"X-Export-Items": str(report.items), "X-Export-Labelled": str(report.labelled)}
+    return FileResponse(archive, media_type="application/x-tar", filename=archive.name, headers=counts)
+
+
+@router.post("/eval", responses={**_ERRORS, 422: {"model": ErrorResponse}}, operation_id="eval",
+             summary="The stored vectors measured on a labelled dataset of indexed images (paths and labels)")
+def evaluate(collection: CollectionPath, body: EvalRequest, engines: EnginesDep) -> dict[str, Any]:
+    """The document of `clipsearch eval --json`: zero-shot top-1/5, text-to-image and image-to-image
+    recall (`{"systems": {...}}` for several vectors)."""
+    return collection_of(engines, collection).eval_labelled(body.paths, body.labels, vectors=body.vectors,
+                                                            templates=body.templates)
+
+
+def _scratch(engines: EnginesDep) -> FilePath:
+    """A new folder for one response's file, in the server's home (removed with the file)."""
+    return FilePath(tempfile.mkdtemp(prefix="download-", dir=engines.settings.home))
+
+
+def _remove(path: FilePath) -> None:
+    path.unlink(missing_ok=True)
+    path.parent.rmdir()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -93,6 +94,7 @@ class Engines:
             self.models.add(model)
         self._slots: dict[str, _Slot] = {}
         self._slots_lock = threading.Lock()
+        self._exclusive = threading.local()  # the collections this thread holds closed (exclusive)
 
     def _slot(self, collection: str) -> _Slot:
         check_collection_name(collection)
@@ -130,6 +132,40 @@ class Engines:
         finally:
             with slot.calls_lock:
                 slot.calls -= 1
+
+    def exclusive(self, collections: str | None | Sequence[str], fn: Callable[[], T]) -> T:
+        """Run fn with these collections' engines closed (a library run that opens the stores itself:
+        restore, copy), once the calls in progress on them have finished; the calls that come meanwhile
+        wait, and the next one opens the collection again. Taken in name order, so that two runs never
+        wait on each other crosswise; a collection this thread already holds so is not taken again."""
+        wanted = [collections] if collections is None or isinstance(collections, str) else list(collections)
+        held: set[str] = self._exclusive.__dict__.setdefault("names", set())
+        names = sorted({name or self.default for name in wanted} - held)
+        with ExitStack() as stack:
+            for name in names:
+                stack.enter_context(self._closed(name))
+            held.update(names)
+            try:
+                return fn()
+            finally:
+                held.difference_update(names)
+
+    @contextmanager
+    def _closed(self, name: str) -> Iterator[None]:
+        slot = self._slot(name)
+        while True:
+            slot.lock.__enter__()
+            if slot.calls == 0:
+                break
+            slot.lock.__exit__(None, None, None)
+            time.sleep(0.01)  # a query between its encoding and its search needs the lock back
+        try:
+            if slot.engine is not None:
+                slot.engine.close()
+                slot.engine = None
+            yield
+        finally:
+            slot.lock.__exit__(None, None, None)
 
     def open_default(self) -> None:
         """At start: open the default collection and warm its model, if it exists (else it is a 404
@@ -276,7 +312,8 @@ class LockedStore:
 
 class ServerAccess:
     """How a Collection in the server reaches its engine: through `Engines.call`, so it takes turns with
-    every other request and the server's writers on the one open store."""
+    every other request and the server's writers on the one open store; a library run that opens the
+    store itself (restore, copy) through `Engines.exclusive`, with the engine closed meanwhile."""
 
     def __init__(self, engines: Engines, name: str) -> None:
         self._engines, self._name = engines, name
@@ -285,10 +322,7 @@ class ServerAccess:
         return self._engines.call(self._name, fn)
 
     def exclusive(self, fn: Callable[[], T], what: str) -> T:
-        from indexer.errors import Conflict
-
-        raise Conflict(f"{what} opens the collection itself, which this server holds: run it where no "
-                       "server holds the collection, or through the server's own route for it")
+        return self._engines.exclusive(self._name, fn)
 
     def close(self) -> None:
         """The server owns the engine: it stays open."""

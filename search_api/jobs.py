@@ -23,6 +23,7 @@ from indexer.errors import ClipsearchError, Conflict
 from indexer.ingest.reembed import ReembedReport, add_vector, default_vector_name, fill_vector
 from indexer.models.loading import load_model
 from search_api.engines import Engines, LockedStore, Stopped
+from search_api.engines import collection as collection_of
 
 log = logging.getLogger(__name__)
 # How long a job waits, once only items it could not read lack the vector, for the watcher to drop or
@@ -107,14 +108,14 @@ class VectorJobs:
         server, or `clipsearch reembed`), so none stays half-embedded; `interrupted` when its model
         cannot be loaded (then start it again: POST /v1/collections/{c}/vectors)."""
         try:
-            schema = self.engines.call(collection, lambda engine: engine.store.schema)
+            vectors = collection_of(self.engines, collection).vectors()
         except ClipsearchError:  # not there yet, or held elsewhere: nothing to resume here
             return
-        for spec in schema.vectors.values():
+        for spec in vectors:
             if spec.state != "building":
                 continue
             try:
-                self.start(collection, spec.model.model, spec.model.pretrained, spec.name, resumed=True)
+                self.start(collection, spec.model["model"], spec.model["pretrained"], spec.name, resumed=True)
                 log.info("re-embedding %s:%s resumed", collection, spec.name)
             except Exception as exc:  # the server starts anyway; the job says why
                 with self._lock:

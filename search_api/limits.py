@@ -11,6 +11,7 @@ Not FastAPI's own `max_body_size`: that sits outside every user middleware (an o
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
 from fastapi import HTTPException
@@ -30,8 +31,8 @@ def body_limit(settings: Settings) -> int:
     return settings.api.max_upload_bytes + MULTIPART_OVERHEAD
 
 
-def too_large_message(limit: int) -> str:
-    return f"upload too large: the limit is {limit} bytes"
+def too_large_message(limit: int, setting: str = "CLIPSEARCH_API_MAX_UPLOAD_BYTES") -> str:
+    return f"upload too large: the limit is {limit} bytes ({setting})"
 
 
 def expects_continue(scope: Scope) -> bool:
@@ -56,20 +57,28 @@ async def drain_body(receive: Receive, budget: int = DRAIN_LIMIT) -> None:
 
 
 class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, setting: str = "CLIPSEARCH_API_MAX_UPLOAD_BYTES"):
         # Close: after a body that was not read to its end, the connection can't carry another request.
-        super().__init__(413, too_large_message(limit), headers={"Connection": "close"})
+        super().__init__(413, too_large_message(limit, setting), headers={"Connection": "close"})
 
 
 class BodyLimitMiddleware:
-    """413 with a JSON detail for request bodies over `max_body` bytes, declared or counted."""
+    """413 with a JSON detail for request bodies over `max_body` bytes, declared or counted; bodies to
+    the paths `archives` matches (a snapshot to restore) have their own limit, `max_archive`."""
 
-    def __init__(self, app: ASGIApp, max_body: int, max_upload: int):
+    def __init__(self, app: ASGIApp, max_body: int, max_upload: int, archives: re.Pattern[str] | None = None,
+                 max_archive: int = 0, setting: str = "CLIPSEARCH_API_MAX_UPLOAD_BYTES"):
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
+        self.archives, self.max_archive, self.setting = archives, max_archive, setting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self.archives is not None and self.archives.fullmatch(scope["path"]):
+            archive_limit = BodyLimitMiddleware(self.app, self.max_archive, self.max_archive,
+                                                setting="CLIPSEARCH_API_MAX_RESTORE_BYTES")
+            await archive_limit(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
@@ -89,7 +98,7 @@ class BodyLimitMiddleware:
                     if message.get("more_body", False):
                         await drain_body(receive)
                     # Raised inside the route's body parsing, it reaches the app's HTTPException handler.
-                    raise BodyTooLarge(self.max_upload)
+                    raise BodyTooLarge(self.max_upload, self.setting)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -105,7 +114,7 @@ class BodyLimitMiddleware:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = BodyTooLarge(self.max_upload)
+        error = BodyTooLarge(self.max_upload, self.setting)
         await JSONResponse({"detail": error.detail}, 413, headers=error.headers)(scope, receive, send)
 
 

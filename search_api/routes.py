@@ -1,4 +1,5 @@
-"""The HTTP routes: parse, call the collection's engine through `Engines`, shape the answer.
+"""The HTTP routes: parse, call the collection (indexer.collection.Collection, through the server's
+`Engines`: search_api.engines.collection), shape the answer.
 
 Routes that touch the model or store are plain `def`: FastAPI runs them in its thread pool, so a slow
 encode never blocks the event loop (and /healthz stays responsive).
@@ -16,15 +17,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from indexer.errors import BadInput, Conflict
 from indexer.ingest.decode import pixel_count
-from indexer.limits import load_json
-from indexer.search.engine import SearchEngine, SearchOutcome
+from indexer.results import SearchResults
+from indexer.search.engine import STAGES
 from indexer.search.query import Term, keyword_text
 from indexer.settings import Settings
-from indexer.stores.check import check_collection
 from indexer.vlm import Query as VlmQuery
 from search_api import vlm as stage
 from search_api.deps import EnginesDep, JobsDep, MetricsDep, SettingsDep, VlmDep
@@ -49,7 +49,6 @@ from search_api.schemas import (
     ItemResponse,
     LabelScore,
     NewVectorRequest,
-    QueryTerm,
     ReadinessResponse,
     SearchRequest,
     SearchResponse,
@@ -168,9 +167,9 @@ def _k(request: Any, settings: Settings) -> int:
     return request.k
 
 
-def _response(outcome: SearchOutcome, started: float, metrics: MetricsDep, answer: stage.VlmAnswer
+def _response(found: SearchResults, started: float, metrics: MetricsDep, answer: stage.VlmAnswer
               ) -> SearchResponse:
-    timings = {**outcome.timings, **answer.timings}
+    timings = {**dict.fromkeys(STAGES, 0.0), **found.timings, **answer.timings}
     metrics.observe_stages(timings)
     ms = {name: round(seconds * 1000, 3) for name, seconds in timings.items()}
     return SearchResponse(
@@ -181,13 +180,13 @@ def _response(outcome: SearchOutcome, started: float, metrics: MetricsDep, answe
             rerank_ms=ms.get("rerank", 0.0), explain_ms=ms.get("explain", 0.0),
         ),
         rerank=answer.rerank,
-        facets=_facets(outcome) if outcome.facets else None,
-        mode=outcome.mode,
+        facets=_facets(found) if found.facets else None,
+        mode=found.mode,
     )
 
 
-def _facets(outcome: SearchOutcome) -> dict[str, list[FacetCount]]:
-    facets = outcome.facets.items()
+def _facets(found: SearchResults) -> dict[str, list[FacetCount]]:
+    facets = found.facets.items()
     return {field: [FacetCount(value=v, count=n) for v, n in counts] for field, counts in facets}
 
 
@@ -206,27 +205,17 @@ def search(
     k = _k(body, settings)
     ask = stage.VlmAsk.of(body.rerank_options(), body.explain, settings)
     window = ask.window(k, settings.api.max_k) if ask else k
-    options = body.search_options()
-    images = stage.item_images(engines, body.collection)
+    collection = collection_of(engines, body.collection)
+    images = stage.item_images(collection)
     if body.positive is not None:
-        outcome = engines.call(body.collection, _recommend(body.positive, body.negative, window, options))
+        found = collection.recommend_by(body.positive, body.negative or [], window, body.to_options())
         query = VlmQuery(image=images(body.positive[0])) if ask else VlmQuery()
-    elif body.query is not None:
-        terms = [Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in body.query]
-        outcome = engines.call(body.collection, lambda engine: engine.search_query(terms, window, **options))
-        query = _vlm_query(terms, images) if ask else VlmQuery()
-    elif body.text is not None:
-        text = body.text
-        outcome = engines.call(body.collection, lambda engine: engine.search_text(text, window, **options))
-        query = VlmQuery(text=text)
     else:
-        image_id = body.image_id or ""
-        outcome = engines.call(
-            body.collection, lambda engine: engine.search_similar(image_id, window, **options)
-        )
-        query = VlmQuery(image=images(image_id)) if ask else VlmQuery()
-    answer = stage.run(vlm, ask, query, outcome.results, images, k)
-    return _response(outcome, started, metrics, answer)
+        terms = body.terms()
+        found = collection.query(terms, window, body.to_options())
+        query = _vlm_query(terms, images) if ask else VlmQuery()
+    answer = stage.run(vlm, ask, query, found.hits, images, k)
+    return _response(found, started, metrics, answer)
 
 
 @api.post(
@@ -241,12 +230,10 @@ def browse(body: BrowseRequest, engines: EnginesDep, settings: SettingsDep, metr
            vlm_off: VlmDep) -> SearchResponse:
     started = time.perf_counter()
     k = _k(body, settings)
-    outcome = engines.call(body.collection, lambda engine: engine.browse(
-        k, filter=body.filter, sort=body.sort, offset=body.offset, facets=body.facets,
-        facet_limit=body.facet_limit))
-    images = stage.item_images(engines, body.collection)
-    answer = stage.run(vlm_off, None, VlmQuery(), outcome.results, images, k)  # no VLM stage: no query
-    return _response(outcome, started, metrics, answer)
+    collection = collection_of(engines, body.collection)
+    found = collection.browse(k, body.to_options(), sort=body.sort)
+    answer = stage.run(vlm_off, None, VlmQuery(), found.hits, stage.item_images(collection), k)  # no query
+    return _response(found, started, metrics, answer)
 
 
 @api.post(
@@ -266,24 +253,12 @@ def search_image(
     window = ask.window(k, settings.api.max_k) if ask else k
     data = read_upload(form.file, settings.api.max_upload_bytes)
     depth = settings.limits.json_depth
-    terms = [Term(image=data, weight=form.weight), *_form_terms(form.query, depth)]
-    options = {
-        "filter": _form_filter(form.filter, depth), "vector": form.vector, "offset": form.offset,
-        "mode": form.search_mode, "text": form.text, "min_score": form.min_score, "group_by": form.group_by,
-        "diversity": form.diversity, "facets": form.facet_list(), "facet_limit": form.facet_limit,
-    }
+    terms, options = form.terms(data, depth), form.to_options(depth)
+    collection = collection_of(engines, form.collection)
     with engines.pixel_budget.admit(pixel_count(data)):
-        outcome = engines.call(form.collection, lambda engine: engine.search_query(terms, window, **options))
-    images = stage.item_images(engines, form.collection)
-    answer = stage.run(vlm, ask, VlmQuery(image=data), outcome.results, images, k)
-    return _response(outcome, started, metrics, answer)
-
-
-def _recommend(
-    positive: list[str], negative: list[str] | None, k: int, options: dict[str, Any]
-) -> Callable[[SearchEngine], SearchOutcome]:
-    kept = {name: value for name, value in options.items() if name not in ("mode", "diversity")}
-    return lambda engine: engine.recommend(list(positive), list(negative or []), k, **kept)
+        found = collection.query(terms, window, options)
+    answer = stage.run(vlm, ask, VlmQuery(image=data), found.hits, stage.item_images(collection), k)
+    return _response(found, started, metrics, answer)
 
 
 def _vlm_query(terms: list[Term], images: Callable[[str], str | None]) -> VlmQuery:
@@ -293,23 +268,6 @@ def _vlm_query(terms: list[Term], images: Callable[[str], str | None]) -> VlmQue
         return VlmQuery(text=words)
     first = next(t.image_id for t in terms if t.image_id is not None and t.weight > 0)
     return VlmQuery(image=images(first))
-
-
-def _form_terms(text: str | None, max_depth: int) -> list[Term]:
-    """The `query` form field: a JSON list of terms, checked as /v1/search checks its `query`."""
-    if not text:
-        return []
-    raw = load_json(text, "query", max_depth)
-    try:
-        parsed = TypeAdapter(list[QueryTerm]).validate_python(raw)
-    except ValueError as exc:
-        raise HTTPException(400, f"query is not a JSON list of terms ({{\"text\"|\"image_id\", "
-                                 f"\"weight\"}}): {' '.join(str(exc).split())[:300]}") from exc
-    return [Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in parsed]
-
-
-def _form_filter(text: str | None, max_depth: int) -> Any:
-    return load_json(text, "filter", max_depth) if text else None
 
 
 @api.post(
@@ -327,9 +285,9 @@ def classify(
     labels = form.label_list
     data = read_upload(form.file, settings.api.max_upload_bytes)
     with engines.pixel_budget.admit(pixel_count(data)):
-        scored = engines.call(form.collection, lambda engine: engine.classify([data], labels))
+        [scored] = collection_of(engines, form.collection).classify([data], labels)
     metrics.observe_stages({"encode": time.perf_counter() - started})
-    return ClassifyResponse(labels=[LabelScore(label=label, score=score) for label, score in scored[0]])
+    return ClassifyResponse(labels=[LabelScore(label=x.label, score=x.score) for x in scored.labels])
 
 
 _EXPLAIN_ERRORS = _errors(400, 404, 409, 413, 422, 503)
@@ -341,10 +299,9 @@ class EventStream(StreamingResponse):
 
 def _explained(engines: EnginesDep, body: ExplainRequest) -> tuple[dict[str, Any], str | None]:
     """The hit to explain and its image file; ItemNotFound (404) before anything is sent to the VLM."""
-    payload = engines.call(body.collection, lambda engine: engine.item(body.image_id))
-    hit = {"id": body.image_id, "uri": payload.get("uri", ""), "metadata": payload.get("metadata", {})}
-    path = payload.get("path")
-    return hit, path if isinstance(path, str) else None
+    collection = collection_of(engines, body.collection)
+    item = collection.get_item(body.image_id)
+    return {"id": item.id, "uri": item.uri, "metadata": item.metadata}, collection.image_file(item.id)
 
 
 @api.post(
@@ -440,9 +397,8 @@ def get_image(
 ) -> FileResponse:
     # The path comes from the indexed payload only; the id is never used to build one, so "../x" or an
     # absolute path is just an id that is not indexed (404).
-    payload = engines.call(collection, lambda engine: engine.item(id))
-    path = payload.get("path")
-    if not isinstance(path, str) or not os.path.isfile(path):
+    path = collection_of(engines, collection).image_file(id)
+    if path is None or not os.path.isfile(path):
         raise HTTPException(
             404,
             f"image {id} is indexed but its file is gone; the next sync removes it (`clipsearch serve "
@@ -501,7 +457,7 @@ def collection_status(collection: CollectionPath, engines: EnginesDep, jobs: Job
     summary="Verify a collection's vectors, payloads, counts, indexes and files (reads every point)",
 )
 def check(collection: CollectionPath, engines: EnginesDep) -> CheckResponse:
-    return CheckResponse(**engines.call(collection, lambda engine: check_collection(engine.store).summary()))
+    return CheckResponse(**collection_of(engines, collection).check())
 
 
 @api.get(
@@ -517,8 +473,8 @@ def get_item(
     id: Annotated[str, Path(description="Id of an indexed item.")],
     engines: EnginesDep,
 ) -> ItemResponse:
-    payload = engines.call(collection, lambda engine: engine.item(id))
-    return ItemResponse(id=id, uri=payload.get("uri", ""), metadata=payload.get("metadata", {}))
+    item = collection_of(engines, collection).get_item(id)
+    return ItemResponse(id=id, uri=item.uri, metadata=item.metadata)
 
 
 @api.get(
@@ -545,7 +501,7 @@ def list_vectors(collection: CollectionPath, engines: EnginesDep, jobs: JobsDep)
 def add_vector(
     collection: CollectionPath, body: NewVectorRequest, engines: EnginesDep, jobs: JobsDep
 ) -> VectorsResponse:
-    engines.call(collection, lambda engine: engine)  # a missing collection is this request's 404
+    collection_of(engines, collection).status()  # a missing collection is this request's 404
     jobs.start(collection, body.model, body.pretrained, body.name)
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
 
@@ -564,9 +520,6 @@ def activate_vector(
     engines: EnginesDep,
     jobs: JobsDep,
 ) -> VectorsResponse:
-    # Load (and warm) the vector's model before switching, so no query waits for it afterwards.
-    spec = engines.call(collection, lambda engine: engine.schema.vector(name))
-    engines.models.query(spec.model)
     collection_of(engines, collection).activate(name)
     return VectorsResponse(vectors=_with_jobs(engines.status(collection), jobs))
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, UploadFile
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from indexer.errors import BadInput
+from indexer.limits import load_json
 from indexer.models.zero_shot import parse_labels
+from indexer.search.options import SearchOptions
+from indexer.search.query import Term
 from indexer.stores import COLLECTION_NAME_PATTERN
 from indexer.stores.filters import Filter
 
@@ -125,8 +129,9 @@ class RerankOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SearchOptions(BaseModel):
-    """What every search takes besides its query."""
+class SearchOptionsBody(BaseModel):
+    """What every search takes besides its query (indexer.search.options.SearchOptions, with the page
+    size and the VLM stage)."""
 
     collection: str | None = COLLECTION_FIELD
     k: int = Field(10, ge=1, description="Number of results; at most the server's `max_k` (default 1000).")
@@ -142,19 +147,11 @@ class SearchOptions(BaseModel):
     facets: list[str] = Field(default_factory=list, max_length=MAX_FACETS, description=FACETS_DESCRIPTION)
     facet_limit: int = Field(10, ge=1, le=1000, description="Values per facet, most frequent first.")
 
-    def search_options(self) -> dict[str, Any]:
-        """The engine's options for this request (indexer.search.engine.SearchEngine.search_query)."""
-        return {
-            "filter": self.filter,
-            "vector": self.vector,
-            "offset": self.offset,
-            "mode": self.mode,
-            "min_score": self.min_score,
-            "group_by": self.group_by,
-            "diversity": self.diversity,
-            "facets": self.facets,
-            "facet_limit": self.facet_limit,
-        }
+    def to_options(self) -> SearchOptions:
+        """This request's SearchOptions: the one value the Collection, the engine and the store take."""
+        return SearchOptions(filter=self.filter, vector=self.vector, offset=self.offset, mode=self.mode,
+                             min_score=self.min_score, group_by=self.group_by, diversity=self.diversity,
+                             facets=tuple(self.facets), facet_limit=self.facet_limit)
 
     def rerank_options(self) -> RerankOptions | None:
         """The re-rank asked for, or None."""
@@ -218,7 +215,7 @@ _AT_MOST_ONE_KIND = [
 ]
 
 
-class SearchRequest(SearchOptions):
+class SearchRequest(SearchOptionsBody):
     """What to search by: exactly one of `text`, `image_id`, `query` (a weighted sum of texts and
     indexed items) and `positive` (more like these indexed items; with `negative`, less like those)."""
 
@@ -304,6 +301,14 @@ class SearchRequest(SearchOptions):
             )
         return self
 
+    def terms(self) -> list[Term]:
+        """The query as terms (a text, an indexed item, or the weighted terms); [] for `positive`."""
+        if self.text is not None:
+            return [Term(text=self.text)]
+        if self.image_id is not None:
+            return [Term(image_id=self.image_id)]
+        return [Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in self.query or []]
+
 
 class BrowseRequest(BaseModel):
     """No query: the items that pass `filter`, ordered by `sort` (or by id), a page at a time."""
@@ -322,6 +327,10 @@ class BrowseRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"filter": {"must": [{"key": "brand", "match": {"value": "acme"}}]}, "sort": "price", "k": 20}]})
+
+    def to_options(self) -> SearchOptions:
+        return SearchOptions(filter=self.filter, offset=self.offset, facets=tuple(self.facets),
+                             facet_limit=self.facet_limit)
 
 
 IMAGE_FILE_SCHEMA = {"type": "string", "format": "binary", "minLength": 1}
@@ -386,6 +395,28 @@ class ImageSearchForm(BaseModel):
 
     def facet_list(self) -> list[str]:
         return [name.strip() for name in (self.facets or "").split(",") if name.strip()][:MAX_FACETS]
+
+    def to_options(self, max_depth: int) -> SearchOptions:
+        """The form's SearchOptions; `filter` parsed from its JSON text (at most `max_depth` deep)."""
+        query_filter = load_json(self.filter, "filter", max_depth) if self.filter else None
+        return SearchOptions(filter=query_filter, vector=self.vector, offset=self.offset,
+                             mode=self.search_mode, text=self.text, min_score=self.min_score,
+                             group_by=self.group_by, diversity=self.diversity,
+                             facets=tuple(self.facet_list()), facet_limit=self.facet_limit)
+
+    def terms(self, image: bytes, max_depth: int) -> list[Term]:
+        """The uploaded image (weight `weight`) and the `query` field's terms, checked as /v1/search
+        checks its `query` (a JSON list of {"text"|"image_id", "weight"})."""
+        extra: list[QueryTerm] = []
+        if self.query:
+            raw = load_json(self.query, "query", max_depth)
+            try:
+                extra = TypeAdapter(list[QueryTerm]).validate_python(raw)
+            except ValueError as exc:
+                raise BadInput(f"query is not a JSON list of terms ({{\"text\"|\"image_id\", \"weight\"}}): "
+                               f"{' '.join(str(exc).split())[:300]}") from exc
+        return [Term(image=image, weight=self.weight),
+                *(Term(text=t.text, image_id=t.image_id, weight=t.weight) for t in extra)]
 
 
 class ClassifyForm(BaseModel):
@@ -694,3 +725,59 @@ class VlmStatus(BaseModel):
     status: VlmState = Field(description="`off`, `up`, `down`, or `unknown` (not asked yet).")
     error: str | None = Field(None, description="The last failure, when down.")
     checked_at: float | None = Field(None, description="Unix time of the last request that said so.")
+
+
+class EvalRequest(BaseModel):
+    """A labelled dataset, as its images' paths and labels (the client read them from its DATA: an
+    ImageFolder tree or a CSV of path,label). The server only matches the paths against its items' indexed
+    paths; it reads no file. At most the server's `ids` limit of them (CLIPSEARCH_LIMITS_IDS)."""
+
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        min_length=1, description="Absolute paths of the images, as indexed (links resolved).")
+    labels: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, description="The label of each path, in the same order.")
+    vectors: list[str] = Field(default_factory=list, max_length=16,
+                               description="Named vectors to measure [default: the active one].")
+    templates: Literal["imagenet", "imagenet-full", "cifar10"] | None = Field(
+        None, description="A built-in prompt-template set [default: the built-in ensemble].")
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+FolderFormat = Literal["imagefolder", "fiftyone"]
+
+
+class FolderExportRequest(BaseModel):
+    """Which items, as which folder export (sent as a tar archive of the folder, images copied in)."""
+
+    format: FolderFormat = Field(description="imagefolder (OUT/<label>/<file>) or fiftyone (a "
+                                 "FiftyOneImageClassificationDataset folder).")
+    filter: dict[str, Any] | None = Field(None, description="A filter, as in /v1/search.")
+    run: str | None = Field(None, max_length=200, description="A label run whose labels name the folders "
+                            '("@duplicates": the duplicate groups).')
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+StoreKind = Literal["edge", "qdrant", "faiss"]
+
+
+class CopyRequest(BaseModel):
+    """Copy the collection, vectors, payloads and schema, under another name and/or into another store
+    kind of this server, without re-embedding."""
+
+    to_collection: str | None = Field(None, pattern=COLLECTION_PATTERN,
+                                      description="The copy's name [default: the same, in another store].")
+    to_store: StoreKind | None = Field(None, description="The copy's store kind [default: the server's].")
+    replace: bool = Field(False, description="Replace an existing collection of that name.")
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TransferResponse(BaseModel):
+    """What a restore or copy made."""
+
+    collection: str
+    store: str
+    points: int
+    vectors: dict[str, int] = Field(description="Vector name -> points that have it.")

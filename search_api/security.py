@@ -42,8 +42,9 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_POSTS = frozenset(
     {"/v1/search", "/v1/search/image", "/v1/browse", "/v1/classify", "/v1/explain", "/v1/explain/stream"}
 )
-# ... and those under a collection: an export document, a snapshot download.
-READ_POST_PATTERN = re.compile(r"/v1/collections/[^/]+/(export|snapshot)")
+# ... and those under a collection: an export (a document, or a folder's archive), a snapshot download,
+# an eval (it matches the paths sent against the items' and computes). Restore and copy write.
+READ_POST_PATTERN = re.compile(r"/v1/collections/[^/]+/(export|export/archive|snapshot|eval)")
 FORBIDDEN = (
     "this API key may only read (search, classify, explain, GET): {method} {path} writes; use the "
     "server's CLIPSEARCH_API_KEY for writes"

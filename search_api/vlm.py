@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from indexer.collection import Collection
 from indexer.errors import ImageDecodeError
-from indexer.search.engine import Result
+from indexer.results import Hit
 from indexer.settings import Settings
 from indexer.vlm import Query, Vlm, VlmError
-from search_api.engines import Engines
 from search_api.schemas import (
     ExplainResponse,
     HitRerank,
@@ -59,18 +59,13 @@ class VlmAnswer:
     timings: dict[str, float]  # seconds: rerank, explain
 
 
-def item_images(engines: Engines, collection: str | None) -> ImageOf:
+def item_images(collection: Collection) -> ImageOf:
     """Each hit's image file, from its indexed payload (called in the VLM's worker threads, only for
     hits whose thumbnail is not cached)."""
-
-    def image_of(item_id: str) -> str | None:
-        path = engines.call(collection, lambda engine: engine.item(item_id)).get("path")
-        return path if isinstance(path, str) else None
-
-    return image_of
+    return collection.image_file
 
 
-def run(vlm: Vlm, ask: VlmAsk | None, query: Query, results: Sequence[Result], images: ImageOf,
+def run(vlm: Vlm, ask: VlmAsk | None, query: Query, results: Sequence[Hit], images: ImageOf,
         k: int) -> VlmAnswer:
     """The answer's results (the first k, re-ranked and explained as asked) and the re-rank's summary."""
     if ask is None:
@@ -111,7 +106,7 @@ def run(vlm: Vlm, ask: VlmAsk | None, query: Query, results: Sequence[Result], i
     return VlmAnswer(rows, summary, timings)
 
 
-def _row(result: Result, explanation: str | None = None) -> SearchResult:
+def _row(result: Hit, explanation: str | None = None) -> SearchResult:
     return SearchResult(id=result.id, uri=result.uri, score=result.score, metadata=result.metadata,
                         explanation=explanation)
 

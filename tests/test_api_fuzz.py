@@ -64,6 +64,8 @@ OPERATIONS = {  # every operation the API documents; the run fails if the schema
     "GET /v1/collections/{collection}/outliers",
     "POST /v1/collections/{collection}/labels", "POST /v1/collections/{collection}/export",
     "POST /v1/collections/{collection}/snapshot", "POST /v1/collections/{collection}/sync",
+    "POST /v1/collections/{collection}/export/archive", "POST /v1/collections/{collection}/eval",
+    "POST /v1/collections/{collection}/restore", "POST /v1/collections/{collection}/copy",
 }
 # Operations whose success the fuzzer cannot reach on its own, and why (every other one must answer 200
 # at least once): starting a re-embedding needs a real model name; dropping a vector needs one that is
@@ -71,6 +73,9 @@ OPERATIONS = {  # every operation the API documents; the run fails if the schema
 # never an image (uploads: their 200s are specified with real photos in test_api.py, test_write_api.py);
 # k clusters need k items, and random k is larger than the 12 served photos (test_clusters.py has the 200s).
 # A sync needs a server started with --watch (these are not: 409; test_watch.py has the 200s).
+# Random bytes are never a snapshot archive, random paths never the served photos' paths, an imagefolder
+# export needs a label run's name, and a copy's random target is often taken or the source itself
+# (test_collection_transfer_api.py has the 200s of restore, eval, folder exports and copy).
 # Real photos are not put into generated uploads: schemathesis then counted some altered cases as
 # invalid data that was accepted.
 SUCCESS_NOT_REQUIRED = {
@@ -79,6 +84,8 @@ SUCCESS_NOT_REQUIRED = {
     "POST /v1/collections/{collection}/vectors", "DELETE /v1/collections/{collection}/vectors/{name}",
     "GET /v1/collections/{collection}/labels/{run}", "GET /v1/collections/{collection}/labels/{run}/items",
     "POST /v1/collections/{collection}/labels/{run}/review",
+    "POST /v1/collections/{collection}/restore", "POST /v1/collections/{collection}/eval",
+    "POST /v1/collections/{collection}/export/archive", "POST /v1/collections/{collection}/copy",
 }
 # Every check schemathesis has (`--checks all`). Valid data may still get 400 (an upload that is not an
 # image, a filter naming an undeclared field), 404 (an id or collection that does not exist) or 409 (a

@@ -630,17 +630,28 @@ def test_the_filter_cases_neither_keep_everything_nor_nothing(filtered: tuple[Fa
     assert sum(0 < s < 400 for s in sizes) >= len(FILTERS) - 3  # has_vector "nonesuch", tiny radius...
 
 
-@pytest.mark.parametrize("path", ["exact", "selector"])
+# The search paths a filter can take: exact over the filtered vectors, FAISS with an id selector, or
+# an unfiltered search read deeper until enough results pass (post-filtering, tried first).
+FORCED_PATHS = {
+    "exact": {"exact_max": 10**9, "post_filter_max": 0},
+    "exact, vectors from SQLite": {"exact_max": 10**9, "post_filter_max": 0, "exact_from_index": False},
+    "selector": {"exact_max": 0, "exact_fraction": 0.0, "post_filter_max": 0},
+    "post": {"post_filter_max": 10**9, "post_filter_min_share": 0.0},
+}
+
+
+@pytest.mark.parametrize("path", list(FORCED_PATHS))
 @pytest.mark.parametrize("case", range(len(FILTERS)))
 def test_filtered_search_count_and_scan_equal_brute_force_over_matches(
-    filtered: tuple[FaissStore, dict], case: int, path: str
+    filtered: tuple[FaissStore, dict], case: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, data = filtered
-    # Force one search path: exact over the filtered vectors, or FAISS with an id selector.
-    forced = {"exact": {"exact_max": 10**9}, "selector": {"exact_max": 0, "exact_fraction": 0.0}}[path]
-    store.config = dataclasses.replace(FaissConfig(kind="flat"), **forced)
+    store.config = dataclasses.replace(FaissConfig(kind="flat"), **FORCED_PATHS[path])
     store_filter = Filter.parse(FILTERS[case])
     allowed = expected_ids(data, store_filter)
+    if path == "post" and len(allowed) >= 200 and "has_vector" not in json.dumps(FILTERS[case]):
+        # half the points pass: the first read has enough (has_vector needs the filtered path)
+        monkeypatch.setattr(store, "_filtered_vids", lambda *a: pytest.fail("the filtered path ran"))
 
     assert store.count(store_filter) == len(allowed)
     assert {r.id for r in store.scan(store_filter)} == allowed
@@ -651,6 +662,26 @@ def test_filtered_search_count_and_scan_equal_brute_force_over_matches(
         # paging: offset pages concatenate to one longer query
         pages = [h.id for o in (0, 4, 8) for h in store.search(q, 4, filter=store_filter, offset=o)]
         assert pages == brute_force(data, q, allowed)[:12]
+
+
+@pytest.mark.parametrize("kept", [200, 40, 4])
+def test_post_filtering_is_tried_first_and_gives_way_when_few_pass(
+    filtered: tuple[FaissStore, dict], kept: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default tuning: a filter keeping half or a tenth of the points is answered from an
+    unfiltered search read deeper, one keeping 1% by the filtered path; either way the exact top 10."""
+    store, data = filtered
+    store.config = FaissConfig(kind="flat")
+    store_filter = Filter.parse({"must": [{"has_id": [uid(i) for i in range(0, 400, 400 // kept)]}]})
+    allowed = expected_ids(data, store_filter)
+    assert len(allowed) == kept
+    filtered_path = []
+    monkeypatch.setattr(store, "_filtered_vids", lambda *a: filtered_path.append(1) or real(*a))
+    real = type(store)._filtered_vids.__get__(store)
+    for q in random_unit(5, seed=kept, dim=16):
+        hits = store.search(q, 10, filter=store_filter)
+        assert [h.id for h in hits] == brute_force(data, q, allowed)[:10]
+    assert (len(filtered_path) > 0) == (kept < 20)
 
 
 def test_random_filters_agree_with_matches(filtered: tuple[FaissStore, dict]) -> None:
@@ -698,6 +729,31 @@ def test_selector_search_on_approximate_indexes_returns_only_passing_points(copy
         recalls.append(len(truth & {h.id for h in hits}) / 10)
     assert np.mean(recalls) >= 0.9
     assert store.search(copy.vectors[9], 1, filter=store_filter)[0].id == uid(9)
+    store.close()
+
+
+def test_exact_filtered_search_gathers_vectors_from_flat_and_hnsw_indexes(copy: Copy) -> None:
+    """The exact path over a filter's points reads their vectors from the index's memory where the index
+    holds them as stored (flat, HNSW), after deletes and replacements; IVF-PQ's approximations never."""
+    store = copy.open()
+    store.delete([uid(i) for i in range(0, 60, 3)])
+    store.upsert([Record(uid(i), {"default": v}, {}) for i, v in zip(range(1, 60, 3), random_unit(20, seed=5),
+                                                                  strict=True)])
+    store.flush()
+    index = store._indexes["default"]
+    vids = index.source.live_ids()[::7]
+    stored = index.stored_vectors(vids)
+    if copy.kind == "ivfpq":
+        assert stored is None
+    else:
+        assert stored is not None and np.array_equal(stored, index.source.vectors_for(vids))
+    if copy.kind == "flat":  # ids out of order (an open that caught up with the table): read from SQLite
+        moved = int(vids[0])
+        vector = index.source.vectors_for(np.array([moved]))
+        index.remove([moved])
+        index.maintain()
+        index.add(np.array([moved], dtype=np.int64), vector)
+        assert index.stored_vectors(vids) is None
     store.close()
 
 

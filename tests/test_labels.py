@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from indexer.curation import labels as lb
-from indexer.errors import BadInput, ItemNotFound, SchemaError
+from indexer.errors import BadInput, DiskFull, ItemNotFound, SchemaError
 from indexer.schema import CollectionSchema, ModelIdentity, VectorSpec
 from indexer.stores import Record, open_store
 from indexer.stores.base import VectorStore
@@ -178,6 +178,25 @@ def test_review_pages_and_bad_decisions(store: VectorStore) -> None:
         lb.review(store, "label", [item_id("1")], "change")
     with pytest.raises(BadInput, match="no label run 'nope'"):
         lb.review_items(store, "nope", "cat")
+
+
+def test_a_failed_write_stops_the_run_with_its_error(
+    store: VectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real_set_payloads = store.set_payloads
+
+    def set_payloads(payloads: dict[str, Any]) -> None:
+        calls.append(len(payloads))
+        if len(calls) == 2:
+            raise DiskFull("disk full: no room to write collection 'things'")
+        real_set_payloads(payloads)
+
+    monkeypatch.setattr(store, "set_payloads", set_payloads)
+    with pytest.raises(DiskFull, match="no room"):
+        run_labels(store, batch=1)
+    assert calls == [1, 1]  # nothing written after the failure
+    assert "label" not in lb.label_runs(store)  # a run that failed is not recorded
 
 
 def test_scores_are_a_softmax_by_hand_in_any_chunking() -> None:

@@ -29,6 +29,7 @@ import search_api.jobs
 from indexer.ingest.pipeline import index_sources
 from indexer.ingest.reembed import fill_vector
 from indexer.models.loading import ClipModel, load_model
+from indexer.search.options import SearchOptions
 from indexer.settings import Settings
 from indexer.stores import open_store
 from search_api import create_app
@@ -251,7 +252,20 @@ def test_vector_commands_on_the_collection_and_through_a_server(
         assert not server_file.exists()
 
 
-def test_an_engine_on_a_shared_qdrant_collection_follows_activation_by_another_process(
+def _activated_elsewhere(settings: Settings, wide: tuple[str, str]) -> None:
+    """A second store object of the collection (as another process would open it) re-embeds into
+    "wide" and activates it under the running engine."""
+    from indexer.ingest.reembed import activate, reembed
+
+    reembed(settings, None, wide[0], wide[1], "wide", progress=False)
+    other = open_store(settings, settings.collection)
+    try:
+        activate(other, "wide")
+    finally:
+        other.close()
+
+
+def test_an_engine_follows_activation_by_another_process_where_the_store_is_shared(
     tmp_path: Path,
     imagenet_dir: Path,
     tiny_checkpoint: Path,
@@ -259,32 +273,55 @@ def test_an_engine_on_a_shared_qdrant_collection_follows_activation_by_another_p
     wide: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A Qdrant server is shared: `clipsearch activate` from elsewhere changes the schema under a running
-    engine, which follows within SCHEMA_REFRESH_S (qdrant-client's local mode stands in for the server:
-    two store objects in one process share its client, as two processes share a server)."""
+    """A Qdrant server is shared (Settings.store_shared): `clipsearch activate` from elsewhere changes the
+    schema under a running engine, which follows within SCHEMA_REFRESH_S. qdrant-client's local mode
+    stands in for the server: its store objects in one process share one client, as processes share a
+    server; being a folder, the settings call it embedded, so the stand-in is declared shared here."""
     import indexer.search.engine as engine_module
-    from indexer.ingest.reembed import activate, reembed
+    from indexer.search.engine import SearchEngine
+
+    monkeypatch.setattr(engine_module, "SCHEMA_REFRESH_S", 0.0)
+    monkeypatch.setattr(Settings, "store_shared", property(lambda self: self.store == "qdrant"))
+    settings = make_settings(
+        tmp_path / "home", tiny_checkpoint, store="qdrant", qdrant={"path": tmp_path / "qdrant"}
+    )
+    assert settings.store_shared
+    photos = copy_photos(imagenet_dir, tmp_path / "photos", 6)
+    index_sources(settings, [photos], model=tiny_model, progress=False)
+    with SearchEngine(settings) as engine:
+        assert engine.schema.active == "default"
+        _activated_elsewhere(settings, wide)
+        some_id = engine.search_text("a bird", 1).results[0].id
+        found = engine.search_similar(some_id, 3)
+        assert engine.schema.active == "wide"
+        assert found.results[0].id == some_id and found.results[0].score == pytest.approx(1.0, abs=1e-4)
+        named = engine.search_similar(some_id, 3, SearchOptions(vector="wide")).results
+        # (qdrant-client local mode renormalises stored vectors as it searches: last bits of scores move)
+        assert [r.id for r in found.results] == [r.id for r in named]
+        assert [r.score for r in found.results] == pytest.approx([r.score for r in named], abs=1e-5)
+
+
+def test_an_engine_on_an_embedded_store_keeps_the_schema_it_opened(
+    tmp_path: Path,
+    imagenet_dir: Path,
+    tiny_checkpoint: Path,
+    tiny_model: ClipModel,
+    wide: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An embedded store (local mode, as the settings call it) is changed through the process that holds
+    it only: its engine never re-reads the schema, whatever another store object writes meanwhile."""
+    import indexer.search.engine as engine_module
     from indexer.search.engine import SearchEngine
 
     monkeypatch.setattr(engine_module, "SCHEMA_REFRESH_S", 0.0)
     settings = make_settings(
         tmp_path / "home", tiny_checkpoint, store="qdrant", qdrant={"path": tmp_path / "qdrant"}
     )
+    assert not settings.store_shared
     photos = copy_photos(imagenet_dir, tmp_path / "photos", 6)
     index_sources(settings, [photos], model=tiny_model, progress=False)
     with SearchEngine(settings) as engine:
+        _activated_elsewhere(settings, wide)
+        assert engine.search_text("a bird", 1).results
         assert engine.schema.active == "default"
-        reembed(settings, None, wide[0], wide[1], "wide", progress=False)
-        other = open_store(settings, settings.collection)
-        try:
-            activate(other, "wide")
-        finally:
-            other.close()
-        some_id = engine.search_text("a bird", 1).results[0].id
-        found = engine.search_similar(some_id, 3)
-        assert engine.schema.active == "wide"
-        assert found.results[0].id == some_id and found.results[0].score == pytest.approx(1.0, abs=1e-4)
-        named = engine.search_similar(some_id, 3, vector="wide").results
-        # (qdrant-client local mode renormalises stored vectors as it searches: last bits of scores move)
-        assert [r.id for r in found.results] == [r.id for r in named]
-        assert [r.score for r in found.results] == pytest.approx([r.score for r in named], abs=1e-5)

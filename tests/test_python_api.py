@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,10 @@ def build(home: Path, checkpoint: Path, photos: Path, catalog: Path) -> None:
             assert catalogued.embedded == 12
 
 
-def scenario(shop: CollectionAPI, photos: Path, out: Path, wide_model: tuple[str, str]) -> dict[str, Any]:
-    """What a newcomer's notebook does after docs/python.md; every answer kept for comparison."""
+def scenario(shop: CollectionAPI, photos: Path, out: Path, wide_model: tuple[str, str],
+             other: Callable[[str], CollectionAPI]) -> dict[str, Any]:
+    """What a newcomer's notebook does after docs/python.md; every answer kept for comparison.
+    `other(name)`: another collection, the way `shop` was opened or connected."""
     answers: dict[str, Any] = {}
 
     def ranked(results: Any) -> list[tuple[str, float]]:
@@ -103,6 +105,18 @@ def scenario(shop: CollectionAPI, photos: Path, out: Path, wide_model: tuple[str
                        [(a["image_id"], a["category_id"], a["score"]) for a in coco["annotations"]],
                        [c["name"] for c in coco["categories"]])
 
+    tree = shop.export(out / "tree", "imagefolder", run="kind", where="brand = acme")
+    names = sorted(p.relative_to(out / "tree").as_posix() for p in (out / "tree").rglob("*") if p.is_file())
+    assert tree.items == len(names) > 0
+    answers["imagefolder"] = (tree.items, tree.labelled, names)
+
+    labelled = out / "labelled"  # an ImageFolder tree of links to indexed photos: eval follows them
+    for number, photo in enumerate(sorted(photos.iterdir())[:12]):
+        (labelled / ("even" if number % 2 == 0 else "odd")).mkdir(parents=True, exist_ok=True)
+        (labelled / ("even" if number % 2 == 0 else "odd") / photo.name).symlink_to(photo)
+    answers["eval"] = shop.eval(labelled)
+    assert set(answers["eval"]) == {"zero_shot", "text_to_image", "image_to_image"}
+
     created = shop.put_item("SKU-NEW", png_bytes((64, 48)), metadata={"price": 12.5, "brand": "acme"},
                             text={"title": "a red square"})
     assert (created.action, created.embedded) == ("created", True)
@@ -125,6 +139,17 @@ def scenario(shop: CollectionAPI, photos: Path, out: Path, wide_model: tuple[str
     assert shop.activate("wide").active == "wide"
     answers["activated"] = ranked(shop.search("a small bird on a branch", k=5))
     answers["status"] = (shop.status().count, [(v.name, v.count, v.active) for v in shop.vectors()])
+
+    copied = shop.copy("shop-copy")
+    assert (copied.collection, copied.points) == ("shop-copy", answers["status"][0])
+    shop.snapshot(out / "shop.tar")
+    with other("shop-restored") as restored:
+        made = restored.restore(out / "shop.tar")
+        assert made.points == copied.points
+        answers["restored"] = ranked(restored.search("a small bird on a branch", k=5))
+    with other("shop-copy") as twin:
+        answers["copied"] = ranked(twin.search("a small bird on a branch", k=5))
+    assert answers["restored"] == answers["copied"] == answers["activated"]
     return answers
 
 
@@ -188,12 +213,13 @@ def test_one_script_answers_the_same_locally_and_through_a_server(
 
     with cli_home(local_home, tiny_checkpoint), clipsearch.open(COLLECTION) as shop:
         assert isinstance(shop, CollectionAPI)
-        local = scenario(shop, photos, tmp_path / "out-local", wide)
+        local = scenario(shop, photos, tmp_path / "out-local", wide, clipsearch.open)
 
     for url in serve_home(served_home, tiny_checkpoint):
         with clipsearch.connect(url, collection=COLLECTION) as remote_shop:
             assert isinstance(remote_shop, CollectionAPI)
-            remote = scenario(remote_shop, photos, tmp_path / "out-remote", wide)
+            remote = scenario(remote_shop, photos, tmp_path / "out-remote", wide,
+                              lambda name, url=url: clipsearch.connect(url, collection=name))
             snapshot = remote_shop.snapshot(tmp_path / "remote.tar")
             assert snapshot.points == remote["status"][0]
             with pytest.raises(NotFound):

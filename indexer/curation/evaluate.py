@@ -146,9 +146,21 @@ def load_dataset(data: Path) -> Dataset:
     if not pairs:
         raise BadInput(f"DATA {data} has no labelled images: give DATA/<class>/<image> files or a CSV of "
                        f"path,label rows")
+    return dataset_of(pairs)
+
+
+def dataset_of(pairs: Sequence[tuple[str, str]]) -> Dataset:
+    """The dataset of (path, label) pairs; classes sorted by name."""
     classes = sorted({label for _, label in pairs})
     index = {name: number for number, name in enumerate(classes)}
     return Dataset([p for p, _ in pairs], np.array([index[lb] for _, lb in pairs], dtype=np.int64), classes)
+
+
+def labelled_pairs(dataset: Dataset) -> list[tuple[str, str]]:
+    """A dataset's (path, label) pairs, each path as the real path of its file (links followed): what
+    a collection's items are matched by."""
+    return [(os.path.realpath(path), dataset.classes[int(label)])
+            for path, label in zip(dataset.paths, dataset.labels, strict=True)]
 
 
 def _csv_pairs(path: Path) -> list[tuple[str, str]]:
@@ -206,12 +218,15 @@ def embed_images(model: Any, paths: Sequence[str], max_pixels: int, batch_size: 
     return found
 
 
-def stored_images(store: Any, paths: Sequence[str], vector: str | None = None) -> list[np.ndarray | None]:
-    """Each image's stored vector in a collection (matched by file path), None where not indexed."""
+def stored_images(store: Any, paths: Sequence[str], vector: str | None = None, *, resolve: bool = True
+                  ) -> list[np.ndarray | None]:
+    """Each image's stored vector in a collection (matched by file path), None where not indexed.
+    `resolve`: follow links in `paths` first; without it (paths a client sent to a server) they are
+    compared as written, normalised, and nothing is read from disk for them."""
     name = store.schema.vector(vector).name
     by_path = {os.path.realpath(str(r.payload.get("path", ""))): r.vectors[name]
                for r in store.scan(with_vectors=[name]) if name in r.vectors}
-    return [by_path.get(os.path.realpath(p)) for p in paths]
+    return [by_path.get(os.path.realpath(p) if resolve else os.path.normpath(p)) for p in paths]
 
 
 def run_eval(dataset: Dataset, systems: Sequence[Embedded]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from indexer.models.encoders import QueryEncoder
 from indexer.models.loading import ModelCache
 from indexer.models.zero_shot import classify_embeddings
 from indexer.schema import CollectionSchema, VectorSpec
+from indexer.search.options import SearchOptions
 from indexer.search.query import Term, check_terms, embed_terms, keyword_text
 from indexer.settings import Settings
 from indexer.stores import Hit, VectorStore, open_store
@@ -42,7 +43,6 @@ from indexer.stores.keyword import RRF_WEIGHTS, rrf_score, text_fields
 
 ImageInput = bytes | str | Path
 STAGES = ("decode", "encode", "search", "fetch")
-FACET_LIMIT = 10  # values per facet when a query does not say
 # How often a server re-reads the schema of a collection that other processes may change (a Qdrant
 # server: `clipsearch activate` from another machine). Embedded stores are changed through this process.
 SCHEMA_REFRESH_S = 2.0
@@ -140,9 +140,9 @@ class SearchEngine:
     @property
     def schema(self) -> CollectionSchema:
         """The collection's schema; re-read from a shared server now and then (see SCHEMA_REFRESH_S)."""
-        # Every Qdrant store object, local mode included (its store objects share one client, as processes
-        # share a server: the tests' stand-in), can see schema changes made through another.
-        if self.settings.store == "qdrant" and time.monotonic() - self._schema_read > SCHEMA_REFRESH_S:
+        # Only a store shared between processes changes under this one; an embedded store is changed
+        # through this process's own open store.
+        if self.settings.store_shared and time.monotonic() - self._schema_read > SCHEMA_REFRESH_S:
             self._reopen_if_changed()
         return self.store.schema
 
@@ -181,48 +181,33 @@ class SearchEngine:
 
     # --- queries --------------------------------------------------------------------------
 
-    # Every search takes these options (keyword arguments):
-    #   filter: a query filter (field names; stores.filters); vector: the named vector (default: active);
-    #   offset: skip the best `offset` (stable pages); mode: "vector" | "keyword" | "hybrid" (default:
-    #   hybrid when the collection declares text fields and the query has a text, else vector);
-    #   text: the words of a keyword or hybrid ranking (default: the query's texts of positive weight);
-    #   min_score, group_by, diversity: as in VectorStore.search; facets: keyword fields to count
-    #   under the filter (SearchOutcome.facets), facet_limit values each.
+    # Every search takes one SearchOptions (indexer.search.options): the value the edge (the CLI's flags,
+    # an HTTP body, a Python call) built; the engine resolves its filter against the schema, picks the
+    # mode, and hands the store its part (SearchOptions.for_store).
 
-    def search_text(self, text: str, k: int = 10, **options: Any) -> SearchOutcome:
-        return self.search_query([Term(text=text)], k, **options)
+    def search_text(self, text: str, k: int = 10, options: SearchOptions | None = None) -> SearchOutcome:
+        return self.search_query([Term(text=text)], k, options)
 
-    def search_image(self, image: ImageInput, k: int = 10, **options: Any) -> SearchOutcome:
+    def search_image(self, image: ImageInput, k: int = 10, options: SearchOptions | None = None
+                     ) -> SearchOutcome:
         """By an example image (bytes of an upload, or a file path), decoded as the index decoded files."""
-        return self.search_query([Term(image=image)], k, **options)
+        return self.search_query([Term(image=image)], k, options)
 
-    def search_similar(self, item_id: str, k: int = 10, **options: Any) -> SearchOutcome:
+    def search_similar(self, item_id: str, k: int = 10, options: SearchOptions | None = None
+                       ) -> SearchOutcome:
         """Neighbours of an indexed item, by its stored vector (no re-encoding)."""
-        return self.search_query([Term(image_id=item_id)], k, **options)
+        return self.search_query([Term(image_id=item_id)], k, options)
 
-    def search_query(
-        self,
-        terms: list[Term],
-        k: int = 10,
-        *,
-        filter: Filter | dict[str, Any] | None = None,
-        vector: str | None = None,
-        offset: int = 0,
-        mode: str | None = None,
-        text: str | None = None,
-        min_score: float | None = None,
-        group_by: str | None = None,
-        diversity: float | None = None,
-        facets: list[str] | tuple[str, ...] = (),
-        facet_limit: int = FACET_LIMIT,
-    ) -> SearchOutcome:
+    def search_query(self, terms: list[Term], k: int = 10, options: SearchOptions | None = None
+                     ) -> SearchOutcome:
         """By a weighted sum of terms (indexer.search.query): texts, indexed items, images."""
+        options = options or SearchOptions()
         clock = dict.fromkeys(STAGES, 0.0)
         check_terms(terms)
-        spec = self.schema.vector(vector)
-        store_filter = self.store_filter(filter)
-        words = text if text is not None else keyword_text(terms)
-        mode = mode or self.default_mode(words)
+        spec = self.schema.vector(options.vector)
+        store_filter = self.store_filter(options.filter)
+        words = options.text if options.text is not None else keyword_text(terms)
+        mode = options.mode or self.default_mode(words)
         if mode == "keyword":
             if any(t.text is None for t in terms):
                 raise BadInput("keyword search ranks by words only: query by text, or use another mode")
@@ -230,47 +215,37 @@ class SearchEngine:
         else:
             query = embed_terms(terms, lambda term: self._embed(term, spec, clock))
         with self._reading():
-            hits = self._timed(
-                clock, "search", self.store.search, query, k, using=spec.name, filter=store_filter,
-                offset=offset, mode=mode, text=words if mode != "vector" else None, min_score=min_score,
-                group_by=group_by, diversity=diversity,
-            )
-            if mode == "vector" and diversity is None:  # a cosine score each (hybrid ranks; MMR mixes)
+            hits = self._timed(clock, "search", self.store.search, query, k,
+                               options.for_store(spec.name, store_filter, mode, words))
+            if mode == "vector" and options.diversity is None:  # a cosine each (hybrid ranks; MMR mixes)
                 self._refuse_impossible_scores(hits)
-            counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+            counted = self._timed(clock, "search", self._facets, options.facets, store_filter,
+                                  options.facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, mode)
 
-    def recommend(
-        self,
-        positive: list[Example],
-        negative: list[Example] | tuple[()] = (),
-        k: int = 10,
-        *,
-        filter: Filter | dict[str, Any] | None = None,
-        vector: str | None = None,
-        offset: int = 0,
-        min_score: float | None = None,
-        group_by: str | None = None,
-        facets: list[str] | tuple[str, ...] = (),
-        facet_limit: int = FACET_LIMIT,
-    ) -> SearchOutcome:
+    def recommend(self, positive: list[Example], negative: list[Example] | tuple[()] = (), k: int = 10,
+                  options: SearchOptions | None = None) -> SearchOutcome:
         """More like `positive`, less like `negative` (ids of indexed items, or vectors): the store's
         recommend query (sum of similarities to the positives minus to the negatives); the examples
-        given by id are left out of the results."""
+        given by id are left out of the results. It ranks by vector: `options` with another mode, words
+        or diversity are refused."""
+        options = options or SearchOptions()
+        if options.mode not in (None, "vector") or options.text is not None or options.diversity is not None:
+            raise BadInput("recommend (more like these) ranks by vector: no keyword or hybrid mode, no "
+                           "keywords, no diversity")
         clock = dict.fromkeys(STAGES, 0.0)
-        spec = self.schema.vector(vector)
-        store_filter = self.store_filter(filter)
+        spec = self.schema.vector(options.vector)
+        store_filter = self.store_filter(options.filter)
         pos, neg = [self._example(e) for e in positive], [self._example(e) for e in negative]
         asked = [e for e in [*pos, *neg] if isinstance(e, str)]
         found = {r.id for r in self._timed(clock, "fetch", self.store.retrieve, asked)} if asked else set()
         missing = [e for e in [*positive, *negative] if isinstance(e, str) and self._example(e) not in found]
         if missing:
             raise ItemNotFound(missing[0])
-        hits = self._timed(
-            clock, "search", self.store.recommend, pos, neg, k, using=spec.name, filter=store_filter,
-            offset=offset, min_score=min_score, group_by=group_by,
-        )
-        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        hits = self._timed(clock, "search", self.store.recommend, pos, neg, k,
+                           options.for_store(spec.name, store_filter, "vector", None))
+        counted = self._timed(clock, "search", self._facets, options.facets, store_filter,
+                              options.facet_limit)
         return SearchOutcome([Result.from_hit(hit) for hit in hits], clock, counted, "recommend")
 
     def _refuse_impossible_scores(self, hits: list[Hit]) -> None:
@@ -284,22 +259,21 @@ class SearchEngine:
                 f"--collection {name}` for which ones and what to do"
             )
 
-    def browse(
-        self,
-        k: int = 10,
-        *,
-        filter: Filter | dict[str, Any] | None = None,
-        sort: str | None = None,
-        offset: int = 0,
-        facets: list[str] | tuple[str, ...] = (),
-        facet_limit: int = FACET_LIMIT,
-    ) -> SearchOutcome:
-        """The items that pass `filter`, without a query, ordered by a field (`sort`: "price" rising,
+    def browse(self, k: int = 10, options: SearchOptions | None = None, *, sort: str | None = None
+               ) -> SearchOutcome:
+        """The items that pass `options.filter`, without a query, ordered by a field (`sort`: "price" rising,
         "-price" falling; items without a value last) or, without `sort`, by id; ties by id, so pages
         are slices of one order. Bounded: a filter keeping more than settings.browse_max_items items is
-        refused. Scores are 0 (there is no query to score against)."""
+        refused. Scores are 0 (there is no query to score against). Options that rank a query are refused.
+        `options.offset`, `facets` and `facet_limit` as in a search."""
+        options = options or SearchOptions()
+        ranking = options.ranking_options()
+        if ranking:
+            raise BadInput(f"{', '.join(ranking)} rank a query; a browse (no query) takes a filter, sort, "
+                           "offset and facets")
+        offset = options.offset
         clock = dict.fromkeys(STAGES, 0.0)
-        store_filter = self.store_filter(filter)
+        store_filter = self.store_filter(options.filter)
         name, descending = parse_sort(sort, self.schema) if sort else (None, False)
         total = self._timed(clock, "search", self.store.count, store_filter)
         limit = self.settings.browse_max_items
@@ -317,7 +291,8 @@ class SearchEngine:
 
         records = self._timed(clock, "search", lambda: heapq.nsmallest(
             offset + k, self.store.scan(store_filter), key=key))[offset:]
-        counted = self._timed(clock, "search", self._facets, facets, store_filter, facet_limit)
+        counted = self._timed(clock, "search", self._facets, options.facets, store_filter,
+                              options.facet_limit)
         results = [Result(r.id, r.payload.get("uri", ""), 0.0, r.payload.get("metadata", {}))
                    for r in records]
         return SearchOutcome(results, clock, counted, "browse")

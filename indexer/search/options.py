@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from indexer.stores.base import StoreSearch
 from indexer.stores.filters import Filter
 
 FACET_LIMIT = 10  # values per facet when a query does not say
@@ -32,13 +33,18 @@ class SearchOptions:
     facets: tuple[str, ...] = ()
     facet_limit: int = FACET_LIMIT
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        """SearchEngine.search_query's keyword arguments."""
-        return {**asdict(self), "filter": self.filter, "facets": tuple(self.facets)}
+    def for_store(self, using: str, filter: Filter | None, mode: str, text: str | None) -> StoreSearch:
+        """The store's part (VectorStore.search): the engine gives the vector's name, the filter resolved
+        against the schema, the mode it chose and the words of a keyword or hybrid ranking."""
+        return StoreSearch(using=using, filter=filter, offset=self.offset, mode=mode,  # type: ignore[arg-type]
+                           text=text if mode != "vector" else None, min_score=self.min_score,
+                           group_by=self.group_by, diversity=self.diversity)
 
-    def recommend_kwargs(self) -> dict[str, Any]:
-        """SearchEngine.recommend's: a recommend query ranks by vector, without MMR."""
-        return {k: v for k, v in self.engine_kwargs().items() if k not in ("mode", "text", "diversity")}
+    def ranking_options(self) -> list[str]:
+        """The options given that rank a query (refused where there is none to rank: a browse)."""
+        given = {"mode": self.mode, "text": self.text, "min_score": self.min_score, "group_by": self.group_by,
+                 "diversity": self.diversity}
+        return [name for name, value in given.items() if value is not None]
 
     def to_json(self) -> dict[str, Any]:
         """The fields of an HTTP search body (/v1/search) that differ from the defaults."""

@@ -8,7 +8,7 @@ search, retrieve and scan name the ones they want (None: the schema's active vec
 store filters (`indexer.stores.filters.Filter`, keys are payload paths), pushed down by every backend.
 Fields named by `group_by` and `facet` are declared field names (the store finds their paths).
 
-Search modes (`search(mode=...)`): "vector" (cosine, optionally diversified by MMR), "keyword"
+Search modes (`StoreSearch.mode`): "vector" (cosine, optionally diversified by MMR), "keyword"
 (BM25 over the declared text fields, see indexer/stores/keyword.py) and "hybrid" (both fused by
 reciprocal rank fusion); `recommend` ranks by "more like these, less like those". Every mode
 takes a filter, `min_score`, `offset` and `group_by`, and pages through one stable ranking:
@@ -49,6 +49,31 @@ class Record:
     id: str
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreSearch:
+    """What a store search takes besides its query vector and k: the store's part of the one
+    `indexer.search.options.SearchOptions` a search carries from the edge (the engine resolves the
+    filter against the schema and picks the mode and words). `using`: the named vector (None: the active
+    one); the rest as `VectorStore.search` says. `recommend` takes the same value (vector mode, no MMR)."""
+
+    using: str | None = None
+    filter: Filter | None = None
+    offset: int = 0
+    mode: SearchMode = "vector"
+    text: str | None = None
+    min_score: float | None = None
+    group_by: str | None = None
+    diversity: float | None = None
+
+    @classmethod
+    def of(cls, options: StoreSearch | None, fields: Mapping[str, Any]) -> StoreSearch:
+        """`options`, with `fields` (keyword shorthand: `store.search(v, 10, using="wide")`) replacing
+        its own; an unknown name is a TypeError, as for any call."""
+        from dataclasses import replace
+
+        return replace(options or cls(), **fields) if fields else options or cls()
 
 
 @dataclass
@@ -96,22 +121,12 @@ class VectorStore(Protocol):
         """Remove points; unknown ids are ignored."""
 
     def search(
-        self,
-        vector: np.ndarray | None,
-        k: int,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        mode: SearchMode = "vector",
-        text: str | None = None,
-        min_score: float | None = None,
-        group_by: str | None = None,
-        diversity: float | None = None,
+        self, vector: np.ndarray | None, k: int, options: StoreSearch | None = None, **fields: Any
     ) -> list[Hit]:
-        """The k best points among those that pass `filter`, best first, after skipping the
+        """The k best points among those that pass `options.filter`, best first, after skipping the
         `offset` best. Ties keep a stable order (by id), so pages never repeat or skip a point.
 
+        `options` (StoreSearch; `fields`: the same as keywords, e.g. `using="wide"`):
         mode "vector": cosine similarity to `vector` on vector `using` (None: the active one).
         mode "keyword": BM25 of `text` over the declared text fields (`vector` may be None); points
             sharing no term with `text` are not found.
@@ -126,21 +141,14 @@ class VectorStore(Protocol):
             keep their similarity to the query as score, in MMR order."""
 
     def recommend(
-        self,
-        positive: Sequence[Example] = (),
-        negative: Sequence[Example] = (),
-        k: int = 10,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        min_score: float | None = None,
-        group_by: str | None = None,
+        self, positive: Sequence[Example] = (), negative: Sequence[Example] = (), k: int = 10,
+        options: StoreSearch | None = None, **fields: Any,
     ) -> list[Hit]:
         """More like `positive`, less like `negative` (ids of stored points, or vectors), on vector
         `using`: Qdrant's recommend query with the sum_scores strategy, score = sum of cosine
         similarities to the positives minus the sum to the negatives. Points given by id are left
-        out of the results. Paging, min_score and group_by as in `search`."""
+        out of the results. Paging, min_score and group_by as in `search`; mode is vector, without
+        diversity (else BadInput)."""
 
     def facet(self, field: str, *, filter: Filter | None = None, limit: int = 10) -> list[tuple[str, int]]:
         """Exact counts of the values of a declared keyword field among the points that pass
@@ -419,26 +427,17 @@ class PlannedSearch:
     schema: CollectionSchema
 
     def search(
-        self,
-        vector: np.ndarray | None,
-        k: int,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        mode: str = "vector",
-        text: str | None = None,
-        min_score: float | None = None,
-        group_by: str | None = None,
-        diversity: float | None = None,
+        self, vector: np.ndarray | None, k: int, options: StoreSearch | None = None, **fields: Any
     ) -> list[Hit]:
-        plan = plan_search(self.schema, k=k, offset=offset, mode=mode, vector=vector, text=text,
-                           min_score=min_score, group_by=group_by, diversity=diversity)
-        spec = self.schema.vector(using)
+        options = StoreSearch.of(options, fields)
+        plan = plan_search(self.schema, k=k, offset=options.offset, mode=options.mode, vector=vector,
+                           text=options.text, min_score=options.min_score, group_by=options.group_by,
+                           diversity=options.diversity)
+        spec = self.schema.vector(options.using)
         query = None if plan.mode == "keyword" else checked_vector(self.name, spec.dim, vector, "query")
         if k <= 0:
             return []
-        return self._run_search(plan, spec, query, text or "", filter)
+        return self._run_search(plan, spec, query, options.text or "", options.filter)
 
     def _run_search(
         self, plan: SearchPlan, spec: Any, query: np.ndarray | None, text: str, filter: Filter | None
@@ -446,24 +445,19 @@ class PlannedSearch:
         raise NotImplementedError
 
     def recommend(
-        self,
-        positive: Sequence[Example] = (),
-        negative: Sequence[Example] = (),
-        k: int = 10,
-        *,
-        using: str | None = None,
-        filter: Filter | None = None,
-        offset: int = 0,
-        min_score: float | None = None,
-        group_by: str | None = None,
+        self, positive: Sequence[Example] = (), negative: Sequence[Example] = (), k: int = 10,
+        options: StoreSearch | None = None, **fields: Any,
     ) -> list[Hit]:
-        spec = self.schema.vector(using)
-        pos, neg, ids = recommend_examples(self, positive, negative, using)  # type: ignore[arg-type]
-        plan = plan_search(self.schema, k=k, offset=offset, vector=(pos or neg)[0],
-                           min_score=min_score, group_by=group_by)
+        options = StoreSearch.of(options, fields)
+        if options.mode != "vector" or options.diversity is not None:
+            raise BadInput("recommend ranks by vector: no keyword or hybrid mode, no diversity")
+        spec = self.schema.vector(options.using)
+        pos, neg, ids = recommend_examples(self, positive, negative, options.using)  # type: ignore[arg-type]
+        plan = plan_search(self.schema, k=k, offset=options.offset, vector=(pos or neg)[0],
+                           min_score=options.min_score, group_by=options.group_by)
         if k <= 0:
             return []
-        return self._run_recommend(plan, spec, pos, neg, exclude_ids(filter, ids))
+        return self._run_recommend(plan, spec, pos, neg, exclude_ids(options.filter, ids))
 
     def _run_recommend(
         self, plan: SearchPlan, spec: Any, pos: list[np.ndarray], neg: list[np.ndarray], filter: Filter | None

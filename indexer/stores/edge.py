@@ -517,9 +517,14 @@ class EdgeStore(QdrantFamilyStore):
         self._update(qe.UpdateOperation.update_vectors(points))
 
     def _put_payloads(self, payloads: Mapping[str, dict[str, Any]]) -> None:
-        for point_id, payload in payloads.items():  # one payload per point: one operation each
-            self._update(qe.UpdateOperation.overwrite_payload([point_id], payload), index_stale=False)
-        self._moved += len(payloads)
+        # One operation per point (Edge has none that gives each point its own payload); the free
+        # space is checked once for the batch, whose payloads are a few MB at most (write_batch).
+        operations = [qe.UpdateOperation.overwrite_payload([i], p) for i, p in payloads.items()]
+        _require_room(self._settings, self._dir, f"writing {self._label}")
+        with disk_errors(self._dir, f"writing {self._label}"):
+            for operation in operations:
+                self.shard.update(operation)
+                self._moved += 1
 
     def _delete_points(self, ids: Sequence[str]) -> None:
         self._update(qe.UpdateOperation.delete_points(list(ids)))

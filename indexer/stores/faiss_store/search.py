@@ -13,6 +13,7 @@ What Qdrant computes natively is computed here to the same definition:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from indexer.stores.base import (
 )
 from indexer.stores.faiss_store.db import STRING
 from indexer.stores.faiss_store.index import exact_nearest, normalised
-from indexer.stores.filters import Filter
+from indexer.stores.filters import Filter, HasVectorCondition, matches
 from indexer.stores.keyword import KEYWORD_CUT, fts_match, fuse
 
 
@@ -113,31 +114,95 @@ class SearchMixin(PlannedSearch):
     ) -> Callable[[int], list[Hit]]:
         def ranking(limit: int) -> list[Hit]:
             index = self._indexes[spec.name]
+            source = self.db.vectors_from(spec.storage_key)
+            rows: dict[int, tuple[str, dict[str, Any]]] = {}
             if store_filter is None or store_filter.is_empty():
                 found = index.nearest(query, limit)
             else:
+                found = self._post_filtered(index, source, query, limit, store_filter, rows)
+            if found is None:  # a filter that keeps few points: searched among just those
+                assert store_filter is not None
                 vids = self._filtered_vids(spec, store_filter)
                 if len(vids) <= max(self.config.exact_max, self.config.exact_fraction * index.live):
-                    found = exact_nearest(vids, index.source.vectors_for(vids), query, limit)
+                    vectors = index.stored_vectors(vids)
+                    if vectors is None:
+                        vectors = index.source.vectors_for(vids)
+                    found = exact_nearest(vids, vectors, query, limit)
                 else:
                     found = index.nearest_among(query, limit, vids)
-            source = self.db.vectors_from(spec.storage_key)
-            rows = {
-                vid: (uuid, payload)
-                for vid, uuid, payload in self.db.select_in(
-                    f"SELECT v.vid, p.uuid, p.payload FROM {source} v JOIN points p ON p.iid = v.iid"
-                    " WHERE v.vid IN ({})",
-                    [vid for vid, _ in found],
-                )
-            }
-            hits = [
-                Hit(rows[vid][0], score * scale, json.loads(rows[vid][1]))
-                for vid, score in found
-                if vid in rows
-            ]
+            rows.update(self._hit_rows(source, [vid for vid, _ in found if vid not in rows]))
+            hits = [Hit(rows[vid][0], score * scale, rows[vid][1]) for vid, score in found if vid in rows]
             return sorted(hits, key=lambda h: (-h.score, h.id))[:limit]
 
         return ranking
+
+    def _hit_rows(self, source: str, vids: list[int]) -> dict[int, tuple[str, dict[str, Any]]]:
+        """vid -> (point id, payload) of the live points among `vids`."""
+        return {vid: (uuid, json.loads(text)) for vid, (uuid, text) in self._hit_texts(source, vids).items()}
+
+    def _hit_texts(self, source: str, vids: list[int]) -> dict[int, tuple[str, str]]:
+        """vid -> (point id, payload JSON) of the live points among `vids`."""
+        return {
+            vid: (uuid, text)
+            for vid, uuid, text in self.db.select_in(
+                f"SELECT v.vid, p.uuid, p.payload FROM {source} v JOIN points p ON p.iid = v.iid"
+                " WHERE v.vid IN ({})",
+                vids,
+            )
+        }
+
+    def _post_filtered(
+        self, index: Any, source: str, query: np.ndarray, limit: int, store_filter: Filter,
+        rows: dict[int, tuple[str, dict[str, Any]]],
+    ) -> list[tuple[int, float]] | None:
+        """The best `limit` that pass, from unfiltered searches read deeper while the pass rate seen
+        says it pays (index.py, `post_filter_factor`); None when the filtered path should run.
+        Exact for what the index ranks: `nearest` returns every vector tied with its last one, so
+        once `limit` of its results pass, no vector it left out can rank above any of them (the
+        filter is the reference `matches`, which the SQL prefilter agrees with). `rows` gets the
+        rows read."""
+        cfg = self.config
+        goal = min(limit, index.live)
+        if goal <= 0 or _names_vectors(store_filter):  # has_vector needs each point's vectors
+            return None
+        if not self._keeps_at_least(store_filter, min(cfg.post_filter_probe,
+                                                      math.ceil(cfg.post_filter_min_share * index.live))):
+            return None
+        fetch = math.ceil(goal * cfg.post_filter_factor)
+        texts: dict[int, tuple[str, str]] = {}  # vid -> (point id, payload JSON), parsed when checked
+        passes: dict[int, bool] = {}
+        while fetch <= cfg.post_filter_max:
+            found = index.nearest(query, fetch)
+            texts.update(self._hit_texts(source, [vid for vid, _ in found if vid not in texts]))
+            passing: list[tuple[int, float]] = []
+            for vid, score in found:  # best first: stop once `limit` pass and the ties with the last
+                if len(passing) >= goal and score < passing[-1][1]:
+                    break
+                if vid not in passes:
+                    row = texts.get(vid)
+                    if row is not None:
+                        rows[vid] = (row[0], json.loads(row[1]))
+                    passes[vid] = row is not None and matches(store_filter, *rows[vid])
+                if passes[vid]:
+                    passing.append((vid, score))
+            if len(passing) >= goal or len(found) >= index.live:
+                return passing
+            if not passing:
+                return None
+            fetch = max(2 * fetch, math.ceil(2 * goal * len(found) / len(passing)))
+        return None
+
+    def _keeps_at_least(self, store_filter: Filter, count: int) -> bool:
+        """Whether at least `count` points pass; reads that many rows at most."""
+        if count <= 0:
+            return True
+        sql, params = self._compiled(store_filter)
+        try:
+            found = self.db.conn.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM ({sql}) LIMIT ?)",
+                                         [*params, count]).fetchone()[0]
+        finally:
+            self.db.clear_pending()
+        return bool(found >= count)
 
     def _within(self, store_filter: Filter | None, column: str) -> tuple[str, list[Any]]:
         """` AND <column> IN (<the filter's SELECT of iids>)` and its parameters; nothing without one."""
@@ -227,3 +292,11 @@ def _last_argmax(values: Sequence[float]) -> int:
 def _swap_remove(items: list[int], position: int) -> int:
     items[position], items[-1] = items[-1], items[position]
     return items.pop()
+
+
+def _names_vectors(store_filter: Filter) -> bool:
+    """Whether a has_vector condition appears anywhere in the filter."""
+    return any(
+        isinstance(c, HasVectorCondition) or (isinstance(c, Filter) and _names_vectors(c))
+        for c in (*store_filter.must, *store_filter.should, *store_filter.must_not)
+    )
