@@ -437,10 +437,17 @@ class RemoteCollection:
         return self._request("POST", path, **kwargs)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"the server at {self.url} does not answer: {exc}") from exc
+        replayable = not isinstance(kwargs.get("content"), Iterator)  # a streamed body is sent once
+        for attempt in range(BUSY_RETRIES + 1 if replayable else 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"the server at {self.url} does not answer: {exc}") from exc
+            retry_after = _retry_after(response)
+            # A 503 with Retry-After was refused before any work (busy decoding): the same request, later.
+            if response.status_code != 503 or retry_after is None or attempt == BUSY_RETRIES:
+                break
+            time.sleep(min(retry_after, BUSY_WAIT_MAX_S))
         if not response.is_success:
             self._raise(response)
         return response.json()
@@ -453,7 +460,22 @@ class RemoteCollection:
         if not isinstance(detail, str):  # a validation error's list
             detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
                                for d in detail if isinstance(d, dict)) or str(detail)
-        raise error_for_status(response.status_code, f"{detail} (from the server at {self.url})")
+        error = error_for_status(response.status_code, f"{detail} (from the server at {self.url})")
+        if isinstance(error, Unavailable):
+            error.retry_after_s = _retry_after(response)
+        raise error
+
+
+# A request refused as busy (503 with Retry-After) is sent again up to this many times, after waiting
+# what the server asked (at most BUSY_WAIT_MAX_S each time); then the error, with its retry_after_s.
+BUSY_RETRIES = 2
+BUSY_WAIT_MAX_S = 30
+
+
+def _retry_after(response: httpx.Response) -> int | None:
+    """The Retry-After header in whole seconds (this API sends seconds), None when absent or not a number."""
+    value = response.headers.get("retry-after", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _term_json(term: Any) -> dict[str, Any]:

@@ -77,6 +77,11 @@ class Conflict(ClipsearchError):
 class Unavailable(ClipsearchError):
     kind = ErrorKind.UNAVAILABLE
 
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        # When known: seconds after which the same request may succeed (the API's Retry-After header).
+        self.retry_after_s = retry_after_s
+
 
 class Unauthorised(ClipsearchError):
     kind = ErrorKind.UNAUTHORISED

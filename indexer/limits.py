@@ -8,6 +8,7 @@ before any of it is done.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -60,13 +61,17 @@ def load_json(text: str | bytes, what: str, max_depth: int) -> Any:
     return check_depth(value, max_depth, what)
 
 
+RETRY_AFTER_MAX_S = 30  # the longest Retry-After a refused decode names
+
+
 class PixelBudget:
     """Admits image decodes while the pixels being decoded stay within a budget.
 
     A huge upload costs seconds of CPU and width x height x 3 bytes of memory: without a bound, a
     burst of them runs one after another for as long as they take, everyone behind them waiting. With
     it, a decode past the budget waits up to `wait_s` for room and is then refused (Unavailable: 503,
-    retry later). One decode alone is always admitted, however large (max_image_pixels bounds it).
+    with `retry_after_s`: as long again, at least 1 s and at most RETRY_AFTER_MAX_S). One decode alone
+    is always admitted, however large (max_image_pixels bounds it).
     """
 
     def __init__(self, pixels: int, wait_s: float):
@@ -78,6 +83,11 @@ class PixelBudget:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def retry_after_s(self) -> int:
+        """When a refused request may come back: it waited `wait_s` for room in vain, so as long again."""
+        return min(max(1, math.ceil(self.wait_s)), RETRY_AFTER_MAX_S)
+
     @contextmanager
     def admit(self, pixels: int) -> Iterator[None]:
         deadline = time.monotonic() + self.wait_s
@@ -85,9 +95,11 @@ class PixelBudget:
             while self._in_flight and self._in_flight + pixels > self.pixels:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    retry_after = self.retry_after_s
                     raise Unavailable(
                         f"busy decoding large images ({self._in_flight} pixels in flight, budget "
-                        f"{self.pixels}; CLIPSEARCH_LIMITS_DECODE_PIXELS): retry in a few seconds"
+                        f"{self.pixels}; CLIPSEARCH_LIMITS_DECODE_PIXELS): retry in {retry_after} s",
+                        retry_after_s=retry_after,
                     )
                 self._room.wait(min(left, 1.0))  # in slices: a shutting-down server is not held for long
             self._in_flight += pixels

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.errors import ClipsearchError, outcome
+from indexer.errors import ClipsearchError, Unavailable, outcome
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 def error_response(exc: ClipsearchError) -> JSONResponse:
     """The answer to one of our errors: its kind's status and its message."""
     status = outcome(exc).http_status  # type: ignore[union-attr]  # ours, so never None
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if isinstance(exc, Unavailable) and exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return JSONResponse({"detail": exc.message}, status_code=status, headers=headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

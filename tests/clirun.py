@@ -61,6 +61,20 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: fl
         time.sleep(every)
 
 
+def served_url(process: subprocess.Popen, settings: Settings, collection: str | None = None,
+               timeout: float = 120) -> str:
+    """The URL of `clipsearch serve --port 0` (`process`) once it holds `collection`: the address it
+    leaves in the collection's directory (indexer.locking.server_address). The server picks its port
+    as it binds: a port chosen here and released first could be taken by another process meanwhile."""
+    from indexer.locking import server_address
+
+    folder = settings.collection_dir(collection or settings.collection)
+    wait_for(lambda: server_address(folder) is not None or process.poll() is not None, timeout,
+             "the server to hold its collection", every=0.1)
+    assert process.poll() is None, f"the server exited with {process.returncode}"
+    return str(server_address(folder))
+
+
 def lock_holder(settings: Settings, collection: str) -> str:
     """What the collection's lock file says about its (last) holder; '' before any run."""
     path = settings.home / "locks" / f"{collection}.lock"

@@ -28,6 +28,16 @@ from tests.helpers import TINY_CONFIG, copy_photos, require_imagenet, settings_e
 from tests.markers import is_end_to_end  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        return
+    # A browser assertion retries until it holds or this passes: Playwright's default of 5 s would be a
+    # timed assertion on a loaded machine, where a page takes longer to re-render.
+    expect.set_options(timeout=60_000)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if is_end_to_end(item):

@@ -14,8 +14,10 @@ Routes (NAME is a file in the folder the server serves):
     /redirect?to=URL     302 to URL
     /bomb.png            a small PNG whose header claims 50000 x 50000 pixels
 
-Every response waits `latency` seconds first (the bench's 50 ms per image). The server counts
-requests and full downloads per path, and the most requests it had in flight at once.
+Every response waits `latency` seconds first (the bench's 50 ms per image); with `gather` N, requests
+are answered in groups of N by arrival, each held until its group's last one has arrived (so N are in
+flight at once whatever the machine's speed; a group never completed is let go after 60 s). The
+server counts requests and full downloads per path, and the most requests it had in flight at once.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ class FetchServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # socketserver's default of 5 drops concurrent SYNs (retried after 1 s)
 
-    def __init__(self, root: Path, latency: float = 0.0, slow_s: float = 5.0) -> None:
+    def __init__(self, root: Path, latency: float = 0.0, slow_s: float = 5.0, gather: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.root, self.latency, self.slow_s = root, latency, slow_s
+        self.root, self.latency, self.slow_s, self.gather = root, latency, slow_s, gather
+        self.arrived = 0
+        self.groups: dict[int, threading.Event] = {}
         self.requests: Counter[str] = Counter()  # path -> requests
         self.downloads: Counter[str] = Counter()  # path -> 200 answers with a body
         self.in_flight = self.max_in_flight = 0
@@ -85,7 +89,15 @@ class _Handler(BaseHTTPRequestHandler):
             count = server.requests[path]
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            place, server.arrived = server.arrived, server.arrived + 1
+            group = None
+            if server.gather:
+                group = server.groups.setdefault(place // server.gather, threading.Event())
         try:
+            if group is not None:
+                if place % server.gather == server.gather - 1:
+                    group.set()
+                group.wait(60)
             if server.latency:
                 time.sleep(server.latency)
             self._route(path, count)
@@ -176,9 +188,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def fetch_server(root: Path, latency: float = 0.0, slow_s: float = 5.0) -> Iterator[FetchServer]:
+def fetch_server(root: Path, latency: float = 0.0, slow_s: float = 5.0, gather: int = 0
+                 ) -> Iterator[FetchServer]:
     """The server in a background thread for the duration of the block."""
-    server = FetchServer(root, latency, slow_s)
+    server = FetchServer(root, latency, slow_s, gather)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

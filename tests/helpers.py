@@ -152,7 +152,7 @@ def serve(app: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a bound for failing only: a loaded machine may take seconds
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "API server did not come up"
         time.sleep(0.02)
@@ -386,3 +386,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+_REFUSING: list[socket.socket] = []  # held open for the session: their ports stay taken and refuse
+
+
+def refusing_port() -> int:
+    """A loopback port bound but never listened on, held until the tests end: a connection to it is
+    refused, always (a port bound then released, as free_port's, may be taken by another process)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return sock.getsockname()[1]

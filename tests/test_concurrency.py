@@ -15,7 +15,6 @@ What `clipsearch serve --watch` does while it writes the collection it serves: t
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +31,6 @@ from tests.helpers import copy_photos
 def settings(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Settings]:
     with cli_home(tmp_path_factory.mktemp("home"), tiny_checkpoint, BATCH_SIZE="4") as settings:
         yield settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def holds_lock(settings: Settings, collection: str, process: subprocess.Popen) -> bool:
@@ -78,7 +71,8 @@ def test_a_second_index_run_is_refused_at_once_naming_the_holder(
 
 def test_serve_watch_is_refused_as_well(long_run: tuple[subprocess.Popen, Path]) -> None:
     first, folder = long_run
-    command = ("serve", "--collection", "busy", "--watch", str(folder), "--port", str(free_port()))
+    # Refused before it binds (the lock is taken first): any port.
+    command = ("serve", "--collection", "busy", "--watch", str(folder), "--port", "0")
     refused = run(*command, check=False, timeout=120)
     assert first.poll() is None
     assert refused.returncode == 5  # conflict or busy

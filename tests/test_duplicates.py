@@ -268,18 +268,18 @@ def test_the_lists_through_a_running_server_are_the_same(corpus: Corpus, tiny_ch
     """While `clipsearch serve` holds the collection, the command goes through it: same lists."""
     import httpx
 
-    from tests.clirun import cli_home, run, start, wait_for
-    from tests.helpers import free_port
+    from tests.clirun import cli_home, run, served_url, start, wait_for
 
-    with cli_home(corpus.settings.home, tiny_checkpoint):
+    with cli_home(corpus.settings.home, tiny_checkpoint) as settings:
         run("duplicates", "--threshold", "1.01", "--keep-list", str(tmp_path / "keep-local.csv"),
             "--remove-list", str(tmp_path / "remove-local.csv"))
-        port = free_port()
-        server = start("serve", "--port", str(port))
+        server = start("serve", "--port", "0")
         try:
+            url = served_url(server, settings)
+
             def ready() -> bool:
                 try:
-                    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+                    return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
                 except httpx.TransportError:
                     return False
 

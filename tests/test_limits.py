@@ -10,6 +10,7 @@ import csv
 import json
 import signal
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,16 @@ from typing import Any
 import httpx
 import pytest
 
+import clipsearch
+from clipsearch.client import BUSY_RETRIES
 from indexer.curation.export import neutralised
+from indexer.errors import Unavailable
 from indexer.limits import PixelBudget, load_json
 from indexer.settings import Settings
 from indexer.stores import open_store
 from search_api import create_app
-from tests.clirun import cli_home, run, run_json, start, wait_for
-from tests.helpers import assert_error, free_port, make_settings, png_bytes, serve
+from tests.clirun import cli_home, run, run_json, served_url, start, wait_for
+from tests.helpers import assert_error, make_settings, png_bytes, serve
 from tests.shop import SHOP_FIELDS, build_shop
 
 EXTRA_INDEXED = 2  # fields a write may still add to the shop before the collection's cap
@@ -198,11 +202,41 @@ def test_uploads_past_the_pixel_budget_are_refused_while_others_answer(server: S
     with budget.admit(budget.pixels):  # as a burst of huge uploads would
         answer = server.client.post("/v1/search/image", files=png)
         assert_error(answer, 503, "CLIPSEARCH_LIMITS_DECODE_PIXELS")
+        # When to come back: it waited decode_wait_s (0 here) in vain, so as long again, at least 1 s.
+        assert answer.headers["retry-after"] == "1" and "retry in 1 s" in answer.json()["detail"]
         assert_error(server.client.post("/v1/classify", data={"labels": "a,b"}, files=png), 503, "retry")
         assert server.client.get("/healthz").status_code == 200
         assert server.client.post("/v1/search", json={"text": "a bird"}).status_code == 200
     assert budget.in_flight == 0
     assert server.client.post("/v1/search/image", files=png).status_code == 200
+
+
+def test_the_client_sends_a_busy_refusal_again_after_its_retry_after(server: Server) -> None:
+    budget: PixelBudget = server.app.state.engines.pixel_budget
+    remote = clipsearch.connect(str(server.client.base_url))
+    refused: list[str] = []  # the Retry-After of each 503 the client received
+    busy = ExitStack()
+    busy.enter_context(budget.admit(budget.pixels))  # as a burst of huge uploads would
+
+    def on_response(response: httpx.Response) -> None:  # runs in the client, before it waits
+        if response.status_code == 503:
+            refused.append(response.headers.get("retry-after", ""))
+            busy.close()  # room from now on: the request sent again is admitted
+
+    remote._http.event_hooks = {"request": [], "response": [on_response]}
+    try:
+        found = remote.search(image=png_bytes((64, 64)), k=3)
+        assert refused == ["1"] and len(found.hits) == 3  # refused once, then answered
+        assert budget.in_flight == 0
+
+        refused.clear()
+        with budget.admit(budget.pixels), pytest.raises(Unavailable) as raised:  # busy throughout
+            remote.search(image=png_bytes((64, 64)), k=3)
+        assert refused == ["1"] * (1 + BUSY_RETRIES)  # sent again BUSY_RETRIES times, then the error
+        assert raised.value.retry_after_s == 1 and "CLIPSEARCH_LIMITS_DECODE_PIXELS" in str(raised.value)
+    finally:
+        busy.close()
+        remote.close()
 
 
 def test_the_pixel_budget_admits_one_decode_however_large() -> None:
@@ -283,12 +317,11 @@ def test_catalogs_are_bounded_and_exports_neutralise_formulas(tmp_path: Path, ti
 
 def test_a_server_refuses_a_huge_write_answers_meanwhile_and_stops_on_sigint(
         tmp_path: Path, tiny_checkpoint: Path, tiny_model: Any, imagenet_dir: Path) -> None:
-    port = free_port()
     with cli_home(tmp_path / "home", tiny_checkpoint) as settings:
         build_shop(settings, tiny_model, products=6)
-        server = start("serve", "--port", str(port))
+        server = start("serve", "--port", "0")
         try:
-            url = f"http://127.0.0.1:{port}"
+            url = served_url(server, settings)
 
             def up() -> bool:
                 try:

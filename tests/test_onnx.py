@@ -36,8 +36,8 @@ from indexer.models.encoders import BpeTokenizer, OnnxEncoder, QueryEncoder, Res
 from indexer.models.loading import ClipModel, ModelCache, load_model
 from indexer.models.onnx_export import ensure_export, failure_path
 from indexer.settings import Settings
-from tests.clirun import CLI, REPO, cli_home, run_json, wait_for
-from tests.helpers import TINY_CONFIG, copy_photos, free_port
+from tests.clirun import CLI, REPO, cli_home, run_json, served_url, wait_for
+from tests.helpers import TINY_CONFIG, copy_photos
 
 TEXTS = [
     "a photo of a dog",
@@ -237,13 +237,12 @@ def test_cli_search_imports_no_torch(indexed: Path, cli_settings: Settings, tiny
 
 
 def test_api_server_answers_without_torch(indexed: Path, cli_settings: Settings, tmp_path: Path) -> None:
-    port = free_port()
     log = tmp_path / "server.log"
     with open(log, "w") as out:
-        command = [sys.executable, "-X", "importtime", *CLI[1:], "serve", "--port", str(port)]
+        command = [sys.executable, "-X", "importtime", *CLI[1:], "serve", "--port", "0"]
         server = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = served_url(server, cli_settings)
         def ready() -> bool:
             assert server.poll() is None, log.read_text()[-3000:]
             try:

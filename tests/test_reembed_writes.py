@@ -31,8 +31,8 @@ from indexer.models.loading import ClipModel, load_model
 from indexer.settings import Settings
 from indexer.stores import Record, open_store
 from search_api import create_app
-from tests.clirun import CLI, REPO, cli_home, wait_for
-from tests.helpers import TINY_CONFIG, copy_photos, free_port, serve
+from tests.clirun import CLI, REPO, cli_home, served_url, wait_for
+from tests.helpers import TINY_CONFIG, copy_photos, serve
 
 JOB_S = 300  # the longest a re-embedding of these few photos may take on a loaded machine
 
@@ -65,14 +65,14 @@ def test_a_reembedding_while_serve_watch_adds_and_changes_files_ends_ready_with_
 ) -> None:
     folder = copy_photos(imagenet_dir, tmp_path / "photos", 40)
     spare = sorted(imagenet_dir.glob("*.JPEG"))[200:230]
-    port = free_port()
-    with cli_home(tmp_path / "home", tiny_checkpoint, BATCH_SIZE="2"):  # small batches: a long job
+    # Small batches: a long job.
+    with cli_home(tmp_path / "home", tiny_checkpoint, BATCH_SIZE="2") as settings:
         server = subprocess.Popen(
-            [*CLI, "serve", "--port", str(port), "--watch", str(folder), "--interval", "600"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [*CLI, "serve", "--port", "0", "--watch", str(folder), "--interval", "600"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
         )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        with httpx.Client(base_url=served_url(server, settings), timeout=120) as client:
 
             def count() -> int:
                 try:

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import app_test, free_port, photo_copies
+from tests.helpers import app_test, photo_copies, refusing_port
 from ui.client import ApiClient, ApiError, ApiUnreachable
 from ui.format import camera, display_name, file_name, photo_facts, plural, short_path
 
@@ -187,7 +187,7 @@ def test_a_collection_deleted_since_it_was_picked_is_explained(api_url: str,
 
 
 def test_unreachable_api_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    at = start(f"http://127.0.0.1:{free_port()}", monkeypatch)  # bound then released: nothing listens
+    at = start(f"http://127.0.0.1:{refusing_port()}", monkeypatch)  # bound, never listening: refused
     assert not at.exception
     [error] = at.error
     assert "unreachable" in error.value and "clipsearch serve" in error.value
@@ -389,7 +389,7 @@ def test_client_against_live_api(api_url: str, photos: Path, single: Path, broke
 
 
 def test_client_reports_unreachable() -> None:
-    client = ApiClient(f"http://127.0.0.1:{free_port()}")
+    client = ApiClient(f"http://127.0.0.1:{refusing_port()}")
     with pytest.raises(ApiUnreachable):
         client.health()
 

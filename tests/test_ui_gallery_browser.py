@@ -16,7 +16,7 @@ import pytest
 
 from tests.clirun import REPO
 from tests.gallery import KEY, api_url, home  # noqa: F401  (the shared collections' fixtures)
-from tests.helpers import CHROMIUM, chromium_browser, free_port, streamlit_ui, wait_until_healthy
+from tests.helpers import CHROMIUM, chromium_browser, eventually, free_port, streamlit_ui, wait_until_healthy
 
 PATHS = '[data-testid="stMain"] .cs-path'
 
@@ -80,10 +80,14 @@ def test_gallery_search_with_its_filters_through_clipsearch_ui_with_a_key(
     sidebar = page.locator('[data-testid="stSidebar"]')
     for label in ("Date taken", "Camera make", "Camera model", "Place", "Folder"):
         sync_api.expect(sidebar.get_by_text(label, exact=True).first).to_be_visible(timeout=30_000)
-    titles = paths.evaluate_all("els => els.map(e => e.title)")
-    texts = paths.all_inner_texts()
-    assert all(title.endswith(text.split("/", 1)[1]) and title.startswith(str(home)) for title, text
-               in zip(titles, texts, strict=True))
+
+    def every_name_is_its_files() -> None:  # titles and texts in one reading: the page may re-render
+        shown = paths.evaluate_all("els => els.map(e => [e.title, e.innerText])")
+        assert len(shown) == 12, shown
+        assert all(title.endswith(text.split("/", 1)[1]) and title.startswith(str(home))
+                   for title, text in shown), shown
+
+    eventually(every_name_is_its_files, 60, "the grid's names", retry_on=(AssertionError, sync_api.Error))
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(shots / "gallery-search.png"), full_page=True)
     page.context.close()

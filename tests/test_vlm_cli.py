@@ -42,7 +42,8 @@ def fake() -> Iterator[FakeVlm]:
 def home(indexed: tuple[Path, Photos], tiny_checkpoint: Path, fake: FakeVlm) -> Iterator[Settings]:
     """The command's environment: the indexed home and the stand-in as its VLM (answers scripted per test)."""
     fake.requests.clear()
-    vlm = {"VLM_URL": fake.url, "VLM_TOP_N": "4", "VLM_DEADLINE_S": "5"}
+    # A deadline no answer of the stand-in comes near, however busy the machine (these tests never hang it).
+    vlm = {"VLM_URL": fake.url, "VLM_TOP_N": "4", "VLM_DEADLINE_S": "60"}
     with cli_home(indexed[0], tiny_checkpoint, **vlm) as settings:
         yield settings
 

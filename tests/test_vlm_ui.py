@@ -57,7 +57,9 @@ def api_url(indexed: tuple[Path, Photos], tiny_checkpoint: Path, tiny_model: Cli
             fake: FakeVlm) -> Iterator[str]:
     from search_api.app import create_app
 
-    settings = make_settings(indexed[0], tiny_checkpoint, vlm={"url": fake.url, "top_n": K})
+    # Limits no answer of the stand-in comes near, however busy the machine (it never hangs here).
+    settings = make_settings(indexed[0], tiny_checkpoint,
+                             vlm={"url": fake.url, "top_n": K, "deadline_s": 120, "timeout_s": 120})
     with serve(create_app(settings, model=tiny_model)) as url:
         yield url
 

@@ -45,8 +45,8 @@ from indexer.ingest.sources import item_id
 from indexer.models.loading import ClipModel
 from search_api import create_app
 from search_api.watch import FolderWatcher
-from tests.clirun import CLI, REPO, cli_home, run, wait_for
-from tests.helpers import copy_photos, eventually, free_port, make_settings, serve
+from tests.clirun import CLI, REPO, cli_home, run, served_url, wait_for
+from tests.helpers import copy_photos, eventually, make_settings, serve
 
 SOON = 60  # seconds: "within seconds" on a loaded machine, and far below the 300 s rescan, so events did it
 SYNC_LINE = re.compile(
@@ -221,8 +221,11 @@ def test_hidden_and_non_image_files_cause_no_sync(
 
 def test_a_burst_of_files_is_synced_in_one_or_two_syncs(watched: Watched, imagenet_dir: Path) -> None:
     burst = photos(imagenet_dir, 400, 20)
-    for photo in burst:
-        shutil.copy2(photo, watched.folder / photo.name)
+    staging = watched.folder.parent / "staging"  # the same filesystem: a rename is one quick event
+    staging.mkdir()
+    staged = [Path(shutil.copy2(photo, staging / photo.name)) for photo in burst]
+    for photo in staged:  # the burst arrives within a millisecond or so, not at the speed of 20 copies
+        photo.rename(watched.folder / photo.name)
     def indexed_and_counted() -> None:  # a sync's counters follow its write
         assert len(watched.stored()) == 23
         assert watched.watcher.embedded == 23
@@ -233,7 +236,8 @@ def test_a_burst_of_files_is_synced_in_one_or_two_syncs(watched: Watched, imagen
 
 
 def test_stopping_while_syncing_interrupts_the_sync_and_the_next_server_finishes(
-    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel, imagenet_dir: Path
+    tmp_path: Path, tiny_checkpoint: Path, tiny_model: ClipModel, imagenet_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = copy_photos(imagenet_dir, tmp_path / "photos", 150)
     settings = make_settings(tmp_path / "home", tiny_checkpoint, collection="watched", batch_size=1)
@@ -242,14 +246,29 @@ def test_stopping_while_syncing_interrupts_the_sync_and_the_next_server_finishes
         collections = httpx.get(f"{url}/v1/collections", timeout=30).json()["collections"]
         return next((c["count"] for c in collections if c["name"] == "watched"), 0)
 
+    # The start sync is held once 10 files are written, until the server is stopping: the stop comes
+    # mid-sync whatever the machine's speed (the watcher's own code runs; only its progress report waits).
+    held = threading.Event()
+    report_progress = FolderWatcher._on_progress
+
+    def progress_then_hold(watcher: FolderWatcher, done: int, total: int) -> None:
+        report_progress(watcher, done, total)
+        if done >= 10 and not held.is_set():
+            held.set()
+            watcher._stopping.wait(120)
+
+    monkeypatch.setattr(FolderWatcher, "_on_progress", progress_then_hold)
     app = create_app(settings, tiny_model, watch=[folder], watch_interval=300)
     with serve(app) as url:
-        wait_for(lambda: count(url) >= 10, 120, "the start sync to write something", every=0.05)
+        assert held.wait(120), "the start sync wrote nothing"
+        assert count(url) >= 10
         stopping = time.monotonic()
     took = time.monotonic() - stopping
+    monkeypatch.undo()
     first: FolderWatcher = app.state.watcher
-    # Interrupted between two batches, not after the sync (no timed assertion: machines are noisy).
-    assert first.syncs == 0, "the server stopped after its start sync finished: nothing was interrupted"
+    # Interrupted between two batches, not after the sync: had stopping not interrupted it, it would
+    # have gone on to all 150 files once released.
+    assert first.syncs == 0 and first.last_report is None, "the start sync was not interrupted"
     print(f"stopping while syncing took {took:.2f}s")
     alive = [t.name for t in threading.enumerate() if t.name in ("watch", "watch-events")]
     assert not alive, f"still running after the server stopped: {alive}"
@@ -329,13 +348,18 @@ def server(
     """`clipsearch serve --watch` over a folder of 20 photos, as a user runs it (no -v)."""
     home = tmp_path_factory.mktemp("home")
     folder = copy_photos(imagenet_dir, tmp_path_factory.mktemp("watched"), 20)
-    port = free_port()
     log = tmp_path_factory.mktemp("log") / "serve.log"
-    command = [*CLI, "serve", "--collection", "watched", "--port", str(port), "--watch", str(folder)]
-    with cli_home(home, tiny_checkpoint, BATCH_SIZE="4"):  # small batches: searches see them one by one
+    command = [*CLI, "serve", "--collection", "watched", "--port", "0", "--watch", str(folder)]
+    # Small batches: searches see them one by one.
+    with cli_home(home, tiny_checkpoint, BATCH_SIZE="4") as settings:
         with open(log, "w") as output:  # a file, not a pipe: nobody reads the access log while it runs
             process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
-        server = Server(process, f"http://127.0.0.1:{port}", folder, log, photos(imagenet_dir, 500, 80))
+        try:
+            url = served_url(process, settings, "watched", 180)
+        except BaseException:
+            process.kill()
+            raise
+        server = Server(process, url, folder, log, photos(imagenet_dir, 500, 80))
 
         def up() -> bool:
             if process.poll() is not None:

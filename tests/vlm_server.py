@@ -3,8 +3,8 @@
 A real HTTP server (Starlette under uvicorn, in a thread) speaking the chat completions API, plain
 and streamed (server-sent events), and GET /v1/models. It records every request (headers, JSON body,
 times) and answers what a responder, a function of the recorded request, scripts: a content, a
-status, a raw body (garbage), a delay, a hang, a stream in given pieces (its last held back until
-the test has read the first, if asked). It can refuse
+status, a raw body (garbage), a delay, a hang, an answer held until the test releases it, a stream
+in given pieces (its last held back until the test has read the first, if asked). It can refuse
 `response_format` as some servers do, and check a Bearer key.
 
     with FakeVlm(by_color({RED: score(9, "red"), BLUE: score(2, "blue")})) as vlm:
@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.helpers import free_port
+from tests.helpers import refusing_port
 
 DATA_URL_PREFIX = "data:image/jpeg;base64,"
 RGB = tuple[int, int, int]
@@ -47,6 +47,7 @@ class Reply:
     body: str | None = None  # sent as is instead of a chat completion (garbage, error documents)
     delay_s: float = 0.0  # before answering
     hang: bool = False  # answer nothing until the server stops
+    release: threading.Event | None = None  # answer only once this is set (or the server stops)
     chunks: list[str] | None = None  # a stream's pieces (default: the content word by word)
     chunk_delay_s: float = 0.0
     # The stream's last piece waits until this is set (or the server stops): a test sets it when the
@@ -182,7 +183,7 @@ class FakeVlm:
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a bound for failing only
         while not self._server.started:
             assert self._thread.is_alive() and time.monotonic() < deadline, "fake VLM did not start"
             time.sleep(0.01)
@@ -233,6 +234,8 @@ class FakeVlm:
             await asyncio.sleep(reply.delay_s)
             while reply.hang and not self._stopping.is_set():
                 await asyncio.sleep(0.02)
+            while reply.release is not None and not (reply.release.is_set() or self._stopping.is_set()):
+                await asyncio.sleep(0.01)
             if reply.body is not None or reply.status != 200:
                 return Response(reply.body or "", status_code=reply.status, media_type="application/json")
             if body.get("stream"):
@@ -326,4 +329,4 @@ if __name__ == "__main__":
 
 def closed_port_url() -> str:
     """An OpenAI-compatible base URL on a loopback port nothing listens on: a VLM that is down."""
-    return f"http://127.0.0.1:{free_port()}/v1"
+    return f"http://127.0.0.1:{refusing_port()}/v1"

@@ -7,7 +7,8 @@ An item's point id is the client id itself when it is a UUID (an id from results
 point), else uuid5 of it (`client_point_id`), the same on every server; the client id is kept in the
 item's metadata as `item_id`, so results show it. A put whose image has the same bytes as the stored one
 keeps the stored vectors (`embedded: false`). New metadata fields are declared with the type their
-values have (`infer_type`); a value that does not fit a declared field's type is BadInput. Uploaded
+values have (`infer_type`), once the write is stored (a failed write declares nothing); a value that
+does not fit a declared field's type is BadInput. Uploaded
 images are kept under `<home>/items/<collection>/` (by content), so that /v1/images and the VLM can
 read them.
 """
@@ -204,8 +205,9 @@ def put_item(
     if image is not None and len(olds) > 1:
         raise BadInput(f"item {client_id!r} is a product with {len(olds)} images (from its catalog): a PUT "
                        f"sends one; send metadata or text only, or change the catalog's image cells")
-    typed, unindexed = typed_metadata(store, {k: v for k, v in values.items() if v is not None}, set(texts),
-                                      limits.indexed_fields)
+    typed, unindexed, to_declare = typed_metadata(
+        store, {k: v for k, v in values.items() if v is not None}, set(texts), limits.indexed_fields
+    )
     schema = store.schema
     ids, words = set(schema.id_fields), set(text_fields(schema))
     written, embedded = [], False
@@ -238,7 +240,8 @@ def put_item(
                 store.upsert([Record(point, vectors, payload)])
                 embedded = True
             written.append(point)
-        store.flush()
+    declare(store, to_declare)  # outside: the upload stays with the stored item, whatever happens here
+    store.flush()
     return ItemWrite(client_id, written[0], "replaced" if olds else "created", embedded, written, unindexed)
 
 
@@ -259,13 +262,15 @@ def patch_item(store: VectorStore, client_id: str, metadata: dict[str, Any], tex
     for record in records:  # the whole item as it will be, within the limits, before anything is declared
         merged = {k: v for k, v in {**record.payload.get("metadata", {}), **changes}.items() if v is not None}
         check_item_write(client_id, {k: v for k, v in merged.items() if k not in DERIVED}, limits)
-    typed, unindexed = typed_metadata(store, {k: v for k, v in changes.items() if v is not None}, set(texts),
-                                      limits.indexed_fields)
+    typed, unindexed, to_declare = typed_metadata(
+        store, {k: v for k, v in changes.items() if v is not None}, set(texts), limits.indexed_fields
+    )
     payloads = {}
     for record in records:
         kept = {k: v for k, v in record.payload.get("metadata", {}).items() if k not in removed}
         payloads[record.id] = {**record.payload, "metadata": {**kept, **typed}}
     store.set_payloads(payloads)
+    declare(store, to_declare)
     store.flush()
     return ItemWrite(client_id, points[0], "updated", False, points, unindexed)
 
@@ -280,11 +285,11 @@ def delete_item(store: VectorStore, client_id: str) -> ItemWrite:
 
 
 def typed_metadata(store: VectorStore, metadata: dict[str, Any], texts: set[str], cap: int
-                   ) -> tuple[dict[str, Any], list[str]]:
-    """(values converted to their declared field's type, new fields kept unindexed); new fields are
-    declared with the type inferred (`texts`: names given as text, declared as text fields) while the
-    collection has fewer than `cap` (CLIPSEARCH_LIMITS_INDEXED_FIELDS). BadInput for a bad name or a
-    value that does not fit its declared type, before anything is declared."""
+                   ) -> tuple[dict[str, Any], list[str], dict[str, FieldType]]:
+    """(values converted to their declared field's type, new fields kept unindexed, new fields to
+    declare once the write is stored: with the type inferred, `texts` (names given as text) as text
+    fields, while the collection has fewer than `cap`, CLIPSEARCH_LIMITS_INDEXED_FIELDS). BadInput for
+    a bad name or a value that does not fit its declared type. Declares nothing itself."""
     schema = store.schema
     new: dict[str, FieldType] = {}
     typed: dict[str, Any] = {}
@@ -302,9 +307,14 @@ def typed_metadata(store: VectorStore, metadata: dict[str, Any], texts: set[str]
             new[name] = kind
         typed[name] = converted
     to_declare, unindexed = indexable_fields(schema.fields, new, cap)
-    if to_declare:
-        store.set_schema(schema.with_fields(to_declare))
-    return typed, unindexed
+    return typed, unindexed, to_declare
+
+
+def declare(store: VectorStore, fields: dict[str, FieldType]) -> None:
+    """Declare a write's new fields once the write is stored, so a write that fails leaves none behind
+    (each is a payload index, made from the payloads already stored: the new item's included)."""
+    if fields:
+        store.set_schema(store.schema.with_fields(fields))
 
 
 def _size(data: bytes) -> dict[str, int]:
