@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import click
 
 from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
-from indexer.stores import transfer
+from indexer.collection import restore as restore_archive
 from indexer.stores.transfer import TransferReport
 
 STORES = ["edge", "qdrant", "faiss"]
@@ -26,14 +27,8 @@ def snapshot(out: Path, collection: str | None, as_json: bool) -> None:
     OUT is a tar file, gzip-compressed when its name ends in .gz or .tgz; it can be restored into
     any store (edge, qdrant, faiss). The collection's write lock is held meanwhile."""
     settings = settings_from_flags(collection=collection)
-
-    def run_snapshot(shop: Any) -> TransferReport:
-        started = time.perf_counter()
-        done = shop.snapshot(out)
-        return TransferReport(done.collection, done.store, done.points, done.vectors,
-                              time.perf_counter() - started, archive=str(out), bytes=out.stat().st_size)
-
-    report = remote.on_collection(settings, settings.collection, run_snapshot, progress=not as_json)
+    report = remote.on_collection(settings, settings.collection, _timed(lambda shop: shop.snapshot(out), out),
+                                  progress=not as_json)
     _done(report, as_json, f"wrote {report.points} points of {report.collection!r} to {out}")
 
 
@@ -50,10 +45,14 @@ def restore(archive: Path, collection: str | None, replace: bool, as_json: bool)
     The whole archive is verified before anything is created or replaced; a failed restore leaves
     no collection behind."""
     settings = settings_from_flags()
-    if collection is not None:
-        _refuse_if_served(settings, collection, "restore replaces the collection, which the running server "
-                          "holds: restore under another name (--collection NEW), or stop the server first")
-    report = transfer.restore(settings, archive, collection, replace=replace, progress=not as_json)
+    if collection is not None and remote.serving_url(settings, collection) is not None:
+        # The running server holds that collection: it restores the archive, uploaded to it.
+        report = remote.on_collection(settings, collection,
+                                      _timed(lambda shop: shop.restore(archive, replace=replace), archive))
+    else:
+        made = _timed(lambda _: restore_archive(archive, collection, replace=replace, settings=settings,
+                                                progress=not as_json), archive)
+        report = made(None)
     _done(report, as_json, f"restored {report.points} points into {report.collection!r} ({settings.store})")
 
 
@@ -71,15 +70,24 @@ def copy(
 
     The target uses the same settings with the store replaced (for qdrant: CLIPSEARCH_QDRANT_URL)."""
     source = settings_from_flags(collection=collection)
-    _refuse_if_served(source, source.collection, "copy reads the whole collection, which the running "
-                      "server holds: `clipsearch snapshot OUT` (through the server) then `clipsearch restore "
-                      "OUT` into the other store, or stop the server first")
-    target = source.with_flags(store=to_store)
-    name = to_collection or source.collection
-    report = transfer.copy_collection(
-        source, source.collection, target, name, replace=replace, progress=not as_json
-    )
-    _done(report, as_json, f"copied {report.points} points into {name!r} ({to_store})")
+    copied = _timed(lambda shop: shop.copy(to_collection, to_store=to_store, replace=replace))
+    report = remote.on_collection(source, source.collection, copied, progress=not as_json)
+    _done(report, as_json, f"copied {report.points} points into {report.collection!r} ({report.store})")
+
+
+def _timed(fn: Callable[[Any], Any], archive: Path | None = None) -> Callable[[Any], TransferReport]:
+    """fn (a Collection's snapshot, restore or copy, local or the server's) with the time it took and
+    the archive here it wrote or read, as the CLI reports it."""
+
+    def run(shop: Any) -> TransferReport:
+        started = time.perf_counter()
+        done = fn(shop)
+        return TransferReport(done.collection, done.store, done.points, done.vectors,
+                              time.perf_counter() - started, source=done.source,
+                              archive=None if archive is None else str(archive),
+                              bytes=None if archive is None else archive.stat().st_size)
+
+    return run
 
 
 def _done(report: TransferReport, as_json: bool, line: str) -> None:
@@ -91,9 +99,3 @@ def _done(report: TransferReport, as_json: bool, line: str) -> None:
 
 COMMANDS = [snapshot, restore, copy]
 
-
-def _refuse_if_served(settings: Any, collection: str, advice: str) -> None:
-    from indexer.errors import Conflict
-
-    if remote.serving_url(settings, collection) is not None:
-        raise Conflict(advice)

@@ -625,15 +625,22 @@ class Collection:
     def restore(self, archive: str | Path, *, replace: bool = False) -> Transfer:
         """This collection made from a snapshot archive (`snapshot`); an existing one is replaced only
         with `replace`. The module's `restore` names the collection instead (default: the archived one)."""
-        return self._access.exclusive(
-            lambda: restore(archive, self.name, replace=replace, settings=self.settings), "restore")
+        from indexer.stores.transfer import restore as restore_archive
+
+        # A server holds its collections for writing already (and the write lock of those it watches).
+        locking = isinstance(self._access, LocalAccess)
+        report = self._access.exclusive(
+            lambda: restore_archive(self.settings, archive, self.name, replace=replace,
+                                    progress=self.progress, lock=locking), "restore")
+        return Transfer.from_json(report.to_json())
 
     def copy(self, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False
              ) -> Transfer:
         """A copy of this collection under `to_name` and/or into another store kind (edge, qdrant,
         faiss), without re-embedding."""
+        locking = isinstance(self._access, LocalAccess)  # as for restore
         return self._access.exclusive(
-            lambda: copy(self.name, to_name, to_store=to_store, replace=replace, settings=self.settings),
+            lambda: _copy(self.settings, self.name, to_name, to_store, replace, self.progress, locking),
             "copy")
 
     # --- internals -----------------------------------------------------------------------------
@@ -656,26 +663,32 @@ class Collection:
 
 
 def restore(archive: str | Path, name: str | None = None, *, replace: bool = False,
-            settings: Settings | None = None) -> Transfer:
-    """A collection (the archived one's name, or `name`) from a snapshot archive."""
+            settings: Settings | None = None, progress: bool = False) -> Transfer:
+    """A collection (the archived one's name, or `name`) from a snapshot archive (`progress`: tqdm
+    bars on stderr)."""
     from indexer.stores.transfer import restore as restore_archive
 
-    report = restore_archive(settings or Settings(), archive, name, replace=replace)
+    report = restore_archive(settings or Settings(), archive, name, replace=replace, progress=progress)
     return Transfer.from_json(report.to_json())
 
 
 def copy(name: str, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False,
-         settings: Settings | None = None) -> Transfer:
+         settings: Settings | None = None, progress: bool = False) -> Transfer:
     """A copy of collection `name` under `to_name` and/or into another store kind, without re-embedding."""
+    return _copy(settings or Settings(), name, to_name, to_store, replace, progress, lock=True)
+
+
+def _copy(source: Settings, name: str, to_name: str | None, to_store: str | None, replace: bool,
+          progress: bool, lock: bool) -> Transfer:
     from indexer.stores.transfer import copy_collection
 
-    source = settings or Settings()
     target = source.with_flags(store=to_store)
     if target.store == "qdrant" and not target.qdrant.url and target.qdrant.path is None:
         # The one store kind that needs a place given: asked of a server, the request's mistake, not its.
         raise BadInput("a copy to the qdrant store needs a Qdrant server: set CLIPSEARCH_QDRANT_URL (or "
                        "CLIPSEARCH_QDRANT_PATH for local mode) where the copy runs")
-    report = copy_collection(source, name, target, to_name or name, replace=replace)
+    report = copy_collection(source, name, target, to_name or name, replace=replace, progress=progress,
+                             lock=lock)
     return Transfer.from_json(report.to_json())
 
 

@@ -400,6 +400,7 @@ class Transfer:
     points: int
     vectors: dict[str, int]
     archive: str | None = None
+    source: dict[str, str] = field(default_factory=dict)  # a restore's or copy's: its collection and store
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Transfer:

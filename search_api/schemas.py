@@ -781,3 +781,5 @@ class TransferResponse(BaseModel):
     store: str
     points: int
     vectors: dict[str, int] = Field(description="Vector name -> points that have it.")
+    source: dict[str, str] = Field(
+        default_factory=dict, description="Where it came from: the archived or copied collection and store.")

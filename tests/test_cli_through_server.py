@@ -141,6 +141,19 @@ def test_writing_commands_go_through_the_server(served: tuple[Settings, Path, st
     assert run_json("item", "delete", "SKU-1")["action"] == "deleted"
     refused("item", "get", "SKU-1", kind=ErrorKind.NOT_FOUND, advice="SKU-1")
 
+    count = run_json("status")["count"]
+    copied = run_json("copy", "--to-store", "faiss")  # the server copies what it holds
+    assert (copied["collection"], copied["store"], copied["points"]) == (COLLECTION, "faiss", count)
+    assert copied["source"] == {"collection": COLLECTION, "store": "edge"}
+    refused("copy", "--to-store", "faiss", kind=ErrorKind.CONFLICT, advice="--replace")
+    archive = tmp_path / "back.tar"
+    assert run_json("snapshot", str(archive))["points"] == count
+    restored = run_json("restore", str(archive), "--collection", COLLECTION, "--replace")
+    assert (restored["collection"], restored["points"]) == (COLLECTION, count)
+    assert restored["archive"] == str(archive) and restored["bytes"] == archive.stat().st_size
+    assert run_json("status")["count"] == count
+    assert len(run_json("search", "a bird", "-k", "2")["results"]) == 2
+
     (folder / "late.png").write_bytes(png_bytes((50, 50), (10, 200, 10)))
     synced = run_json("index", str(folder))
     assert synced["collection"] == COLLECTION and run_json("status")["count"] == 18
@@ -155,11 +168,6 @@ def test_what_cannot_go_through_the_server_says_what_to_do_about_that_command(
     (other / "a.png").write_bytes(png_bytes((20, 20)))
     refused("index", str(other), kind=ErrorKind.BAD_INPUT, advice="--watch")
     refused("clusters", "--store", kind=ErrorKind.CONFLICT, advice="without --store")
-    refused("copy", "--to-store", "faiss", kind=ErrorKind.CONFLICT, advice="clipsearch snapshot")
-    archive = tmp_path / "back.tar"
-    run("snapshot", str(archive))  # through the server
-    refused("restore", str(archive), "--collection", COLLECTION, "--replace", kind=ErrorKind.CONFLICT,
-            advice="--collection NEW")
     photos = sorted(p for p in folder.iterdir() if not p.name.startswith("zz-"))
     labelled = tmp_path / "labels.csv"  # two classes over the watched photos, by the paths the server indexed
     labelled.write_text("path,label\n" + "".join(f"{p.resolve()},{'bird' if i % 2 else 'fish'}\n"

@@ -316,17 +316,19 @@ def restore(
     *,
     replace: bool = False,
     progress: bool = False,
+    lock: bool = True,
 ) -> TransferReport:
     """Create collection `collection` (default: the archived one's name) in `settings.store` from an
     archive. The whole archive is verified first; an existing collection is replaced only with
-    `replace`; if loading fails, the half-made collection is dropped."""
+    `replace`; if loading fails, the half-made collection is dropped. `lock=False`: the caller holds
+    the collection for writing already (a server, which may hold its write lock for --watch)."""
     started = time.monotonic()
     if collection is not None:  # refuse at once rather than after reading a large archive
         _make_room(settings, collection, replace, "restore", drop=False)
     manifest = verify(archive, progress=progress)
     name = collection or manifest["collection"]
     bar = tqdm(total=manifest["points"], unit="pt", desc="restore", file=sys.stderr, disable=not progress)
-    with _locks([(settings.home, name)], "clipsearch restore"), bar:
+    with _locks([(settings.home, name)], "clipsearch restore", lock), bar:
         _make_room(settings, name, replace, "restore")
         points, counts = _fill(settings, name, archive_schema(manifest), manifest["info"],
                                read_records(archive, manifest), bar)
@@ -344,9 +346,10 @@ def copy_collection(
     replace: bool = False,
     progress: bool = False,
     chunk_points: int = CHUNK_POINTS,
+    lock: bool = True,
 ) -> TransferReport:
     """Copy a collection, vectors, payloads, schema and info, into another store (or under another
-    name), streaming: no archive, no re-embedding."""
+    name), streaming: no archive, no re-embedding. `lock=False` as for `restore`."""
     started = time.monotonic()
     if _location(src_settings, src_name) == _location(dst_settings, dst_name):
         raise BadInput(
@@ -354,7 +357,7 @@ def copy_collection(
             f"name another target with --to-collection or --to-store"
         )
     check_collection_name(dst_name)
-    with _locks([(src_settings.home, src_name), (dst_settings.home, dst_name)], "clipsearch copy"):
+    with _locks([(src_settings.home, src_name), (dst_settings.home, dst_name)], "clipsearch copy", lock):
         src = open_store(src_settings, src_name)
         try:
             _make_room(dst_settings, dst_name, replace, "copy")
@@ -429,10 +432,11 @@ def _location(settings: Settings, name: str) -> tuple[str, ...]:
 
 
 @contextmanager
-def _locks(wanted: list[tuple[Path, str]], holder: str) -> Iterator[None]:
-    """The write locks of these collections, each once (two stores in one home share a lock file)."""
+def _locks(wanted: list[tuple[Path, str]], holder: str, lock: bool = True) -> Iterator[None]:
+    """The write locks of these collections, each once (two stores in one home share a lock file);
+    none when not `lock`."""
     with ExitStack() as stack:
-        for home, name in dict.fromkeys((home.resolve(), name) for home, name in wanted):
+        for home, name in dict.fromkeys((home.resolve(), name) for home, name in wanted) if lock else ():
             stack.enter_context(collection_lock(home, name, holder=holder, advice=_WAIT))
         yield
 
