@@ -216,13 +216,14 @@ class RemoteCollection:
     # --- labels --------------------------------------------------------------------------------
 
     def label(self, labels: str | Sequence[str], *, run: str = "label", top_k: int = 3,
-              threshold: float = 0.0, templates: str | None = None, where: str | Sequence[str] | None = None,
-              filter: dict[str, Any] | None = None, vector: str | None = None) -> LabelRun:
+              threshold: float = 0.0, templates: str | Sequence[str] | None = None,
+              where: str | Sequence[str] | None = None, filter: dict[str, Any] | None = None,
+              vector: str | None = None) -> LabelRun:
         from indexer.curation.labels import load_labels
 
         names = load_labels(labels) if isinstance(labels, str) else list(labels)
-        body = {"labels": names, "run": run, "top_k": top_k, "threshold": threshold, "templates": templates,
-                "filter": self._filter(where, filter), "vector": vector}
+        body = {"labels": names, "run": run, "top_k": top_k, "threshold": threshold,
+                "templates": _templates(templates), "filter": self._filter(where, filter), "vector": vector}
         return LabelRun.from_json(self._post(f"{self._base}/labels", json=body))
 
     def label_runs(self) -> dict[str, dict[str, Any]]:
@@ -299,8 +300,8 @@ class RemoteCollection:
         report = Exported(answer["format"], "", int(answer["items"]), int(answer["labelled"]))
         return answer["document"], report
 
-    def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
-             ) -> dict[str, Any]:
+    def eval(self, data: str | Path, *, vectors: Sequence[str] = (),
+             templates: str | Sequence[str] | None = None) -> dict[str, Any]:
         """DATA (an ImageFolder tree or a CSV of path,label) is read here; the server is sent its images'
         paths and labels only, and matches them against the paths it indexed (the same files: run it
         where the server's paths are yours too, e.g. on its machine or a shared mount)."""
@@ -311,9 +312,9 @@ class RemoteCollection:
                                   templates=templates)
 
     def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
-                      templates: str | None = None) -> dict[str, Any]:
+                      templates: str | Sequence[str] | None = None) -> dict[str, Any]:
         body = {"paths": list(paths), "labels": list(labels), "vectors": list(vectors),
-                "templates": templates}
+                "templates": _templates(templates)}
         return dict(self._post(f"{self._base}/eval", json=body))
 
     # --- vectors -------------------------------------------------------------------------------
@@ -492,3 +493,15 @@ def _segment(value: str) -> str:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _templates(templates: str | Sequence[str] | None) -> str | list[str] | None:
+    """What a request carries for `templates`: a built-in set by name; a template file read here (a
+    server never reads a client's path) or a list, as the templates themselves."""
+    from indexer.curation.labels import BUILTIN_TEMPLATES, load_templates
+
+    if templates is None:
+        return None
+    if isinstance(templates, str) and templates.strip().lower() in BUILTIN_TEMPLATES:
+        return templates.strip().lower()
+    return load_templates(templates)

@@ -19,7 +19,7 @@ import click
 
 from clipsearch import remote
 from clipsearch.common import collection_option, emit, json_option, settings_from_flags
-from indexer.errors import BadInput, Conflict
+from indexer.errors import Conflict
 from indexer.limits import load_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,20 +76,14 @@ def label(labels: str | None, labels_file: Path | None, templates: str | None, t
 
     The labels go into each item's metadata as indexed fields named after --run, so `--where label=cat`
     and counts work on them; review them in the UI's Review page."""
-    from indexer.curation.labels import BUILTIN_TEMPLATES, load_labels
+    from indexer.curation.labels import load_labels
 
     settings = settings_from_flags(device=device, collection=collection)
     names = load_labels(labels, labels_file)
     wanted = given_filter(filter_json, settings.limits.json_depth)
-    builtin = templates is not None and templates.strip().lower() in BUILTIN_TEMPLATES
-    chosen = templates.strip().lower() if templates is not None and builtin else templates
 
     def run_label(shop: Any) -> dict[str, Any]:
-        if chosen is not None and not builtin and remote.is_remote(shop):
-            raise BadInput(f"--templates {templates}: the server that holds the collection takes a "
-                           f"built-in set ({', '.join(BUILTIN_TEMPLATES)}); give one, or stop the server to "
-                           "use a file")
-        return asdict(shop.label(names, run=run, top_k=top_k, threshold=threshold, templates=chosen,
+        return asdict(shop.label(names, run=run, top_k=top_k, threshold=threshold, templates=templates,
                                  where=list(where), filter=wanted, vector=vector))
 
     summary = remote.on_collection(settings, settings.collection, run_label,

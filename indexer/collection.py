@@ -332,7 +332,7 @@ class Collection:
         run: str = "label",
         top_k: int = 3,
         threshold: float = 0.0,
-        templates: str | None = None,
+        templates: str | Sequence[str] | None = None,
         where: str | Sequence[str] | None = None,
         filter: dict[str, Any] | None = None,
         vector: str | None = None,
@@ -504,8 +504,8 @@ class Collection:
 
         return self._call(render)
 
-    def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
-             ) -> dict[str, Any]:
+    def eval(self, data: str | Path, *, vectors: Sequence[str] = (),
+             templates: str | Sequence[str] | None = None) -> dict[str, Any]:
         """The collection's stored vectors measured on labelled `data` (an ImageFolder tree or a CSV
         of path,label; its images indexed in this collection): zero-shot top-1/5, text-to-image and
         image-to-image recall. The same document as `clipsearch eval --json`."""
@@ -516,7 +516,7 @@ class Collection:
                                   templates=templates)
 
     def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
-                      templates: str | None = None) -> dict[str, Any]:
+                      templates: str | Sequence[str] | None = None) -> dict[str, Any]:
         """`eval` of a dataset given as its images' paths and their labels (what `eval` reads from DATA).
         The paths are only matched against the indexed items' paths, never read (a server takes them
         from a client); at most the `ids` limit of them (CLIPSEARCH_LIMITS_IDS)."""
@@ -730,7 +730,8 @@ class CollectionAPI(Protocol):
                    text: str | dict[str, str] | None = None) -> ItemWritten: ...
     def delete_item(self, id: str) -> ItemWritten: ...
     def label(self, labels: str | Sequence[str], *, run: str = "label", top_k: int = 3,
-              threshold: float = 0.0, templates: str | None = None, where: str | Sequence[str] | None = None,
+              threshold: float = 0.0, templates: str | Sequence[str] | None = None,
+              where: str | Sequence[str] | None = None,
               filter: dict[str, Any] | None = None, vector: str | None = None) -> LabelRun: ...
     def label_runs(self) -> dict[str, dict[str, Any]]: ...
     def label_counts(self, run: str = "label") -> LabelCounts: ...
@@ -749,10 +750,10 @@ class CollectionAPI(Protocol):
     def export_document(self, format: str, *, where: str | Sequence[str] | None = None,
                         filter: dict[str, Any] | None = None, run: str | None = None, formulas: bool = False
                         ) -> tuple[str, Exported]: ...
-    def eval(self, data: str | Path, *, vectors: Sequence[str] = (), templates: str | None = None
-             ) -> dict[str, Any]: ...
+    def eval(self, data: str | Path, *, vectors: Sequence[str] = (),
+             templates: str | Sequence[str] | None = None) -> dict[str, Any]: ...
     def eval_labelled(self, paths: Sequence[str], labels: Sequence[str], *, vectors: Sequence[str] = (),
-                      templates: str | None = None) -> dict[str, Any]: ...
+                      templates: str | Sequence[str] | None = None) -> dict[str, Any]: ...
     def vectors(self) -> Vectors: ...
     def reembed(self, model: str, pretrained: str, *, name: str | None = None) -> Vectors: ...
     def activate(self, name: str) -> Vectors: ...

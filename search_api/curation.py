@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from search_api.deps import EnginesDep
 from search_api.engines import collection as collection_of
-from search_api.schemas import CollectionPath, ErrorResponse
+from search_api.schemas import CollectionPath, ErrorResponse, PromptTemplates
 
 router = APIRouter(prefix="/v1/collections/{collection}/labels", tags=["labels"])
 MAX_PAGE = 500
@@ -33,6 +33,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 class LabelRun(BaseModel):
     run: str
     labels: list[str] = Field(description="The run's labels, in the order given.")
+    templates: list[str] = Field(default_factory=list, description="The prompt templates it used.")
     top_k: int
     threshold: float = Field(description='Items whose best score was under this are "unsure".')
     vector: str = Field(description="The stored vector the run read.")
@@ -147,8 +148,9 @@ class LabelRunRequest(BaseModel):
     run: str = Field("label", min_length=1, max_length=64, description="The run's name (its fields' prefix).")
     top_k: int = Field(3, ge=1, le=100)
     threshold: float = Field(0.0, ge=0.0, le=1.0, description='Best score under this: "unsure".')
-    templates: Literal["imagenet", "imagenet-full", "cifar10"] | None = Field(
-        None, description="A built-in prompt-template set [default: the built-in ensemble].")
+    templates: PromptTemplates | None = Field(
+        None, description='A built-in prompt-template set, or the templates, each with "{}" where the '
+                          "label goes [default: the built-in ensemble].")
     filter: dict[str, Any] | None = Field(None, description="Only the items passing this filter.")
     vector: str | None = Field(None, description="The stored vector to read [default: the active one].")
 

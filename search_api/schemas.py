@@ -21,6 +21,14 @@ from indexer.stores.filters import Filter
 MAX_QUERY_CHARS = 1000
 # Each label costs one text-encoder pass per prompt template, so a request can't ask for thousands.
 MAX_LABELS = 256
+MAX_REQUEST_TEMPLATES = 100  # prompt templates given in a request (imagenet-full has 80); each is a
+# text encoding per label
+
+PromptTemplates = (
+    Literal["imagenet", "imagenet-full", "cifar10"]
+    | Annotated[list[Annotated[str, Field(min_length=2, max_length=500)]],
+                Field(min_length=1, max_length=MAX_REQUEST_TEMPLATES)]
+)
 # Each re-ranked hit is a VLM request (pointwise) or an image in one prompt (listwise): seconds apiece.
 MAX_TOP_N = 100
 VlmState = Literal["off", "up", "down", "unknown"]
@@ -738,8 +746,9 @@ class EvalRequest(BaseModel):
         min_length=1, description="The label of each path, in the same order.")
     vectors: list[str] = Field(default_factory=list, max_length=16,
                                description="Named vectors to measure [default: the active one].")
-    templates: Literal["imagenet", "imagenet-full", "cifar10"] | None = Field(
-        None, description="A built-in prompt-template set [default: the built-in ensemble].")
+    templates: PromptTemplates | None = Field(
+        None, description='A built-in prompt-template set, or the templates, each with "{}" where the '
+                          "class name goes [default: the built-in ensemble].")
 
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from indexer.errors import ERROR_KINDS, ErrorKind
@@ -162,7 +163,7 @@ def test_writing_commands_go_through_the_server(served: tuple[Settings, Path, st
 def test_what_cannot_go_through_the_server_says_what_to_do_about_that_command(
     served: tuple[Settings, Path, str], tmp_path: Path
 ) -> None:
-    settings, folder, _ = served
+    settings, folder, url = served
     other = tmp_path / "elsewhere"
     other.mkdir()
     (other / "a.png").write_bytes(png_bytes((20, 20)))
@@ -182,10 +183,16 @@ def test_what_cannot_go_through_the_server_says_what_to_do_about_that_command(
     line = refused("export", str(tmp_path / "q.csv"), "--format", "csv", "--query", "a bird",
                    kind=ErrorKind.CONFLICT, advice="--where")
     assert "--query" in line
-    templates = tmp_path / "templates.txt"
-    templates.write_text("a photo of a {}\n")
+    templates = tmp_path / "templates.txt"  # read here; the server is sent the templates themselves
+    templates.write_text("a photo of a {}\na drawing of a {}\n")
+    by_file = run_json("label", "--labels", "bird,fish", "--templates", str(templates), "--run", "drawn")
+    assert by_file["labeled"] == run_json("status")["count"]
+    runs = httpx.get(f"{url}/v1/collections/{COLLECTION}/labels", timeout=60).json()["runs"]
+    drawn = next(r for r in runs if r["run"] == "drawn")
+    assert drawn["templates"] == ["a photo of a {}", "a drawing of a {}"]
+    templates.write_text("a photo\n")
     refused("label", "--labels", "bird,fish", "--templates", str(templates), kind=ErrorKind.BAD_INPUT,
-            advice="built-in set")
+            advice="{}")
     refused("check", "--repair", kind=ErrorKind.CONFLICT, advice="--repair")
     catalog = tmp_path / "products.csv"
     catalog.write_text("id,image\nA,a.png\n")

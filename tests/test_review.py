@@ -123,6 +123,15 @@ def test_bad_review_requests(api: httpx.Client, served: tuple[str, list[str]]) -
     assert_error(httpx.get(api.base_url.copy_with(path="/v1/collections/missing/labels")), 404, "not found")
 
 
+def test_a_label_run_takes_its_templates_or_a_built_in_set_never_a_path(api: httpx.Client) -> None:
+    runs = str(api.base_url).rstrip("/")
+    assert_error(api.post(runs, json={"labels": ["cat"], "templates": ["a photo"]}), 400, "{}")
+    assert api.post(runs, json={"labels": ["cat"], "templates": ["a {}"] * 101}).status_code == 422
+    assert api.post(runs, json={"labels": ["cat"], "templates": []}).status_code == 422
+    assert api.post(runs, json={"labels": ["cat"], "templates": "/etc/passwd"}).status_code == 422
+    assert [r["run"] for r in api.get(runs).json()["runs"]] == ["label", "mood"]  # none was made
+
+
 # --- the UI -----------------------------------------------------------------------------------------
 
 

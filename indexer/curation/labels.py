@@ -49,6 +49,7 @@ UNSURE = "unsure"
 REJECTED = "rejected"
 BUILTIN_LABELS = ("imagenet", "cifar10")
 BUILTIN_TEMPLATES = ("imagenet", "imagenet-full", "cifar10")
+MAX_TEMPLATES = 1000  # prompt templates of one run (imagenet-full has 80)
 INFO_KEY = "label_runs"  # collection info: each run's labels, templates and settings
 MAX_HUMAN_LABELS = 100_000  # distinct labels people may give, as far as counts go
 BATCH = 4096  # items scored and written at a time: ~16 MB of scores with 1000 labels
@@ -91,11 +92,14 @@ def load_labels(labels: str | None = None, labels_file: Path | None = None) -> l
     return found
 
 
-def load_templates(templates: str | Path | None = None) -> list[str]:
-    """Prompt templates: the default ensemble, a built-in one (imagenet, imagenet-full, cifar10) or a
-    file with one template a line, each holding "{}" where the label goes."""
+def load_templates(templates: str | Path | Sequence[str] | None = None) -> list[str]:
+    """Prompt templates: the default ensemble, a built-in one (imagenet, imagenet-full, cifar10), a
+    file with one template a line, or the templates themselves (a list); each holds "{}" where the
+    label goes."""
     if templates is None:
         return list(PROMPT_TEMPLATES)
+    if not isinstance(templates, (str, Path)):
+        return _checked_templates([str(t).strip() for t in templates], "the templates")
     name = str(templates).strip()
     if name.lower() in BUILTIN_TEMPLATES:
         return read_lines(_packaged(f"{name.lower()}.templates.txt"))
@@ -105,10 +109,16 @@ def load_templates(templates: str | Path | None = None) -> list[str]:
         builtin = ", ".join(BUILTIN_TEMPLATES)
         raise BadInput(f"--templates {name}: cannot read it ({exc}); give a file or one of {builtin}") \
             from exc
+    return _checked_templates(found, f"--templates {name}")
+
+
+def _checked_templates(found: list[str], what: str) -> list[str]:
     bad = [t for t in found if "{}" not in t]
     if not found or bad:
-        example = bad[0] if bad else "the file is empty"
-        raise BadInput(f"--templates {name}: every line needs {{}} where the label goes ({example})")
+        example = bad[0] if bad else "there are none"
+        raise BadInput(f"{what}: every template needs {{}} where the label goes ({example})")
+    if len(found) > MAX_TEMPLATES:  # each is one text encoding per label
+        raise BadInput(f"{what}: {len(found)} templates; at most {MAX_TEMPLATES}")
     return found
 
 
