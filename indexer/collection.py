@@ -625,33 +625,33 @@ class Collection:
     def restore(self, archive: str | Path, *, replace: bool = False) -> Transfer:
         """This collection made from a snapshot archive (`snapshot`); an existing one is replaced only
         with `replace`. The module's `restore` names the collection instead (default: the archived one)."""
-        from indexer.stores.transfer import restore as restore_archive
-
-        # A server holds its collections for writing already (and the write lock of those it watches).
-        locking = isinstance(self._access, LocalAccess)
-        report = self._access.exclusive(
-            lambda: restore_archive(self.settings, archive, self.name, replace=replace,
-                                    progress=self.progress, lock=locking), "restore")
-        return Transfer.from_json(report.to_json())
+        return self._access.exclusive(
+            lambda: _restore(self.settings, archive, self.name, replace, self.progress, self._takes_locks),
+            "restore")
 
     def copy(self, to_name: str | None = None, *, to_store: str | None = None, replace: bool = False
              ) -> Transfer:
         """A copy of this collection under `to_name` and/or into another store kind (edge, qdrant,
         faiss), without re-embedding."""
-        locking = isinstance(self._access, LocalAccess)  # as for restore
         return self._access.exclusive(
-            lambda: _copy(self.settings, self.name, to_name, to_store, replace, self.progress, locking),
-            "copy")
+            lambda: _copy(self.settings, self.name, to_name, to_store, replace, self.progress,
+                          self._takes_locks), "copy")
 
     # --- internals -----------------------------------------------------------------------------
 
     def _call(self, fn: Callable[[SearchEngine], T]) -> T:
         return self._access.call(fn)
 
+    @property
+    def _takes_locks(self) -> bool:
+        """Whether a write here takes the collections' write locks: a server holds its collections
+        for writing already (and the write lock of those it watches)."""
+        return isinstance(self._access, LocalAccess)
+
     def _write(self, fn: Callable[[SearchEngine], T], holder: str) -> T:
         """A write by a library run: under the collection's write lock when this process does not
         already hold the collection for a server."""
-        if isinstance(self._access, LocalAccess):
+        if self._takes_locks:
             from indexer.locking import collection_lock
 
             with collection_lock(self.settings.home, self.name, holder):
@@ -666,9 +666,14 @@ def restore(archive: str | Path, name: str | None = None, *, replace: bool = Fal
             settings: Settings | None = None, progress: bool = False) -> Transfer:
     """A collection (the archived one's name, or `name`) from a snapshot archive (`progress`: tqdm
     bars on stderr)."""
+    return _restore(settings or Settings(), archive, name, replace, progress, lock=True)
+
+
+def _restore(settings: Settings, archive: str | Path, name: str | None, replace: bool, progress: bool,
+             lock: bool) -> Transfer:
     from indexer.stores.transfer import restore as restore_archive
 
-    report = restore_archive(settings or Settings(), archive, name, replace=replace, progress=progress)
+    report = restore_archive(settings, archive, name, replace=replace, progress=progress, lock=lock)
     return Transfer.from_json(report.to_json())
 
 
