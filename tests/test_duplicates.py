@@ -171,7 +171,8 @@ def test_keeper_is_the_largest_then_the_oldest(corpus: Corpus, store) -> None:
 
 
 def test_missing_hashes_are_computed_from_the_files_and_stored(corpus: Corpus, store) -> None:
-    records = list(store.scan())[:25]
+    everything = sorted(store.scan(), key=lambda r: r.payload["uri"])
+    records = everything[:: len(everything) // 25][:25]  # every kind of copy, the same ones each run
     before = {r.id: dict(r.payload["metadata"]) for r in records}
     stripped = {}
     for r in records:
@@ -183,10 +184,14 @@ def test_missing_hashes_are_computed_from_the_files_and_stored(corpus: Corpus, s
     after = {r.id: r.payload["metadata"] for r in store.retrieve(list(before))}
     for id_, meta in before.items():
         assert after[id_]["sha256"] == meta["sha256"]
-        # Hashed from the file rather than the indexer's draft-decoded image: a few bits may differ.
+        # Hashed from the file rather than the indexer's draft-decoded image, so the bits may differ:
+        # the untrimmed view by a few; a trimmed view by more where a near-plain background (a dark
+        # backdrop) is border at one decode scale and not at the other. What must hold is that the new
+        # hash still finds the old one as the same picture.
         old, new = parse_phash(meta["phash"]), parse_phash(after[id_]["phash"])
         assert old is not None and new is not None
-        assert int(np.bitwise_count(old ^ new).max()) <= 6
+        assert int(np.bitwise_count(old[-1] ^ new[-1]).max()) <= 6
+        assert [(a, b) for a, b, _ in hash_pairs([old, new])] == [(0, 1)]
     assert find_duplicates(store, threshold=1.01, hash_distance=-1)["hashed"] == 0
 
 
