@@ -54,6 +54,10 @@ from indexer.search.options import FACET_LIMIT, SearchOptions, combined_filter
 TIMEOUT_S = 120.0
 UPLOAD_BLOCK = 1024 * 1024
 REEMBED_POLL_S = 0.5
+# A request refused as busy (503 with Retry-After) is sent again up to this many times, after waiting
+# what the server asked (at most BUSY_WAIT_MAX_S each time); then the error, with its retry_after_s.
+BUSY_RETRIES = 2
+BUSY_WAIT_MAX_S = 30
 
 
 class RemoteCollection:
@@ -467,12 +471,6 @@ class RemoteCollection:
         raise error
 
 
-# A request refused as busy (503 with Retry-After) is sent again up to this many times, after waiting
-# what the server asked (at most BUSY_WAIT_MAX_S each time); then the error, with its retry_after_s.
-BUSY_RETRIES = 2
-BUSY_WAIT_MAX_S = 30
-
-
 def _retry_after(response: httpx.Response) -> int | None:
     """The Retry-After header in whole seconds (this API sends seconds), None when absent or not a number."""
     value = response.headers.get("retry-after", "").strip()
@@ -498,10 +496,9 @@ def _params(**values: Any) -> dict[str, Any]:
 def _templates(templates: str | Sequence[str] | None) -> str | list[str] | None:
     """What a request carries for `templates`: a built-in set by name; a template file read here (a
     server never reads a client's path) or a list, as the templates themselves."""
-    from indexer.curation.labels import BUILTIN_TEMPLATES, load_templates
+    from indexer.curation.labels import builtin_templates, load_templates
 
     if templates is None:
         return None
-    if isinstance(templates, str) and templates.strip().lower() in BUILTIN_TEMPLATES:
-        return templates.strip().lower()
-    return load_templates(templates)
+    builtin = builtin_templates(templates) if isinstance(templates, str) else None
+    return builtin if builtin is not None else load_templates(templates)

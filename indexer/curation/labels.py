@@ -101,15 +101,22 @@ def load_templates(templates: str | Path | Sequence[str] | None = None) -> list[
     if not isinstance(templates, (str, Path)):
         return _checked_templates([str(t).strip() for t in templates], "the templates")
     name = str(templates).strip()
-    if name.lower() in BUILTIN_TEMPLATES:
-        return read_lines(_packaged(f"{name.lower()}.templates.txt"))
+    builtin = builtin_templates(name)
+    if builtin is not None:
+        return read_lines(_packaged(f"{builtin}.templates.txt"))
     try:
         found = read_lines(Path(name).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        builtin = ", ".join(BUILTIN_TEMPLATES)
-        raise BadInput(f"--templates {name}: cannot read it ({exc}); give a file or one of {builtin}") \
+        names = ", ".join(BUILTIN_TEMPLATES)
+        raise BadInput(f"--templates {name}: cannot read it ({exc}); give a file or one of {names}") \
             from exc
     return _checked_templates(found, f"--templates {name}")
+
+
+def builtin_templates(name: str | Path) -> str | None:
+    """The built-in template set `name` names (any case, spaces around), or None: a file or a list."""
+    found = str(name).strip().lower()
+    return found if found in BUILTIN_TEMPLATES else None
 
 
 def _checked_templates(found: list[str], what: str) -> list[str]:
