@@ -539,11 +539,10 @@ class EdgeStore(QdrantFamilyStore):
         return {str(p.id) for p in self.shard.retrieve(list(ids), False, False)}
 
     def _query(self, query: QuerySpec, limit: int, native: Any, threshold: float | None) -> list[Hit]:
-        passing = None if native is None else self.shard.count(qe.CountRequest(exact=False, filter=native))
         if isinstance(query, Fused):
             prefetches = [
                 qe.Prefetch(query.candidates, query=self._nearest(part), filter=native,
-                            params=self._params(query.candidates, part.key, passing),
+                            params=self._params(query.candidates, part.key, native),
                             score_threshold=part.threshold)
                 for part in query.parts
             ]
@@ -554,7 +553,7 @@ class EdgeStore(QdrantFamilyStore):
         else:
             request = qe.QueryRequest(
                 limit=limit, query=self._scoring(query), filter=native, with_payload=True,
-                score_threshold=threshold, params=self._params(limit, getattr(query, "key", ""), passing),
+                score_threshold=threshold, params=self._params(limit, getattr(query, "key", ""), native),
             )
         return [to_hit(p) for p in self.shard.query(request)]
 
@@ -570,18 +569,22 @@ class EdgeStore(QdrantFamilyStore):
         assert isinstance(query, Diverse)
         return qe.Mmr(query.vector, query.lambda_, query.candidates, using=using_name(query.key))
 
-    def _params(self, limit: int, key: str, passing: int | None) -> qe.SearchParams | None:
-        """Search parameters for vector `key`; `passing`: how many points the filter keeps (estimated),
-        None without one."""
+    def _params(self, limit: int, key: str, native: Any) -> qe.SearchParams | None:
+        """Search parameters for vector `key` under the filter `native` (None: no filter)."""
         if key == SPARSE_KEY:
             return None
-        dim = next((v.dim for v in self.schema.vectors.values() if v.storage_key == key), 0)
         # Quantization params are ignored by segments without quantized vectors (plain ones, or "none").
         return qe.SearchParams(
             hnsw_ef=max(self._settings.hnsw_ef, limit),
-            exact=passing is not None and passing * dim <= EXACT_SCAN_MAX,
+            exact=native is not None and self._keeps_few(key, native),
             quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self._settings.oversampling),
         )
+
+    def _keeps_few(self, key: str, native: Any) -> bool:
+        """Whether the filter keeps few enough points, by the payload index's estimate, to search them
+        exactly (EXACT_SCAN_MAX)."""
+        dim = next(v.dim for v in self.schema.vectors.values() if v.storage_key == key)
+        return self.shard.count(qe.CountRequest(exact=False, filter=native)) * dim <= EXACT_SCAN_MAX
 
     def _facet(self, path: str, limit: int, native: Any) -> list[tuple[str, int]]:
         response = self.shard.facet(qe.FacetRequest(path, limit=limit, exact=True, filter=native))
