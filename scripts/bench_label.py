@@ -14,6 +14,13 @@ expected answer (top-1 ~0.10, top-5 ~0.50); the point is the cost and that the n
     .venv/bin/python scripts/bench_label.py --sizes 100000 1000000 --stores edge faiss
     .venv/bin/python scripts/bench_label.py --sizes            # the eval only
     .venv/bin/python scripts/bench_label.py --sizes 100000 --stores edge --compare-rebuild --skip-eval
+    .venv/bin/python scripts/bench_label.py --sizes 100000 --stores edge faiss --command cifar10 imagenet \
+        --skip-eval
+
+--command LABELS...: time `clipsearch label --labels L` itself, a subprocess timed whole (start-up, the
+model, encoding the label prompts, the run, close), once per label set given, over a collection built
+as above but under the identity of --model (default ViT-B-32) with fixed random weights, so that the
+command loads that model and encodes its label prompts as it would for a user's collection.
 
 Searches during and after each run: a thread searches the open store (k=10, random unit queries) all
 through the run, and the collection is opened again after it (as the next `clipsearch search` or a
@@ -40,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from scripts import benchlib as bench  # noqa: E402
 
 SECTION = "## Label runs (bench_label)"
+COMMAND_SECTION = "## The label command, timed whole (bench_label --command)"
 EVAL_SECTION = "## Eval of the tiny test model on CIFAR-10 (bench_label)"
 CIFAR = bench.REPO.parent / "shared" / "data" / "cifar10-test" / "test"
 BUILD_BATCH = 10_000
@@ -51,13 +59,17 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def build(settings: Any, size: int, dim: int, seed: int) -> float:
-    """A collection of `size` random unit vectors with image-like payloads; seconds it took."""
+def build(settings: Any, size: int, dim: int, seed: int, identity: Any = None) -> float:
+    """A collection of `size` random unit vectors with image-like payloads, under `identity` (a
+    ModelIdentity; default: a synthetic one); seconds it took."""
     from indexer.schema import CollectionSchema, ModelIdentity
     from indexer.stores import Record, open_store
     from indexer.stores.base import canonical_id
 
-    identity = ModelIdentity(model="synthetic", pretrained="", architecture="synthetic", weights="", dim=dim)
+    if identity is None:
+        identity = ModelIdentity(model="synthetic", pretrained="", architecture="synthetic", weights="",
+                                 dim=dim)
+    dim = identity.dim
     schema = CollectionSchema.new(identity, fields={"width": "integer", "height": "integer"})
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -205,6 +217,57 @@ def bench_sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def bench_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`clipsearch label --labels L` timed whole, per store, size and label set in --command."""
+    import json
+    import subprocess
+
+    from indexer.models.loading import load_model
+    from tests.helpers import make_settings
+
+    results = []
+    for store, size in ((store, size) for store in args.stores for size in args.sizes):
+        with tempfile.TemporaryDirectory(prefix="bench-label-command-") as folder:
+            model, checkpoint = bench.random_checkpoint(args.model, Path(folder) / "weights.pt")
+            identity = load_model(model, str(checkpoint), "cpu").identity
+            home = Path(folder) / "home"
+            settings = make_settings(home, checkpoint, model=model, store=store, faiss={"index": "flat"})
+            built = build(settings, size, identity.dim, seed=size, identity=identity)
+            env = bench.subprocess_env(CLIPSEARCH_HOME=str(home), CLIPSEARCH_MODEL=model,
+                                       CLIPSEARCH_PRETRAINED=str(checkpoint), CLIPSEARCH_DEVICE="cpu",
+                                       CLIPSEARCH_STORE=store, CLIPSEARCH_FAISS_INDEX="flat")
+            for labels in args.command:
+                log(f"{store} {size:,} (built in {built:.0f} s): clipsearch label --labels {labels}")
+                clock = time.perf_counter()
+                done = subprocess.run(bench.cli("label", "-c", "bench", "--labels", labels, "--json"),
+                                      cwd=bench.REPO, env=env, capture_output=True, text=True, check=False)
+                seconds = time.perf_counter() - clock
+                if done.returncode != 0:
+                    raise SystemExit(f"clipsearch label failed:\n{done.stderr[-3000:]}")
+                report = json.loads(done.stdout)
+                if report["labeled"] + report["unsure"] != size:
+                    raise SystemExit(f"clipsearch label did not label every item: {report}")
+                results.append({"store": store, "size": size, "labels": labels, "seconds": seconds,
+                                "build": built, "report": report})
+                log(f"  {seconds:.1f} s whole; its report: {report}")
+    return results
+
+
+def render_command(args: argparse.Namespace, runs: list[dict[str, Any]], machine: str) -> str:
+    lines = [COMMAND_SECTION, "", f"Command: `{bench.command_line('bench_label.py')}`", "", machine, "",
+             f"`clipsearch label -c bench --labels L --json` run as a subprocess and timed whole: process "
+             f"start, loading the collection's model ({args.model}, fixed random weights), encoding the "
+             "label prompts (8 templates a label), reading every vector, scoring, writing every payload, "
+             "closing the store. The collection: random unit vectors under that model's identity, built "
+             "beforehand (not timed). Target: a 100k label run on the default store (edge) <= 60 s whole.",
+             "", "| store | items | labels | whole command | items/s | (build) |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['store']} | {r['size']:,} | {r['labels']} | {r['seconds']:.1f} s "
+                     f"| {r['size'] / r['seconds']:,.0f} | {r['build']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
 def bench_eval() -> dict[str, Any]:
     from indexer.curation.evaluate import Embedded, embed_images, load_dataset, prompt_name, run_eval
     from indexer.curation.labels import load_templates, prompt_embeddings
@@ -291,10 +354,21 @@ def main() -> None:
                         help="edge: label two copies of one build, as now and with the index rebuilt "
                              "at the end (as before).")
     parser.add_argument("--queries", type=int, default=50, help="Searches after each run [50].")
+    parser.add_argument("--command", nargs="+", metavar="LABELS", default=[],
+                        help="Time `clipsearch label --labels LABELS` whole instead, once per label set "
+                             "(comma-separated labels or a built-in set: cifar10, imagenet).")
+    parser.add_argument("--model", default="ViT-B-32",
+                        help="--command: the collection's model, fixed random weights [ViT-B-32].")
     parser.add_argument("--out", type=Path, default=bench.DOC, help="The Markdown file for the section.")
     args = parser.parse_args()
     load_before = bench.loadavg()
-    if args.sizes or args.matrix_sizes:
+    if args.command:
+        runs = bench_command(args)
+        machine = bench.machine_line(bench.machine(), load_before, bench.loadavg())
+        section = render_command(args, runs, machine)
+        print(section)
+        bench.write_section(args.out, COMMAND_SECTION, section)
+    elif args.sizes or args.matrix_sizes:
         sizes = bench_sizes(args)
         section = render(args, sizes, bench.machine_line(bench.machine(), load_before, bench.loadavg()))
         print(section)

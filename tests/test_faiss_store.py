@@ -34,6 +34,7 @@ from indexer.stores import faiss_store  # noqa: E402
 from indexer.stores.base import Record  # noqa: E402
 from indexer.stores.faiss_store import FaissConfig, FaissStore  # noqa: E402
 from indexer.stores.faiss_store.index import VectorIndex  # noqa: E402
+from indexer.stores.faiss_store.vid_map import VidMap  # noqa: E402
 from indexer.stores.filters import Filter, matches  # noqa: E402
 
 DIM = 64
@@ -755,6 +756,106 @@ def test_exact_filtered_search_gathers_vectors_from_flat_and_hnsw_indexes(copy: 
         index.add(np.array([moved], dtype=np.int64), vector)
         assert index.stored_vectors(vids) is None
     store.close()
+
+
+@pytest.mark.parametrize("path", ["exact", "selector"])
+def test_filtered_search_follows_every_kind_of_write(tmp_path: Path, path: str) -> None:
+    """The filtered paths find vectors by the points SQL lets through (through an in-memory map kept
+    beside the table): after upserts, re-upserts (new row ids), deletes, vector updates, payload
+    edits and a schema change, the top 10 still equal brute force over what passes."""
+    config = dataclasses.replace(FaissConfig(kind="flat"), **FORCED_PATHS[path])
+    store = new_store(tmp_path, config, FILTER_SCHEMA)
+    rng = random.Random(5)
+    big: dict[str, np.ndarray] = {}
+    small: dict[str, np.ndarray] = {}
+    tags: dict[str, str] = {}
+    keep = Filter.parse({"must": [{"key": "metadata.tag", "match": {"any": ["a", "b"]}}]})
+    keep_small = Filter.parse({"must": [{"key": "metadata.tag", "match": {"value": "a"}},
+                                        {"has_vector": "small"}]})
+
+    def check(step: str) -> None:
+        for q in random_unit(2, seed=len(step) + rng.randint(0, 999), dim=16):
+            allowed = [k for k in big if tags[k] in ("a", "b")]
+            truth = sorted(allowed, key=lambda k: (-float(big[k] @ q), k))[:10]
+            assert [h.id for h in store.search(q, 10, filter=keep)] == truth, step
+        q_small = random_unit(1, seed=rng.randint(0, 999), dim=8)[0]
+        allowed = [k for k in small if tags[k] == "a"]
+        truth = sorted(allowed, key=lambda k: (-float(small[k] @ q_small), k))[:10]
+        assert [h.id for h in store.search(q_small, 10, using="small", filter=keep_small)] == truth, step
+
+    def upsert(keys: list[str]) -> None:
+        fresh_big = random_unit(len(keys), seed=rng.randint(0, 10**6), dim=16)
+        fresh_small = random_unit(len(keys), seed=rng.randint(0, 10**6), dim=8)
+        batch = []
+        for key, b, sm in zip(keys, fresh_big, fresh_small, strict=True):
+            big[key], tags[key] = b, rng.choice("abc")
+            vectors = {"default": b}
+            small.pop(key, None)
+            if rng.random() < 0.5:
+                small[key] = vectors["small"] = sm
+            batch.append(Record(key, vectors, {"metadata": {"tag": tags[key]}}))
+        store.upsert(batch)
+
+    upsert([uid(i) for i in range(300)])
+    check("first upsert")
+    for round_ in range(16):  # 16 x 300 re-upserted: the map's span passes 4096 slots and it starts over
+        upsert(rng.sample(sorted(big), 300))
+        check(f"re-upsert {round_}")
+    gone = rng.sample(sorted(big), 40)
+    store.delete(gone)
+    for key in gone:
+        big.pop(key), small.pop(key, None), tags.pop(key)
+    check("delete")
+    changed = rng.sample(sorted(big), 30)
+    fresh = random_unit(30, seed=9, dim=8)
+    store.update_vectors("small", dict(zip(changed, fresh, strict=True)))
+    small.update(zip(changed, fresh, strict=True))
+    check("update_vectors")
+    edited = rng.sample(sorted(big), 50)
+    tags.update({key: rng.choice("abc") for key in edited})
+    store.set_payloads({key: {"metadata": {"tag": tags[key]}} for key in edited})
+    check("set_payloads")
+    upsert([uid(i) for i in range(300, 340)])
+    store.set_schema(store.schema.with_fields({"tag": "keyword"}))  # the filter now runs on the fields table
+    check("set_schema")
+    store.close()
+
+
+def test_the_vid_map_answers_as_its_table_and_stays_within_a_few_times_its_rows() -> None:
+    """Points re-upserted again and again get ever higher row ids, some keep old ones, and some gain a
+    vector later: the map follows without reading its table again, and drops the slots of gone rows."""
+    table: dict[int, int] = {}  # iid -> vid, as committed
+    reads = []
+
+    def read_pairs() -> np.ndarray:
+        reads.append(len(table))
+        return np.array(sorted(table.items()), dtype=np.int64).reshape(-1, 2)
+
+    vid_map = VidMap(read_pairs)
+    next_iid = next_vid = 1
+    live: list[int] = []
+    rng = np.random.default_rng(3)
+    for round_ in range(30):
+        replaced = sorted(rng.choice(live, size=min(len(live), 1500), replace=False).tolist()) if live else []
+        added_iids = np.arange(next_iid, next_iid + 2000 - len(live) + len(replaced), dtype=np.int64)
+        added_vids = np.arange(next_vid, next_vid + len(added_iids), dtype=np.int64)
+        next_iid, next_vid = next_iid + len(added_iids) + 3, next_vid + len(added_vids)  # gaps: other vectors
+        if round_ % 5 == 4:  # older points without this vector gain one (between the iids held)
+            lacking = sorted(set(range(1, next_iid)) - set(table) - set(replaced))[:: 97][:20]
+            added_iids = np.concatenate([added_iids, np.array(lacking, dtype=np.int64)])
+            added_vids = np.concatenate([added_vids, np.arange(next_vid, next_vid + len(lacking))])
+            next_vid += len(lacking)
+        for iid in replaced:
+            del table[iid]
+        table.update(zip(added_iids.tolist(), added_vids.tolist(), strict=True))
+        live = sorted(table)
+        vid_map.changed(np.array(replaced, dtype=np.int64), added_iids, added_vids)
+        asked = np.array([*rng.choice(live, 300).tolist(), *added_iids[-25:].tolist(), 0, next_iid + 10,
+                          *replaced[:5]], dtype=np.int64)
+        expected = sorted({table[i] for i in asked.tolist() if i in table})
+        assert vid_map.vids_of(asked).tolist() == expected, round_
+        assert vid_map.nbytes <= 16 * 2 * (2 * len(table) + 1024)  # gone slots <= live ones; growth 2x
+    assert len(reads) == 1
 
 
 def test_equal_scores_page_by_id_without_repeats_or_gaps(tmp_path: Path) -> None:

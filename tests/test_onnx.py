@@ -32,7 +32,15 @@ import numpy as np
 import pytest
 
 from indexer.ingest.decode import decode_image
-from indexer.models.encoders import BpeTokenizer, OnnxEncoder, QueryEncoder, ResizeCrop, export_dir, read_meta
+from indexer.models.encoders import (
+    TEXT_GROUP,
+    BpeTokenizer,
+    OnnxEncoder,
+    QueryEncoder,
+    ResizeCrop,
+    export_dir,
+    read_meta,
+)
 from indexer.models.loading import ClipModel, ModelCache, load_model
 from indexer.models.onnx_export import ensure_export, failure_path
 from indexer.settings import Settings
@@ -117,6 +125,10 @@ def test_export_matches_the_torch_model(
     for got in (exported.encode_texts(TEXTS), np.concatenate([exported.encode_texts([t]) for t in TEXTS])):
         assert got.shape == expected.shape and got.dtype == np.float32
         assert cosines(got, expected).min() >= 0.9999
+    # A batch larger than a length group (label prompts): grouped by length, answered in its own order.
+    many = [f"{TEXTS[i % len(TEXTS)]} {'x ' * (i % 13)}" for i in range(3 * TEXT_GROUP + 5)]
+    alone = np.concatenate([tiny_model.encode_texts([t]) for t in many])
+    assert cosines(exported.encode_texts(many), alone).min() >= 0.9999
 
     pictures = [decode_image(str(p), draft_size=exported.draft_size) for p in photos(imagenet_dir, 6)]
     expected = tiny_model.encode_images(pictures)

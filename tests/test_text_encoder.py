@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.models.encoders import TEXT_GROUP, length_groups
 from indexer.models.loading import ClipModel, ModelIdentity, _normalise, causal_text_pool
 
 QUERIES = [
@@ -33,6 +34,11 @@ def _check_agrees(model: ClipModel) -> None:
     # A batch: the prefix is as long as its longest member; the others pool at their own EOT.
     np.testing.assert_allclose(model.encode_texts(QUERIES), _reference(model, QUERIES), atol=1e-5, rtol=0)
     np.testing.assert_allclose(model.encode_texts(QUERIES[1:3]), _reference(model, QUERIES[1:3]), atol=1e-5)
+    # More rows than a length group (label prompts): encoded in groups of similar length, each to its own
+    # last EOT, and answered in the order given.
+    many = [f"a photo of {'a big ' * (i % 11)}{QUERIES[i % 4]}" for i in range(2 * TEXT_GROUP + 7)]
+    assert len(length_groups(np.array([len(m) for m in many]))) == 3
+    np.testing.assert_allclose(model.encode_texts(many), _reference(model, many), atol=1e-5, rtol=0)
 
 
 def test_prefix_encoding_equals_encode_text_on_the_tiny_model(tiny_model: ClipModel) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.errors import BadInput, ItemNotFound
+from indexer.models.encoders import QueryEncoder
 from indexer.models.loading import ClipModel
 from indexer.models.zero_shot import PROMPT_TEMPLATES, parse_labels
 from indexer.schema import FieldType, check_name, payload_path
@@ -129,7 +130,7 @@ def _checked_templates(found: list[str], what: str) -> list[str]:
     return found
 
 
-def prompt_embeddings(model: ClipModel, labels: Sequence[str], templates: Sequence[str],
+def prompt_embeddings(model: QueryEncoder, labels: Sequence[str], templates: Sequence[str],
                       batch: int = 512) -> np.ndarray:
     """One unit vector per label: the mean of its templates' text embeddings, renormalised."""
     prompts = [template.format(label) for label in labels for template in templates]
@@ -258,7 +259,7 @@ def _batches(records: Iterator[Record], size: int, clock: dict[str, float]) -> I
 
 def label_store(
     store: VectorStore,
-    model: ClipModel | None,
+    model: QueryEncoder | None,
     labels: Sequence[str],
     *,
     templates: Sequence[str] | None = None,

@@ -294,10 +294,20 @@ class OnnxEncoder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
-        # The tower is causal and pools at the end token: positions after the last one in the batch
-        # cannot change the result, so they are not computed (indexer.models.loading.causal_text_pool).
-        length = int(end_positions(tokens, self.meta["text"]).max()) + 1
-        return normalise(self._session("text").run(None, {"tokens": tokens[:, :length]})[0])
+        # The tower is causal and pools at the end token: positions after a row's end cannot change its
+        # result, so each group of rows runs to its own last end (indexer.models.loading.causal_text_pool).
+        groups = length_groups(end_positions(tokens, self.meta["text"]))
+        session = self._session("text")
+        if len(groups) == 1:
+            return normalise(session.run(None, {"tokens": tokens[:, : groups[0][1]]})[0])
+        features: np.ndarray | None = None
+        for rows, length in groups:
+            part = session.run(None, {"tokens": tokens[rows, :length]})[0]
+            if features is None:
+                features = np.empty((len(tokens), part.shape[1]), dtype=np.float32)
+            features[rows] = part
+        assert features is not None
+        return normalise(features)
 
     def encode_images(self, images: list[Any]) -> np.ndarray:
         if self._image_fallback is not None:
@@ -308,6 +318,21 @@ class OnnxEncoder:
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed a uint8 batch shaped (N, H, W, 3), as ClipModel.encode_pixels."""
         return normalise(self._session("image").run(None, {"pixels": pixels})[0])
+
+
+# Rows of a text batch are encoded in groups of this many, by length: a batch is otherwise computed to
+# its longest row's end. 1000 ImageNet labels x 8 templates (end token at 9.5 on average, at most 30):
+# 123 prompts/s in batches of 512 as they came, 231/s grouped (ViT-B-32, 2 cores, torch).
+TEXT_GROUP = 64
+
+
+def length_groups(ends: np.ndarray, group: int = TEXT_GROUP) -> list[tuple[np.ndarray, int]]:
+    """The rows of a batch whose end tokens are at `ends`, in groups of about `group` of similar
+    length (one group for a batch of at most `group`): (row indices, prefix length to compute)."""
+    if len(ends) <= group:
+        return [(np.arange(len(ends)), int(ends.max()) + 1 if len(ends) else 1)]
+    order = np.argsort(ends, kind="stable")
+    return [(rows, int(ends[rows].max()) + 1) for rows in np.array_split(order, -(-len(ends) // group))]
 
 
 def end_positions(tokens: np.ndarray, text_meta: dict[str, Any]) -> np.ndarray:

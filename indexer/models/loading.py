@@ -23,7 +23,7 @@ import numpy as np
 from indexer.durable import file_sha256
 from indexer.errors import ModelLoadError, ModelMismatchError, UnknownModel
 from indexer.models.batching import BatchingEncoder, QueryBatching
-from indexer.models.encoders import QueryEncoder
+from indexer.models.encoders import QueryEncoder, length_groups
 from indexer.schema import ModelIdentity
 from indexer.settings import Settings
 
@@ -296,10 +296,27 @@ def causal_text_pool(model: Any) -> str | None:
 
 
 def _encode_text_prefix(model: Any, tokens: Any, pool: str) -> Any:
-    """CLIP.encode_text (unnormalised) over tokens[:, :L], L = the last EOT position + 1; see above."""
+    """CLIP.encode_text (unnormalised), each group of rows of similar length (`length_groups`) over
+    its prefix up to its last EOT position; see above."""
     eos_id = getattr(model, "text_eos_id", None)
     ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
-    return text_features(model, tokens[:, : int(ends.max()) + 1], pool)
+    groups = length_groups(ends.cpu().numpy())
+    if len(groups) == 1:
+        return text_features(model, tokens[:, : groups[0][1]], pool)
+    features = None
+    for rows, length in groups:
+        index = torch_index(rows, tokens.device)
+        part = text_features(model, tokens[index, :length], pool)
+        if features is None:
+            features = part.new_empty((len(tokens), part.shape[1]))
+        features[index] = part
+    return features
+
+
+def torch_index(rows: np.ndarray, device: Any) -> Any:
+    import torch
+
+    return torch.as_tensor(rows, dtype=torch.long, device=device)
 
 
 def text_features(model: Any, tokens: Any, pool: str) -> Any:

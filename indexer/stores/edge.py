@@ -104,12 +104,6 @@ SEGMENTS = 8
 # A server opening a collection with this many unindexed vectors builds the index in a thread.
 OPTIMIZE_BACKLOG = 20_000
 WRITE_BATCH = 512
-# A filter whose points (by the payload index's estimate, ~15 us) times their dimensions are at most
-# this is searched exactly over just those points: 20,000 512-d vectors, ~9 ms. Edge's planner does so
-# only under INDEXING_THRESHOLD_KB per segment's whole vector storage, and HNSW with a filter that keeps
-# few points loses recall: 1M points, 1% kept, recall@10 0.977 at hnsw_ef 256 (0.952 at 128), against
-# 1.0 exactly in 4.5 ms p50 (docs/benchmarks.md, "Filtered search").
-EXACT_SCAN_MAX = 20_000 * 512
 
 BUSY_ADVICE = (
     "stop that process, or use `clipsearch serve --watch FOLDER` / the API, "
@@ -580,11 +574,8 @@ class EdgeStore(QdrantFamilyStore):
             quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self._settings.oversampling),
         )
 
-    def _keeps_few(self, key: str, native: Any) -> bool:
-        """Whether the filter keeps few enough points, by the payload index's estimate, to search them
-        exactly (EXACT_SCAN_MAX)."""
-        dim = next(v.dim for v in self.schema.vectors.values() if v.storage_key == key)
-        return self.shard.count(qe.CountRequest(exact=False, filter=native)) * dim <= EXACT_SCAN_MAX
+    def _estimated_count(self, native: Any) -> int:
+        return int(self.shard.count(qe.CountRequest(exact=False, filter=native)))
 
     def _facet(self, path: str, limit: int, native: Any) -> list[tuple[str, int]]:
         response = self.shard.facet(qe.FacetRequest(path, limit=limit, exact=True, filter=native))

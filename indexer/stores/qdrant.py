@@ -266,8 +266,8 @@ class QdrantStore(common.QdrantFamilyStore):
         else:
             result = self.client.query_points(
                 self.name, query=self._scoring(query), using=common.using_name(query.key), limit=limit,
-                query_filter=native, search_params=self._params(limit, query.key), score_threshold=threshold,
-                with_payload=True,
+                query_filter=native, search_params=self._params(limit, query.key, native),
+                score_threshold=threshold, with_payload=True,
             )
         return [common.to_hit(p) for p in result.points]
 
@@ -286,7 +286,7 @@ class QdrantStore(common.QdrantFamilyStore):
         else:
             result = self.client.query_points_groups(
                 self.name, query=self._scoring(query), using=common.using_name(query.key),
-                query_filter=native, search_params=self._params(limit, query.key), **common_args,
+                query_filter=native, search_params=self._params(limit, query.key, native), **common_args,
             )
         hits = []
         for group in result.groups:
@@ -298,7 +298,7 @@ class QdrantStore(common.QdrantFamilyStore):
         return [
             models.Prefetch(
                 query=_engine_vector(part.vector), using=common.using_name(part.key), limit=query.candidates,
-                filter=native, params=self._params(query.candidates, part.key),
+                filter=native, params=self._params(query.candidates, part.key, native),
                 score_threshold=part.threshold,
             )
             for part in query.parts
@@ -316,10 +316,12 @@ class QdrantStore(common.QdrantFamilyStore):
         mmr = models.Mmr(diversity=1.0 - query.lambda_, candidates_limit=query.candidates)
         return models.NearestQuery(nearest=query.vector, mmr=mmr)
 
-    def _params(self, limit: int, key: str) -> models.SearchParams | None:
+    def _params(self, limit: int, key: str, native: Any) -> models.SearchParams | None:
+        """Search parameters for vector `key` under the filter `native` (None: no filter)."""
         if self._local or key == SPARSE_KEY:  # quantization params are ignored by collections without it
             return None
-        return models.SearchParams(hnsw_ef=max(self._ef, limit), exact=False, quantization=self._quantization)
+        exact = native is not None and self._keeps_few(key, native)
+        return models.SearchParams(hnsw_ef=max(self._ef, limit), exact=exact, quantization=self._quantization)
 
     def _facet(self, path: str, limit: int, native: Any) -> list[tuple[str, int]]:
         response = self.client.facet(self.name, path, facet_filter=native, limit=limit, exact=True)
@@ -356,6 +358,9 @@ class QdrantStore(common.QdrantFamilyStore):
 
     def _count(self, native: Any) -> int:
         return self.client.count(self.name, count_filter=native, exact=True).count
+
+    def _estimated_count(self, native: Any) -> int:
+        return self.client.count(self.name, count_filter=native, exact=False).count
 
     def _native_filter(self, store_filter: Filter | None) -> Any:
         return common.client_filter(store_filter, self.schema)

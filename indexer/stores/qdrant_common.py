@@ -69,6 +69,12 @@ HNSW_EF_CONSTRUCT = 256
 # with the float32 originals on disk. The quantile is the value range int8 keeps; rarer values clip.
 INT8_QUANTILE = 0.99
 SCROLL_PAGE = 1024
+# A filter whose points (by the payload index's estimate, ~15 us on edge) times their dimensions are at
+# most this is searched exactly over just those points: 20,000 512-d vectors, ~9 ms. Qdrant's planner
+# does so only under a per-segment size (full_scan_threshold), and HNSW with a filter that keeps few
+# points loses recall: edge, 1M points, 1% kept, recall@10 0.977 at hnsw_ef 256 (0.952 at 128), against
+# 1.0 exactly in 4.5 ms p50 (docs/benchmarks.md, "Filtered search").
+EXACT_SCAN_MAX = 20_000 * 512
 
 T = TypeVar("T")
 
@@ -336,6 +342,12 @@ class QdrantFamilyStore(PlannedSearch, ABC):
     def _delete_points(self, ids: Sequence[str]) -> None: ...
     @abstractmethod
     def _existing(self, ids: Sequence[str]) -> set[str]: ...
+    def _keeps_few(self, key: str, native: Any) -> bool:
+        """Whether the filter `native` keeps few enough points, by the engine's estimate, to search them
+        exactly for the vector with storage key `key` (EXACT_SCAN_MAX)."""
+        dim = next(v.dim for v in self.schema.vectors.values() if v.storage_key == key)
+        return self._estimated_count(native) * dim <= EXACT_SCAN_MAX
+
     @abstractmethod
     def _query(self, query: QuerySpec, limit: int, native: Any, threshold: float | None) -> list[Hit]:
         """The `limit` best hits of a query among the points that pass `native` scoring at least
@@ -364,6 +376,9 @@ class QdrantFamilyStore(PlannedSearch, ABC):
     def _scroll(self, offset: Any, native: Any, keys: list[str]) -> tuple[list[Any], Any]: ...
     @abstractmethod
     def _count(self, native: Any) -> int: ...
+    @abstractmethod
+    def _estimated_count(self, native: Any) -> int:
+        """The engine's estimate of how many points pass `native` (from its payload indexes)."""
     @abstractmethod
     def _native_filter(self, store_filter: Filter | None) -> Any: ...
     @abstractmethod

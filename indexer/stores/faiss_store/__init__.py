@@ -10,7 +10,7 @@ Layout under `collection_dir(name)/faiss/`:
 - `lock`                flock'd while a store is open: one open store per collection, as with edge.
 
 Modules: db.py (tables, migration, field rows), prefilter.py (filters as SQL), index.py (FAISS
-indexes), store.py (FaissStore).
+indexes), vid_map.py (point iid -> vector id in memory, for filtered search), store.py (FaissStore).
 """
 
 from __future__ import annotations

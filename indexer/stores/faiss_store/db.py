@@ -317,6 +317,11 @@ class VectorTable:
         rows = self.db.conn.execute(f"SELECT vid FROM {self.source} ORDER BY vid")
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
+    def iid_vid_pairs(self) -> np.ndarray:
+        """Every row's (iid, vid), as an (n, 2) array."""
+        rows = self.db.conn.execute(f"SELECT iid, vid FROM {self.source}")
+        return np.fromiter((n for row in rows for n in row), dtype=np.int64).reshape(-1, 2)
+
     def vectors_for(self, ids: np.ndarray) -> np.ndarray:
         found = dict(
             self.db.select_in(f"SELECT vid, vector FROM {self.source} WHERE vid IN ({{}})", ids.tolist())

@@ -35,12 +35,15 @@ class Context:
     vectors: dict[str, str]  # schema vector name -> FROM source with columns vid, iid, vector
 
 
-def compile_filter(store_filter: filters.Filter, context: Context) -> tuple[str, list[Any]]:
-    """(sql, params) selecting the iids that pass. Conditions left to Python are registered with
-    the database: call `context.db.clear_pending()` once the query has run."""
+def compile_filter(
+    store_filter: filters.Filter, context: Context, distinct: bool = True
+) -> tuple[str, list[Any]]:
+    """(sql, params) selecting the iids that pass; distinct=False lets an iid repeat (an array field
+    gives one row per element), for callers that dedupe anyway. Conditions left to Python are
+    registered with the database: call `context.db.clear_pending()` once the query has run."""
     params: list[Any] = []
     sql = _filter(store_filter, context, params)
-    if not _compound(store_filter):  # one condition's rows: an array gives one row per element
+    if distinct and not _compound(store_filter):  # one condition's rows: one per array element
         sql = f"SELECT DISTINCT iid FROM ({sql})"
     return sql, params
 

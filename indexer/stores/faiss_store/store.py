@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from indexer.stores.faiss_store.db import PAGE, Database, create_vector_table, f
 from indexer.stores.faiss_store.index import FaissConfig, VectorIndex, normalised
 from indexer.stores.faiss_store.prefilter import Context, compile_filter
 from indexer.stores.faiss_store.search import SearchMixin
+from indexer.stores.faiss_store.vid_map import VidMap
 from indexer.stores.filters import Filter
 from indexer.stores.keyword import text_fields
 
@@ -42,6 +43,14 @@ CONFIG_FILE = "config.json"  # {"format": 2}; its presence makes the collection
 DB_FILE = "points.sqlite"
 LOCK_FILE = "lock"
 FORMAT = 2
+
+
+class TableRows(NamedTuple):
+    """Rows a write removed from or added to one vector table (vectors: normalised, for added rows)."""
+
+    iids: np.ndarray
+    vids: np.ndarray
+    vectors: np.ndarray | None = None
 
 
 def index_file(key: str) -> str:
@@ -70,6 +79,7 @@ class FaissStore(SearchMixin):
         self._stored = stored
         self._remove_stray_files()
         self._indexes = {spec.name: self._open_index(spec) for spec in stored.schema.vectors.values()}
+        self._vid_maps: dict[str, VidMap] = {}  # by vector name, made at the first filtered search
 
     # --- schema and info -----------------------------------------------------------------
 
@@ -102,6 +112,7 @@ class FaissStore(SearchMixin):
             self._stored = stored
             for spec in dropped:
                 self._indexes.pop(spec.name).release()
+                self._vid_maps.pop(spec.name, None)
                 (self._dir / index_file(spec.storage_key)).unlink(missing_ok=True)
             for spec in added:
                 self._indexes[spec.name] = self._open_index(spec)
@@ -345,20 +356,27 @@ class FaissStore(SearchMixin):
         if self.db.legacy:
             self._stored = StoredInfo(self.schema, self._stored.info, legacy=False)
             self.db.migrate(self.schema, self._stored.document())
+            self._vid_maps.clear()  # vids keep their values; read again all the same
             write_atomic(self._dir / CONFIG_FILE, json.dumps({"format": FORMAT}).encode())
 
-    def _apply(self, gone: dict[str, list[int]], added: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        for name, vids in gone.items():
-            self._indexes[name].remove(vids)
-        for name, (vids, vectors) in added.items():
-            self._indexes[name].add(vids, vectors)
+    def _apply(self, gone: dict[str, TableRows], added: dict[str, TableRows]) -> None:
+        """After a write commits: the in-memory indexes and vid maps follow the vector tables."""
+        for name, rows in gone.items():
+            self._indexes[name].remove(rows.vids.tolist())
+        for name, rows in added.items():
+            assert rows.vectors is not None
+            self._indexes[name].add(rows.vids, rows.vectors)
+        for name, vid_map in self._vid_maps.items():
+            removed, new = gone.get(name), added.get(name)
+            none = np.zeros(0, dtype=np.int64)
+            vid_map.changed(none if removed is None else removed.iids,
+                            none if new is None else new.iids, none if new is None else new.vids)
 
-    def _insert_vectors(
-        self, spec: VectorSpec, items: list[tuple[int, np.ndarray]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """New rows (fresh vids) for (iid, vector) pairs; (vids, normalised vectors)."""
+    def _insert_vectors(self, spec: VectorSpec, items: list[tuple[int, np.ndarray]]) -> TableRows:
+        """New rows (fresh vids) for (iid, vector) pairs."""
         if not items:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, spec.dim), dtype=np.float32)
+            none = np.zeros(0, dtype=np.int64)
+            return TableRows(none, none, np.zeros((0, spec.dim), dtype=np.float32))
         table = table_name(spec.storage_key)
         vectors = normalised(np.stack([v for _, v in items]))
         first = self.db.sequence(table) + 1
@@ -367,16 +385,17 @@ class FaissStore(SearchMixin):
             f'INSERT INTO "{table}" (vid, iid, vector) VALUES (?, ?, ?)',
             [(int(vid), iid, v.tobytes()) for vid, (iid, _), v in zip(vids, items, vectors, strict=True)],
         )
-        return vids, vectors
+        return TableRows(np.array([iid for iid, _ in items], dtype=np.int64), vids, vectors)
 
-    def _delete_vectors(self, spec: VectorSpec, iids: list[int]) -> list[int]:
+    def _delete_vectors(self, spec: VectorSpec, iids: list[int]) -> TableRows:
         table = table_name(spec.storage_key)
-        vids = [r[0] for r in self.db.select_in(f'SELECT vid FROM "{table}" WHERE iid IN ({{}})', iids)]
+        rows = self.db.select_in(f'SELECT iid, vid FROM "{table}" WHERE iid IN ({{}})', iids)
         self.db.select_in(f'DELETE FROM "{table}" WHERE iid IN ({{}})', iids)
-        return vids
+        pairs = np.array(rows, dtype=np.int64).reshape(-1, 2)
+        return TableRows(pairs[:, 0], pairs[:, 1])
 
-    def _delete_iids(self, iids: list[int]) -> dict[str, list[int]]:
-        """Remove points everywhere; the vids they had, by vector name (tombstones to be)."""
+    def _delete_iids(self, iids: list[int]) -> dict[str, TableRows]:
+        """Remove points everywhere; the rows they had, by vector name (their vids: tombstones to be)."""
         gone = {spec.name: self._delete_vectors(spec, iids) for spec in self.schema.vectors.values()}
         self.db.select_in("DELETE FROM points WHERE iid IN ({})", iids)
         self.db.select_in("DELETE FROM fields WHERE iid IN ({})", iids)
@@ -396,22 +415,25 @@ class FaissStore(SearchMixin):
                 with db.transaction():
                     db.rebuild_keyword(text_fields(self.schema))
 
-    def _compiled(self, store_filter: Filter) -> tuple[str, list[Any]]:
+    def _compiled(self, store_filter: Filter, distinct: bool = True) -> tuple[str, list[Any]]:
         db = self.db
         fields = {} if db.legacy else {payload_path(f): f for f in self.schema.fields}
         vectors = {name: db.vectors_from(spec.storage_key) for name, spec in self.schema.vectors.items()}
-        return compile_filter(store_filter, Context(db, fields, vectors))
+        return compile_filter(store_filter, Context(db, fields, vectors), distinct=distinct)
 
     def _filtered_vids(self, spec: VectorSpec, store_filter: Filter) -> np.ndarray:
-        sql, params = self._compiled(store_filter)
+        """The vids of the points that pass, ascending: iids from SQL, vids from the vid map."""
+        sql, params = self._compiled(store_filter, distinct=False)  # the map dedupes faster
         try:
-            rows = self.db.conn.execute(
-                f"SELECT vid FROM {self.db.vectors_from(spec.storage_key)} WHERE iid IN ({sql}) ORDER BY vid",
-                params,
-            )
-            return np.array([r[0] for r in rows.fetchall()], dtype=np.int64)
+            rows = self.db.conn.execute(sql, params)
+            iids = np.fromiter((row[0] for row in rows), dtype=np.int64)
         finally:
             self.db.clear_pending()
+        vid_map = self._vid_maps.get(spec.name)
+        if vid_map is None:
+            table = self.db.vector_table(spec.storage_key, spec.dim)
+            vid_map = self._vid_maps[spec.name] = VidMap(table.iid_vid_pairs)
+        return vid_map.vids_of(iids)
 
     def _records(self, rows: Sequence[tuple[Any, ...]], names: list[str]) -> list[Record]:
         """Records for (iid, uuid, payload) rows, with the named vectors each point has."""
