@@ -5,7 +5,8 @@ starts the real API with `clipsearch serve` as a subprocess (so the load generat
 server's interpreter), and drives it with --clients concurrent clients (asyncio + httpx, one
 keep-alive connection each) for --seconds seconds. Each client loops over a seeded random mix of
 - text search, POST /v1/search: half distinct texts (each runs the text encoder), half drawn from a
-  small fixed set (answered from the text-embedding cache);
+  small fixed set (answered from the text-embedding cache); --batching compare reports the two kinds'
+  latencies apart too;
 - image search, POST /v1/search/image: an indexed photo uploaded as multipart;
 - classify, POST /v1/classify: an indexed photo and 3 to 6 labels.
 Every answer is checked, not only its status: k results best first for text; the uploaded photo among
@@ -96,6 +97,7 @@ class Sample:
     started: float  # seconds since the run started
     ms: float
     error: str | None  # None when the answer was right
+    kind: str = ""  # text: "encoded" (a distinct text) or "cached" (one of REPEATED_TEXTS)
 
 
 @dataclass
@@ -127,11 +129,11 @@ def _pick(mix: dict[str, float], rng: random.Random) -> str:
 
 
 async def _one(client: httpx.AsyncClient, operation: str, work: Workload, rng: random.Random,
-               serial: str) -> str | None:
-    """Send one request of `operation`; None if it was answered right, else what went wrong."""
+               serial: str, kind: str) -> str | None:
+    """Send one request of `operation` (`kind`: of text, see Sample); None if it was answered right,
+    else what went wrong."""
     if operation == "text":
-        distinct = rng.random() < 0.5
-        text = (f"a {rng.choice(WORDS)} {rng.choice(THINGS)}, query {serial}" if distinct
+        text = (f"a {rng.choice(WORDS)} {rng.choice(THINGS)}, query {serial}" if kind == "encoded"
                 else rng.choice(REPEATED_TEXTS))
         response = await client.post("/v1/search", json={"text": text, "k": work.k})
         if response.status_code != 200:
@@ -180,16 +182,17 @@ async def _client(index: int, client: httpx.AsyncClient, work: Workload, start: 
         budget[0] -= 1
         sent += 1
         operation = _pick(work.mix, rng)
+        kind = ("encoded" if rng.random() < 0.5 else "cached") if operation == "text" else ""
         began = time.perf_counter()
         try:
-            error = await _one(client, operation, work, rng, f"{index}-{sent}")
+            error = await _one(client, operation, work, rng, f"{index}-{sent}", kind)
         except httpx.TimeoutException as exc:
             error = f"timeout after {timeout:g} s ({type(exc).__name__})"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         except (ValueError, KeyError, TypeError, IndexError) as exc:  # a body not in the promised shape
             error = f"bad answer: {type(exc).__name__}: {exc}"
-        samples.append(Sample(operation, began - start, 1000 * (time.perf_counter() - began), error))
+        samples.append(Sample(operation, began - start, 1000 * (time.perf_counter() - began), error, kind))
 
 
 async def run_load(base_url: str, work: Workload, clients: int, seconds: float, timeout: float = 60.0,
@@ -400,6 +403,22 @@ def _provenance(run: dict[str, Any], args: argparse.Namespace) -> list[str]:
     ]
 
 
+def _text_kinds(per_side: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Text latencies by kind, each side's rounds pooled: half the texts are encoded and half come from
+    the cache, so the median of both together falls between two groups and moves with their shares."""
+    lines = []
+    for kind in ("encoded", "cached"):
+        pct = {side: bench.percentiles([s.ms for r in per_side.get(side, []) for s in r["result"].samples
+                                        if s.kind == kind and s.error is None], (50, 95))
+               for side in ("on", "off")}
+        if any(np.isnan(pct[side]["p50"]) for side in pct):
+            continue
+        lines.append(f"  - text {kind}: p50 {pct['on']['p50']:.1f} ms on, {pct['off']['p50']:.1f} ms off "
+                     f"({pct['on']['p50'] / pct['off']['p50']:.2f}x); p95 {pct['on']['p95']:.1f} against "
+                     f"{pct['off']['p95']:.1f} ms")
+    return lines
+
+
 def comparison(run: dict[str, Any], args: argparse.Namespace) -> str:
     """The subsection of a --batching compare run: per mix, each side's rounds, and the on/off ratios."""
     rounds = run["rounds"]
@@ -448,6 +467,7 @@ def comparison(run: dict[str, Any], args: argparse.Namespace) -> str:
                 f"- {mix}: req/s on/off per pair {', '.join(f'{x:.2f}' for x in rps_ratios)}, median "
                 f"**{float(np.median(rps_ratios)):.2f}x**; p50 on/off per pair "
                 f"{', '.join(f'{x:.2f}' for x in p50_ratios)}")
+            ratios_text += _text_kinds(per_side)
     errors = Counter(s.error for r in rounds for s in r["result"].samples if s.error is not None)
     error_text = ("none" if not errors else
                   "; ".join(f"{count} x {message}" for message, count in errors.most_common(10)))
