@@ -321,8 +321,9 @@ class OnnxEncoder:
 
 
 # Rows of a text batch are encoded in groups of this many, by length: a batch is otherwise computed to
-# its longest row's end. 1000 ImageNet labels x 8 templates (end token at 9.5 on average, at most 30):
-# 123 prompts/s in batches of 512 as they came, 231/s grouped (ViT-B-32, 2 cores, torch).
+# its longest row's end. ImageNet labels x 8 templates (end token at 9 on average, at most 20), ViT-B-32
+# on torch, 2 cores: 118-120 prompts/s in batches of 512 as they came, 204-212/s in groups of 64 (32:
+# 192-206, 128: 192-198; docs/benchmarks.md, "The label command, timed whole").
 TEXT_GROUP = 64
 
 

@@ -298,6 +298,8 @@ def causal_text_pool(model: Any) -> str | None:
 def _encode_text_prefix(model: Any, tokens: Any, pool: str) -> Any:
     """CLIP.encode_text (unnormalised), each group of rows of similar length (`length_groups`) over
     its prefix up to its last EOT position; see above."""
+    import torch
+
     eos_id = getattr(model, "text_eos_id", None)
     ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
     groups = length_groups(ends.cpu().numpy())
@@ -305,18 +307,12 @@ def _encode_text_prefix(model: Any, tokens: Any, pool: str) -> Any:
         return text_features(model, tokens[:, : groups[0][1]], pool)
     features = None
     for rows, length in groups:
-        index = torch_index(rows, tokens.device)
+        index = torch.as_tensor(rows, dtype=torch.long, device=tokens.device)
         part = text_features(model, tokens[index, :length], pool)
         if features is None:
             features = part.new_empty((len(tokens), part.shape[1]))
         features[index] = part
     return features
-
-
-def torch_index(rows: np.ndarray, device: Any) -> Any:
-    import torch
-
-    return torch.as_tensor(rows, dtype=torch.long, device=device)
 
 
 def text_features(model: Any, tokens: Any, pool: str) -> Any:

@@ -360,17 +360,18 @@ class FaissStore(SearchMixin):
             write_atomic(self._dir / CONFIG_FILE, json.dumps({"format": FORMAT}).encode())
 
     def _apply(self, gone: dict[str, TableRows], added: dict[str, TableRows]) -> None:
-        """After a write commits: the in-memory indexes and vid maps follow the vector tables."""
+        """After a write commits: the vid maps and the in-memory indexes follow the vector tables (the
+        maps first: numpy only, so an index that fails to change cannot leave them behind the table)."""
+        none = np.zeros(0, dtype=np.int64)
+        for name, vid_map in self._vid_maps.items():
+            removed, new = gone.get(name), added.get(name)
+            vid_map.changed(none if removed is None else removed.iids,
+                            none if new is None else new.iids, none if new is None else new.vids)
         for name, rows in gone.items():
             self._indexes[name].remove(rows.vids.tolist())
         for name, rows in added.items():
             assert rows.vectors is not None
             self._indexes[name].add(rows.vids, rows.vectors)
-        for name, vid_map in self._vid_maps.items():
-            removed, new = gone.get(name), added.get(name)
-            none = np.zeros(0, dtype=np.int64)
-            vid_map.changed(none if removed is None else removed.iids,
-                            none if new is None else new.iids, none if new is None else new.vids)
 
     def _insert_vectors(self, spec: VectorSpec, items: list[tuple[int, np.ndarray]]) -> TableRows:
         """New rows (fresh vids) for (iid, vector) pairs."""
