@@ -294,20 +294,10 @@ class OnnxEncoder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
-        # The tower is causal and pools at the end token: positions after a row's end cannot change its
-        # result, so each group of rows runs to its own last end (indexer.models.loading.causal_text_pool).
-        groups = length_groups(end_positions(tokens, self.meta["text"]))
         session = self._session("text")
-        if len(groups) == 1:
-            return normalise(session.run(None, {"tokens": tokens[:, : groups[0][1]]})[0])
-        features: np.ndarray | None = None
-        for rows, length in groups:
-            part = session.run(None, {"tokens": tokens[rows, :length]})[0]
-            if features is None:
-                features = np.empty((len(tokens), part.shape[1]), dtype=np.float32)
-            features[rows] = part
-        assert features is not None
-        return normalise(features)
+        # The tower is causal and pools at the end token (indexer.models.loading.causal_text_pool).
+        return encode_by_length(end_positions(tokens, self.meta["text"]), lambda rows, length: normalise(
+            session.run(None, {"tokens": tokens[rows, :length]})[0]))
 
     def encode_images(self, images: list[Any]) -> np.ndarray:
         if self._image_fallback is not None:
@@ -334,6 +324,20 @@ def length_groups(ends: np.ndarray, group: int = TEXT_GROUP) -> list[tuple[np.nd
         return [(np.arange(len(ends)), int(ends.max()) + 1 if len(ends) else 1)]
     order = np.argsort(ends, kind="stable")
     return [(rows, int(ends[rows].max()) + 1) for rows in np.array_split(order, -(-len(ends) // group))]
+
+
+def encode_by_length(ends: np.ndarray, encode: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """A causal text tower's embeddings of a batch whose rows end (their pooled token) at `ends`: positions
+    after a row's end cannot change its result, so each group of rows (`length_groups`) is encoded by
+    `encode(rows, length)` over its first `length` positions only. Rows come back in the order given."""
+    groups = length_groups(ends)
+    parts = [encode(rows, length) for rows, length in groups]
+    if len(parts) == 1:  # one group holds every row, in order
+        return parts[0]
+    features = np.empty((len(ends), parts[0].shape[1]), dtype=np.float32)
+    for (rows, _), part in zip(groups, parts, strict=True):
+        features[rows] = part
+    return features
 
 
 def end_positions(tokens: np.ndarray, text_meta: dict[str, Any]) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from indexer.durable import file_sha256
 from indexer.errors import ModelLoadError, ModelMismatchError, UnknownModel
 from indexer.models.batching import BatchingEncoder, QueryBatching
-from indexer.models.encoders import QueryEncoder, length_groups
+from indexer.models.encoders import QueryEncoder, encode_by_length
 from indexer.schema import ModelIdentity
 from indexer.settings import Settings
 
@@ -261,10 +261,8 @@ class ClipModel:
         tokens = self._tokenizer(texts).to(self.device)
         with torch.inference_mode(), self._autocast():
             if self._text_pool is None:
-                features = self._model.encode_text(tokens)
-            else:
-                features = _encode_text_prefix(self._model, tokens, self._text_pool)
-        return _normalise(features)
+                return _normalise(self._model.encode_text(tokens))
+            return _encode_text_prefix(self._model, tokens, self._text_pool)
 
 
 def causal_text_pool(model: Any) -> str | None:
@@ -295,24 +293,19 @@ def causal_text_pool(model: Any) -> str | None:
     return pool if torch.equal(mask.float(), causal) else None
 
 
-def _encode_text_prefix(model: Any, tokens: Any, pool: str) -> Any:
-    """CLIP.encode_text (unnormalised), each group of rows of similar length (`length_groups`) over
-    its prefix up to its last EOT position; see above."""
+def _encode_text_prefix(model: Any, tokens: Any, pool: str) -> np.ndarray:
+    """CLIP.encode_text, normalised, each group of rows of similar length over its prefix up to its
+    last EOT position (`encode_by_length`); see above."""
     import torch
 
     eos_id = getattr(model, "text_eos_id", None)
     ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == eos_id).int().argmax(dim=-1)
-    groups = length_groups(ends.cpu().numpy())
-    if len(groups) == 1:
-        return text_features(model, tokens[:, : groups[0][1]], pool)
-    features = None
-    for rows, length in groups:
+
+    def encode(rows: np.ndarray, length: int) -> np.ndarray:
         index = torch.as_tensor(rows, dtype=torch.long, device=tokens.device)
-        part = text_features(model, tokens[index, :length], pool)
-        if features is None:
-            features = part.new_empty((len(tokens), part.shape[1]))
-        features[index] = part
-    return features
+        return _normalise(text_features(model, tokens[index, :length], pool))
+
+    return encode_by_length(ends.cpu().numpy(), encode)
 
 
 def text_features(model: Any, tokens: Any, pool: str) -> Any:

@@ -570,7 +570,7 @@ class EdgeStore(QdrantFamilyStore):
         # Quantization params are ignored by segments without quantized vectors (plain ones, or "none").
         return qe.SearchParams(
             hnsw_ef=max(self._settings.hnsw_ef, limit),
-            exact=native is not None and self._keeps_few(key, native),
+            exact=self._exact(key, native),
             quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self._settings.oversampling),
         )
 

@@ -320,8 +320,8 @@ class QdrantStore(common.QdrantFamilyStore):
         """Search parameters for vector `key` under the filter `native` (None: no filter)."""
         if self._local or key == SPARSE_KEY:  # quantization params are ignored by collections without it
             return None
-        exact = native is not None and self._keeps_few(key, native)
-        return models.SearchParams(hnsw_ef=max(self._ef, limit), exact=exact, quantization=self._quantization)
+        return models.SearchParams(hnsw_ef=max(self._ef, limit), exact=self._exact(key, native),
+                                   quantization=self._quantization)
 
     def _facet(self, path: str, limit: int, native: Any) -> list[tuple[str, int]]:
         response = self.client.facet(self.name, path, facet_filter=native, limit=limit, exact=True)

@@ -342,9 +342,11 @@ class QdrantFamilyStore(PlannedSearch, ABC):
     def _delete_points(self, ids: Sequence[str]) -> None: ...
     @abstractmethod
     def _existing(self, ids: Sequence[str]) -> set[str]: ...
-    def _keeps_few(self, key: str, native: Any) -> bool:
-        """Whether the filter `native` keeps few enough points, by the engine's estimate, to search them
-        exactly for the vector with storage key `key` (EXACT_SCAN_MAX)."""
+    def _exact(self, key: str, native: Any) -> bool:
+        """Whether to search the vector with storage key `key` exactly: under a filter `native` (None:
+        none) that keeps few enough points, by the engine's estimate (EXACT_SCAN_MAX)."""
+        if native is None:
+            return False
         dim = next(v.dim for v in self.schema.vectors.values() if v.storage_key == key)
         return self._estimated_count(native) * dim <= EXACT_SCAN_MAX
 

@@ -53,6 +53,9 @@ class TableRows(NamedTuple):
     vectors: np.ndarray | None = None
 
 
+NO_ROWS = TableRows(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+
 def index_file(key: str) -> str:
     """The index file of a storage key; "" (a version-1 collection's vector) keeps index.faiss."""
     return f"index-{key}.faiss" if key else "index.faiss"
@@ -362,11 +365,9 @@ class FaissStore(SearchMixin):
     def _apply(self, gone: dict[str, TableRows], added: dict[str, TableRows]) -> None:
         """After a write commits: the vid maps and the in-memory indexes follow the vector tables (the
         maps first: numpy only, so an index that fails to change cannot leave them behind the table)."""
-        none = np.zeros(0, dtype=np.int64)
         for name, vid_map in self._vid_maps.items():
-            removed, new = gone.get(name), added.get(name)
-            vid_map.changed(none if removed is None else removed.iids,
-                            none if new is None else new.iids, none if new is None else new.vids)
+            removed, new = gone.get(name, NO_ROWS), added.get(name, NO_ROWS)
+            vid_map.changed(removed.iids, new.iids, new.vids)
         for name, rows in gone.items():
             self._indexes[name].remove(rows.vids.tolist())
         for name, rows in added.items():
@@ -376,8 +377,7 @@ class FaissStore(SearchMixin):
     def _insert_vectors(self, spec: VectorSpec, items: list[tuple[int, np.ndarray]]) -> TableRows:
         """New rows (fresh vids) for (iid, vector) pairs."""
         if not items:
-            none = np.zeros(0, dtype=np.int64)
-            return TableRows(none, none, np.zeros((0, spec.dim), dtype=np.float32))
+            return NO_ROWS._replace(vectors=np.zeros((0, spec.dim), dtype=np.float32))
         table = table_name(spec.storage_key)
         vectors = normalised(np.stack([v for _, v in items]))
         first = self.db.sequence(table) + 1
