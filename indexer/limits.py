@@ -1,4 +1,5 @@
-"""Bounded work: JSON read with a depth bound, and a pixel budget for concurrent image decodes.
+"""Bounded work: JSON read with a depth bound, a pixel budget for concurrent image decodes, and the CPUs
+this process may use.
 
 The bounds themselves are settings (`Settings.limits`, CLIPSEARCH_LIMITS_*); what each bounds is
 checked where the work is asked for (filters in stores.filters, item writes in ingest.bounds),
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from indexer.errors import BadInput, Unavailable
@@ -120,3 +123,19 @@ def check_item_id(item_id: str) -> str:
     except UnicodeEncodeError:
         raise BadInput(f"item id {item_id!r} is not valid UTF-8 text; ids are used byte-exact") from None
     return item_id
+
+
+def usable_cpus() -> int:
+    """CPUs this process can actually use: its affinity mask, capped by a cgroup v2 CPU quota
+    (`docker run --cpus`), which os.cpu_count() and OpenMP both ignore."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)

@@ -162,7 +162,8 @@ def encoder_vs_peak(model_name: str, checkpoint: Path, files: list[Path], rounds
     from torch.utils.flop_counter import FlopCounterMode
 
     from indexer.ingest.decode import decode_image
-    from indexer.models.loading import load_model, usable_cpus
+    from indexer.limits import usable_cpus
+    from indexer.models.loading import load_model
     from indexer.models.onnx_images import onnx_image_encoder
 
     torch.set_num_threads(usable_cpus())

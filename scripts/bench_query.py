@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: the repository importable
-from indexer.models.loading import query_threads, usable_cpus  # noqa: E402
+from indexer.limits import usable_cpus  # noqa: E402
+from indexer.models.loading import query_threads  # noqa: E402
 from scripts import benchlib as bench  # noqa: E402
 
 DIM = 512

@@ -82,7 +82,7 @@ def machine() -> dict[str, Any]:
     ram = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         ram = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
-    from indexer.models.loading import usable_cpus  # affinity and cgroup quota: what the run had, not the box
+    from indexer.limits import usable_cpus  # affinity and cgroup quota: what the run had, not the box
 
     versions = {}
     for package in ("torch", "open_clip_torch", "pillow", "qdrant-edge-py", "faiss-cpu"):

@@ -112,6 +112,27 @@ def test_quantization_none_creates_a_full_precision_collection(tmp_path: Path) -
     assert config.get("quantization_config") is None
 
 
+def test_a_search_spreads_over_half_the_usable_cpus_as_counted_at_each_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from indexer.stores import edge
+
+    settings = Settings(home=tmp_path / "home", store="edge")
+    config_file = edge.shard_path(settings, "photos") / "edge_config.json"
+    monkeypatch.setattr(edge, "usable_cpus", lambda: 16)
+    open_store(settings, "photos", create=SCHEMA).close()
+    assert json.loads(config_file.read_text())["max_search_threads"] == 8
+    monkeypatch.setattr(edge, "usable_cpus", lambda: 3)  # the collection moved to a smaller machine
+    store = open_store(settings, "photos")
+    try:
+        assert json.loads(config_file.read_text())["max_search_threads"] == 1
+        store.upsert([Record(_id(i), {"default": v}, {"uri": f"/img/{i}.jpg", "metadata": {"group": i % 10}})
+                      for i, v in enumerate(clustered(50, 1))])
+        assert len(store.search(clustered(1, 2)[0], 5)) == 5
+    finally:
+        store.close()
+
+
 def test_a_store_opened_in_the_background_answers_as_one_opened_at_once(quantized_store) -> None:
     store, vectors, shard = quantized_store
     settings = store._settings

@@ -43,8 +43,9 @@ from indexer.ingest.pipeline import (
 )
 from indexer.ingest.progress import IndexTracker, Progress
 from indexer.ingest.sources import SourceItem
+from indexer.limits import usable_cpus
 from indexer.locking import collection_lock
-from indexer.models.loading import ClipModel, load_model, set_torch_threads, usable_cpus
+from indexer.models.loading import ClipModel, load_model, set_torch_threads
 from indexer.schema import V1_IMAGE_FIELDS, CollectionSchema
 from indexer.settings import Settings
 from indexer.stores import Record, VectorStore, open_store

@@ -25,6 +25,7 @@ from indexer.ingest.batches import Decoded, decode_item, decoded_batches
 from indexer.ingest.decode import IMAGE_EXTENSIONS
 from indexer.ingest.progress import IndexTracker, Progress
 from indexer.ingest.sources import SourceItem, WalkProblem, item_id, source_roots, walk_folder
+from indexer.limits import usable_cpus
 from indexer.locking import collection_lock
 from indexer.models.loading import (
     ClipModel,
@@ -32,7 +33,6 @@ from indexer.models.loading import (
     check_same_precision,
     load_model,
     set_torch_threads,
-    usable_cpus,
 )
 from indexer.schema import IMAGE_FIELDS, CollectionSchema, VectorSpec
 from indexer.settings import Settings

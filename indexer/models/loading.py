@@ -9,7 +9,6 @@ device, so workers ship 4x fewer bytes and the model's device does the float wor
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import numpy as np
 
 from indexer.durable import file_sha256
 from indexer.errors import ModelLoadError, ModelMismatchError, UnknownModel
+from indexer.limits import usable_cpus
 from indexer.models.batching import BatchingEncoder, QueryBatching
 from indexer.models.encoders import QueryEncoder, encode_by_length
 from indexer.schema import ModelIdentity
@@ -61,22 +61,6 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for, but PyTorch sees no CUDA device")
     return device
-
-
-def usable_cpus() -> int:
-    """CPUs this process can actually use: its affinity mask, capped by a cgroup v2 CPU quota
-    (`docker run --cpus`), which os.cpu_count() and OpenMP both ignore."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 def query_threads() -> int:

@@ -36,7 +36,7 @@ def onnx_image_encoder(
     try:
         import onnxruntime as ort
 
-        from indexer.models.loading import usable_cpus
+        from indexer.limits import usable_cpus
 
         model = _image_tower(clip, home)
         options = ort.SessionOptions()
