@@ -6,9 +6,10 @@ with --reuse, a build of the same size already under --root, bench_filtered's in
 alternating rounds, opens it in a fresh process once per --threads count (the store's
 `search_threads`, replaced in that process) and runs --queries searches one after another,
 unfiltered and with a filter keeping 1% of the points: p50/p95 wall-clock ms, and the process's CPU
-ms per search (the shard's search threads included). 0 means Qdrant Edge's own default, which is what
-the store used before it set a count. Writes the section "## Store search threads
-(bench_search_threads)" of docs/benchmarks.md, one subsection per size (--no-write: print only).
+ms per search (the shard's search threads included). The default compares 8, what Qdrant Edge
+started on its own on a 2-CPU machine before the store gave a count, with 1, what the store gives
+there. Writes the section "## Store search threads (bench_search_threads)" of docs/benchmarks.md,
+one subsection per size (--no-write: print only).
 
     .venv/bin/python scripts/bench_search_threads.py --points 100
     .venv/bin/python scripts/bench_search_threads.py --points 1000000 --root /tmp/f1m --reuse
@@ -17,7 +18,6 @@ the store used before it set a count. Writes the section "## Store search thread
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import resource
 import shutil
@@ -36,8 +36,9 @@ from scripts import benchlib as bench  # noqa: E402
 
 HEADING = "## Store search threads (bench_search_threads)"
 INTRO = """Written by `scripts/bench_search_threads.py`: one edge search, one after another, with the shard's
-search pool at each thread count (0: Qdrant Edge's own default); CPU is the whole process's, so it
-counts the pool's threads too. A server answering many queries at once pays that CPU once per query."""
+search pool at each thread count (8: what Qdrant Edge started on its own on this 2-CPU machine); CPU
+is the whole process's, so it counts the pool's threads too. A server answering many queries at once
+pays that CPU once per query."""
 KEEP_1_PERCENT = 10  # bucket < 10 keeps 10/1000 of the points
 log = bench.logger("bench_search_threads")
 
@@ -47,22 +48,13 @@ def cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
-def measure(built: Path, points: int, dim: int, queries: int, threads: int) -> dict[str, Any]:
-    """In a fresh process: open the build with `threads` search threads, time the searches."""
+def measure(built: Path, asked: np.ndarray, threads: int) -> dict[str, Any]:
+    """In a fresh process: open the build with `threads` search threads, time the searches `asked`."""
     from indexer.stores import edge, open_store
     from indexer.stores.filters import FieldCondition, Filter, Range
 
-    default = edge.search_threads
-    edge.search_threads = (lambda: threads) if threads else (lambda: None)
-    if not threads:  # a shard keeps the last count it was given; None keeps that, so forget it first
-        config_file = edge.shard_path(filtered.store_settings("edge", built), "filtered") / "edge_config.json"
-        config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items()
-                                           if k != "max_search_threads"}))
-    try:
-        store = open_store(filtered.store_settings("edge", built), "filtered")
-    finally:
-        edge.search_threads = default
-    _, _, asked = filtered.data(points, dim, queries)
+    edge.search_threads = lambda: threads  # this process only
+    store = open_store(filtered.store_settings("edge", built), "filtered")
     results: dict[str, Any] = {}
     try:
         for cell, where in (("all", None),
@@ -83,9 +75,9 @@ def measure(built: Path, points: int, dim: int, queries: int, threads: int) -> d
     return results
 
 
-def measure_in_child(built: Path, points: int, dim: int, queries: int, threads: int) -> dict[str, Any]:
+def measure_in_child(built: Path, asked: np.ndarray, threads: int) -> dict[str, Any]:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, (built, points, dim, queries, threads))
+        return pool.apply(measure, (built, asked, threads))
 
 
 def subsection(points: int, runs: dict[str, list[dict[str, Any]]], command: str, machine: dict[str, Any],
@@ -110,8 +102,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=100, help="points in the collection [100]")
     parser.add_argument("--dim", type=int, default=512, help="vector width [512]")
-    parser.add_argument("--threads", type=int, nargs="+", default=[0, 1],
-                        help="search thread counts to compare; 0: Qdrant Edge's default [0 1]")
+    parser.add_argument("--threads", type=int, nargs="+", default=[8, 1],
+                        help="search thread counts to compare [8 1]")
     parser.add_argument("--queries", type=int, default=500, help="searches per cell and round [500]")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating the order [3]")
     parser.add_argument("--root", type=Path, default=None, help="working folder [a temporary one]")
@@ -119,22 +111,21 @@ def main(argv: list[str]) -> int:
                         help="use a build of this size under --root when there is one (bench_filtered's too)")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
     args = parser.parse_args(argv)
-    if args.points < 1 or args.queries < 1 or args.rounds < 1 or min(args.threads) < 0:
-        parser.error("--points, --queries and --rounds must be positive, --threads 0 or more")
+    if args.points < 1 or args.queries < 1 or args.rounds < 1 or min(args.threads) < 1:
+        parser.error("--points, --queries, --rounds and --threads must be positive")
     load_before = bench.loadavg()
     root = args.root or Path(tempfile.mkdtemp(prefix="bench_search_threads-"))
     built = root / f"edge-{args.points}"
     try:
+        vectors, buckets, asked = filtered.data(args.points, args.dim, args.queries)
         if not (args.reuse and (built / filtered.BUILT_FILE).is_file()):
             shutil.rmtree(built, ignore_errors=True)
             built.mkdir(parents=True)
             log(f"building {args.points} points")
-            vectors, buckets, _ = filtered.data(args.points, args.dim, 1)
             filtered.build("edge", built, vectors, buckets)
+        del vectors, buckets
         runs = bench.alternate({
-            (f"{threads}" if threads else "Edge's default"): (
-                lambda round_, threads=threads: measure_in_child(built, args.points, args.dim, args.queries,
-                                                                 threads))
+            str(threads): lambda round_, threads=threads: measure_in_child(built, asked, threads)
             for threads in args.threads
         }, args.rounds)
     finally:

@@ -167,10 +167,10 @@ def _config(settings: Settings, vectors: Mapping[str, int]) -> qe.EdgeConfig:
 def search_threads() -> int:
     """Threads one search may spread the shard's segments over: half the usable CPUs, the rest left to
     the concurrent queries' encoding and HTTP. Qdrant Edge's own default started 8 on a 2-CPU machine,
-    and waking them cost more than the parallel segments saved: a search over 100 points took 0.22 ms
-    of CPU with them and 0.08 ms with 1; at 1M points (2 segments), with 1, p50 was the same (1.96 /
-    2.01 ms), p95 higher (2.45 / 2.80 ms) and CPU 13% lower (docs/benchmarks.md, "Store search
-    threads"). A shard keeps the count it was last given, so every open gives it."""
+    and waking them cost more than the parallel segments saved: a search over 100 points took 0.21 ms
+    of CPU with 8 and 0.07 ms with 1; at 1M points (2 segments) p50 was 1.78 / 1.69 ms and CPU 1.87 /
+    1.37 ms (docs/benchmarks.md, "Store search threads"; p95 moved either way between runs). A shard
+    keeps the count it was last given, so every open gives it."""
     return max(1, usable_cpus() // 2)
 
 
