@@ -60,12 +60,20 @@ def clustered(n: int, dim: int, seed: int, centres: np.ndarray) -> np.ndarray:
     return out
 
 
-def data(n: int, dim: int, queries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _centres(dim: int) -> np.ndarray:
     centres = np.random.default_rng(1).standard_normal((1000, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    vectors = clustered(n, dim, 2, centres)
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def query_vectors(dim: int, queries: int) -> np.ndarray:
+    """The queries of `data`, without making its points."""
+    return clustered(queries, dim, 4, _centres(dim))
+
+
+def data(n: int, dim: int, queries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = clustered(n, dim, 2, _centres(dim))
     buckets = np.random.default_rng(3).integers(0, 1000, size=n)
-    return vectors, buckets, clustered(queries, dim, 4, centres)
+    return vectors, buckets, query_vectors(dim, queries)
 
 
 def point_ids(n: int) -> list[str]:

@@ -12,7 +12,7 @@ there. Writes the section "## Store search threads (bench_search_threads)" of do
 one subsection per size (--no-write: print only).
 
     .venv/bin/python scripts/bench_search_threads.py --points 100
-    .venv/bin/python scripts/bench_search_threads.py --points 1000000 --root /tmp/f1m --reuse
+    .venv/bin/python scripts/bench_search_threads.py --points 1000000 --root /tmp/e1m --reuse
 """
 
 from __future__ import annotations
@@ -117,13 +117,14 @@ def main(argv: list[str]) -> int:
     root = args.root or Path(tempfile.mkdtemp(prefix="bench_search_threads-"))
     built = root / f"edge-{args.points}"
     try:
-        vectors, buckets, asked = filtered.data(args.points, args.dim, args.queries)
+        asked = filtered.query_vectors(args.dim, args.queries)
         if not (args.reuse and (built / filtered.BUILT_FILE).is_file()):
             shutil.rmtree(built, ignore_errors=True)
             built.mkdir(parents=True)
             log(f"building {args.points} points")
+            vectors, buckets, _ = filtered.data(args.points, args.dim, args.queries)
             filtered.build("edge", built, vectors, buckets)
-        del vectors, buckets
+            del vectors, buckets
         runs = bench.alternate({
             str(threads): lambda round_, threads=threads: measure_in_child(built, asked, threads)
             for threads in args.threads
